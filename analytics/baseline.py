@@ -1,0 +1,65 @@
+"""The reference: the public challenge's baseline, a DuckDB view over the raw CSVs in UTC.
+
+Owns the one definition of what every answer must equal. The view reproduces the
+challenge's casts and derived columns (`to_timestamp(ts / 1000.0)`, `DATE_TRUNC('week', ts)`,
+...); the raw columns are read as text so a dirty file cannot derail type detection, and
+values are bound as the analyst's text so DuckDB casts them exactly like string literals.
+Must not use the lake, the views or the query coercion of `query.py`: it is the independent
+side of every differential test.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from . import db
+
+from .compiler import compile_query
+from .query import Query
+from .schema import RAW_HEADER
+
+
+def connect_baseline(raw_dir: str | Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory connection with the `events` view over `raw_dir/*.csv`, session time zone UTC."""
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise FileNotFoundError(f"raw directory {str(raw_dir)!r} does not exist")
+    if not any(raw_dir.glob("*.csv")):
+        raise FileNotFoundError(f"raw directory {str(raw_dir)!r} holds no *.csv files")
+    con = db.connect()
+    columns = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in RAW_HEADER) + "}"
+    pattern = str(raw_dir / "*.csv").replace("'", "''")
+    con.execute(f"""
+        CREATE VIEW events AS
+        WITH raw AS (
+            SELECT * FROM read_csv('{pattern}', header = true, auto_detect = false,
+                                   columns = {columns}, null_padding = true, ignore_errors = true)
+        ), casted AS (
+            SELECT
+                to_timestamp(TRY_CAST(ts AS DOUBLE) / 1000.0) AS ts,
+                type, auction_id,
+                TRY_CAST(advertiser_id AS INTEGER) AS advertiser_id,
+                TRY_CAST(publisher_id AS INTEGER) AS publisher_id,
+                NULLIF(bid_price, '')::DOUBLE AS bid_price,
+                TRY_CAST(user_id AS BIGINT) AS user_id,
+                NULLIF(total_price, '')::DOUBLE AS total_price,
+                country
+            FROM raw
+        )
+        SELECT
+            ts,
+            DATE_TRUNC('week', ts) AS week,
+            DATE(ts) AS day,
+            DATE_TRUNC('hour', ts) AS hour,
+            STRFTIME(ts, '%Y-%m-%d %H:%M') AS minute,
+            type, auction_id, advertiser_id, publisher_id, bid_price, user_id, total_price, country
+        FROM casted
+    """)
+    return con
+
+
+def baseline_query(con: duckdb.DuckDBPyConnection, query: Query) -> pa.Table:
+    sql, params = compile_query(query, "events", raw_values=True)
+    return db.fetch_arrow(con, sql, params)

@@ -1,0 +1,213 @@
+"""The `analytics` command line: one subcommand per contract command, each a thin call into the package.
+
+Owns argument parsing, one-line error messages and exit codes (0 ok, 1 a check failed or a
+query errored, 2 bad usage or input). Must not hold logic a test cannot reach through the
+package.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import __version__
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exit code 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _rows(text: str) -> int:
+    """Row counts accept `15000000`, `15_000_000`, `15M`, `500k`."""
+    t = text.strip().lower().replace("_", "")
+    mult = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}.get(t[-1:], 1)
+    try:
+        value = int(float(t[:-1]) * mult) if mult > 1 else int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a row count like 15000000 or 15M, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive row count, got {text!r}")
+    return value
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generator import generate
+
+    summary = generate(args.out, args.rows, seed=args.seed, parts=args.parts, dirty=args.dirty,
+                       progress=not args.quiet)
+    print(f"wrote {summary['rows']:,} rows in {summary['parts']} part(s) to {args.out} "
+          f"in {summary['seconds']:.1f}s ({summary['rows_per_second']:,.0f} rows/s)")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .lake import prepare
+
+    summary = prepare(args.raw, args.lake, progress=not args.quiet, memory_limit=args.memory_limit)
+    totals = summary["totals"]
+    if not summary["changed"]:
+        print(f"lake {args.lake} is up to date with {args.raw} (version {summary['lake_version']}); nothing to do")
+        return 0
+    print(f"lake {args.lake} version {summary['lake_version']}: added {len(summary['added'])} part(s), "
+          f"dropped {len(summary['dropped'])}, in {summary['seconds']:.1f}s")
+    print(f"rows read {totals['rows_read']:,} = in lake {totals['rows_lake']:,} + quarantined {totals['rows_quarantined']:,}")
+    for reason, n in sorted(totals["quarantine_by_reason"].items()):
+        print(f"  quarantined {reason}: {n:,}")
+    return 0
+
+
+def _load_queries(path: str) -> list[Any]:
+    from .query import QueryError, load_queries
+
+    try:
+        return load_queries(path)
+    except QueryError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run_queries
+    from .workbench import Workbench
+
+    queries = _load_queries(args.queries)
+    wb = Workbench(args.lake, memory_limit=args.memory_limit)
+
+    def answer(q):  # noqa: ANN001, ANN202 - the runner's Answerer
+        return wb.query(q), "lake"
+
+    report = run_queries(answer, queries, args.out)
+    _print_run(report, args.out)
+    return 1 if report["errors"] else 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from .baseline import baseline_query, connect_baseline
+    from .runner import run_queries
+
+    queries = _load_queries(args.queries)
+    try:
+        con = connect_baseline(args.raw)
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from None
+    report = run_queries(lambda q: (baseline_query(con, q), "baseline"), queries, args.out)
+    _print_run(report, args.out)
+    return 1 if report["errors"] else 0
+
+
+def _print_run(report: dict[str, Any], out: str) -> None:
+    for e in report["queries"]:
+        if "error" in e:
+            print(f"{e['id']}: ERROR {e['error']}")
+        else:
+            print(f"{e['id']}: {e['rows']} rows in {e['ms']:.2f} ms via {e['route']}")
+    print(f"results in {out}/ ({report['errors']} error(s))")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_dirs
+
+    queries = _load_queries(args.queries)
+    outcome = compare_dirs(queries, args.expected, args.actual)
+    for row in outcome:
+        print(f"{row['id']}: {'match' if row['match'] else 'MISMATCH'}{'' if row['match'] else ' - ' + row['reason']}")
+    bad = sum(1 for r in outcome if not r["match"])
+    print(f"{len(outcome) - bad}/{len(outcome)} match")
+    return 1 if bad else 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .query import QueryError
+    from .workbench import Workbench
+
+    queries = _load_queries(args.queries)
+    wb = Workbench(args.lake)
+    failed = 0
+    for i, raw in enumerate(queries, start=1):
+        print(f"== q{i}")
+        try:
+            print(wb.explain(raw))
+        except QueryError as exc:
+            failed += 1
+            print(f"invalid query: {exc}")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="analytics", description=(
+        "Ad-event analytics workbench: JSON queries answered from a Parquet lake and materialized "
+        "views, every answer provable against the DuckDB baseline."))
+    parser.add_argument("--version", action="version", version=f"analytics {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("generate", cmd_generate, "write realistic synthetic raw CSV parts")
+    p.add_argument("--out", required=True, help="directory to write events_part_NNNNN.csv into")
+    p.add_argument("--rows", required=True, type=_rows, help="total data rows, e.g. 15000000 or 15M")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    p.add_argument("--parts", type=_positive_int, default=None, help="number of CSV parts (default: one per 5M rows)")
+    p.add_argument("--dirty", type=float, default=0.0, help="fraction of rows made untrustworthy, to exercise remediation (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = add("prepare", cmd_prepare, "remediate raw CSVs into the partitioned Parquet lake (+ quarantine, manifest)")
+    p.add_argument("--raw", required=True, help="directory of raw *.csv parts")
+    p.add_argument("--lake", required=True, help="lake directory (created if missing)")
+    p.add_argument("--memory-limit", default="4GB", help="DuckDB memory limit while preparing (default 4GB)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = add("run", cmd_run, "answer a JSON file of queries into q{i}.csv and run.json")
+    p.add_argument("--lake", required=True, help="prepared lake directory")
+    p.add_argument("--queries", required=True, help="JSON file with a list of queries")
+    p.add_argument("--out", required=True, help="directory for q{i}.csv and run.json")
+    p.add_argument("--no-views", action="store_true", help="answer from the lake only")
+    p.add_argument("--memory-limit", default="4GB", help="memory limit for query execution (default 4GB)")
+
+    p = add("baseline", cmd_baseline, "reference answers: the challenge baseline (DuckDB view over the raw CSVs)")
+    p.add_argument("--raw", required=True, help="directory of raw *.csv parts")
+    p.add_argument("--queries", required=True, help="JSON file with a list of queries")
+    p.add_argument("--out", required=True, help="directory for q{i}.csv and run.json")
+
+    p = add("compare", cmd_compare, "compare two result directories query by query; exit 1 on any mismatch")
+    p.add_argument("--queries", required=True, help="the JSON query file both directories answer")
+    p.add_argument("expected", help="directory with the reference q{i}.csv (e.g. from `baseline`)")
+    p.add_argument("actual", help="directory with the q{i}.csv to check")
+
+    p = add("explain", cmd_explain, "show route, candidates, costs and SQL for each query")
+    p.add_argument("--lake", required=True, help="prepared lake directory")
+    p.add_argument("--queries", required=True, help="JSON file with a list of queries")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .lake import PrepareError
+    from .query import QueryError
+
+    try:
+        return args.func(args)
+    except (CliError, PrepareError, QueryError, FileNotFoundError, NotADirectoryError) as exc:
+        print(f"analytics {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"analytics {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""SQL compiler: a validated `Query` to one parameterized DuckDB statement over a relation.
+
+Owns the mapping of the grammar to SQL text. Column names come only from the allow-list
+(they reached a `Query` through `schema.COLUMNS`) and are quoted; every value becomes a `?`
+parameter, so no value can ever become SQL. Must not decide *where* a query runs (that is
+the router) nor run it.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .query import Agg, Condition, Query
+
+_COMPARE = {"eq": "=", "neq": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+
+
+def ident(name: str) -> str:
+    """Quote an identifier; names here are allow-listed, quoting guards output aliases like COUNT(*)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def condition_sql(cond: Condition, expr: str) -> str:
+    """The predicate of one condition on `expr`, with one `?` per value."""
+    if cond.op == "in":
+        return f"{expr} IN ({', '.join('?' for _ in cond.values)})"
+    if cond.op == "between":
+        return f"{expr} BETWEEN ? AND ?"
+    return f"{expr} {_COMPARE[cond.op]} ?"
+
+
+def where_sql(conditions: Sequence[Condition], raw_values: bool = False) -> tuple[str, list[Any]]:
+    """` WHERE ...` (or empty) and its parameters: typed values, or the analyst's text if `raw_values`."""
+    if not conditions:
+        return "", []
+    params: list[Any] = []
+    parts = []
+    for cond in conditions:
+        parts.append(condition_sql(cond, ident(cond.col)))
+        params.extend(cond.raw if raw_values else cond.values)
+    return " WHERE " + " AND ".join(parts), params
+
+
+def order_limit_sql(query: Query) -> str:
+    sql = ""
+    if query.order_by:
+        sql += " ORDER BY " + ", ".join(
+            f"{ident(o.name)} {'DESC' if o.desc else 'ASC'}" for o in query.order_by)
+    if query.limit is not None:
+        sql += f" LIMIT {int(query.limit)}"
+    return sql
+
+
+def select_item_sql(item: str | Agg) -> str:
+    if isinstance(item, Agg):
+        arg = "*" if item.col == "*" else ident(item.col)
+        return f"{item.func}({arg}) AS {ident(item.name)}"
+    return ident(item)
+
+
+def compile_query(query: Query, relation: str, raw_values: bool = False) -> tuple[str, list[Any]]:
+    """SQL and parameters answering `query` from `relation`, a table or view with the events columns.
+
+    `raw_values=True` binds the values as the analyst wrote them and lets DuckDB cast them to the
+    column types, the way the baseline's plain SQL does with string literals.
+    """
+    where, params = where_sql(query.where, raw_values)
+    sql = f"SELECT {', '.join(select_item_sql(i) for i in query.select)} FROM {relation}{where}"
+    if query.group_by:
+        sql += " GROUP BY " + ", ".join(ident(g) for g in query.group_by)
+    return sql + order_limit_sql(query), params

@@ -1,0 +1,28 @@
+"""DuckDB connections as this project needs them: UTC always, bounded memory, Arrow results.
+
+Owns every `duckdb.connect` of the package (so the session time zone can never be forgotten)
+and the one way a statement's answer is fetched. Must not know about queries or the lake.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import duckdb
+import pyarrow as pa
+
+
+def connect(database: str = ":memory:", *, memory_limit: str | None = None, threads: int | None = None,
+            read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A connection whose session time zone is UTC whatever the process's `TZ` is."""
+    con = duckdb.connect(database, read_only=read_only)
+    con.execute("SET TimeZone = 'UTC'")
+    if memory_limit:
+        con.execute("SET memory_limit = ?", [memory_limit])
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    return con
+
+
+def fetch_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+    """Run one read-only statement and hold its whole answer in memory as Arrow."""
+    return con.sql(sql, params=list(params) if params else None).to_arrow_table()
