@@ -144,6 +144,24 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_remediation(args: argparse.Namespace) -> int:
+    from .remediation import format_report, remediation_report
+    from .results import write_atomic
+
+    try:
+        report = remediation_report(args.lake, samples=args.samples)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    print(format_report(report))
+    if args.json:
+        try:
+            write_atomic(args.json, json.dumps(report, indent=1, default=str))
+        except OSError as exc:
+            raise CliError(f"cannot write {args.json}: {exc.strerror}") from None
+        print(f"report in {args.json}")
+    return 0 if report["ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="analytics", description=(
         "Ad-event analytics workbench: JSON queries answered from a Parquet lake and materialized "
@@ -190,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("explain", cmd_explain, "show route, candidates, costs and SQL for each query")
     p.add_argument("--lake", required=True, help="prepared lake directory")
     p.add_argument("--queries", required=True, help="JSON file with a list of queries")
+
+    p = add("remediation", cmd_remediation, "what prepare quarantined and kept, per reason, type, file and day; exit 1 if the counts do not add up")
+    p.add_argument("--lake", required=True, help="prepared lake directory")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the full report (checks, samples) as JSON to FILE")
+    p.add_argument("--samples", type=int, default=5, help="offending rows kept per quarantine reason (default 5)")
     return parser
 
 
