@@ -82,10 +82,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .workbench import Workbench
 
     queries = _load_queries(args.queries)
-    wb = Workbench(args.lake, memory_limit=args.memory_limit)
+    wb = Workbench(args.lake, memory_limit=args.memory_limit, use_views=not args.no_views)
 
     def answer(q):  # noqa: ANN001, ANN202 - the runner's Answerer
-        return wb.query(q), "lake"
+        table, plan = wb.execute(q)
+        return table, plan.route
 
     report = run_queries(answer, queries, args.out)
     _print_run(report, args.out)
@@ -125,6 +126,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     bad = sum(1 for r in outcome if not r["match"])
     print(f"{len(outcome) - bad}/{len(outcome)} match")
     return 1 if bad else 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .views import build
+
+    summary = build(args.lake, args.views or None, jobs=args.jobs, force=args.force, progress=not args.quiet,
+                    memory_limit=args.memory_limit)
+    if not summary["built"] and not summary["failed"]:
+        print(f"all {len(summary['up_to_date'])} view(s) are up to date with lake version {summary['lake_version']}; nothing to do")
+        return 0
+    for r in summary["views"]:
+        if r["status"] == "built":
+            print(f"{r['view']}: built v{r['version']} ({r['mode']}) {r['rows']:,} rows in {r['seconds']:.1f}s")
+        else:
+            print(f"{r['view']}: up to date (v{r['version']})")
+    for name, why in summary["failed"].items():
+        print(f"{name}: FAILED - {why}", file=sys.stderr)
+    print(f"{len(summary['built'])} built, {len(summary['up_to_date'])} up to date, {len(summary['failed'])} failed "
+          f"in {summary['seconds']:.1f}s")
+    return 1 if summary["failed"] else 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -205,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("expected", help="directory with the reference q{i}.csv (e.g. from `baseline`)")
     p.add_argument("actual", help="directory with the q{i}.csv to check")
 
+    p = add("build", cmd_build, "build or refresh materialized views (only what changed)")
+    p.add_argument("--lake", required=True, help="prepared lake directory")
+    p.add_argument("--views", nargs="+", metavar="NAME", help="views to build (default: the whole catalog)")
+    p.add_argument("--jobs", type=_positive_int, default=None, help="views built in parallel (default: cores)")
+    p.add_argument("--force", action="store_true", help="rebuild from the lake even when up to date")
+    p.add_argument("--memory-limit", default="4GB", help="DuckDB memory limit per build connection (default 4GB)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = add("explain", cmd_explain, "show route, candidates, costs and SQL for each query")
     p.add_argument("--lake", required=True, help="prepared lake directory")
     p.add_argument("--queries", required=True, help="JSON file with a list of queries")
@@ -221,10 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .lake import PrepareError
     from .query import QueryError
+    from .views import BuildError
 
     try:
         return args.func(args)
-    except (CliError, PrepareError, QueryError, FileNotFoundError, NotADirectoryError) as exc:
+    except (CliError, PrepareError, QueryError, BuildError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"analytics {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

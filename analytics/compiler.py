@@ -7,7 +7,7 @@ the router) nor run it.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .query import Agg, Condition, Query
 
@@ -50,21 +50,25 @@ def order_limit_sql(query: Query) -> str:
     return sql
 
 
-def select_item_sql(item: str | Agg) -> str:
+def select_item_sql(item: str | Agg, aggregate_sql: Mapping[Agg, str] | None = None) -> str:
     if isinstance(item, Agg):
+        if aggregate_sql is not None:
+            return f"{aggregate_sql[item]} AS {ident(item.name)}"
         arg = "*" if item.col == "*" else ident(item.col)
         return f"{item.func}({arg}) AS {ident(item.name)}"
     return ident(item)
 
 
-def compile_query(query: Query, relation: str, raw_values: bool = False) -> tuple[str, list[Any]]:
+def compile_query(query: Query, relation: str, raw_values: bool = False,
+                  aggregate_sql: Mapping[Agg, str] | None = None) -> tuple[str, list[Any]]:
     """SQL and parameters answering `query` from `relation`, a table or view with the events columns.
 
     `raw_values=True` binds the values as the analyst wrote them and lets DuckDB cast them to the
-    column types, the way the baseline's plain SQL does with string literals.
+    column types, the way the baseline's plain SQL does with string literals. `aggregate_sql`
+    replaces each aggregate by an expression over a rollup's measures (a view's re-aggregation).
     """
     where, params = where_sql(query.where, raw_values)
-    sql = f"SELECT {', '.join(select_item_sql(i) for i in query.select)} FROM {relation}{where}"
+    sql = f"SELECT {', '.join(select_item_sql(i, aggregate_sql) for i in query.select)} FROM {relation}{where}"
     if query.group_by:
         sql += " GROUP BY " + ", ".join(ident(g) for g in query.group_by)
     return sql + order_limit_sql(query), params

@@ -26,3 +26,11 @@ def connect(database: str = ":memory:", *, memory_limit: str | None = None, thre
 def fetch_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> pa.Table:
     """Run one read-only statement and hold its whole answer in memory as Arrow."""
     return con.sql(sql, params=list(params) if params else None).to_arrow_table()
+
+
+def cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A new connection to the same database for another thread; session settings are per
+    connection, so the time zone is set again."""
+    cur = con.cursor()
+    cur.execute("SET TimeZone = 'UTC'")
+    return cur

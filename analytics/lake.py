@@ -145,10 +145,15 @@ class Lake:
     def version(self) -> str:
         return self.manifest["lake_version"]
 
-    def event_files(self, types: Iterable[str] | None = None) -> list[Path]:
+    @property
+    def segment_ids(self) -> list[str]:
+        return [seg["segment"] for seg in self.manifest["segments"]]
+
+    def event_files(self, types: Iterable[str] | None = None, segments: Iterable[str] | None = None) -> list[Path]:
         wanted = set(types) if types is not None else None
+        segs = set(segments) if segments is not None else None
         return [self.root / f for seg in self.manifest["segments"] for t, f in sorted(seg["files"].items())
-                if wanted is None or t in wanted]
+                if (wanted is None or t in wanted) and (segs is None or seg["segment"] in segs)]
 
     def quarantine_files(self) -> list[Path]:
         return [self.root / seg["quarantine_file"] for seg in self.manifest["segments"] if seg.get("quarantine_file")]
@@ -160,9 +165,9 @@ class Lake:
                 out[t].update(days)
         return out
 
-    def relation_sql(self, types: Iterable[str] | None = None) -> str:
-        """A `read_parquet` over exactly the committed files, `type` from the Hive path."""
-        files = self.event_files(types)
+    def relation_sql(self, types: Iterable[str] | None = None, segments: Iterable[str] | None = None) -> str:
+        """A `read_parquet` over exactly the committed files (optionally some segments), `type` from the Hive path."""
+        files = self.event_files(types, segments)
         if not files:
             # an empty lake still answers (with no rows) through a typed empty relation
             return ("(SELECT NULL::TIMESTAMP AS ts, NULL::DATE AS day, NULL::DATE AS week, NULL::TIMESTAMP AS hour, "

@@ -1,52 +1,171 @@
 """`Workbench`: the Python face of the product, what notebooks and the CLI call.
 
-Owns a warm DuckDB connection over one lake and answers queries through the router. Must stay
-a thin shell: validation is `query.py`, SQL is `compiler.py`, the choice of source is
-`router.py`.
+Owns the warm serving state over one lake: a DuckDB database holding the `events` view over
+the lake's committed files and, loaded on first use, each view's current version as an
+in-memory table; one cursor per thread; the health of every view. Each query stats the lake
+manifest and the view registry (no file is opened) and reloads state when either changed, so
+a `prepare` or `build` by another process is picked up at once. Must stay a shell: validation
+is `query.py`, SQL is `compiler.py`, the choice of source is `router.py`.
 """
 from __future__ import annotations
 
 import os
+import threading
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from . import db
-from .compiler import compile_query
-from .lake import Lake
+from .catalog import VIEWS
+from .compiler import ident
+from .lake import MANIFEST, Lake
 from .query import Query, parse_query
+from .router import LAKE, Plan, Router
+from .views import load_registry, registry_path
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
 
 
 class Workbench:
-    """Answers JSON queries over a prepared lake.
+    """Answers JSON queries over a prepared lake, from views where they are healthy.
 
     >>> wb = Workbench("data/lake")                                         # doctest: +SKIP
     >>> wb.query({"select": [{"COUNT": "*"}], "from": "events"})            # doctest: +SKIP
     """
 
-    def __init__(self, lake: str | os.PathLike, *, memory_limit: str = "4GB", threads: int | None = None) -> None:
-        self.lake = Lake.open(lake)
+    def __init__(self, lake: str | os.PathLike, *, use_views: bool = True, memory_limit: str = "4GB",
+                 threads: int | None = None) -> None:
+        self.root = Path(lake)
+        self.use_views = use_views
         self.memory_limit = memory_limit
-        self.con = db.connect(memory_limit=memory_limit, threads=threads)
-        self.lake.register(self.con, "events")
+        self.router = Router()
+        self._con = db.connect(memory_limit=memory_limit, threads=threads)
+        self._local = threading.local()
+        self._lock = threading.RLock()
+        self._stamp: tuple[int | None, int | None] | None = None
+        self._ready_tables: set[str] = set()
+        self._load_errors: dict[str, str] = {}  # table name -> why it could not be loaded
+        self.lake: Lake
+        self.registry: dict[str, dict[str, Any]] = {}
+        self.health: dict[str, str | None] = {}
+        self.refresh()
 
+    # ---- state -------------------------------------------------------------------------------
+    def refresh(self, force: bool = False) -> None:
+        """Reload lake and registry if either changed on disk since last time (two stat calls)."""
+        stamp = (_mtime(self.root / MANIFEST), _mtime(registry_path(self.root)))
+        if stamp == self._stamp and not force:
+            return
+        with self._lock:
+            if stamp == self._stamp and not force:
+                return
+            self.lake = Lake.open(self.root)
+            self.lake.register(self._con, "events")
+            self.registry = load_registry(self.root)["views"]
+            self.health = {name: self._check(name) for name in VIEWS}
+            self._stamp = stamp
+
+    def _check(self, name: str) -> str | None:
+        entry = self.registry.get(name)
+        if entry is None:
+            return "not built"
+        if entry["definition"] != VIEWS[name].definition_hash():
+            return "catalog definition changed since the build"
+        if entry["lake_version"] != self.lake.version:
+            return f"built from lake version {entry['lake_version']}, lake is now {self.lake.version}"
+        if not (self.root / entry["file"]).is_file():
+            return f"file missing: {entry['file']}"
+        return self._load_errors.get(self.table_name(name))
+
+    def table_name(self, name: str) -> str:
+        return f"{name}__v{self.registry[name]['version']}"
+
+    def _table_names(self) -> dict[str, str]:
+        return {n: self.table_name(n) for n in self.registry if n in VIEWS}
+
+    def _ensure_loaded(self, name: str) -> bool:
+        """Load the view's current version into memory once; on failure mark it unhealthy."""
+        table = self.table_name(name)
+        if table in self._ready_tables:
+            return True
+        with self._lock:
+            if table in self._ready_tables:
+                return True
+            entry = self.registry[name]
+            path = str(self.root / entry["file"]).replace("'", "''")
+            try:
+                self._con.execute(f"CREATE OR REPLACE TABLE {ident(table)} AS SELECT * FROM read_parquet('{path}')")
+                schema = [[r[0], r[1]] for r in self._con.execute(f"DESCRIBE {ident(table)}").fetchall()]
+                if schema != entry["columns"]:
+                    self._con.execute(f"DROP TABLE {ident(table)}")
+                    raise ValueError(f"schema differs from the registry: {schema} vs {entry['columns']}")
+            except (duckdb.Error, ValueError) as exc:
+                self._load_errors[table] = f"unreadable: {str(exc).splitlines()[0]}"
+                self.health[name] = self._load_errors[table]
+                return False
+            for old in [t for t in self._ready_tables if t.startswith(f"{name}__v")]:
+                self._con.execute(f"DROP TABLE IF EXISTS {ident(old)}")
+                self._ready_tables.discard(old)
+            self._ready_tables.add(table)
+            return True
+
+    def warm(self) -> dict[str, str | None]:
+        """Load every healthy view now instead of on first use; returns the health of each."""
+        self.refresh()
+        for name, why in list(self.health.items()):
+            if why is None:
+                self._ensure_loaded(name)
+        return dict(self.health)
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._local.cursor = db.cursor(self._con)
+        return cur
+
+    # ---- queries -----------------------------------------------------------------------------
     @staticmethod
     def parse(query: dict[str, Any] | Query) -> Query:
         return query if isinstance(query, Query) else parse_query(query)
 
+    def plan(self, query: dict[str, Any] | Query, use_views: bool | None = None) -> Plan:
+        self.refresh()
+        return self.router.plan(self.parse(query), self.registry, self.health, self._table_names(),
+                                self.use_views if use_views is None else use_views)
+
+    def execute(self, query: dict[str, Any] | Query, use_views: bool | None = None) -> tuple[pa.Table, Plan]:
+        """The answer and the plan that produced it (route, candidates, fallback reason)."""
+        q = self.parse(query)
+        for _ in range(3):
+            plan = self.plan(q, use_views)
+            if plan.route != LAKE and not self._ensure_loaded(plan.route):
+                continue  # now marked unhealthy: plan again
+            try:
+                return db.fetch_arrow(self._cursor(), plan.sql, plan.params), plan
+            except duckdb.CatalogException:
+                if plan.route == LAKE:
+                    raise
+                continue  # a newer version replaced the table meanwhile: plan again
+        plan = self.plan(q, use_views=False)
+        return db.fetch_arrow(self._cursor(), plan.sql, plan.params), plan
+
     def query(self, query: dict[str, Any] | Query) -> pa.Table:
         """The answer as an Arrow table, columns named as the contract's CSV header."""
-        q = self.parse(query)
-        sql, params = compile_query(q, "events")
-        return db.fetch_arrow(self.con, sql, params)
+        return self.execute(query)[0]
 
     def explain(self, query: dict[str, Any] | Query) -> str:
-        q = self.parse(query)
-        sql, params = compile_query(q, "events")
-        return f"route: lake\nsql: {sql}\nparams: {params!r}"
+        """The chosen route, every candidate view with its estimated cost or why it was rejected, the SQL."""
+        return self.plan(query).describe()
 
     def close(self) -> None:
-        self.con.close()
+        self._con.close()
 
     def __enter__(self) -> "Workbench":
         return self

@@ -1,0 +1,145 @@
+"""The catalog of materialized views: every rollup the product keeps, declared in one place.
+
+Owns *what* each view is (time grain, dimensions, source filter, measures), the column list a
+view file must have, and the rules of which query columns and aggregates a view can answer.
+Must not build views (that is `views.py`) or choose among them (that is `router.py`).
+
+Every view keeps `type` as a dimension and, per group, the exact measures from which all five
+aggregates derive: `cnt` = COUNT(*), and for each price column its non-NULL count, its SUM as
+DECIMAL(38,4) (exact, so answers do not depend on summation order), MIN and MAX. A view at a
+time grain also stores the coarser time columns (hour -> day -> week), so filters and group-bys
+on them are exact at every edge instead of being derived per query.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+from .schema import EVENT_TYPES, LAKE_TYPES, NOT_NULL_IN_LAKE, PRICE_SCALE
+
+MEASURE_COLUMNS: tuple[str, ...] = ("bid_price", "total_price")
+TIME_GRAINS: tuple[str, ...] = ("minute", "hour", "day", "all")
+# The time columns a grain stores: the grain itself and everything coarser.
+GRAIN_TIME_COLUMNS: dict[str, tuple[str, ...]] = {
+    "minute": ("minute", "hour", "day", "week"),
+    "hour": ("hour", "day", "week"),
+    "day": ("day", "week"),
+    "all": (),
+}
+SUM_TYPE = f"DECIMAL(38,{PRICE_SCALE})"
+
+
+@dataclass(frozen=True)
+class ViewDef:
+    name: str
+    grain: str  # one of TIME_GRAINS
+    dims: tuple[str, ...]  # entity dimensions besides type and time
+    types: tuple[str, ...] = EVENT_TYPES  # source filter: which event types the view holds
+    note: str = ""
+
+    @property
+    def time_columns(self) -> tuple[str, ...]:
+        return GRAIN_TIME_COLUMNS[self.grain]
+
+    @property
+    def group_columns(self) -> tuple[str, ...]:
+        """The view's key: type, the time columns, then the entity dimensions."""
+        return ("type",) + self.time_columns + self.dims
+
+    @property
+    def measure_columns(self) -> tuple[str, ...]:
+        cols = ["cnt"]
+        for m in MEASURE_COLUMNS:
+            cols += [f"nn_{m}", f"sum_{m}", f"min_{m}", f"max_{m}"]
+        return tuple(cols)
+
+    def schema(self) -> list[tuple[str, str]]:
+        """Columns and DuckDB types a built view of this definition must have, in order."""
+        cols = [(c, LAKE_TYPES[c]) for c in self.group_columns]
+        cols.append(("cnt", "BIGINT"))
+        for m in MEASURE_COLUMNS:
+            cols += [(f"nn_{m}", "BIGINT"), (f"sum_{m}", SUM_TYPE), (f"min_{m}", "DOUBLE"), (f"max_{m}", "DOUBLE")]
+        return cols
+
+    def definition_hash(self) -> str:
+        text = json.dumps([self.grain, self.group_columns, self.types, self.schema()])
+        return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+    def aggregate_sql(self, source: str, where: str = "") -> str:
+        """The SELECT computing this view from `source`, a relation with the lake's columns."""
+        items = [c for c in self.group_columns]
+        items.append("count(*)::BIGINT AS cnt")
+        for m in MEASURE_COLUMNS:
+            items += [f"count({m})::BIGINT AS nn_{m}",
+                      f"sum(CAST({m} AS {SUM_TYPE})) AS sum_{m}",
+                      f"min({m}) AS min_{m}", f"max({m}) AS max_{m}"]
+        filters = [f"type IN ({', '.join(repr(t) for t in self.types)})"] if self.types != EVENT_TYPES else []
+        if where:
+            filters.append(where)
+        where_sql = f" WHERE {' AND '.join(filters)}" if filters else ""
+        return (f"SELECT {', '.join(items)} FROM {source}{where_sql} "
+                f"GROUP BY {', '.join(self.group_columns)}")
+
+    def reaggregate_sql(self, source: str) -> str:
+        """Merge rows of this view's shape (e.g. old view + new data) into one row per key."""
+        items = list(self.group_columns) + ["sum(cnt)::BIGINT AS cnt"]
+        for m in MEASURE_COLUMNS:
+            items += [f"sum(nn_{m})::BIGINT AS nn_{m}", f"sum(sum_{m})::{SUM_TYPE} AS sum_{m}",
+                      f"min(min_{m}) AS min_{m}", f"max(max_{m}) AS max_{m}"]
+        return f"SELECT {', '.join(items)} FROM {source} GROUP BY {', '.join(self.group_columns)}"
+
+    @property
+    def sort_columns(self) -> tuple[str, ...]:
+        # type then time first: the router's filters are nearly always on these, and sorted
+        # columns let DuckDB's zone maps skip whole row groups
+        return ("type",) + self.time_columns[:1] + self.dims
+
+
+def _wide(grain: str, *dims: str, note: str = "") -> ViewDef:
+    name = f"mv_{grain}_{'_'.join(dims) if dims else 'type'}_wide"
+    return ViewDef(name, grain, tuple(dims), note=note)
+
+
+CATALOG: tuple[ViewDef, ...] = (
+    # the five the product has always promised
+    _wide("day", "advertiser_id", note="daily per advertiser"),
+    _wide("day", "country", note="daily per country"),
+    _wide("day", note="daily per type"),
+    _wide("hour", "advertiser_id", note="hourly per advertiser"),
+    ViewDef("mv_all_adv_type_counts", "all", ("advertiser_id",), note="whole-period per advertiser"),
+    # further rollups for the judges-style workload (filters on type/day/country/advertiser,
+    # group-bys on day/week/hour/minute/country/advertiser/publisher)
+    _wide("day", "publisher_id", note="daily per publisher"),
+    _wide("day", "country", "publisher_id", note="daily per country x publisher"),
+    _wide("day", "country", "advertiser_id", note="daily per country x advertiser"),
+    _wide("hour", note="hourly per type"),
+    _wide("hour", "country", note="hourly per country"),
+    _wide("minute", note="per-minute per type"),
+    ViewDef("mv_all_country_publisher_id", "all", ("country", "publisher_id"), note="whole-period per country x publisher"),
+)
+VIEWS: dict[str, ViewDef] = {v.name: v for v in CATALOG}
+
+
+def view_columns(view: ViewDef) -> frozenset[str]:
+    """Query columns a view can filter and group on."""
+    return frozenset(view.group_columns)
+
+
+def measure_expr(func: str, col: str, view: ViewDef) -> Optional[str]:
+    """SQL over the view's columns for aggregate `func(col)`, or None if the view cannot answer it."""
+    if col == "*" or (func == "COUNT" and col in NOT_NULL_IN_LAKE):
+        return "COALESCE(sum(cnt), 0)::BIGINT" if func == "COUNT" else None
+    if col in MEASURE_COLUMNS:
+        return {
+            "COUNT": f"COALESCE(sum(nn_{col}), 0)::BIGINT",
+            "SUM": f"CAST(sum(sum_{col}) AS DOUBLE)",
+            "AVG": f"CAST(sum(sum_{col}) AS DOUBLE) / NULLIF(sum(nn_{col}), 0)",
+            "MIN": f"min(min_{col})",
+            "MAX": f"max(max_{col})",
+        }[func]
+    if func in ("MIN", "MAX") and col in view.group_columns:
+        return f"{func.lower()}({col})"
+    return None
+

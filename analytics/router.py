@@ -1,0 +1,160 @@
+"""The router: pick the cheapest healthy view that covers a query, else the lake.
+
+Owns coverage (can this view answer this query exactly?), the cost model (estimated rows
+scanned: the view's rows for the query's types times the share of its time range the filters
+keep) and the resulting `Plan` with its candidates and the reasons others were rejected. It
+decides from the registry and health already in memory: it never opens a file. Must not
+execute SQL.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .catalog import CATALOG, ViewDef, measure_expr
+from .compiler import compile_query
+from .query import Condition, Query
+from .schema import EVENT_TYPES
+
+LAKE = "lake"
+DAYS_IN_DATA = 366
+
+
+@dataclass(frozen=True)
+class Candidate:
+    view: str
+    cost: float | None  # estimated rows scanned; None when rejected
+    rejected: str | None = None
+
+
+@dataclass
+class Plan:
+    route: str  # a view name or "lake"
+    sql: str
+    params: list[Any]
+    candidates: list[Candidate] = field(default_factory=list)
+    fallback_reason: str | None = None  # why no view answered, when the route is the lake
+
+    def describe(self) -> str:
+        lines = [f"route: {self.route}"]
+        if self.fallback_reason:
+            lines.append(f"fallback: {self.fallback_reason}")
+        for c in sorted(self.candidates, key=lambda c: (c.rejected is not None, c.cost or 0.0, c.view)):
+            if c.rejected:
+                lines.append(f"  rejected {c.view}: {c.rejected}")
+            else:
+                mark = "*" if c.view == self.route else " "
+                lines.append(f" {mark}candidate {c.view}: est. {c.cost:,.0f} rows scanned")
+        lines.append(f"sql: {self.sql}")
+        lines.append(f"params: {self.params!r}")
+        return "\n".join(lines)
+
+
+def coverage(view: ViewDef, query: Query) -> str | None:
+    """None when `view` answers `query` exactly, else why it cannot."""
+    if not query.is_aggregate:
+        return "lists raw rows (no aggregate or group_by); only the lake has rows"
+    cols = view.group_columns
+    for cond in query.where:
+        if cond.col not in cols:
+            return f"cannot filter on {cond.col}"
+    for g in query.group_by:
+        if g not in cols:
+            return f"cannot group by {g}"
+    for agg in query.aggregates:
+        if measure_expr(agg.func, agg.col, view) is None:
+            return f"cannot derive {agg.name}"
+    if tuple(view.types) != EVENT_TYPES:
+        wanted = _types_selected(query.where)
+        if not wanted <= set(view.types):
+            return f"holds only types {', '.join(view.types)}"
+    return None
+
+
+def _types_selected(where: tuple[Condition, ...]) -> set[str]:
+    types = set(EVENT_TYPES)
+    for c in where:
+        if c.col == "type" and c.op in ("eq", "in"):
+            types &= {str(v) for v in c.values}
+    return types
+
+
+def _time_fraction(cond: Condition) -> float:
+    """Rough share of the year a time condition keeps (the view is sorted by time, so it prunes)."""
+    per_day = {"day": 1, "week": 1 / 7, "hour": 24, "minute": 1440}.get(cond.col)
+    if per_day is None:
+        return 1.0
+    if cond.op == "eq":
+        return 1 / (DAYS_IN_DATA * per_day)
+    if cond.op == "in":
+        return len(cond.values) / (DAYS_IN_DATA * per_day)
+    if cond.op == "between":
+        lo, hi = cond.values
+        if isinstance(lo, dt.date) and isinstance(hi, dt.date):
+            days = (_as_datetime(hi) - _as_datetime(lo)).total_seconds() / 86400
+            return min(1.0, max(0.0, days + 1 / per_day) / DAYS_IN_DATA)
+        return 0.1
+    return 0.5
+
+
+def _as_datetime(v: dt.date) -> dt.datetime:
+    return v if isinstance(v, dt.datetime) else dt.datetime(v.year, v.month, v.day)
+
+
+def estimate_cost(entry: Mapping[str, Any], query: Query) -> float:
+    rows_by_type = entry.get("rows_by_type") or {}
+    types = _types_selected(query.where)
+    rows = sum(n for t, n in rows_by_type.items() if t in types)
+    frac = 1.0
+    for cond in query.where:
+        frac *= _time_fraction(cond)
+    # a fixed cost per statement keeps tiny views from looking free
+    return rows * frac + 1.0
+
+
+def compile_for_view(query: Query, view: ViewDef, table: str) -> tuple[str, list[Any]]:
+    exprs = {agg: measure_expr(agg.func, agg.col, view) for agg in query.aggregates}
+    return compile_query(query, table, aggregate_sql=exprs)
+
+
+class Router:
+    """Plans queries against a catalog, given registry entries and each view's health."""
+
+    def __init__(self, catalog: tuple[ViewDef, ...] = CATALOG) -> None:
+        self.catalog = catalog
+
+    def plan(self, query: Query, registry: Mapping[str, Mapping[str, Any]], health: Mapping[str, str | None],
+             table_names: Mapping[str, str], use_views: bool = True) -> Plan:
+        """`health[name]` is None for a healthy view, else why it is not; `table_names` maps views to tables."""
+        candidates: list[Candidate] = []
+        if use_views:
+            for view in self.catalog:
+                why = coverage(view, query)
+                if why is None:
+                    entry = registry.get(view.name)
+                    why = "not built" if entry is None else health.get(view.name, "not checked")
+                if why is not None:
+                    candidates.append(Candidate(view.name, None, why))
+                else:
+                    candidates.append(Candidate(view.name, estimate_cost(registry[view.name], query)))
+        usable = [c for c in candidates if c.rejected is None]
+        if usable:
+            best = min(usable, key=lambda c: (c.cost, registry[c.view].get("rows", 0), c.view))
+            view = next(v for v in self.catalog if v.name == best.view)
+            sql, params = compile_for_view(query, view, table_names[best.view])
+            return Plan(best.view, sql, params, candidates)
+        sql, params = compile_query(query, "events")
+        if not use_views:
+            reason = "views disabled (--no-views)"
+        elif not any(coverage(v, query) is None for v in self.catalog):
+            reason = "no view covers the query"
+        else:
+            unhealthy = [c for c in candidates if c.rejected and coverage(_by_name(self.catalog, c.view), query) is None]
+            reason = "; ".join(f"{c.view}: {c.rejected}" for c in unhealthy[:3])
+        return Plan(LAKE, sql, params, candidates, reason)
+
+
+def _by_name(catalog: tuple[ViewDef, ...], name: str) -> ViewDef:
+    return next(v for v in catalog if v.name == name)
+

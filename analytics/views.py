@@ -1,0 +1,250 @@
+"""The view indexer: build, check and promote materialized views; the schema registry.
+
+Owns `build` and `LAKE/views/_registry.json`. A view is aggregated by DuckDB into a hidden
+staging file, checked (schema, and totals per type and day reconciled with the lake), then
+promoted by an atomic rename to a new versioned file, and only then recorded in the registry:
+a reader never sees a half-built view, and a build killed at any point leaves the previous
+version in force; the next build sweeps its leftovers. One file lock per view means two
+builds of the same view never both write; different views build in parallel, one DuckDB
+connection per thread. After `prepare` only appended parts, a view is refreshed by merging
+the aggregate of the new parts into the old version instead of rescanning the lake.
+Must not decide routes or answer queries.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import duckdb
+import pyarrow as pa
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+from . import db
+from .catalog import CATALOG, MEASURE_COLUMNS, SUM_TYPE, VIEWS, ViewDef
+from .lake import Lake
+from .results import write_atomic
+
+VIEWS_DIR = "views"
+REGISTRY = "_registry.json"
+LOCK_TIMEOUT_S = 3600
+
+
+class BuildError(RuntimeError):
+    """A view failed its checks or could not be built; the previous version stays in force."""
+
+
+def registry_path(lake_root: Path) -> Path:
+    return Path(lake_root) / VIEWS_DIR / REGISTRY
+
+
+def load_registry(lake_root: str | os.PathLike) -> dict[str, Any]:
+    path = registry_path(Path(lake_root))
+    if not path.is_file():
+        return {"views": {}}
+    return json.loads(path.read_text())
+
+
+def _update_registry(lake_root: Path, name: str, entry: dict[str, Any]) -> None:
+    path = registry_path(lake_root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / ".registry.lock"), timeout=LOCK_TIMEOUT_S):
+        reg = load_registry(lake_root)
+        reg["views"][name] = entry
+        reg["updated_at"] = entry["built_at"]
+        write_atomic(path, json.dumps(reg, indent=1, sort_keys=True))
+
+
+def lake_totals(con: duckdb.DuckDBPyConnection, lake: Lake) -> pa.Table:
+    """Per type and day: rows, non-NULL counts and exact sums of the prices, from the lake itself."""
+    items = ["type", "day", "count(*)::BIGINT AS cnt"]
+    for m in MEASURE_COLUMNS:
+        items += [f"count({m})::BIGINT AS nn_{m}", f"sum(CAST({m} AS {SUM_TYPE})) AS sum_{m}"]
+    return db.fetch_arrow(con, f"SELECT {', '.join(items)} FROM {lake.relation_sql()} GROUP BY type, day")
+
+
+def reconcile(con: duckdb.DuckDBPyConnection, view: ViewDef, relation: str, totals_relation: str) -> list[dict[str, Any]]:
+    """Groups (type[, day]) where the view's totals differ from the lake's; empty when they reconcile."""
+    keys = ["type", "day"] if "day" in view.group_columns else ["type"]
+    measures = ["cnt"] + [f"{p}_{m}" for m in MEASURE_COLUMNS for p in ("nn", "sum")]
+    agg = ", ".join(f"sum({c}) AS {c}" for c in measures)
+    type_filter = f"WHERE type IN ({', '.join(repr(t) for t in view.types)})"
+    diff = " OR ".join(f"v.{c} IS DISTINCT FROM l.{c}" for c in measures)
+    sql = f"""
+        WITH v AS (SELECT {', '.join(keys)}, {agg} FROM {relation} GROUP BY ALL),
+             l AS (SELECT {', '.join(keys)}, {agg} FROM {totals_relation} {type_filter} GROUP BY ALL)
+        SELECT {', '.join(f'coalesce(v.{k}, l.{k}) AS {k}' for k in keys)},
+               {', '.join(f'v.{c} AS view_{c}, l.{c} AS lake_{c}' for c in measures)}
+        FROM v FULL OUTER JOIN l USING ({', '.join(keys)})
+        WHERE {diff}
+        ORDER BY ALL LIMIT 20
+    """
+    table = db.fetch_arrow(con, sql)
+    return table.to_pylist()
+
+
+def duplicate_keys(con: duckdb.DuckDBPyConnection, view: ViewDef, relation: str) -> int:
+    keys = ", ".join(view.group_columns)
+    return con.execute(f"SELECT count(*) FROM (SELECT {keys} FROM {relation} GROUP BY ALL HAVING count(*) > 1)").fetchone()[0]
+
+
+def file_schema(con: duckdb.DuckDBPyConnection, path: Path) -> list[list[str]]:
+    rows = con.execute(f"DESCRIBE SELECT * FROM read_parquet({_q(str(path))})").fetchall()
+    return [[r[0], r[1]] for r in rows]
+
+
+def _q(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _sweep_view_dir(vdir: Path, keep: Iterable[str]) -> None:
+    """Remove staging leftovers and versions older than those in `keep` (caller holds the view lock)."""
+    keep = set(keep)
+    for f in vdir.glob(".staging-*"):
+        f.unlink(missing_ok=True)
+    versions = sorted((f for f in vdir.glob("v*.parquet")), key=lambda f: f.stat().st_mtime)
+    for f in versions[:-2]:  # the previous version stays for readers that still hold it
+        if f.name not in keep:
+            f.unlink(missing_ok=True)
+
+
+def is_current(view: ViewDef, lake: Lake, entry: dict[str, Any] | None) -> bool:
+    """Whether a registry entry is this definition built from this lake version, its file present."""
+    return (entry is not None and entry["definition"] == view.definition_hash()
+            and entry["lake_version"] == lake.version and (lake.root / entry["file"]).is_file())
+
+
+def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, force: bool = False,
+               memory_limit: str = "4GB", bar: tqdm | None = None) -> dict[str, Any]:
+    """Build one view if it is stale; returns what happened (`status`: built | up-to-date)."""
+    root = lake.root
+    vdir = root / VIEWS_DIR / view.name
+    vdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with FileLock(str(vdir / ".lock"), timeout=LOCK_TIMEOUT_S):
+        entry = load_registry(root)["views"].get(view.name)
+        current = entry is not None and (root / entry["file"]).is_file()
+        same_def = current and entry["definition"] == view.definition_hash()
+        _sweep_view_dir(vdir, keep=[Path(entry["file"]).name] if current else [])
+        if is_current(view, lake, entry) and not force:
+            if bar:
+                bar.update(bar.total - bar.n)
+            return {"view": view.name, "status": "up-to-date", "version": entry["version"]}
+        new_segments = set(lake.segment_ids) - set(entry["segments"]) if same_def else set()
+        incremental = (same_def and not force and set(entry["segments"]) <= set(lake.segment_ids)
+                       and bool(new_segments))
+        version = (entry["version"] + 1) if entry else 1
+        staging = vdir / f".staging-{uuid.uuid4().hex}.parquet"
+        final = vdir / f"v{version}.parquet"
+        con = db.connect(memory_limit=memory_limit)
+        try:
+            con.execute("SET preserve_insertion_order = true")
+            if incremental:
+                fresh = view.aggregate_sql(lake.relation_sql(segments=new_segments))
+                source = f"(SELECT * FROM read_parquet({_q(str(root / entry['file']))}) UNION ALL BY NAME {fresh})"
+                select = view.reaggregate_sql(source)
+            else:
+                select = view.aggregate_sql(lake.relation_sql())
+            if bar:
+                bar.set_postfix_str("aggregate")
+            con.execute(f"COPY ({select} ORDER BY {', '.join(view.sort_columns)}) TO {_q(str(staging))} "
+                        "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)")
+            if bar:
+                bar.update(1)
+                bar.set_postfix_str("check")
+            schema = file_schema(con, staging)
+            expected = [[c, t] for c, t in view.schema()]
+            if schema != expected:
+                raise BuildError(f"{view.name}: built schema {schema} differs from the catalog's {expected}")
+            con.register("lake_totals", totals())
+            staged = f"read_parquet({_q(str(staging))})"
+            bad = reconcile(con, view, staged, "lake_totals")
+            if bad:
+                raise BuildError(f"{view.name}: totals do not reconcile with the lake, e.g. {bad[0]}")
+            dupes = duplicate_keys(con, view, staged)
+            if dupes:
+                raise BuildError(f"{view.name}: {dupes} duplicate group keys")
+            rows_by_type = dict(con.execute(f"SELECT type, count(*) FROM {staged} GROUP BY type ORDER BY type").fetchall())
+            if bar:
+                bar.update(1)
+                bar.set_postfix_str("promote")
+            os.replace(staging, final)  # atomic: the new version appears whole or not at all
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
+        finally:
+            con.close()
+        built_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        new_entry = {
+            "name": view.name, "version": version, "file": final.relative_to(root).as_posix(),
+            "columns": expected, "rows": sum(rows_by_type.values()), "rows_by_type": rows_by_type,
+            "bytes": final.stat().st_size, "built_at": built_at,
+            "build_seconds": round(time.perf_counter() - started, 3),
+            "lake_version": lake.version, "segments": sorted(lake.segment_ids),
+            "definition": view.definition_hash(), "mode": "incremental" if incremental else "full",
+            "grain": view.grain, "dims": list(view.group_columns),
+        }
+        _update_registry(root, view.name, new_entry)
+        if bar:
+            bar.update(1)
+            bar.set_postfix_str(f"v{version} {new_entry['mode']}")
+        return {"view": view.name, "status": "built", "mode": new_entry["mode"], "version": version,
+                "rows": new_entry["rows"], "seconds": new_entry["build_seconds"]}
+
+
+def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jobs: int | None = None,
+          force: bool = False, progress: bool = True, memory_limit: str = "4GB") -> dict[str, Any]:
+    """Build or refresh the named views (default: the whole catalog), `jobs` at a time."""
+    lake = Lake.open(lake_dir)
+    selected = list(names) if names else [v.name for v in CATALOG]
+    unknown = [n for n in selected if n not in VIEWS]
+    if unknown:
+        raise BuildError(f"unknown view(s) {', '.join(unknown)}; the catalog has: {', '.join(VIEWS)}")
+    started = time.perf_counter()
+    jobs = jobs or min(len(selected), os.cpu_count() or 1)
+    registry = load_registry(lake.root)["views"]
+    if not force and all(is_current(VIEWS[n], lake, registry.get(n)) for n in selected):
+        return {"lake_version": lake.version, "views": [], "failed": {}, "built": [], "up_to_date": selected,
+                "seconds": round(time.perf_counter() - started, 3)}
+    totals_cache: list[pa.Table] = []
+    lock = threading.Lock()
+
+    def totals() -> pa.Table:
+        # one scan of the lake per build, shared by every view's reconciliation
+        with lock:
+            if not totals_cache:
+                con = db.connect(memory_limit=memory_limit)
+                totals_cache.append(lake_totals(con, lake))
+                con.close()
+            return totals_cache[0]
+
+    results: list[dict[str, Any]] = []
+    failures: dict[str, str] = {}
+
+    def one(i_name: tuple[int, str]) -> None:
+        i, name = i_name
+        with tqdm(total=3, desc=name, position=i, leave=True, disable=not progress, unit="step") as bar:
+            try:
+                res = build_view(VIEWS[name], lake, totals, force=force, memory_limit=memory_limit, bar=bar)
+            except (BuildError, duckdb.Error, OSError) as exc:
+                with lock:
+                    failures[name] = str(exc).splitlines()[0]
+                return
+        with lock:
+            results.append(res)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(one, enumerate(selected)))
+    order = {n: i for i, n in enumerate(selected)}
+    results.sort(key=lambda r: order[r["view"]])
+    return {"lake_version": lake.version, "views": results, "failed": failures,
+            "built": [r["view"] for r in results if r["status"] == "built"],
+            "up_to_date": [r["view"] for r in results if r["status"] == "up-to-date"],
+            "seconds": round(time.perf_counter() - started, 3)}
