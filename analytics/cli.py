@@ -78,19 +78,57 @@ def _load_queries(path: str) -> list[Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import run_queries
+    import duckdb
+
+    from .runner import parse_size, run_workbench
     from .workbench import Workbench
 
+    try:
+        parse_size(args.memory_limit)
+    except ValueError as exc:
+        raise CliError(f"--memory-limit: {exc}") from None
     queries = _load_queries(args.queries)
-    wb = Workbench(args.lake, memory_limit=args.memory_limit, use_views=not args.no_views)
-
-    def answer(q):  # noqa: ANN001, ANN202 - the runner's Answerer
-        table, plan = wb.execute(q)
-        return table, plan.route
-
-    report = run_queries(answer, queries, args.out)
-    _print_run(report, args.out)
+    try:
+        wb = Workbench(args.lake, memory_limit=args.memory_limit, use_views=not args.no_views)
+    except duckdb.Error as exc:
+        raise CliError(f"cannot open lake {args.lake}: {str(exc).splitlines()[0]}") from None
+    try:
+        result = run_workbench(wb, queries, args.out, batch_size=args.batch_size, parallel=not args.sequential,
+                               workers=args.workers, cache=not args.no_cache, persist_cache=not args.no_cache,
+                               batching=not args.no_batching, telemetry=not args.no_telemetry)
+    finally:
+        wb.close()
+    report = result.report
+    for e in report["queries"]:
+        if "error" in e:
+            print(f"{e['id']}: ERROR {e['error']}")
+        else:
+            how = " (cache)" if e["cache"] else (f" (shared scan {e['scan']})" if e.get("shared_scan") else "")
+            print(f"{e['id']}: {e['rows']} rows in {e['ms']:.2f} ms via {e['route']}{how}")
+    print(f"{len(report['queries'])} queries in {len(report['batches'])} batch(es) of at most {report['batch_size']}: "
+          f"{report['lake_queries']} lake queries took {report['lake_scans']} lake scan(s), "
+          f"{report['cache_hits']} cache hit(s), {report['errors']} error(s)")
+    print(f"results in {args.out}/")
     return 1 if report["errors"] else 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .results import write_atomic
+    from .telemetry import format_stats, log_path, read_events, stats
+
+    lake = Path(args.lake)
+    if not lake.is_dir():
+        raise CliError(f"lake directory {args.lake!r} does not exist")
+    summary = stats(read_events(lake))
+    summary["log"] = str(log_path(lake))
+    print(format_stats(summary))
+    if args.json:
+        try:
+            write_atomic(args.json, json.dumps(summary, indent=1, default=str))
+        except OSError as exc:
+            raise CliError(f"cannot write {args.json}: {exc.strerror}") from None
+        print(f"stats in {args.json}")
+    return 0
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
@@ -214,7 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", required=True, help="JSON file with a list of queries")
     p.add_argument("--out", required=True, help="directory for q{i}.csv and run.json")
     p.add_argument("--no-views", action="store_true", help="answer from the lake only")
-    p.add_argument("--memory-limit", default="4GB", help="memory limit for query execution (default 4GB)")
+    p.add_argument("--memory-limit", default="4GiB",
+                   help="memory limit for query execution, e.g. 512MB or 4GiB (default 4GiB); a query that "
+                        "needs more fails with an error, the others still run")
+    p.add_argument("--batch-size", type=_positive_int, default=20, help="queries per batch (default 20)")
+    p.add_argument("--sequential", action="store_true", help="one query at a time instead of a thread pool")
+    p.add_argument("--workers", type=_positive_int, default=None, help="threads of the pool (default: cores)")
+    p.add_argument("--no-cache", action="store_true", help="compute every answer; do not read or fill the result cache")
+    p.add_argument("--no-batching", action="store_true", help="one lake scan per query (no shared superset scans)")
+    p.add_argument("--no-telemetry", action="store_true", help="do not append to LAKE/_telemetry/queries.jsonl")
 
     p = add("baseline", cmd_baseline, "reference answers: the challenge baseline (DuckDB view over the raw CSVs)")
     p.add_argument("--raw", required=True, help="directory of raw *.csv parts")
@@ -237,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("explain", cmd_explain, "show route, candidates, costs and SQL for each query")
     p.add_argument("--lake", required=True, help="prepared lake directory")
     p.add_argument("--queries", required=True, help="JSON file with a list of queries")
+
+    p = add("stats", cmd_stats, "query telemetry of a lake: view hit rate, cache hit rate, p50/p95/p99 latency per route")
+    p.add_argument("--lake", required=True, help="prepared lake directory")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the statistics as JSON to FILE")
 
     p = add("remediation", cmd_remediation, "what prepare quarantined and kept, per reason, type, file and day; exit 1 if the counts do not add up")
     p.add_argument("--lake", required=True, help="prepared lake directory")

@@ -1,52 +1,678 @@
-"""The batch runner: answer a file of queries, time compute only, write results atomically.
+"""The batch runner: answer a file of queries safely and fast, time compute only, write results atomically.
 
-Owns the contract's `run` output: `q{i}.csv` per answered query and `run.json`. Results are
-held in memory (Arrow) while timed; files are written after timing, each to a temporary name
-renamed into place, so a killed run never leaves a truncated `q{i}.csv`. A failing query is
-recorded in `run.json` and never stops the others. Must not choose routes or build SQL.
+Owns the contract's `run` output (`q{i}.csv` per answered query, `run.json`) and how a list of
+queries is executed:
+
+- in batches of at most `batch_size` (20) queries; each batch is parsed, looked up in the
+  result cache, planned, computed, then written, and reported in `run.json["batches"]`;
+- lake-routed aggregates of a batch that scan overlapping data share one superset scan
+  (`batching.py`); `run.json` counts `lake_queries` and the `lake_scans` they needed;
+- independent work runs on a thread pool sized to the cores, one DuckDB cursor per thread
+  (`sequential=True` keeps the one-at-a-time mode);
+- a memory guard: DuckDB's `memory_limit` plus an RSS watch (psutil) that interrupts the
+  running statements when the process grew more than the limit during a batch, and a check
+  that no single answer is larger than the limit. A query that fails that way while others ran
+  beside it is retried alone; alone, it fails with an error naming the query and the limit.
+  The other queries still run and the process does not die;
+- `ms` covers compute only (parse, cache lookup, plan, execution, fetching into Arrow). Files are
+  written after timing, each to a temporary name renamed into place, so a killed run never
+  leaves a truncated `q{i}.csv` (answers of the same indices from an earlier run are removed
+  first, so what is there belongs to this run);
+- one failing query (validation or execution) never stops the others: its `run.json` entry has
+  `"error"` and the CLI exits non-zero;
+- every query appends one telemetry event (`telemetry.py`), never blocking the query.
+
+Must not choose routes (that is the router, via `Workbench.plan/execute`) or print.
 """
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import re
+import threading
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+import duckdb
+import psutil
 import pyarrow as pa
 
+from . import db
+from .batching import DEFAULT_MAX_GROUP_RATIO, DEFAULT_MAX_GROUPS, SharedScan, can_share, plan_shared_scans
+from .cache import CacheEntry, ResultCache, cache_key, content_stamp, disk_dir, query_hash
+from .compiler import ident
 from .query import Query, QueryError, parse_query
 from .results import to_csv_text, write_atomic
+from .router import LAKE
+from .telemetry import TelemetryLog, telemetry_log, utc_now
 
-# answer(query) -> (table, route)
+if TYPE_CHECKING:
+    from .router import Plan
+    from .workbench import Workbench
+
+DEFAULT_BATCH_SIZE = 20
+DEFAULT_MEMORY_LIMIT = "4GiB"
+
+# answer(query) -> (table, route): the simple runner's contract, used by `baseline`
 Answerer = Callable[[Query], tuple[pa.Table, str]]
 
 
-def run_queries(answer: Answerer, queries: Sequence[Any], out_dir: str | Path,
-                extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Answer each query, write `q{i}.csv` and `run.json` into `out_dir`; returns the run.json data."""
-    out = Path(out_dir)
+# ---- sizes ----------------------------------------------------------------------------------------
+_UNITS = {"b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
+          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a DuckDB-style size: `512MB` (10^6), `4GiB` (2^30), `1.5GB`, `10%` of the machine's RAM."""
+    t = str(text).strip().lower()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(%|[kmgt]i?b|[kmgt]|b)", t)
+    if not m:
+        raise ValueError(f"expected a memory size like 512MB, 4GB or 4GiB, got {text!r}")
+    value, unit = float(m.group(1)), m.group(2)
+    size = int(psutil.virtual_memory().total * value / 100) if unit == "%" else int(value * _UNITS[unit])
+    if size < 2**20:
+        raise ValueError(f"memory size {text!r} is below 1MiB; DuckDB cannot run in that")
+    return size
+
+
+def format_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+# ---- memory guard -------------------------------------------------------------------------------
+class MemoryLimitError(RuntimeError):
+    """A query needed more memory than the limit allows."""
+
+
+@dataclass
+class _Watch:
+    cursor: duckdb.DuckDBPyConnection
+    tripped: int | None = None  # RSS growth in bytes when the guard fired
+    overlapped: bool = False  # another watched statement ran at the same time
+
+
+class MemoryGuard:
+    """RSS watch over the statements in flight: interrupts them when the process grew by more than `limit`.
+
+    Growth is measured from `base`, the RSS at the start of a batch (and again after a trip, since
+    allocators keep freed memory), so memory held before the batch (loaded views, the cache) is
+    not blamed on its queries; DuckDB's own `memory_limit` bounds what its operators take.
+    """
+
+    def __init__(self, limit: int, poll_s: float = 0.005) -> None:
+        self.limit = limit
+        self.poll_s = poll_s
+        self._proc = psutil.Process()
+        self._lock = threading.Lock()
+        self._active: dict[int, _Watch] = {}
+        self._ids = itertools.count()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._tripped_since_reset = False
+        self.trips = 0
+        self.base = self.rss()
+
+    def rss(self) -> int:
+        try:
+            return self._proc.memory_info().rss
+        except psutil.Error:
+            return 0
+
+    def reset_base(self) -> None:
+        self.base = self.rss()
+        self._tripped_since_reset = False
+
+    def growth(self) -> int:
+        return self.rss() - self.base
+
+    @contextmanager
+    def watch(self, cursor: duckdb.DuckDBPyConnection) -> Iterator[_Watch]:
+        w = _Watch(cursor)
+        token = next(self._ids)
+        with self._lock:
+            if self._active:
+                w.overlapped = True
+                for other in self._active.values():
+                    other.overlapped = True
+            self._active[token] = w
+        self._ensure_thread()
+        self._wake.set()
+        try:
+            yield w
+        finally:
+            grown = self.growth()
+            with self._lock:
+                if w.tripped is None and grown > self.limit:
+                    w.tripped = grown  # a spike between two polls, or an answer too big to hold
+                    self.trips += 1
+                    self._tripped_since_reset = True
+                del self._active[token]
+                idle = not self._active
+            if idle and self._tripped_since_reset:
+                self.reset_base()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            with self._lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._run, name="memory-guard", daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                busy = bool(self._active)
+            if not busy:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            grown = self.growth()
+            if grown > self.limit:
+                with self._lock:
+                    for w in self._active.values():
+                        if w.tripped is None:
+                            w.tripped = grown
+                            self.trips += 1
+                            self._tripped_since_reset = True
+                            try:
+                                w.cursor.interrupt()
+                            except Exception:  # noqa: BLE001 - a closed cursor has nothing to stop
+                                pass
+            time.sleep(self.poll_s)
+
+
+# ---- per-query state ------------------------------------------------------------------------------
+@dataclass
+class _Item:
+    idx: int  # 1-based position in the file
+    raw: Any
+    query: Query | None = None
+    qhash: str | None = None
+    key: str | None = None
+    plan: "Plan | None" = None
+    table: pa.Table | None = None
+    route: str | None = None
+    fallback: str | None = None
+    ms_pre: float = 0.0  # parse, cache lookup, plan
+    ms_exec: float = 0.0  # execution and fetch (a shared scan's share included)
+    cache: bool = False
+    same_as: "_Item | None" = None
+    scan: str | None = None  # id of the shared scan that answered it
+    scan_members: int = 0
+    bytes_read: int | None = None
+    error: str | None = None
+    retry_alone: bool = False
+    computed: bool = False  # executed now (not from the cache)
+    rows: int | None = None
+
+    @property
+    def id(self) -> str:
+        return f"q{self.idx}"
+
+    def reset(self) -> None:
+        self.table = None
+        self.ms_exec = 0.0
+        self.scan = None
+        self.scan_members = 0
+        self.bytes_read = None
+        self.error = None
+        self.retry_alone = False
+
+    def entry(self) -> dict[str, Any]:
+        e: dict[str, Any] = {"id": self.id}
+        if self.error is not None:
+            e["error"] = self.error
+            if self.qhash:
+                e["query_hash"] = self.qhash
+            return e
+        e.update(ms=round(self.ms_pre + self.ms_exec, 3), route=self.route, rows=self.rows,
+                 cache=self.cache, shared_scan=self.scan is not None)
+        if self.scan is not None:
+            e.update(scan=self.scan, scan_members=self.scan_members)
+        if self.same_as is not None:
+            e["same_as"] = self.same_as.id
+        if self.route == LAKE and self.fallback:
+            e["fallback_reason"] = self.fallback
+        if self.bytes_read is not None:
+            e["bytes_read"] = self.bytes_read
+        e["query_hash"] = self.qhash
+        return e
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the `run.json` data and, when kept, each answer (None where it failed)."""
+
+    report: dict[str, Any]
+    tables: list[pa.Table | None] = field(default_factory=list)
+
+    @property
+    def errors(self) -> int:
+        return self.report["errors"]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, QueryError):
+        return f"invalid query: {exc}"
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+class _GuardTrip(Exception):
+    pass
+
+
+_MEMORY_ERRORS = (duckdb.OutOfMemoryException, MemoryError, MemoryLimitError, _GuardTrip, pa.ArrowMemoryError)
+
+
+# ---- the runner ---------------------------------------------------------------------------------
+class SafeBatchRunner:
+    """Executes lists of queries through a `Workbench`: batches, memory guard, shared scans, cache, threads, telemetry.
+
+    >>> runner = SafeBatchRunner(Workbench("data/lake"))                     # doctest: +SKIP
+    >>> runner.run(queries, "out/").report["lake_scans"]                     # doctest: +SKIP
+    """
+
+    def __init__(self, wb: "Workbench", *, batch_size: int = DEFAULT_BATCH_SIZE, parallel: bool = True,
+                 workers: int | None = None, cache: bool | ResultCache = True, persist_cache: bool = True,
+                 batching: bool = True, telemetry: bool | TelemetryLog = True, memory_limit: str | None = None,
+                 max_groups: float = DEFAULT_MAX_GROUPS, max_group_ratio: float = DEFAULT_MAX_GROUP_RATIO) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.wb = wb
+        self.batch_size = batch_size
+        self.parallel = parallel
+        self.workers = workers or os.cpu_count() or 1
+        self.batching = batching
+        self.max_groups = max_groups  # superset size limits (batching.plan_shared_scans)
+        self.max_group_ratio = max_group_ratio
+        self.memory_limit_text = memory_limit or wb.memory_limit
+        self.memory_limit = parse_size(self.memory_limit_text)
+        if memory_limit is not None and memory_limit != wb.memory_limit:
+            wb._con.execute("SET memory_limit = ?", [memory_limit])
+        if isinstance(cache, ResultCache):
+            self.cache: ResultCache | None = cache
+        elif cache:
+            self.cache = ResultCache(directory=disk_dir(wb.root) if persist_cache else None)
+        else:
+            self.cache = None
+        if isinstance(telemetry, TelemetryLog):
+            self.telemetry: TelemetryLog | None = telemetry
+        else:
+            self.telemetry = telemetry_log(wb.root) if telemetry else None
+        self.guard = MemoryGuard(self.memory_limit)
+        self._pool: ThreadPoolExecutor | None = None
+        self._profiled: set[int] = set()
+        self._scan_ids = itertools.count(1)
+
+    # ---- public --------------------------------------------------------------------------------
+    def run(self, queries: Sequence[Any], out_dir: str | os.PathLike | None = None, *,
+            keep_tables: bool | None = None, **overrides: Any) -> RunResult:
+        """Answer `queries` (JSON objects or `Query`s); write `q{i}.csv` and `run.json` into `out_dir` if given.
+
+        `overrides` change `batch_size`, `parallel`, `batching` or `use_cache` for this run only.
+        Answers are kept in the result when `keep_tables` (default: when there is no `out_dir`).
+        """
+        unknown = set(overrides) - {"batch_size", "parallel", "batching", "use_cache"}
+        if unknown:
+            raise TypeError(f"unknown option(s) {sorted(unknown)}")
+        batch_size = overrides.get("batch_size") or self.batch_size
+        parallel = self.parallel if overrides.get("parallel") is None else overrides["parallel"]
+        batching = self.batching if overrides.get("batching") is None else overrides["batching"]
+        use_cache = self.cache is not None and (overrides.get("use_cache") is None or overrides["use_cache"])
+        keep = out_dir is None if keep_tables is None else keep_tables
+        out = Path(out_dir) if out_dir is not None else None
+        if out is not None:
+            _prepare_out_dir(out, len(queries))
+
+        started = time.perf_counter()
+        run_id = uuid.uuid4().hex[:12]
+        items = [_Item(i, raw) for i, raw in enumerate(queries, start=1)]
+        tables: list[pa.Table | None] = [None] * len(items) if keep else []
+        batches: list[dict[str, Any]] = []
+        report: dict[str, Any] = {}
+        for b, start in enumerate(range(0, len(items), batch_size), start=1):
+            chunk = items[start:start + batch_size]
+            batches.append(self._run_batch(chunk, b, parallel=parallel, batching=batching, use_cache=use_cache,
+                                           run_id=run_id))
+            if out is not None:
+                _write_answers(out, chunk)
+            for it in chunk:
+                if keep:
+                    tables[it.idx - 1] = it.table
+                it.table = None  # written: memory goes back before the next batch
+            report = self._report(items, batches, started, batch_size, parallel, batching, use_cache, complete=False)
+            if out is not None and start + batch_size < len(items):
+                write_atomic(out / "run.json", json.dumps(report, indent=1, default=str))
+        report = self._report(items, batches, started, batch_size, parallel, batching, use_cache, complete=True)
+        if out is not None:
+            write_atomic(out / "run.json", json.dumps(report, indent=1, default=str))
+        return RunResult(report, tables)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self.telemetry is not None:
+            self.telemetry.flush()
+
+    def __enter__(self) -> "SafeBatchRunner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- one batch -------------------------------------------------------------------------------
+    def _stamp(self) -> str:
+        wb = self.wb
+        wb.refresh()
+        return content_stamp(wb.lake.version, wb.registry, wb.use_views)
+
+    def _run_batch(self, items: list[_Item], number: int, *, parallel: bool, batching: bool, use_cache: bool,
+                   run_id: str) -> dict[str, Any]:
+        t_batch = time.perf_counter()
+        self.guard.reset_base()
+        stamp = self._stamp() if use_cache else None
+        persist_stamp = stamp if (self.cache is not None and self.cache.directory is not None) else None
+        first_by_key: dict[str, _Item] = {}
+        todo: list[_Item] = []
+        for it in items:
+            t0 = time.perf_counter()
+            try:
+                it.query = parse_query(it.raw) if not isinstance(it.raw, Query) else it.raw
+                it.qhash = query_hash(it.query)
+                if use_cache:
+                    it.key = cache_key(it.query, stamp)
+                    if it.key in first_by_key:  # the same query earlier in this batch answers it
+                        it.same_as = first_by_key[it.key]
+                        it.cache = True
+                        it.ms_pre = (time.perf_counter() - t0) * 1000
+                        continue
+                    hit = self.cache.get(it.key, persist_stamp)
+                    if hit is not None:
+                        it.table, it.route, it.fallback, it.cache = hit.table, hit.route, hit.fallback_reason, True
+                        it.ms_pre = (time.perf_counter() - t0) * 1000
+                        continue
+                    first_by_key[it.key] = it
+                it.plan = self.wb.plan(it.query)
+                it.ms_pre = (time.perf_counter() - t0) * 1000
+                todo.append(it)
+            except Exception as exc:  # noqa: BLE001 - one bad query never stops the batch
+                it.error = describe_error(exc)
+
+        # plan the work: shared scans for lake aggregates, single statements for the rest
+        shareable = [it for it in todo if batching and it.plan.route == LAKE and can_share(it.query)]
+        singles = [it for it in todo if not (batching and it.plan.route == LAKE and can_share(it.query))]
+        scans: list[SharedScan] = []
+        if shareable:
+            rows_by_type = (self.wb.lake.manifest.get("totals") or {}).get("lake_by_type")
+            for g in plan_shared_scans([(it, it.query) for it in shareable], max_groups=self.max_groups,
+                                       max_ratio=self.max_group_ratio, rows_by_type=rows_by_type):
+                if g.size == 1:
+                    singles.append(g.members[0][0])
+                else:
+                    scans.append(g)
+        # longest first: lake work starts before the quick view lookups fill the pool
+        singles.sort(key=lambda it: (it.plan.route != LAKE, it.idx))
+        scan_reports: list[dict[str, Any]] = []
+        tasks: list[Callable[[], None]] = [lambda g=g: self._shared(g, number, scan_reports) for g in scans]
+        tasks += [lambda it=it: self._single(it, alone=not parallel) for it in singles]
+        if parallel and len(tasks) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="query")
+            list(self._pool.map(lambda task: task(), tasks))
+        else:
+            for task in tasks:
+                task()
+        for it in todo:  # failed beside others (memory) or in a failed shared scan: once more, alone
+            if it.retry_alone:
+                it.reset()
+                self._single(it, alone=True)
+
+        for it in items:
+            if it.same_as is not None:
+                src = it.same_as
+                it.table, it.route, it.fallback, it.error = src.table, src.route, src.fallback, src.error
+        for it in items:
+            if it.error is None and it.table is None:
+                it.error = "internal error: no answer was produced"  # never expected; never silent
+            it.rows = it.table.num_rows if it.table is not None else None
+        if use_cache:
+            self._store(todo, stamp, persist_stamp)
+        if self.telemetry is not None:
+            for it in items:
+                self._record(it, run_id)
+        answered = [it for it in items if it.error is None]
+        return {
+            "batch": number, "queries": [it.id for it in items], "ms": round((time.perf_counter() - t_batch) * 1000, 3),
+            "lake_queries": sum(1 for it in answered if it.route == LAKE),
+            "lake_scans": self._lake_scans(items, scan_reports),
+            "cache_hits": sum(1 for it in answered if it.cache),
+            "errors": sum(1 for it in items if it.error is not None),
+            "shared_scans": scan_reports,
+        }
+
+    @staticmethod
+    def _lake_scans(items: list[_Item], scan_reports: list[dict[str, Any]]) -> int:
+        singles = sum(1 for it in items if it.computed and it.scan is None and it.route == LAKE and it.error is None)
+        return singles + sum(1 for s in scan_reports if s.get("ok"))
+
+    def _store(self, todo: list[_Item], stamp: str, persist_stamp: str | None) -> None:
+        if self.cache is None or not todo:
+            return
+        if self._stamp() != stamp:
+            return  # the lake or a view changed while computing: these answers may be of either
+        for it in todo:
+            if it.error is None and it.table is not None and it.key is not None:
+                self.cache.put(it.key, CacheEntry(it.table, it.route, it.fallback), persist_stamp)
+
+    # ---- execution -------------------------------------------------------------------------------
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = self.wb._cursor()
+        if self.telemetry is not None and id(cur) not in self._profiled:
+            try:
+                cur.execute("PRAGMA enable_profiling = 'no_output'")  # for bytes read; costs ~nothing
+                self._profiled.add(id(cur))
+            except duckdb.Error:
+                pass
+        return cur
+
+    def _bytes_read(self, cur: duckdb.DuckDBPyConnection) -> int | None:
+        if self.telemetry is None or id(cur) not in self._profiled:
+            return None
+        try:
+            info = json.loads(cur.get_profiling_information())
+            value = (info.get("io") or {}).get("total_bytes_read")
+            return int(value) if value is not None else None
+        except Exception:  # noqa: BLE001 - telemetry only
+            return None
+
+    def _memory_error(self, it: _Item, exc: BaseException | None, grown: int | None) -> str:
+        limit = f"memory limit {self.memory_limit_text} ({format_size(self.memory_limit)})"
+        if isinstance(exc, MemoryLimitError):
+            return f"{it.id} exceeded the {limit}: {exc}"
+        if grown is not None:
+            return (f"{it.id} exceeded the {limit}: the process grew by {format_size(grown)} while it ran, "
+                    f"so it was stopped; narrow its filters, add a limit, or raise --memory-limit")
+        return (f"{it.id} exceeded the {limit}: {_first_line(exc) if exc else 'out of memory'}; "
+                f"narrow its filters, add a limit, or raise --memory-limit")
+
+    def _check_answer(self, table: pa.Table) -> None:
+        if table.nbytes > self.memory_limit:
+            raise MemoryLimitError(f"its answer ({table.num_rows:,} rows) takes {format_size(table.nbytes)} in memory")
+
+    def _single(self, it: _Item, alone: bool) -> None:
+        cur = self._cursor()
+        t0 = time.perf_counter()
+        w: _Watch | None = None
+        try:
+            with self.guard.watch(cur) as w:
+                table, plan = self.wb.execute(it.query)
+                self._check_answer(table)
+            if w.tripped is not None:
+                raise _GuardTrip()
+            it.ms_exec = (time.perf_counter() - t0) * 1000
+            it.table, it.route, it.fallback, it.computed = table, plan.route, plan.fallback_reason, True
+            it.bytes_read = self._bytes_read(cur) if plan.route == LAKE else None
+        except (duckdb.InterruptException, *_MEMORY_ERRORS) as exc:
+            guard_hit = w is not None and w.tripped is not None
+            if isinstance(exc, duckdb.InterruptException) and not guard_hit:
+                it.error = describe_error(exc)
+            elif not alone and w is not None and w.overlapped:
+                it.retry_alone = True  # maybe the others' memory: decide alone
+            else:
+                it.error = self._memory_error(it, None if isinstance(exc, _GuardTrip) else exc,
+                                              w.tripped if guard_hit and not isinstance(exc, MemoryLimitError) else None)
+        except Exception as exc:  # noqa: BLE001 - the batch goes on
+            it.error = describe_error(exc)
+
+    def _shared(self, scan: SharedScan, batch: int, reports: list[dict[str, Any]]) -> None:
+        scan_id = f"b{batch}s{next(self._scan_ids)}"
+        members: list[_Item] = [m for m, _ in scan.members]
+        cur = self._cursor()
+        table_name = f"__superset_{uuid.uuid4().hex[:12]}"
+        rep: dict[str, Any] = {"scan": scan_id, "queries": [m.id for m in members], "dims": list(scan.dims),
+                               "measures": len(scan.measures), "est_groups": scan.est_groups, "ok": False}
+        reports.append(rep)
+        sql, params = scan.superset_sql("events")
+        try:
+            w: _Watch | None = None
+            with self.guard.watch(cur) as w:
+                t0 = time.perf_counter()
+                cur.execute(f"CREATE TEMP TABLE {ident(table_name)} AS {sql}", params)
+                scan_ms = (time.perf_counter() - t0) * 1000
+                rep["bytes_read"] = self._bytes_read(cur)
+                rep["rows"] = cur.execute(f"SELECT count(*) FROM {ident(table_name)}").fetchall()[0][0]
+                share = scan_ms / len(members)
+                for k, it in enumerate(members):
+                    t1 = time.perf_counter()
+                    try:
+                        msql, mparams = scan.member_sql(k, ident(table_name))
+                        table = db.fetch_arrow(cur, msql, mparams)
+                        self._check_answer(table)
+                    except (duckdb.Error, MemoryLimitError, MemoryError):
+                        it.retry_alone = True  # derive failed: its own plan, alone, decides
+                        continue
+                    it.table, it.route, it.fallback, it.computed = table, LAKE, it.plan.fallback_reason, True
+                    it.ms_exec = share + (time.perf_counter() - t1) * 1000
+                    it.scan, it.scan_members, it.bytes_read = scan_id, len(members), rep["bytes_read"]
+            if w.tripped is not None:
+                raise _GuardTrip()
+            rep.update(ok=True, ms=round(scan_ms, 3))
+        except Exception as exc:  # noqa: BLE001 - the superset failed: each member runs on its own
+            rep["error"] = describe_error(exc) if not isinstance(exc, _GuardTrip) else "memory guard"
+            for it in members:
+                it.reset()
+                it.retry_alone = True
+        finally:
+            try:
+                cur.execute(f"DROP TABLE IF EXISTS {ident(table_name)}")
+            except duckdb.Error:
+                pass
+
+    # ---- reporting -------------------------------------------------------------------------------
+    def _record(self, it: _Item, run_id: str) -> None:
+        assert self.telemetry is not None
+        self.telemetry.record({
+            "time": utc_now(), "run": run_id, "id": it.id, "query": it.qhash,
+            "route": it.route if it.error is None else None,
+            "fallback": it.fallback if it.route == LAKE else None,
+            "ms": round(it.ms_pre + it.ms_exec, 3) if it.error is None else None,
+            "rows": it.rows if it.error is None else None,
+            "cache": it.cache, "shared_scan": it.scan is not None, "bytes_read": it.bytes_read,
+            "error": it.error,
+        })
+
+    def _report(self, items: list[_Item], batches: list[dict[str, Any]], started: float, batch_size: int,
+                parallel: bool, batching: bool, use_cache: bool, complete: bool) -> dict[str, Any]:
+        done = items[:sum(len(b["queries"]) for b in batches)]
+        return {
+            "queries": [it.entry() for it in done],
+            "errors": sum(1 for it in done if it.error is not None),
+            "lake_queries": sum(b["lake_queries"] for b in batches),
+            "lake_scans": sum(b["lake_scans"] for b in batches),
+            "cache_hits": sum(b["cache_hits"] for b in batches),
+            "batches": batches,
+            "batch_size": batch_size,
+            "parallel": parallel, "workers": self.workers if parallel else 1,
+            "batching": batching, "cache": use_cache,
+            "memory_limit": self.memory_limit_text,
+            "wall_ms": round((time.perf_counter() - started) * 1000, 3),
+            "complete": complete,
+        }
+
+
+# ---- files ---------------------------------------------------------------------------------------
+_TMP_LEFTOVER = re.compile(r"^\.(q\d+\.csv|run\.json)\..*\.tmp$")
+
+
+def _prepare_out_dir(out: Path, n: int) -> None:
+    """Create `out`; remove temporary files a killed run left and answers of these indices from an earlier run."""
     out.mkdir(parents=True, exist_ok=True)
-    entries: list[dict[str, Any]] = []
-    answers: list[tuple[int, Query, pa.Table]] = []
+    for f in out.iterdir():
+        if _TMP_LEFTOVER.match(f.name):
+            f.unlink(missing_ok=True)
+    for i in range(1, n + 1):
+        (out / f"q{i}.csv").unlink(missing_ok=True)
+    (out / "run.json").unlink(missing_ok=True)
+
+
+def _write_answers(out: Path, items: Sequence[_Item]) -> None:
+    for it in items:
+        if it.error is None and it.table is not None:
+            write_atomic(out / f"{it.id}.csv", to_csv_text(it.query, it.table))
+
+
+def run_workbench(wb: "Workbench", queries: Sequence[Any], out_dir: str | os.PathLike | None, **options: Any) -> RunResult:
+    """What `analytics run` calls: a `SafeBatchRunner` over `wb` with `options`, closed afterwards."""
+    with SafeBatchRunner(wb, **options) as runner:
+        return runner.run(queries, out_dir)
+
+
+def run_queries(answer: Answerer, queries: Sequence[Any], out_dir: str | os.PathLike,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The simple sequential runner for any `answer(query) -> (table, route)` (e.g. the baseline).
+
+    Same files and guarantees as `SafeBatchRunner` (compute-only timing, atomic writes, failures
+    recorded), without cache, batching or threads.
+    """
+    out = Path(out_dir)
+    _prepare_out_dir(out, len(queries))
+    items: list[_Item] = []
     for i, raw in enumerate(queries, start=1):
-        entry: dict[str, Any] = {"id": f"q{i}"}
+        it = _Item(i, raw)
         try:
             t0 = time.perf_counter()
-            q = parse_query(raw)
-            table, route = answer(q)
-            entry["ms"] = round((time.perf_counter() - t0) * 1000, 3)
-            entry.update(route=route, rows=table.num_rows)
-            answers.append((i, q, table))
-        except QueryError as exc:
-            entry.update(error=f"invalid query: {exc}")
-        except Exception as exc:  # an execution failure must not stop the batch
-            entry.update(error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}")
-        entries.append(entry)
-    for i, q, table in answers:
-        write_atomic(out / f"q{i}.csv", to_csv_text(q, table))
-    stale = {f"q{i}.csv" for i in range(1, len(queries) + 1)} - {f"q{i}.csv" for i, _, _ in answers}
-    for name in stale:  # an old answer to a query that now failed must not pass for a new one
-        (out / name).unlink(missing_ok=True)
+            it.query = parse_query(raw)
+            it.table, it.route = answer(it.query)
+            it.ms_exec = (time.perf_counter() - t0) * 1000
+        except Exception as exc:  # noqa: BLE001 - an execution failure must not stop the batch
+            it.error = describe_error(exc)
+            it.table = None
+        items.append(it)
+    _write_answers(out, items)
+    entries = []
+    for it in items:
+        e: dict[str, Any] = {"id": it.id}
+        if it.error is not None:
+            e["error"] = it.error
+        else:
+            e.update(ms=round(it.ms_exec, 3), route=it.route, rows=it.table.num_rows)
+        entries.append(e)
     report = {"queries": entries, "errors": sum(1 for e in entries if "error" in e), **(extra or {})}
     write_atomic(out / "run.json", json.dumps(report, indent=1, default=str))
     return report
