@@ -11,13 +11,14 @@ real data would also get.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
-import multiprocessing as mp
 import os
-import queue
 import re
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -219,33 +220,35 @@ def _plan(out: Path, rows: int, seed: int, parts: int, dirty: float) -> list[_Pa
     return tasks
 
 
-_progress_queue: Any = None
-
-
-def _pool_init(progress_queue: Any) -> None:
-    global _progress_queue
-    _progress_queue = progress_queue
-
-
-def _pool_write_part(task: _PartTask) -> _PartResult:
-    return _write_part(task, _progress_queue.put)
-
-
 def _run_pool(tasks: list[_PartTask], workers: int, report: Callable[[int], Any]) -> list[_PartResult]:
-    # spawn, not fork: the caller may hold DuckDB or other threads a forked child would inherit locked.
-    ctx = mp.get_context("spawn")
-    progress_queue = ctx.Queue()
-    with ctx.Pool(workers, initializer=_pool_init, initargs=(progress_queue,)) as pool:
-        pending = [pool.apply_async(_pool_write_part, (task,)) for task in tasks]
-        while not all(r.ready() for r in pending):
-            try:
-                report(progress_queue.get(timeout=0.2))
-            except queue.Empty:
-                pass
-            for r in pending:
-                if r.ready() and not r.successful():
-                    r.get()  # re-raises the worker's error; leaving the block terminates the rest
-        return [r.get() for r in pending]
+    """Write parts in `workers` child processes, each `python -m analytics.generator TASK_JSON`.
+
+    Fresh interpreters rather than multiprocessing: nothing of the caller (DuckDB threads, an
+    unguarded `__main__`) is inherited or re-imported. Children report rows written on stdout.
+    """
+    pending = list(tasks)
+    running: list[tuple[subprocess.Popen, _PartTask]] = []
+    results: list[_PartResult] = []
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                task = pending.pop(0)
+                proc = subprocess.Popen([sys.executable, "-m", "analytics.generator", json.dumps(asdict(task))],
+                                        stdout=subprocess.PIPE, text=True)
+                running.append((proc, task))
+            proc, task = running[0]
+            for line in proc.stdout:  # progress lines, then the result as JSON
+                if line.startswith("{"):
+                    results.append(_PartResult(**{**json.loads(line), "type_counts": tuple(json.loads(line)["type_counts"])}))
+                else:
+                    report(int(line))
+            if proc.wait() != 0:
+                raise RuntimeError(f"generating part {task.index} failed (exit code {proc.returncode})")
+            running.pop(0)
+    finally:
+        for proc, _ in running:
+            proc.kill()
+    return results
 
 
 def _write_part(task: _PartTask, report: Callable[[int], Any]) -> _PartResult:
@@ -417,10 +420,19 @@ def _spoil(data: pa.Buffer, rows_at: np.ndarray, ordinal0: int) -> bytes:
             fields[1], fields[7] = b"impression", b""
             fields[5] = b"-" + (fields[5] or b"1.0000")
         elif (ordinal // len(DIRTY_KINDS)) % 2:
-            fields.append(b"")  # 10 fields
+            # a 10th field with content: DuckDB (and so the baseline) reads a bare trailing comma
+            # as the end of a complete 9-field row, which is not a broken line
+            fields.append(b"extra")
         else:
             fields.pop()  # 8 fields
         pieces.append(b",".join(fields) + b"\n")
         pos = end + 1
     pieces.append(view[pos:])
     return b"".join(pieces)
+
+
+if __name__ == "__main__":
+    # a worker of `_run_pool`: write one part, report progress and the result on stdout
+    _task = _PartTask(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(sys.argv[1]).items()})
+    _result = _write_part(_task, lambda n: print(n, flush=True))
+    print(json.dumps(asdict(_result)), flush=True)
