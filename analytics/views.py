@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 
 import duckdb
 import pyarrow as pa
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from . import db
@@ -121,6 +121,16 @@ def is_current(view: ViewDef, lake: Lake, entry: dict[str, Any] | None) -> bool:
             and entry["lake_version"] == lake.version and (lake.root / entry["file"]).is_file())
 
 
+def _sweep_idle(vdir: Path, entry: dict[str, Any]) -> None:
+    """Sweep a view's leftovers (e.g. of a killed build) unless a build holds its lock right now."""
+    lock = FileLock(str(vdir / ".lock"))
+    try:
+        with lock.acquire(timeout=0):
+            _sweep_view_dir(vdir, keep=[Path(entry["file"]).name])
+    except Timeout:
+        pass
+
+
 def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, force: bool = False,
                memory_limit: str = "4GB", bar: tqdm | None = None) -> dict[str, Any]:
     """Build one view if it is stale; returns what happened (`status`: built | up-to-date)."""
@@ -211,6 +221,8 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
     jobs = jobs or min(len(selected), os.cpu_count() or 1)
     registry = load_registry(lake.root)["views"]
     if not force and all(is_current(VIEWS[n], lake, registry.get(n)) for n in selected):
+        for name in selected:
+            _sweep_idle(lake.root / VIEWS_DIR / name, registry[name])
         return {"lake_version": lake.version, "views": [], "failed": {}, "built": [], "up_to_date": selected,
                 "seconds": round(time.perf_counter() - started, 3)}
     totals_cache: list[pa.Table] = []

@@ -1,0 +1,265 @@
+"""Views: registry, health-aware fallback, faults, concurrency, crashes, incremental refresh."""
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from analytics.baseline import baseline_query, connect_baseline
+from analytics.catalog import CATALOG, VIEWS
+from analytics.generator import generate
+from analytics.lake import Lake, prepare
+from analytics.query import parse_query
+from analytics.results import compare_rows, to_rows
+from analytics.router import LAKE
+from analytics.views import BuildError, build, load_registry
+from analytics.workbench import Workbench
+
+DAY_Q = {"select": ["day", {"SUM": "bid_price"}, {"COUNT": "*"}], "from": "events",
+         "where": [{"col": "type", "op": "eq", "val": "impression"}], "group_by": ["day"]}
+ADV_Q = {"select": ["advertiser_id", "type", {"COUNT": "*"}], "from": "events", "group_by": ["advertiser_id", "type"],
+         "order_by": [{"col": "COUNT(*)", "dir": "desc"}]}
+
+
+def _expect(baseline, raw):
+    q = parse_query(raw)
+    return q, to_rows(q, baseline_query(baseline, q))
+
+
+def _same(wb, q, expected):
+    table, plan = wb.execute(q)
+    assert compare_rows(q, expected, to_rows(q, table)) is None, plan.describe()
+    return plan
+
+
+def test_registry_records_every_view(lake_dir):
+    reg = load_registry(lake_dir)["views"]
+    lake = Lake.open(lake_dir)
+    assert set(reg) == set(VIEWS)
+    for name, entry in reg.items():
+        assert entry["columns"] == [[c, t] for c, t in VIEWS[name].schema()]
+        assert entry["lake_version"] == lake.version and entry["version"] >= 1
+        assert entry["rows"] == sum(entry["rows_by_type"].values()) > 0
+        assert entry["build_seconds"] >= 0 and entry["built_at"]
+        assert (lake_dir / entry["file"]).is_file()
+
+
+def test_build_with_nothing_to_do_says_so(lake_dir):
+    summary = build(lake_dir, progress=False)
+    assert summary["built"] == [] and len(summary["up_to_date"]) == len(CATALOG)
+    out = subprocess.run([sys.executable, "-m", "analytics", "build", "--lake", str(lake_dir), "--quiet"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "nothing to do" in out.stdout
+
+
+def test_unknown_view_is_a_clear_error(lake_dir):
+    with pytest.raises(BuildError, match="unknown view\\(s\\) mv_nope; the catalog has: mv_day_advertiser_id_wide"):
+        build(lake_dir, ["mv_nope"], progress=False)
+
+
+def test_explain_shows_route_candidates_costs_rejections_and_sql(workbench):
+    text = workbench.explain(DAY_Q)
+    assert text.startswith("route: mv_day_type_wide")
+    assert "candidate mv_day_type_wide: est." in text and "rows scanned" in text
+    assert "rejected mv_all_adv_type_counts: cannot group by day" in text
+    assert "sql: SELECT" in text and "params: ['impression']" in text
+
+
+def test_routing_opens_no_file(workbench, monkeypatch):
+    workbench.refresh()
+
+    def forbidden(*a, **k):
+        raise AssertionError("routing opened a file")
+    monkeypatch.setattr(builtins, "open", forbidden)
+    monkeypatch.setattr(os, "open", forbidden)
+    assert workbench.plan(DAY_Q).route == "mv_day_type_wide"
+
+
+def test_deleted_view_file_falls_back_to_the_lake(lake_copy, baseline):
+    q, expected = _expect(baseline, DAY_Q)
+    entry = load_registry(lake_copy)["views"]["mv_day_type_wide"]
+    (lake_copy / entry["file"]).unlink()
+    wb = Workbench(lake_copy)
+    plan = _same(wb, q, expected)
+    assert plan.route != "mv_day_type_wide"
+    assert "file missing" in wb.health["mv_day_type_wide"]
+    # every covering view gone: the lake answers, and says why
+    for name in ("mv_day_country_wide", "mv_day_advertiser_id_wide", "mv_day_publisher_id_wide", "mv_hour_type_wide",
+                 "mv_hour_advertiser_id_wide", "mv_hour_country_wide", "mv_minute_type_wide",
+                 "mv_day_country_publisher_id_wide", "mv_day_country_advertiser_id_wide"):
+        (lake_copy / load_registry(lake_copy)["views"][name]["file"]).unlink()
+    wb = Workbench(lake_copy)
+    plan = _same(wb, q, expected)
+    assert plan.route == LAKE and "file missing" in plan.fallback_reason
+
+
+def test_corrupt_view_file_falls_back(lake_copy, baseline):
+    q, expected = _expect(baseline, ADV_Q)
+    entry = load_registry(lake_copy)["views"]["mv_all_adv_type_counts"]
+    (lake_copy / entry["file"]).write_bytes(b"PAR1 this is not parquet")
+    wb = Workbench(lake_copy)
+    plan = _same(wb, q, expected)
+    assert plan.route != "mv_all_adv_type_counts"
+    assert wb.health["mv_all_adv_type_counts"].startswith("unreadable")
+
+
+def test_view_whose_schema_differs_from_registry_is_unhealthy(lake_copy, baseline):
+    q, expected = _expect(baseline, ADV_Q)
+    entry = load_registry(lake_copy)["views"]["mv_all_adv_type_counts"]
+    path = lake_copy / entry["file"]
+    con = duckdb.connect()
+    con.execute(f"COPY (SELECT * EXCLUDE (max_total_price) FROM read_parquet('{path}')) TO '{path}.tmp' (FORMAT parquet)")
+    os.replace(f"{path}.tmp", path)
+    wb = Workbench(lake_copy)
+    assert _same(wb, q, expected).route != "mv_all_adv_type_counts"
+    assert "schema differs" in wb.health["mv_all_adv_type_counts"]
+
+
+def _append_part(lake: Path, raw_src: Path, tmp: Path) -> Path:
+    """Prepare the lake again with one more CSV part (a copy of a part with new auction ids)."""
+    raw = tmp / "raw_more"
+    shutil.copytree(raw_src, raw)
+    extra = tmp / "extra"
+    generate(extra, 3_000, seed=99, parts=1, progress=False)
+    shutil.copy(extra / "events_part_00000.csv", raw / "events_part_99999.csv")
+    prepare(raw, lake, progress=False)
+    return raw
+
+
+def test_lake_change_after_build_makes_views_fall_back_then_incremental_refresh(lake_copy, raw_dir, tmp_path):
+    wb = Workbench(lake_copy)
+    wb.warm()
+    raw = _append_part(lake_copy, raw_dir, tmp_path)
+    base = connect_baseline(raw, materialize=True)
+    q, expected = _expect(base, DAY_Q)
+    plan = _same(wb, q, expected)  # the live workbench notices the new lake version
+    assert plan.route == LAKE and "built from lake version" in plan.fallback_reason
+    summary = build(lake_copy, progress=False)
+    assert {r["mode"] for r in summary["views"]} == {"incremental"}
+    assert _same(wb, q, expected).route == "mv_day_type_wide"
+    # incremental result == full rebuild, row for row
+    con = duckdb.connect()
+    reg = load_registry(lake_copy)["views"]
+    incremental = {n: con.execute(f"SELECT * FROM read_parquet('{lake_copy / e['file']}') ORDER BY ALL").fetchall()
+                   for n, e in reg.items()}
+    build(lake_copy, force=True, progress=False)
+    reg = load_registry(lake_copy)["views"]
+    for n, e in reg.items():
+        assert e["mode"] == "full"
+        assert con.execute(f"SELECT * FROM read_parquet('{lake_copy / e['file']}') ORDER BY ALL").fetchall() == incremental[n], n
+    for raw_q in (ADV_Q, {"select": ["minute", {"COUNT": "*"}], "from": "events", "group_by": ["minute"],
+                          "where": [{"col": "day", "op": "eq", "val": "2024-12-31"}]}):
+        q, expected = _expect(base, raw_q)
+        assert _same(wb, q, expected).route != LAKE
+
+
+def test_rebuild_while_eight_threads_query(lake_copy, baseline):
+    wb = Workbench(lake_copy)
+    cases = [_expect(baseline, DAY_Q), _expect(baseline, ADV_Q)]
+    errors: list[str] = []
+    routes: set[str] = set()
+    stop = threading.Event()
+
+    def worker(k: int) -> None:
+        while not stop.is_set():
+            q, expected = cases[k % 2]
+            try:
+                table, plan = wb.execute(q)
+                routes.add(plan.route)
+                reason = compare_rows(q, expected, to_rows(q, table))
+                if reason:
+                    errors.append(f"{plan.route}: {reason}")
+            except Exception as exc:  # noqa: BLE001 - any error fails the test
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(2):
+            build(lake_copy, ["mv_day_type_wide", "mv_all_adv_type_counts"], force=True, progress=False)
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:3]
+    assert load_registry(lake_copy)["views"]["mv_day_type_wide"]["version"] == 3
+    assert "mv_day_type_wide" in routes
+
+
+def _build_proc(lake: Path, *views: str, force: bool = True) -> subprocess.Popen:
+    args = [sys.executable, "-m", "analytics", "build", "--lake", str(lake), "--quiet", "--views", *views]
+    return subprocess.Popen(args + (["--force"] if force else []), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_builds_of_one_view_never_both_write(lake_copy):
+    before = load_registry(lake_copy)["views"]["mv_hour_advertiser_id_wide"]["version"]
+    procs = [_build_proc(lake_copy, "mv_hour_advertiser_id_wide", force=False) for _ in range(2)]
+    # make the view stale so there is real work: the lock lets one build it, the other then finds it current
+    outs = [p.communicate() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    procs = [_build_proc(lake_copy, "mv_hour_advertiser_id_wide") for _ in range(2)]
+    outs = [p.communicate() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    after = load_registry(lake_copy)["views"]["mv_hour_advertiser_id_wide"]
+    assert after["version"] == before + 2  # serialized: each forced build made its own version
+    vdir = lake_copy / "views" / "mv_hour_advertiser_id_wide"
+    assert not list(vdir.glob(".staging-*"))
+
+
+def test_four_different_views_build_at_once(lake_copy, baseline):
+    names = ["mv_day_type_wide", "mv_day_country_wide", "mv_hour_type_wide", "mv_minute_type_wide"]
+    procs = [_build_proc(lake_copy, n) for n in names]
+    outs = [p.communicate() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    reg = load_registry(lake_copy)["views"]
+    assert all(reg[n]["version"] == 2 for n in names)
+    q, expected = _expect(baseline, DAY_Q)
+    assert _same(Workbench(lake_copy), q, expected).route == "mv_day_type_wide"
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.8, 1.5, 2.5])
+def test_build_killed_midway_leaves_a_whole_view_and_the_next_build_cleans_up(lake_copy, baseline, delay):
+    proc = _build_proc(lake_copy, *[v.name for v in CATALOG])
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    wb = Workbench(lake_copy)
+    for raw in (DAY_Q, ADV_Q):
+        q, expected = _expect(baseline, raw)
+        _same(wb, q, expected)
+    for name, entry in load_registry(lake_copy)["views"].items():
+        assert (lake_copy / entry["file"]).is_file(), name
+    build(lake_copy, progress=False)
+    assert not list((lake_copy / "views").rglob(".staging-*"))
+    assert all(h is None for h in Workbench(lake_copy).warm().values())
+
+
+def test_a_view_that_fails_its_check_is_not_promoted(lake_copy, monkeypatch):
+    import pyarrow.compute as pc
+
+    import analytics.views as views_mod
+
+    real = views_mod.lake_totals
+
+    def off_by_one(con, lake):  # the lake's totals disagree with what the view will hold
+        t = real(con, lake)
+        return t.set_column(t.schema.get_field_index("cnt"), "cnt", pc.add(t.column("cnt"), 1))
+
+    monkeypatch.setattr(views_mod, "lake_totals", off_by_one)
+    before = load_registry(lake_copy)["views"]["mv_day_type_wide"]
+    summary = build(lake_copy, ["mv_day_type_wide"], force=True, progress=False)
+    assert "do not reconcile" in summary["failed"]["mv_day_type_wide"]
+    assert load_registry(lake_copy)["views"]["mv_day_type_wide"] == before
+    assert not list((lake_copy / "views" / "mv_day_type_wide").glob(".staging-*"))
