@@ -179,3 +179,47 @@ def test_cli_exits_1_when_a_check_fails(hand_lake: Path, tmp_path: Path, capsys:
     _tamper(lake, lambda m: m["totals"].__setitem__("rows_read", 11))
     assert main(["remediation", "--lake", str(lake)]) == 1
     assert "CHECK FAILED total: rows_read == rows_lake + rows_quarantined: expected 11, got 10" in capsys.readouterr().out
+
+
+def test_raw_accounting_matches_the_files(hand_lake: Path) -> None:
+    from analytics.remediation import raw_accounting
+
+    raw = hand_lake.parent / "raw"
+    checks = raw_accounting(hand_lake, raw)
+    assert all(c["ok"] for c in checks), checks
+    lines = [c for c in checks if "data lines" in c["check"]]
+    assert [(c["expected"], c["actual"]) for c in lines] == [(7, 7), (3, 3)]
+
+
+def test_raw_accounting_catches_changed_missing_and_new_files(hand_lake: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from analytics.remediation import raw_accounting
+
+    raw = tmp_path / "raw"
+    shutil.copytree(hand_lake.parent / "raw", raw)
+    with (raw / "events_part_00000.csv").open("a") as fh:
+        fh.write(f"{T1},serve,zz,1,2,,10,,US\n")
+    (raw / "events_part_00001.csv").unlink()
+    (raw / "events_part_00002.csv").write_text(HEADER)
+    failed = {c["check"]: c for c in raw_accounting(hand_lake, raw) if not c["ok"]}
+    assert set(failed) == {
+        "raw events_part_00000.csv: unchanged since prepare (fingerprint)",
+        f"raw events_part_00001.csv: present in {raw}",
+        f"raw {raw}: every *.csv part is in the lake",
+    }
+    assert failed[f"raw {raw}: every *.csv part is in the lake"]["actual"] == ["events_part_00002.csv"]
+    with pytest.raises(FileNotFoundError):
+        raw_accounting(hand_lake, tmp_path / "nope")
+
+
+@pytest.mark.parametrize("text, expected", [
+    (b"h\n1\n2\n", 2), (b"h\n1\n2", 2), (b"", 0), (b"h\n", 0), (b"h\n\n1\n\n\n2\n", 2),
+    (b"h\r\n1\r\n\r\n2\r\n", 2),
+])
+def test_count_data_lines(tmp_path: Path, text: bytes, expected: int) -> None:
+    from analytics.remediation import count_data_lines
+
+    path = tmp_path / "f.csv"
+    path.write_bytes(text)
+    assert [count_data_lines(path, block=b) for b in (1, 2, 3, 7, 1 << 20)] == [expected] * 5

@@ -1,0 +1,128 @@
+# Ad-event analytics workbench. `make` (or `make help`) lists the targets.
+#
+# Everything runs in .venv, created and kept in step with pyproject.toml by `make setup`.
+# Data sets are generated under data/ (git-ignored) and reused; reports land in reports/.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ANALYTICS := $(PY) -m analytics
+# scrapbook 0.5.0 imports six without declaring it (should move into pyproject's notebooks extra)
+EXTRA_PINS := six==1.17.0
+SETUP_HASH := $(shell { cat pyproject.toml; echo '$(EXTRA_PINS)'; } | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(SETUP_HASH)
+
+# Data sets: data/raw-ROWS (CSV parts) and data/lake-ROWS (prepared lake), reused when present.
+ROWS ?= 15000000
+SCALE ?=
+ifeq ($(SCALE),full)
+override ROWS := 245000000
+endif
+SEED ?= 0
+DIRTY ?= 0
+DATA_TAG := $(ROWS)$(if $(filter-out 0 0.0,$(DIRTY)),-dirty$(DIRTY))
+RAW_DIR := data/raw-$(DATA_TAG)
+LAKE_DIR := data/lake-$(DATA_TAG)
+GENERATED := $(RAW_DIR)/.generated-seed$(SEED)
+MEMORY_LIMIT ?= 4GB
+
+REPORTS ?= reports
+SUFFIX ?=
+SWEEP_ROWS ?= 1000000 5000000 15000000
+REPORT_TIMEOUT ?=
+
+# Tests: pytest over tests/ (modules kept whole per worker: module-scoped fixtures build data once),
+# then nbval over notebooks/ on the small data set in data/nbval.
+PYTEST_ARGS ?=
+XDIST ?= -n 2 --dist loadfile
+NBVAL_DIR := data/nbval
+NBVAL_STAMP := $(NBVAL_DIR)/.ready
+NBVAL_ROWS := 5000
+
+.PHONY: help setup kernel test test-py test-nbval nbval-data data lake views benchmark sweep reports strip clean
+
+help: ## list the targets (the default goal)
+	@echo "usage: make TARGET [VAR=value ...]"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "variables: ROWS=$(ROWS) SCALE=full (ROWS=245000000) DIRTY=$(DIRTY) SEED=$(SEED) LAKE=path RAW=path"
+	@echo "           SWEEP_ROWS='$(SWEEP_ROWS)' MEMORY_LIMIT=$(MEMORY_LIMIT) PYTEST_ARGS='...'"
+
+setup: $(STAMP) kernel ## create .venv, install the package with pinned [dev] extras, register the `analytics` Jupyter kernel
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]' $(EXTRA_PINS)
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+kernel: $(STAMP) ## (re)register the Jupyter kernel `analytics` when it does not run .venv's python
+	@$(PY) -c 'from analytics.reporting import register_kernel; print("kernel analytics:", "registered" if register_kernel() else "up to date")'
+
+test: setup nbval-data ## run pytest on tests/ (2 workers), then nbval on the notebooks
+	@rc=0; \
+	$(MAKE) --no-print-directory test-py || rc=$$?; \
+	$(MAKE) --no-print-directory test-nbval || rc=$$?; \
+	exit $$rc
+
+test-py: setup ## pytest on tests/ only
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS) tests
+
+test-nbval: setup nbval-data ## execute every notebook in place with its default parameters (nbval)
+	$(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env \
+		--nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks
+
+nbval-data: $(NBVAL_STAMP) ## the small clean and dirty data sets the notebooks' defaults point at
+
+$(NBVAL_STAMP): $(wildcard analytics/generator.py analytics/lake.py analytics/schema.py) | $(STAMP)
+	rm -rf $(NBVAL_DIR)
+	$(ANALYTICS) generate --out $(NBVAL_DIR)/clean/raw --rows $(NBVAL_ROWS) --seed 0 --quiet
+	$(ANALYTICS) prepare --raw $(NBVAL_DIR)/clean/raw --lake $(NBVAL_DIR)/clean/lake --quiet
+	$(ANALYTICS) generate --out $(NBVAL_DIR)/dirty/raw --rows $(NBVAL_ROWS) --seed 1 --dirty 0.05 --quiet
+	$(ANALYTICS) prepare --raw $(NBVAL_DIR)/dirty/raw --lake $(NBVAL_DIR)/dirty/lake --quiet
+	touch $@
+
+data: setup $(GENERATED) ## generate ROWS rows of raw CSV into data/raw-ROWS (reused when present)
+
+$(GENERATED): | $(STAMP)
+	rm -f $(RAW_DIR)/.generated-*
+	$(ANALYTICS) generate --out $(RAW_DIR) --rows $(ROWS) --seed $(SEED) --dirty $(DIRTY)
+	touch $@
+
+lake: data ## prepare data/raw-ROWS into the lake data/lake-ROWS (incremental: a no-op when up to date)
+	$(ANALYTICS) prepare --raw $(RAW_DIR) --lake $(LAKE_DIR) --memory-limit $(MEMORY_LIMIT)
+
+views: lake ## build the materialized views of data/lake-ROWS
+	$(ANALYTICS) build --lake $(LAKE_DIR)
+
+benchmark: views ## data + lake + views for ROWS (or SCALE=full), then notebooks/03_batch_benchmark into reports/
+	$(PY) -m analytics.reporting --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) --only 03_batch_benchmark \
+		--suffix '$(SUFFIX)' -p rows=$(ROWS) $(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT))
+
+sweep: setup ## the benchmark at each size of SWEEP_ROWS, into reports/03_batch_benchmark-ROWS.*
+	@for rows in $(SWEEP_ROWS); do \
+		$(MAKE) --no-print-directory benchmark ROWS=$$rows SUFFIX=-$$rows || exit $$?; \
+	done
+
+ifdef LAKE
+reports: setup ## run every notebook into reports/NN_name.{ipynb,html,results.html}: LAKE=path [RAW=path], or ROWS=n
+	$(PY) -m analytics.reporting --lake '$(LAKE)' $(if $(RAW),--raw '$(RAW)') --out $(REPORTS) \
+		$(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT))
+else
+reports: lake
+	$(PY) -m analytics.reporting --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) -p rows=$(ROWS) \
+		$(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT))
+endif
+
+strip: setup ## strip outputs and execution counts from notebooks/*.ipynb (commit them stripped)
+	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
+
+clean: ## remove generated reports and the nbval data set (keeps data/raw-*, data/lake-* and .venv)
+	find $(REPORTS) -mindepth 1 ! -name README.md -exec rm -rf {} +
+	rm -rf $(NBVAL_DIR)

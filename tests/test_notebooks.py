@@ -1,0 +1,269 @@
+"""The notebooks, run by papermill on small generated data: what they compute, and that their reports render.
+
+Each notebook runs once per module (a few seconds each) with parameters pointing at a tmp lake;
+the tests assert on the values it glued with scrapbook, not only that it ran. One report is
+opened in real headless Chromium, offline, and must show a drawn plotly chart.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+import scrapbook as sb
+
+from analytics import reporting as rep
+from analytics.lake import prepare
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = ROOT / "notebooks"
+NOTEBOOKS = sorted(p.stem for p in NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+CHROMIUM = "/usr/bin/chromium"
+ROWS = 4000
+CELL_TIMEOUT = 300  # a hung cell fails the test instead of blocking the run
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A clean and a dirty (5%) data set, generated and prepared."""
+    from analytics.generator import generate
+
+    root = tmp_path_factory.mktemp("notebook_data")
+    out: dict[str, Any] = {}
+    for name, seed, dirty in (("clean", 11, 0.0), ("dirty", 12, 0.05)):
+        raw, lake = root / name / "raw", root / name / "lake"
+        summary = generate(raw, ROWS, seed=seed, dirty=dirty, progress=False)
+        prepare(raw, lake, progress=False)
+        out[name] = {"raw": str(raw), "lake": str(lake), "generated": summary,
+                     "manifest": json.loads((lake / "_manifest.json").read_text())}
+    return out
+
+
+class Runs:
+    """Executes a notebook once per distinct parameter set and keeps its output path."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.done: dict[str, Path] = {}
+
+    def run(self, name: str, **params: Any) -> Path:
+        key = name + json.dumps(params, sort_keys=True)
+        if key not in self.done:
+            out = self.out_dir / f"{name}-{len(self.done)}.ipynb"
+            rep.execute_notebook(NOTEBOOKS_DIR / f"{name}.ipynb", out, params, timeout=CELL_TIMEOUT)
+            self.done[key] = out
+        return self.done[key]
+
+    def scraps(self, name: str, **params: Any) -> dict[str, Any]:
+        return sb.read_notebook(str(self.run(name, **params))).scraps.data_dict
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    return Runs(tmp_path_factory.mktemp("executed"))
+
+
+def test_the_five_notebooks_exist() -> None:
+    assert NOTEBOOKS == ["00_explore", "01_data_remediation", "02_mv_builds", "03_batch_benchmark",
+                         "04_guardrail_validation"]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebooks_are_stripped_and_parameterized(name: str) -> None:
+    nb = nbformat.read(str(NOTEBOOKS_DIR / f"{name}.ipynb"), as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    assert not dirty, f"{name}: cells {dirty} keep outputs or execution counts; run `make strip` before committing"
+    assert "widgets" not in nb.metadata, f"{name}: saved widget state; run `make strip`"
+    assert "parameters" in code[0].metadata.get("tags", []), f"{name}: the first code cell must be tagged `parameters`"
+    assert nb.metadata["kernelspec"]["name"] == "analytics"
+    # defaults point at the nbval data set, so `pytest --nbval-lax notebooks/` runs them in place
+    assert "../data/nbval/" in code[0].source
+
+
+def test_explore_renders_the_default_selection(runs: Runs, data: dict[str, Any]) -> None:
+    clean = data["clean"]
+    s = runs.scraps("00_explore", lake=clean["lake"], event_type="serve", grouping="country", measure="COUNT(*)")
+    assert s["default_query"]["select"] == ["country", {"COUNT": "*"}]
+    assert s["default_route"] == "lake"
+    # the whole year, grouped by country: every serve of the lake is counted once
+    assert s["default_measure_total"] == clean["manifest"]["totals"]["lake_by_type"]["serve"]
+    assert 1 <= s["default_rows"] <= 12
+
+
+def test_explore_saves_the_widget_state_with_its_output(runs: Runs, data: dict[str, Any]) -> None:
+    nb = nbformat.read(str(runs.run("00_explore", lake=data["clean"]["lake"], event_type="serve",
+                                    grouping="country", measure="COUNT(*)")), as_version=4)
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    models = {m["model_name"] for m in state.values()}
+    assert {"DropdownModel", "DatePickerModel", "ButtonModel", "OutputModel"} <= models
+    (output,) = [m for m in state.values() if m["model_name"] == "OutputModel"]
+    kinds = [sorted(o.get("data", {})) for o in output["state"]["outputs"]]
+    assert any("application/vnd.plotly.v1+json" in k for k in kinds), kinds  # the explorer's chart
+    assert not any(o.get("name") == "stdout" and "error" in o.get("text", "") for o in output["state"]["outputs"])
+
+
+def test_explore_groupings_and_measures(runs: Runs, data: dict[str, Any]) -> None:
+    s = runs.scraps("00_explore", lake=data["clean"]["lake"], event_type="impression", grouping="week",
+                    measure="AVG(bid_price)", start="2024-03-01", end="2024-03-31")
+    assert s["default_query"]["where"][1] == {"col": "day", "op": "between", "val": ["2024-03-01", "2024-03-31"]}
+    assert 4 <= s["default_rows"] <= 6  # weeks touching March
+    assert 0 < s["default_measure_total"]
+
+
+def test_remediation_accounts_for_every_row(runs: Runs, data: dict[str, Any]) -> None:
+    dirty = data["dirty"]
+    s = runs.scraps("01_data_remediation", lake=dirty["lake"], samples=3)
+    assert s["rows_read"] == ROWS == s["rows_lake"] + s["rows_quarantined"]
+    assert s["accounting_ok"] is True and s["checks_failed"] == 0
+    # every dirty row the generator wrote is quarantined, and nothing else
+    assert s["rows_quarantined"] == dirty["generated"]["dirty_rows"] > 0
+    assert s["quarantine_by_reason"] == {**{r: 0 for r in s["quarantine_by_reason"]},
+                                         **dirty["manifest"]["totals"]["quarantine_by_reason"]}
+    assert s["sample_reasons"] == sorted(r for r, n in s["quarantine_by_reason"].items() if n)
+    # the lake, queried through the workbench, holds exactly the rows the manifest counts
+    assert s["rows_by_day_query"] == s["rows_lake"]
+    assert s["days_covered"]["serve"] >= 300
+
+
+def test_remediation_of_a_clean_lake(runs: Runs, data: dict[str, Any]) -> None:
+    s = runs.scraps("01_data_remediation", lake=data["clean"]["lake"], samples=3)
+    assert (s["rows_read"], s["rows_lake"], s["rows_quarantined"]) == (ROWS, ROWS, 0)
+    assert s["sample_reasons"] == [] and s["accounting_ok"] is True
+
+
+def test_mv_builds_summarizes_the_lake(runs: Runs, data: dict[str, Any]) -> None:
+    clean = data["clean"]
+    s = runs.scraps("02_mv_builds", lake=clean["lake"])
+    assert s["lake_version"] == clean["manifest"]["lake_version"]
+    assert s["rows_lake"] == ROWS and s["segments"] == len(clean["manifest"]["segments"]) == 1
+    assert s["size_bytes"] > 0
+
+
+def test_benchmark_answers_match_the_baseline(runs: Runs, data: dict[str, Any]) -> None:
+    clean = data["clean"]
+    s = runs.scraps("03_batch_benchmark", lake=clean["lake"], raw=clean["raw"], repeats=2)
+    examples = json.loads((ROOT / "queries" / "examples.json").read_text())
+    assert s["n_queries"] == len(examples) == len(s["results"]) == 5
+    assert s["all_match"] is True, [(r["id"], r["reason"]) for r in s["results"] if not r["match"]]
+    for r in s["results"]:
+        assert r["match"] is True and r["rows"] == r["baseline_rows"]
+        assert r["workbench_ms"] > 0 and r["baseline_ms"] > 0 and r["route"]
+    assert s["results"][0]["rows"] > 300  # q1: impression revenue per day over the year
+
+
+def test_benchmark_reports_mismatches(runs: Runs, data: dict[str, Any]) -> None:
+    # the dirty lake quarantined rows the baseline still counts: the correctness column must say so
+    dirty = data["dirty"]
+    s = runs.scraps("03_batch_benchmark", lake=dirty["lake"], raw=dirty["raw"], repeats=1)
+    assert s["all_match"] is False
+    assert any(not r["match"] and r["reason"] for r in s["results"])
+
+
+def test_guardrails_accounting(runs: Runs, data: dict[str, Any]) -> None:
+    dirty = data["dirty"]
+    s = runs.scraps("04_guardrail_validation", lake=dirty["lake"], raw=dirty["raw"])
+    assert s["accounting_ok"] is True and s["raw_checked"] is True and s["raw_ok"] is True
+    assert s["checks_failed"] == 0 and s["checks_total"] >= 10
+
+
+def _dump_dom(html: Path, tmp_path: Path) -> str:
+    """The page's DOM after its scripts ran, in headless Chromium with every network request refused."""
+    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} is missing: install it (`apt-get install chromium`; .ci/run does)"
+    profile = tmp_path / "chromium-profile"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+           # offline: every request goes to a closed local port
+           "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
+           "--virtual-time-budget=20000", "--dump-dom", html.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_report_html_renders_charts_offline_in_chromium(tmp_path: Path, data: dict[str, Any]) -> None:
+    out = tmp_path / "reports"
+    paths = rep.build_report(NOTEBOOKS_DIR / "01_data_remediation.ipynb", out,
+                             {"lake": data["dirty"]["lake"], "raw": None, "samples": 2}, timeout=CELL_TIMEOUT)
+    assert sorted(p.name for p in out.iterdir()) == ["01_data_remediation.html", "01_data_remediation.ipynb",
+                                                     "01_data_remediation.results.html"]
+    full = paths["html"].read_text()
+    results = paths["results_html"].read_text()
+    assert "format_report" in full and "format_report" not in results  # the code is hidden, the results are not
+    assert "Quarantined rows by reason" in results
+    for page in (full, results):
+        assert 'class="main-svg"' not in page  # only drawing the charts puts it there
+    dom = _dump_dom(paths["results_html"], tmp_path)
+    figures = len(re.findall(r'class="plot-container plotly"', dom))
+    assert figures == 2, f"expected the 2 charts drawn, found {figures}"
+    assert len(re.findall(r'<svg class="main-svg"', dom)) >= 2
+    assert "Quarantined rows by reason" in dom
+
+
+def test_explore_report_keeps_widget_state_and_renders_offline(tmp_path: Path, data: dict[str, Any]) -> None:
+    paths = rep.build_report(NOTEBOOKS_DIR / "00_explore.ipynb", tmp_path / "reports",
+                             {"lake": data["clean"]["lake"], "raw": None}, timeout=CELL_TIMEOUT)
+    html = paths["html"].read_text()
+    assert "application/vnd.jupyter.widget-state+json" in html
+    dom = _dump_dom(paths["html"], tmp_path)
+    assert len(re.findall(r'<svg class="main-svg"', dom)) >= 1
+
+
+def test_a_failing_notebook_leaves_no_report(tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    out.mkdir()
+    stale = rep.report_paths(out, "02_mv_builds")
+    for p in stale.values():
+        p.write_text("an older report")
+    with pytest.raises(rep.ReportError) as err:
+        rep.build_report(NOTEBOOKS_DIR / "02_mv_builds.ipynb", out, {"lake": str(tmp_path / "no-lake")},
+                         timeout=CELL_TIMEOUT)
+    message = str(err.value)
+    assert "02_mv_builds.ipynb failed at cell" in message and "FileNotFoundError" in message
+    assert "not a prepared lake" in message
+    assert not any(p.exists() for p in stale.values())
+    assert sorted(p.name for p in out.iterdir()) == ["02_mv_builds.FAILED.ipynb"]
+
+
+def test_reporting_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], data: dict[str, Any]) -> None:
+    assert rep.main(["--lake", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 1
+    assert "not a prepared lake" in capsys.readouterr().err
+    assert rep.main(["--lake", data["clean"]["lake"], "--only", "99_nothing", "--out", str(tmp_path / "r")]) == 1
+    assert "no notebook" in capsys.readouterr().err
+    assert rep.main(["--lake", data["clean"]["lake"], "-p", "novalue", "--out", str(tmp_path / "r")]) == 2
+
+
+def test_kernel_runs_this_interpreter() -> None:
+    from jupyter_client.kernelspec import KernelSpecManager
+    import sys
+
+    rep.ensure_kernel()
+    spec = KernelSpecManager().get_kernel_spec(rep.KERNEL_NAME)
+    assert os.path.abspath(spec.argv[0]) == os.path.abspath(sys.executable)
+
+
+def test_explorer_query_builder() -> None:
+    q = rep.explorer_query("click", "2024-02-01", "2024-02-29", "advertiser_id", "SUM(bid_price)")
+    assert q == {"select": ["advertiser_id", {"SUM": "bid_price"}], "from": "events",
+                 "where": [{"col": "type", "op": "eq", "val": "click"},
+                           {"col": "day", "op": "between", "val": ["2024-02-01", "2024-02-29"]}],
+                 "group_by": ["advertiser_id"],
+                 "order_by": [{"col": "SUM(bid_price)", "dir": "desc"}, {"col": "advertiser_id", "dir": "asc"}],
+                 "limit": rep.ENTITY_TOP}
+    from analytics import parse_query
+
+    for g in rep.EXPLORER_GROUPINGS:
+        for m in rep.EXPLORER_MEASURES:
+            parse_query(rep.explorer_query("serve", "2024-01-01", "2024-12-31", g, m))  # all valid queries
+    with pytest.raises(ValueError, match="grouping"):
+        rep.explorer_query("serve", "2024-01-01", "2024-01-02", "minute", "COUNT(*)")
+    with pytest.raises(ValueError, match="measure"):
+        rep.explorer_query("serve", "2024-01-01", "2024-01-02", "day", "MAX(ts)")
