@@ -1,8 +1,10 @@
 """`Workbench`: the Python face of the product, what notebooks and the CLI call.
 
 Owns the warm serving state over one lake: a DuckDB database holding the `events` view over
-the lake's committed files and, loaded on first use, each view's current version as an
-in-memory table; one cursor per thread; the health of every view. Each query stats the lake
+the lake's committed files, a second, single-threaded one holding each view's current version
+as an in-memory table (loaded on first use: a view answer is a small scan that gains nothing
+from parallel workers and loses to their scheduling on a busy machine), one cursor per thread
+on each, and the health of every view. Each query stats the lake
 manifest and the view registry (no file is opened) and reloads state when either changed, so
 a `prepare` or `build` by another process is picked up at once. Must stay a shell: validation
 is `query.py`, SQL is `compiler.py`, the choice of source is `router.py`.
@@ -12,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -24,6 +26,9 @@ from .lake import MANIFEST, Lake
 from .query import Query, parse_query
 from .router import LAKE, Plan, Router
 from .views import load_registry, registry_path
+
+if TYPE_CHECKING:
+    from .runner import RunResult, SafeBatchRunner
 
 
 def _mtime(path: Path) -> int | None:
@@ -47,6 +52,7 @@ class Workbench:
         self.memory_limit = memory_limit
         self.router = Router()
         self._con = db.connect(memory_limit=memory_limit, threads=threads)
+        self._views_con = db.connect(memory_limit=memory_limit, threads=1)
         self._local = threading.local()
         self._lock = threading.RLock()
         self._stamp: tuple[int | None, int | None] | None = None
@@ -101,17 +107,18 @@ class Workbench:
             entry = self.registry[name]
             path = str(self.root / entry["file"]).replace("'", "''")
             try:
-                self._con.execute(f"CREATE OR REPLACE TABLE {ident(table)} AS SELECT * FROM read_parquet('{path}')")
-                schema = [[r[0], r[1]] for r in self._con.execute(f"DESCRIBE {ident(table)}").fetchall()]
+                con = self._views_con
+                con.execute(f"CREATE OR REPLACE TABLE {ident(table)} AS SELECT * FROM read_parquet('{path}')")
+                schema = [[r[0], r[1]] for r in con.execute(f"DESCRIBE {ident(table)}").fetchall()]
                 if schema != entry["columns"]:
-                    self._con.execute(f"DROP TABLE {ident(table)}")
+                    con.execute(f"DROP TABLE {ident(table)}")
                     raise ValueError(f"schema differs from the registry: {schema} vs {entry['columns']}")
             except (duckdb.Error, ValueError) as exc:
                 self._load_errors[table] = f"unreadable: {str(exc).splitlines()[0]}"
                 self.health[name] = self._load_errors[table]
                 return False
             for old in [t for t in self._ready_tables if t.startswith(f"{name}__v")]:
-                self._con.execute(f"DROP TABLE IF EXISTS {ident(old)}")
+                self._views_con.execute(f"DROP TABLE IF EXISTS {ident(old)}")
                 self._ready_tables.discard(old)
             self._ready_tables.add(table)
             return True
@@ -124,10 +131,13 @@ class Workbench:
                 self._ensure_loaded(name)
         return dict(self.health)
 
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
-        cur = getattr(self._local, "cursor", None)
+    def _cursor(self, lake: bool = True) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor on the lake database, or on the views database."""
+        attr = "lake_cursor" if lake else "views_cursor"
+        cur = getattr(self._local, attr, None)
         if cur is None:
-            cur = self._local.cursor = db.cursor(self._con)
+            cur = db.cursor(self._con if lake else self._views_con)
+            setattr(self._local, attr, cur)
         return cur
 
     # ---- queries -----------------------------------------------------------------------------
@@ -148,7 +158,7 @@ class Workbench:
             if plan.route != LAKE and not self._ensure_loaded(plan.route):
                 continue  # now marked unhealthy: plan again
             try:
-                return db.fetch_arrow(self._cursor(), plan.sql, plan.params), plan
+                return db.fetch_arrow(self._cursor(plan.route == LAKE), plan.sql, plan.params), plan
             except duckdb.CatalogException:
                 if plan.route == LAKE:
                     raise
@@ -164,7 +174,32 @@ class Workbench:
         """The chosen route, every candidate view with its estimated cost or why it was rejected, the SQL."""
         return self.plan(query).describe()
 
+    @property
+    def runner(self) -> "SafeBatchRunner":
+        """The workbench's batch runner (result cache, shared scans, thread pool, memory guard, telemetry)."""
+        from .runner import SafeBatchRunner
+
+        if getattr(self, "_runner", None) is None:
+            self._runner = SafeBatchRunner(self)
+        return self._runner
+
+    def run_batch(self, queries: list[dict[str, Any] | Query], out_dir: str | os.PathLike | None = None,
+                  **options: Any) -> "RunResult":
+        """Answer a list of queries through `runner`; `.tables` holds the answers, `.report` the run.json data.
+
+        `options`: `batch_size`, `parallel`, `batching`, `use_cache` for this run only.
+        """
+        return self.runner.run(queries, out_dir, **options)
+
+    def guardrails(self, raw: str | os.PathLike | None = None, only: str | None = None) -> dict[str, Any]:
+        """Run the correctness guardrails on this lake's files (and `raw` CSVs if given); the report as data."""
+        from .guardrails import run_guardrails
+
+        return run_guardrails(self.root, raw, only, memory_limit=self.memory_limit)
+
     def close(self) -> None:
+        if getattr(self, "_runner", None) is not None:
+            self._runner.close()
         self._con.close()
 
     def __enter__(self) -> "Workbench":
