@@ -221,6 +221,24 @@ def cmd_remediation(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def cmd_guardrails(args: argparse.Namespace) -> int:
+    from .guardrails import GuardrailError, format_table, run_guardrails
+    from .results import write_atomic
+
+    try:
+        report = run_guardrails(args.lake, args.raw, args.only, memory_limit=args.memory_limit)
+    except GuardrailError as exc:
+        raise CliError(str(exc)) from None
+    print(format_table(report))
+    if args.json:
+        try:
+            write_atomic(args.json, json.dumps(report, indent=1, default=str))
+        except OSError as exc:
+            raise CliError(f"cannot write {args.json}: {exc.strerror}") from None
+        print(f"report in {args.json}")
+    return 1 if report["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="analytics", description=(
         "Ad-event analytics workbench: JSON queries answered from a Parquet lake and materialized "
@@ -292,6 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lake", required=True, help="prepared lake directory")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the full report (checks, samples) as JSON to FILE")
     p.add_argument("--samples", type=int, default=5, help="offending rows kept per quarantine reason (default 5)")
+
+    p = add("guardrails", cmd_guardrails, "run the 23 correctness guardrails over the lake, its views and (with --raw) "
+                                          "the raw CSVs; exit 1 if any fails")
+    p.add_argument("--lake", required=True, help="prepared lake directory")
+    p.add_argument("--raw", default=None, metavar="DIR", help="raw *.csv parts the lake was prepared from (adds the raw and baseline comparisons)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the report (every check with its evidence) as JSON to FILE")
+    p.add_argument("--only", default=None, metavar="CATEGORY", help="run one category: timezone, between, avg, mv_consistency, "
+                                                                   "data_types, null_handling, date_boundaries")
+    p.add_argument("--memory-limit", default="4GB", help="DuckDB memory limit (default 4GB)")
     return parser
 
 

@@ -13,20 +13,22 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import duckdb
 from filelock import FileLock
-from tqdm.auto import tqdm
 
-from . import db
 from .results import write_atomic
 from .schema import EVENT_TYPES, RAW_HEADER
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engines import Engine
 
 SCHEMA_VERSION = 1
 MANIFEST = "_manifest.json"
@@ -39,23 +41,83 @@ DEFAULT_ROW_GROUP_SIZE = 122_880
 TS_MAX_MS = 4_102_444_800_000  # 2100-01-01: anything later is a corrupt timestamp
 
 # First matching rule wins; every rule names a reason that the manifest counts.
+# Engine-neutral: SQL over the raw text columns that calls the conversions of RULE_FUNCTIONS as
+# plain functions; each engine supplies its own definitions (DUCKDB_FUNCTIONS below, the Spark
+# engine's in engines/spark_engine.py) and expands them with `render_rule_sql`.
 REMEDIATION_RULES: tuple[tuple[str, str], ...] = (
     ("ts_missing", "ts IS NULL"),
-    ("ts_unparseable", "TRY_CAST(ts AS BIGINT) IS NULL"),
-    ("ts_out_of_range", f"TRY_CAST(ts AS BIGINT) NOT BETWEEN 0 AND {TS_MAX_MS}"),
+    ("ts_unparseable", "int64(ts) IS NULL"),
+    ("ts_out_of_range", f"int64(ts) NOT BETWEEN 0 AND {TS_MAX_MS}"),
     ("type_invalid", "type IS NULL OR type NOT IN ({types})"),
     ("auction_id_missing", "auction_id IS NULL"),
     ("advertiser_id_missing", "advertiser_id IS NULL"),
-    ("advertiser_id_invalid", "TRY_CAST(advertiser_id AS INTEGER) IS NULL"),
+    ("advertiser_id_invalid", "int32(advertiser_id) IS NULL"),
     ("publisher_id_missing", "publisher_id IS NULL"),
-    ("publisher_id_invalid", "TRY_CAST(publisher_id AS INTEGER) IS NULL"),
+    ("publisher_id_invalid", "int32(publisher_id) IS NULL"),
     ("country_missing", "country IS NULL"),
-    ("country_invalid", "NOT regexp_full_match(country, '[A-Z]{{2}}')"),
-    ("user_id_invalid", "user_id IS NOT NULL AND TRY_CAST(user_id AS BIGINT) IS NULL"),
-    ("price_unparseable", "(bid_price IS NOT NULL AND NOT isfinite(TRY_CAST(bid_price AS DOUBLE))) OR "
-                          "(total_price IS NOT NULL AND NOT isfinite(TRY_CAST(total_price AS DOUBLE)))"),
-    ("price_negative", "TRY_CAST(bid_price AS DOUBLE) < 0 OR TRY_CAST(total_price AS DOUBLE) < 0"),
+    ("country_invalid", "NOT full_match(country, '[A-Z]{{2}}')"),
+    ("user_id_invalid", "user_id IS NOT NULL AND int64(user_id) IS NULL"),
+    ("price_unparseable", "(bid_price IS NOT NULL AND NOT finite(float64(bid_price))) OR "
+                          "(total_price IS NOT NULL AND NOT finite(float64(total_price)))"),
+    ("price_negative", "float64(bid_price) < 0 OR float64(total_price) < 0"),
 )
+# What each function means, for every engine alike: the value DuckDB's TRY_CAST gives the text
+# (NULL when it does not parse), whether a double is finite, whether a text matches a pattern whole.
+RULE_FUNCTIONS: dict[str, str] = {
+    "int64": "TRY_CAST(text AS BIGINT) as DuckDB casts it, else NULL",
+    "int32": "TRY_CAST(text AS INTEGER) as DuckDB casts it, else NULL",
+    "float64": "TRY_CAST(text AS DOUBLE) as DuckDB casts it, else NULL",
+    "finite": "isfinite(double): not NaN nor +-inf; NULL stays NULL",
+    "full_match": "the text matches the (RE2/Java-compatible) pattern as a whole",
+}
+DUCKDB_FUNCTIONS: dict[str, Callable[..., str]] = {
+    "int64": lambda x: f"TRY_CAST({x} AS BIGINT)",
+    "int32": lambda x: f"TRY_CAST({x} AS INTEGER)",
+    "float64": lambda x: f"TRY_CAST({x} AS DOUBLE)",
+    "finite": lambda x: f"isfinite({x})",
+    "full_match": lambda x, pattern: f"regexp_full_match({x}, {pattern})",
+}
+
+
+def render_rule_sql(sql: str, functions: Mapping[str, Callable[..., str]]) -> str:
+    """Expand each call `name(arg, ...)` of a function in `functions` by its definition, innermost
+    first; quoted SQL strings are left alone. `name` must be one of RULE_FUNCTIONS."""
+    names = re.compile(r"\b(" + "|".join(map(re.escape, functions)) + r")\s*\(")
+    out: list[str] = []
+    pos = 0
+    while (m := names.search(sql, pos)) is not None:
+        out.append(sql[pos:m.start()])
+        args: list[str] = []
+        depth, start, quoted, j = 0, m.end(), False, m.end()
+        while True:
+            c = sql[j]
+            if quoted:
+                quoted = c != "'"
+            elif c == "'":
+                quoted = True
+            elif c == "(":
+                depth += 1
+            elif c == ")" and depth:
+                depth -= 1
+            elif c in ",)" and not depth:
+                args.append(render_rule_sql(sql[start:j].strip(), functions))
+                start = j + 1
+                if c == ")":
+                    break
+            j += 1
+        out.append(functions[m.group(1)](*args))
+        pos = j + 1
+    out.append(sql[pos:])
+    return "".join(out)
+
+
+def reason_case_sql(functions: Mapping[str, Callable[..., str]]) -> str:
+    """`CASE WHEN <rule> THEN '<reason>' ... END` over the raw text columns, for one engine."""
+    types = ", ".join(_sql_str(t) for t in EVENT_TYPES)
+    return "CASE " + " ".join(f"WHEN {render_rule_sql(cond.format(types=types), functions)} THEN '{name}'"
+                              for name, cond in REMEDIATION_RULES) + " END"
+
+
 WRONG_FIELD_COUNT = "wrong_field_count"
 REASONS: tuple[str, ...] = tuple(r for r, _ in REMEDIATION_RULES) + (WRONG_FIELD_COUNT,)
 
@@ -215,8 +277,7 @@ def _ingest(con: duckdb.DuckDBPyConnection, src: Path, seg_id: str, stage: Path,
     """Remediate one CSV part into staged Parquet files; returns its manifest entry (paths relative)."""
     columns = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in RAW_HEADER) + "}"
     types = ", ".join(_sql_str(t) for t in EVENT_TYPES)
-    reason = "CASE " + " ".join(f"WHEN {cond.format(types=types)} THEN '{name}'"
-                                for name, cond in REMEDIATION_RULES) + " END"
+    reason = reason_case_sql(DUCKDB_FUNCTIONS)
     con.execute("DROP TABLE IF EXISTS seg_rows")
     con.execute("DROP TABLE IF EXISTS seg_rejects")
     con.execute("DROP TABLE IF EXISTS seg_reject_scans")
@@ -292,7 +353,8 @@ def _sweep(lake: Path, manifest: dict[str, Any]) -> None:
 
 
 def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress: bool = True,
-            memory_limit: str = "4GB", row_group_size: int = DEFAULT_ROW_GROUP_SIZE) -> dict[str, Any]:
+            memory_limit: str = "4GB", row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+            engine: "Engine | None" = None) -> dict[str, Any]:
     """Bring the lake in line with the CSV parts in `raw_dir`; returns a summary of what changed.
 
     New or changed parts are ingested, parts gone from `raw_dir` are dropped, unchanged parts
@@ -335,17 +397,14 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
 
         stage = lake / STAGING_DIR / uuid.uuid4().hex
         stage.mkdir(parents=True)
-        con = db.connect(memory_limit=memory_limit)
-        con.execute("SET temp_directory = ?", [str(stage / "spill")])
-        con.execute("SET preserve_insertion_order = false")
-        added = []
-        bar = tqdm(todo, desc="prepare", unit="part", disable=not progress)
-        for src, fp, source in bar:
-            bar.set_postfix_str(src.name)
-            entry = _ingest(con, src, _segment_id(src.name, fp), stage, row_group_size)
+        if engine is None:
+            from .engines.duckdb_engine import DuckDBEngine
+
+            engine = DuckDBEngine(memory_limit=memory_limit)
+        added = engine.ingest([(src, _segment_id(src.name, fp)) for src, fp, _ in todo], stage,
+                              row_group_size=row_group_size, progress=progress)
+        for entry, (_, _, source) in zip(added, todo):
             entry["source"] = source
-            added.append(entry)
-        con.close()
 
         # promote: move staged files into place (still invisible), then commit the manifest
         for entry in added:

@@ -1,8 +1,9 @@
 """The view indexer: build, check and promote materialized views; the schema registry.
 
-Owns `build` and `LAKE/views/_registry.json`. A view is aggregated by DuckDB into a hidden
-staging file, checked (schema, and totals per type and day reconciled with the lake), then
-promoted by an atomic rename to a new versioned file, and only then recorded in the registry:
+Owns `build` and `LAKE/views/_registry.json`. A view is aggregated by DuckDB (or by Spark, see
+`analytics.engines`) into a hidden staging file, checked (schema, and totals per type and day
+reconciled with the lake), then promoted by an atomic rename to a new versioned file, and only
+then recorded in the registry:
 a reader never sees a half-built view, and a build killed at any point leaves the previous
 version in force; the next build sweeps its leftovers. One file lock per view means two
 builds of the same view never both write; different views build in parallel, one DuckDB
@@ -20,7 +21,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import duckdb
 import pyarrow as pa
@@ -31,6 +32,9 @@ from . import db
 from .catalog import CATALOG, MEASURE_COLUMNS, SUM_TYPE, VIEWS, ViewDef
 from .lake import Lake
 from .results import write_atomic
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engines import Engine
 
 VIEWS_DIR = "views"
 REGISTRY = "_registry.json"
@@ -62,12 +66,18 @@ def _update_registry(lake_root: Path, name: str, entry: dict[str, Any]) -> None:
         write_atomic(path, json.dumps(reg, indent=1, sort_keys=True))
 
 
-def lake_totals(con: duckdb.DuckDBPyConnection, lake: Lake) -> pa.Table:
-    """Per type and day: rows, non-NULL counts and exact sums of the prices, from the lake itself."""
+def lake_totals_sql(relation: str) -> str:
+    """Per type and day: rows, non-NULL counts and exact sums of the prices of `relation` (the lake);
+    plain SQL that every engine runs."""
     items = ["type", "day", "count(*)::BIGINT AS cnt"]
     for m in MEASURE_COLUMNS:
         items += [f"count({m})::BIGINT AS nn_{m}", f"sum(CAST({m} AS {SUM_TYPE})) AS sum_{m}"]
-    return db.fetch_arrow(con, f"SELECT {', '.join(items)} FROM {lake.relation_sql()} GROUP BY type, day")
+    return f"SELECT {', '.join(items)} FROM {relation} GROUP BY type, day"
+
+
+def lake_totals(con: duckdb.DuckDBPyConnection, lake: Lake) -> pa.Table:
+    """Per type and day: rows, non-NULL counts and exact sums of the prices, from the lake itself."""
+    return db.fetch_arrow(con, lake_totals_sql(lake.relation_sql()))
 
 
 def reconcile(con: duckdb.DuckDBPyConnection, view: ViewDef, relation: str, totals_relation: str) -> list[dict[str, Any]]:
@@ -132,8 +142,11 @@ def _sweep_idle(vdir: Path, entry: dict[str, Any]) -> None:
 
 
 def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, force: bool = False,
-               memory_limit: str = "4GB", bar: tqdm | None = None) -> dict[str, Any]:
-    """Build one view if it is stale; returns what happened (`status`: built | up-to-date)."""
+               memory_limit: str = "4GB", bar: tqdm | None = None, engine: Engine | None = None) -> dict[str, Any]:
+    """Build one view if it is stale; returns what happened (`status`: built | up-to-date).
+
+    `engine` aggregates the staged file (default DuckDB); the checks, promotion and registry here
+    are the same whichever engine wrote it."""
     root = lake.root
     vdir = root / VIEWS_DIR / view.name
     vdir.mkdir(parents=True, exist_ok=True)
@@ -153,19 +166,13 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
         version = (entry["version"] + 1) if entry else 1
         staging = vdir / f".staging-{uuid.uuid4().hex}.parquet"
         final = vdir / f"v{version}.parquet"
+        engine = engine or _default_engine(memory_limit)
         con = db.connect(memory_limit=memory_limit)
         try:
-            con.execute("SET preserve_insertion_order = true")
-            if incremental:
-                fresh = view.aggregate_sql(lake.relation_sql(segments=new_segments))
-                source = f"(SELECT * FROM read_parquet({_q(str(root / entry['file']))}) UNION ALL BY NAME {fresh})"
-                select = view.reaggregate_sql(source)
-            else:
-                select = view.aggregate_sql(lake.relation_sql())
             if bar:
                 bar.set_postfix_str("aggregate")
-            con.execute(f"COPY ({select} ORDER BY {', '.join(view.sort_columns)}) TO {_q(str(staging))} "
-                        "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)")
+            engine.aggregate_view(view, lake, staging, base=root / entry["file"] if incremental else None,
+                                  segments=new_segments if incremental else None)
             if bar:
                 bar.update(1)
                 bar.set_postfix_str("check")
@@ -209,9 +216,17 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
                 "rows": new_entry["rows"], "seconds": new_entry["build_seconds"]}
 
 
+def _default_engine(memory_limit: str) -> Engine:
+    from .engines.duckdb_engine import DuckDBEngine
+
+    return DuckDBEngine(memory_limit=memory_limit)
+
+
 def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jobs: int | None = None,
-          force: bool = False, progress: bool = True, memory_limit: str = "4GB") -> dict[str, Any]:
-    """Build or refresh the named views (default: the whole catalog), `jobs` at a time."""
+          force: bool = False, progress: bool = True, memory_limit: str = "4GB",
+          engine: Engine | None = None) -> dict[str, Any]:
+    """Build or refresh the named views (default: the whole catalog), `jobs` at a time, aggregated by
+    `engine` (default DuckDB with `memory_limit`; see analytics.engines)."""
     lake = Lake.open(lake_dir)
     selected = list(names) if names else [v.name for v in CATALOG]
     unknown = [n for n in selected if n not in VIEWS]
@@ -225,6 +240,7 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
             _sweep_idle(lake.root / VIEWS_DIR / name, registry[name])
         return {"lake_version": lake.version, "views": [], "failed": {}, "built": [], "up_to_date": selected,
                 "seconds": round(time.perf_counter() - started, 3)}
+    engine = engine or _default_engine(memory_limit)
     totals_cache: list[pa.Table] = []
     lock = threading.Lock()
 
@@ -232,9 +248,7 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
         # one scan of the lake per build, shared by every view's reconciliation
         with lock:
             if not totals_cache:
-                con = db.connect(memory_limit=memory_limit)
-                totals_cache.append(lake_totals(con, lake))
-                con.close()
+                totals_cache.append(engine.lake_totals(lake))
             return totals_cache[0]
 
     results: list[dict[str, Any]] = []
@@ -244,8 +258,9 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
         i, name = i_name
         with tqdm(total=3, desc=name, position=i, leave=True, disable=not progress, unit="step") as bar:
             try:
-                res = build_view(VIEWS[name], lake, totals, force=force, memory_limit=memory_limit, bar=bar)
-            except (BuildError, duckdb.Error, OSError) as exc:
+                res = build_view(VIEWS[name], lake, totals, force=force, memory_limit=memory_limit, bar=bar,
+                                 engine=engine)
+            except (BuildError, duckdb.Error, OSError, *engine.errors) as exc:
                 with lock:
                     failures[name] = str(exc).splitlines()[0]
                 return
