@@ -97,16 +97,20 @@ class MemoryLimitError(RuntimeError):
 @dataclass
 class _Watch:
     cursor: duckdb.DuckDBPyConnection
+    base: int  # process RSS when the statement started
     tripped: int | None = None  # RSS growth in bytes when the guard fired
     overlapped: bool = False  # another watched statement ran at the same time
 
 
 class MemoryGuard:
-    """RSS watch over the statements in flight: interrupts them when the process grew by more than `limit`.
+    """RSS watch over the statements in flight: interrupts one when the process grew by more than
+    `limit` since it started.
 
-    Growth is measured from `base`, the RSS at the start of a batch (and again after a trip, since
-    allocators keep freed memory), so memory held before the batch (loaded views, the cache) is
-    not blamed on its queries; DuckDB's own `memory_limit` bounds what its operators take.
+    Growth is counted from the RSS at each statement's start, so memory held before it (loaded
+    views, the cache, the answers of the batch so far) is not blamed on it; DuckDB's own
+    `memory_limit` bounds what its operators take. Statements that overlap share the blame: each
+    is marked `overlapped`, and the runner retries a tripped, overlapped query alone before
+    calling it too big.
     """
 
     def __init__(self, limit: int, poll_s: float = 0.005) -> None:
@@ -118,9 +122,7 @@ class MemoryGuard:
         self._ids = itertools.count()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._tripped_since_reset = False
         self.trips = 0
-        self.base = self.rss()
 
     def rss(self) -> int:
         try:
@@ -128,16 +130,9 @@ class MemoryGuard:
         except psutil.Error:
             return 0
 
-    def reset_base(self) -> None:
-        self.base = self.rss()
-        self._tripped_since_reset = False
-
-    def growth(self) -> int:
-        return self.rss() - self.base
-
     @contextmanager
     def watch(self, cursor: duckdb.DuckDBPyConnection) -> Iterator[_Watch]:
-        w = _Watch(cursor)
+        w = _Watch(cursor, self.rss())
         token = next(self._ids)
         with self._lock:
             if self._active:
@@ -150,16 +145,12 @@ class MemoryGuard:
         try:
             yield w
         finally:
-            grown = self.growth()
+            grown = self.rss() - w.base
             with self._lock:
                 if w.tripped is None and grown > self.limit:
                     w.tripped = grown  # a spike between two polls, or an answer too big to hold
                     self.trips += 1
-                    self._tripped_since_reset = True
                 del self._active[token]
-                idle = not self._active
-            if idle and self._tripped_since_reset:
-                self.reset_base()
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -176,18 +167,16 @@ class MemoryGuard:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
-            grown = self.growth()
-            if grown > self.limit:
-                with self._lock:
-                    for w in self._active.values():
-                        if w.tripped is None:
-                            w.tripped = grown
-                            self.trips += 1
-                            self._tripped_since_reset = True
-                            try:
-                                w.cursor.interrupt()
-                            except Exception:  # noqa: BLE001 - a closed cursor has nothing to stop
-                                pass
+            rss = self.rss()
+            with self._lock:
+                for w in self._active.values():
+                    if w.tripped is None and rss - w.base > self.limit:
+                        w.tripped = rss - w.base
+                        self.trips += 1
+                        try:
+                            w.cursor.interrupt()
+                        except Exception:  # noqa: BLE001 - a closed cursor has nothing to stop
+                            pass
             time.sleep(self.poll_s)
 
 
@@ -316,7 +305,7 @@ class SafeBatchRunner:
             self.telemetry = telemetry_log(wb.root) if telemetry else None
         self.guard = MemoryGuard(self.memory_limit)
         self._pool: ThreadPoolExecutor | None = None
-        self._profiled: set[int] = set()
+        self._profiled: dict[int, bool] = {}  # cursor -> profiling on
         self._scan_ids = itertools.count(1)
 
     # ---- public --------------------------------------------------------------------------------
@@ -385,7 +374,6 @@ class SafeBatchRunner:
     def _run_batch(self, items: list[_Item], number: int, *, parallel: bool, batching: bool, use_cache: bool,
                    run_id: str) -> dict[str, Any]:
         t_batch = time.perf_counter()
-        self.guard.reset_base()
         stamp = self._stamp() if use_cache else None
         persist_stamp = stamp if (self.cache is not None and self.cache.directory is not None) else None
         first_by_key: dict[str, _Item] = {}
@@ -481,18 +469,20 @@ class SafeBatchRunner:
                 self.cache.put(it.key, CacheEntry(it.table, it.route, it.fallback), persist_stamp)
 
     # ---- execution -------------------------------------------------------------------------------
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
+    def _cursor(self, lake: bool) -> duckdb.DuckDBPyConnection:
+        """This thread's cursor; DuckDB profiling on for lake statements only (bytes read), off for views."""
         cur = self.wb._cursor()
-        if self.telemetry is not None and id(cur) not in self._profiled:
+        want = lake and self.telemetry is not None
+        if self._profiled.get(id(cur), False) != want:
             try:
-                cur.execute("PRAGMA enable_profiling = 'no_output'")  # for bytes read; costs ~nothing
-                self._profiled.add(id(cur))
+                cur.execute("PRAGMA enable_profiling = 'no_output'" if want else "PRAGMA disable_profiling")
+                self._profiled[id(cur)] = want
             except duckdb.Error:
                 pass
         return cur
 
     def _bytes_read(self, cur: duckdb.DuckDBPyConnection) -> int | None:
-        if self.telemetry is None or id(cur) not in self._profiled:
+        if self.telemetry is None or not self._profiled.get(id(cur)):
             return None
         try:
             info = json.loads(cur.get_profiling_information())
@@ -504,7 +494,7 @@ class SafeBatchRunner:
     def _memory_error(self, it: _Item, exc: BaseException | None, grown: int | None) -> str:
         limit = f"memory limit {self.memory_limit_text} ({format_size(self.memory_limit)})"
         if isinstance(exc, MemoryLimitError):
-            return f"{it.id} exceeded the {limit}: {exc}"
+            return f"{it.id} exceeded the {limit}: {exc}; narrow its filters, add a limit, or raise --memory-limit"
         if grown is not None:
             return (f"{it.id} exceeded the {limit}: the process grew by {format_size(grown)} while it ran, "
                     f"so it was stopped; narrow its filters, add a limit, or raise --memory-limit")
@@ -516,7 +506,7 @@ class SafeBatchRunner:
             raise MemoryLimitError(f"its answer ({table.num_rows:,} rows) takes {format_size(table.nbytes)} in memory")
 
     def _single(self, it: _Item, alone: bool) -> None:
-        cur = self._cursor()
+        cur = self._cursor(lake=it.plan is not None and it.plan.route == LAKE)
         t0 = time.perf_counter()
         w: _Watch | None = None
         try:
@@ -543,7 +533,7 @@ class SafeBatchRunner:
     def _shared(self, scan: SharedScan, batch: int, reports: list[dict[str, Any]]) -> None:
         scan_id = f"b{batch}s{next(self._scan_ids)}"
         members: list[_Item] = [m for m, _ in scan.members]
-        cur = self._cursor()
+        cur = self._cursor(lake=True)
         table_name = f"__superset_{uuid.uuid4().hex[:12]}"
         rep: dict[str, Any] = {"scan": scan_id, "queries": [m.id for m in members], "dims": list(scan.dims),
                                "measures": len(scan.measures), "est_groups": scan.est_groups, "ok": False}
