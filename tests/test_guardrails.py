@@ -129,6 +129,13 @@ def test_registry_has_23_checks_in_7_categories() -> None:
         G.select_checks("nope")
 
 
+def test_every_check_has_a_fault_test_that_fails_it_alone() -> None:
+    # a check no injected fault can make fail is not done: every id appears in an assert_only below
+    source = Path(__file__).read_text()
+    proven = {c.id for c in G.CHECKS if f'assert_only(report, "{c.id}"' in source}
+    assert proven == {c.id for c in G.CHECKS}, sorted({c.id for c in G.CHECKS} - proven)
+
+
 def test_clean_data_passes_every_check(lake_dir: Path, raw_dir: Path) -> None:
     report = G.run_guardrails(lake_dir, raw_dir)
     assert report["failed"] == 0, {c["id"]: c["evidence"].get("summary") for c in report["checks"] if not c["passed"]}
