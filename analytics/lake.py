@@ -306,7 +306,7 @@ def _ingest(con: duckdb.DuckDBPyConnection, src: Path, seg_id: str, stage: Path,
             SELECT type, count(*), list(DISTINCT CAST(CAST(epoch_ms(CAST(ts AS BIGINT)) AS DATE) AS VARCHAR) ORDER BY 1)
             FROM seg_rows WHERE reason IS NULL GROUP BY type ORDER BY type""").fetchall():
         entry["lake_by_type"][t] = n
-        entry["days"][t] = days
+        entry["days"][t] = sorted(days)
 
     quarantined_sql = f"""
         SELECT {_sql_str(src.name)} AS source_file, NULL::BIGINT AS line, reason,
