@@ -101,14 +101,42 @@ lake: data ## prepare data/raw-ROWS into the lake data/lake-ROWS (incremental: a
 views: lake ## build the materialized views of data/lake-ROWS
 	$(ANALYTICS) build --lake $(LAKE_DIR)
 
-benchmark: views ## data + lake + views for ROWS (or SCALE=full), then notebooks/03_batch_benchmark into reports/
-	$(PY) -m analytics.reporting --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) --only 03_batch_benchmark \
-		--suffix '$(SUFFIX)' -p rows=$(ROWS) $(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT))
+# The benchmark: every phase timed with its peak RSS into data/phases-ROWS (kept with the data, so a
+# reused lake still reports the prepare/build that made it), then every engine on the workloads with
+# progress in the terminal, then notebook 03 renders the JSON. A mismatch with the baseline still
+# writes the report (in red), then fails the target.
+BENCH_REPEATS ?= 5
+BENCH_WORKLOADS ?= queries/examples.json queries/judges.json
+BENCH_JSON = $(REPORTS)/benchmark$(SUFFIX).json
+PHASES_DIR := data/phases-$(DATA_TAG)
+PHASE := $(PY) -m analytics.benchmark phase --dir $(PHASES_DIR)
 
-sweep: setup ## the benchmark at each size of SWEEP_ROWS, into reports/03_batch_benchmark-ROWS.*
+benchmark: setup ## data + lake + views for ROWS (or SCALE=full), every engine on examples + judges, reports/03_batch_benchmark.* + benchmark.json
+	@echo "== benchmark at $(ROWS) rows: generate -> prepare -> build -> engines -> notebooks/03_batch_benchmark"
+	@if [ ! -e $(GENERATED) ]; then \
+		rm -f $(RAW_DIR)/.generated-*; \
+		$(PHASE) generate -- $(ANALYTICS) generate --out $(RAW_DIR) --rows $(ROWS) --seed $(SEED) \
+			--dirty $(DIRTY) && touch $(GENERATED); \
+	else echo "data: reusing $(RAW_DIR)"; fi
+	@$(PHASE) prepare -- $(ANALYTICS) prepare --raw $(RAW_DIR) --lake $(LAKE_DIR) --memory-limit $(MEMORY_LIMIT)
+	@$(PHASE) build -- $(ANALYTICS) build --lake $(LAKE_DIR)
+	@mkdir -p $(REPORTS); rc=0; \
+	$(ANALYTICS) benchmark --raw $(RAW_DIR) --lake $(LAKE_DIR) $(addprefix --workload ,$(BENCH_WORKLOADS)) \
+		--repeats $(BENCH_REPEATS) --rows $(ROWS) --phases $(PHASES_DIR) --json $(BENCH_JSON) --no-summary || rc=$$?; \
+	if [ $$rc -ne 0 ] && [ $$rc -ne 1 ]; then exit $$rc; fi; \
+	$(PY) -m analytics.reporting --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) --only 03_batch_benchmark \
+		--suffix '$(SUFFIX)' -p rows=$(ROWS) -p result_json=$(abspath $(BENCH_JSON)) \
+		-p 'sweep=$(abspath $(REPORTS))/benchmark-*.json' $(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT)); \
+	echo; $(PY) -m analytics.benchmark summary $(BENCH_JSON) \
+		--report $(REPORTS)/03_batch_benchmark$(SUFFIX).html || rc=$$?; \
+	exit $$rc
+
+sweep: setup ## the benchmark at each size of SWEEP_ROWS (1M 5M 15M), reports/benchmark-ROWS.json, sweep.json and the chart
 	@for rows in $(SWEEP_ROWS); do \
 		$(MAKE) --no-print-directory benchmark ROWS=$$rows SUFFIX=-$$rows || exit $$?; \
 	done
+	$(PY) -m analytics.benchmark sweep $(foreach n,$(SWEEP_ROWS),$(REPORTS)/benchmark-$(n).json) --out $(REPORTS)/sweep.json
+	@echo "scale chart: $(REPORTS)/03_batch_benchmark-$(lastword $(SWEEP_ROWS)).html (section Scale sweep)"
 
 ifdef LAKE
 reports: setup ## run every notebook into reports/NN_name.{ipynb,html,results.html}: LAKE=path [RAW=path], or ROWS=n

@@ -239,6 +239,26 @@ def cmd_guardrails(args: argparse.Namespace) -> int:
     return 1 if report["failed"] else 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import DEFAULT_WORKLOADS, run_benchmark, summary_table
+
+    for path in args.workload or []:
+        if not Path(path).is_file():
+            raise CliError(f"--workload: query file {path!r} does not exist")
+    if not Path(args.raw).is_dir():
+        raise CliError(f"--raw: raw directory {args.raw!r} does not exist")
+    try:
+        result = run_benchmark(args.raw, args.lake, workloads=args.workload or DEFAULT_WORKLOADS, repeats=args.repeats,
+                               out_json=args.json, phases=args.phases, rows=args.rows, progress=not args.quiet)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if not args.no_summary:
+        print(summary_table(result))
+    if args.json:
+        print(f"figures in {args.json}")
+    return 0 if result["all_match"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="analytics", description=(
         "Ad-event analytics workbench: JSON queries answered from a Parquet lake and materialized "
@@ -319,6 +339,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=None, metavar="CATEGORY", help="run one category: timezone, between, avg, mv_consistency, "
                                                                    "data_types, null_handling, date_boundaries")
     p.add_argument("--memory-limit", default="4GB", help="DuckDB memory limit (default 4GB)")
+
+    p = add("benchmark", cmd_benchmark, "every workload query on the baseline, DuckDB and Polars over the lake, and the "
+                                        "product: answers checked against the baseline, cold and warm timings; exit 1 "
+                                        "on any mismatch")
+    p.add_argument("--raw", required=True, help="raw *.csv parts the lake was prepared from (the baseline reads them)")
+    p.add_argument("--lake", required=True, help="prepared lake directory, views built")
+    p.add_argument("--workload", action="append", default=None, metavar="FILE",
+                   help="JSON query file; repeat for several (default: queries/examples.json and queries/judges.json)")
+    p.add_argument("--repeats", type=_positive_int, default=5, help="warm runs per query and engine after the cold one "
+                                                                    "(default 5; the baseline runs once)")
+    p.add_argument("--json", default=None, metavar="FILE", help="write every figure as JSON to FILE")
+    p.add_argument("--phases", default=None, metavar="DIR", help="phase records (generate/prepare/build times and peak "
+                                                                 "RSS) written by `python -m analytics.benchmark phase`")
+    p.add_argument("--rows", type=_rows, default=None, help="the data set's row count, for the report (default: from the lake)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-summary", action="store_true", help="do not print the summary table at the end")
     return parser
 
 
