@@ -3,7 +3,6 @@ from the superset is the answer of the query run alone (and the baseline's), wit
 types, so the CSV output does not change."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import random
@@ -17,6 +16,7 @@ from analytics.query import parse_query
 from analytics.results import compare_rows, output_kind, to_rows
 from analytics.router import LAKE
 from analytics.runner import SafeBatchRunner
+from analytics.workbench import Workbench
 from querygen import random_query
 
 
@@ -192,22 +192,21 @@ def test_raw_row_queries_never_batch():
 
 # ---- answers ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def lake_runner(workbench):
+def lake_runner(lake_dir):
+    """A runner over a workbench that answers from the lake only (nothing is written to the lake)."""
+    wb = Workbench(lake_dir, use_views=False)
     # small data: let supersets be as large as the scan, so that sharing is exercised hard
-    runner = SafeBatchRunner(workbench, cache=False, telemetry=False, max_group_ratio=1.0)
+    runner = SafeBatchRunner(wb, cache=False, telemetry=False, max_group_ratio=1.0)
     yield runner
     runner.close()
+    wb.close()
 
 
-def test_batching_on_vs_off_identical_and_equal_to_baseline(baseline, workbench, lake_runner):
+def test_batching_on_vs_off_identical_and_equal_to_baseline(baseline, lake_runner):
     raw = related_queries(240, seed=3)
     queries = [parse_query(r) for r in raw]
-    workbench.use_views = False
-    try:
-        on = lake_runner.run(raw, batching=True)
-        off = lake_runner.run(raw, batching=False, parallel=False)
-    finally:
-        workbench.use_views = True
+    on = lake_runner.run(raw, batching=True)
+    off = lake_runner.run(raw, batching=False, parallel=False)
     assert on.errors == 0 and off.errors == 0, [e for e in on.report["queries"] if "error" in e][:3]
     assert on.report["lake_queries"] == off.report["lake_queries"] == len(raw)
     assert off.report["lake_scans"] == len(raw)
@@ -223,7 +222,7 @@ def test_batching_on_vs_off_identical_and_equal_to_baseline(baseline, workbench,
         assert why is None, f"{why}\n{json.dumps(r)}"
 
 
-def test_every_aggregate_derives_exactly_including_empty_and_null_groups(baseline, workbench, lake_runner):
+def test_every_aggregate_derives_exactly_including_empty_and_null_groups(baseline, lake_runner):
     where = [{"col": "type", "op": "eq", "val": "purchase"}, {"col": "day", "op": "between", "val": ["2024-03-01", "2024-03-10"]}]
     aggs = [{"COUNT": "*"}, {"COUNT": "bid_price"}, {"SUM": "total_price"}, {"AVG": "total_price"}, {"AVG": "user_id"},
             {"MIN": "bid_price"}, {"MAX": "total_price"}, {"SUM": "user_id"}, {"MIN": "minute"}, {"MAX": "hour"},
@@ -239,12 +238,8 @@ def test_every_aggregate_derives_exactly_including_empty_and_null_groups(baselin
         {"select": ["country", {"COUNT": "*"}], "from": "events", "group_by": ["country"],
          "where": where + [{"col": "country", "op": "eq", "val": "ZZ"}]},
     ]
-    workbench.use_views = False
-    try:
-        on = lake_runner.run(raw)
-        off = lake_runner.run(raw, batching=False)
-    finally:
-        workbench.use_views = True
+    on = lake_runner.run(raw)
+    off = lake_runner.run(raw, batching=False)
     assert on.report["lake_scans"] == 1, on.report["batches"][0]["shared_scans"]
     for r, t_on, t_off in zip(raw, on.tables, off.tables):
         q = parse_query(r)
@@ -255,8 +250,10 @@ def test_every_aggregate_derives_exactly_including_empty_and_null_groups(baselin
     assert on.tables[5].num_rows == 0
 
 
-def test_view_routed_queries_do_not_batch(workbench, lake_runner):
+def test_view_routed_queries_do_not_batch(workbench):
     raw = [{"select": ["day", {"COUNT": "*"}], "from": "events", "group_by": ["day"]}] * 3
-    out = lake_runner.run(raw)
+    runner = SafeBatchRunner(workbench, cache=False, telemetry=False)
+    out = runner.run(raw)
+    runner.close()
     assert out.report["lake_queries"] == 0 and out.report["lake_scans"] == 0
     assert all(e["route"] != LAKE for e in out.report["queries"])
