@@ -80,10 +80,11 @@ test-nbval: setup nbval-data ## execute every notebook in place with its default
 
 nbval-data: $(NBVAL_STAMP) ## the small clean and dirty data sets the notebooks' defaults point at
 
-$(NBVAL_STAMP): $(wildcard analytics/generator.py analytics/lake.py analytics/schema.py) | $(STAMP)
+$(NBVAL_STAMP): $(wildcard analytics/generator.py analytics/lake.py analytics/schema.py analytics/catalog.py analytics/views.py) | $(STAMP)
 	rm -rf $(NBVAL_DIR)
 	$(ANALYTICS) generate --out $(NBVAL_DIR)/clean/raw --rows $(NBVAL_ROWS) --seed 0 --quiet
 	$(ANALYTICS) prepare --raw $(NBVAL_DIR)/clean/raw --lake $(NBVAL_DIR)/clean/lake --quiet
+	$(ANALYTICS) build --lake $(NBVAL_DIR)/clean/lake --quiet
 	$(ANALYTICS) generate --out $(NBVAL_DIR)/dirty/raw --rows $(NBVAL_ROWS) --seed 1 --dirty 0.05 --quiet
 	$(ANALYTICS) prepare --raw $(NBVAL_DIR)/dirty/raw --lake $(NBVAL_DIR)/dirty/lake --quiet
 	touch $@

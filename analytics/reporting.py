@@ -322,8 +322,10 @@ def explorer_figure(frame: Any, grouping: str, measure: str, event_type: str) ->
 
 
 def route_of(wb: Any, query: Any) -> str:
-    """The route the workbench takes for `query`: the first line of `explain` (`route: NAME`)."""
-    first = wb.explain(query).splitlines()[0]
+    """The route the workbench takes for `query`: a view's name or `lake`."""
+    if hasattr(wb, "plan"):
+        return wb.plan(query).route
+    first = wb.explain(query).splitlines()[0]  # `route: NAME`
     return first.split(":", 1)[1].strip() if first.lower().startswith("route") else first
 
 
@@ -339,9 +341,14 @@ def timed(fn: Any, *args: Any, repeats: int = 1) -> tuple[Any, list[float]]:
 
 def run_query(wb: Any, query: dict[str, Any]) -> dict[str, Any]:
     """One explorer query: its table (pandas), route and compute time."""
-    table, ms = timed(wb.query, query)
-    return {"query": query, "table": table, "frame": table.to_pandas(), "route": route_of(wb, query),
-            "ms": ms[0], "rows": table.num_rows}
+    if hasattr(wb, "execute"):  # answer and plan in one go: the route is the one actually taken
+        (table, plan), ms = timed(wb.execute, query)
+        route = plan.route
+    else:
+        table, ms = timed(wb.query, query)
+        route = route_of(wb, query)
+    return {"query": query, "table": table, "frame": table.to_pandas(), "route": route, "ms": ms[0],
+            "rows": table.num_rows}
 
 
 def compare_with_baseline(wb: Any, baseline_con: Any | None, queries: Sequence[Any], *, repeats: int = 3,
@@ -365,7 +372,7 @@ def compare_with_baseline(wb: Any, baseline_con: Any | None, queries: Sequence[A
             row.update(match=False, reason=f"invalid query: {exc}")
             out.append(row)
             continue
-        wb.query(q)  # warm-up: file metadata and caches, as a served workbench would have them
+        wb.query(q)  # warm-up: file metadata, views loaded, as a served workbench would have them
         table, wb_ms = timed(wb.query, q, repeats=repeats)
         med = statistics.median(wb_ms)
         row.update(rows=table.num_rows, route=route_of(wb, q), workbench_ms=round(med, 3),
