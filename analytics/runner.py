@@ -6,15 +6,19 @@ queries is executed:
 - in batches of at most `batch_size` (20) queries; each batch is parsed, looked up in the
   result cache, planned, computed, then written, and reported in `run.json["batches"]`;
 - lake-routed aggregates of a batch that scan overlapping data share one superset scan
-  (`batching.py`); `run.json` counts `lake_queries` and the `lake_scans` they needed;
+  (`batching.py`); `run.json` counts `lake_queries` and the `lake_scans` they needed, and lists
+  each shared scan in its batch. If a superset fails, its members run on their own;
 - independent work runs on a thread pool sized to the cores, one DuckDB cursor per thread
-  (`sequential=True` keeps the one-at-a-time mode);
-- a memory guard: DuckDB's `memory_limit` plus an RSS watch (psutil) that interrupts the
-  running statements when the process grew more than the limit during a batch, and a check
-  that no single answer is larger than the limit. A query that fails that way while others ran
-  beside it is retried alone; alone, it fails with an error naming the query and the limit.
-  The other queries still run and the process does not die;
-- `ms` covers compute only (parse, cache lookup, plan, execution, fetching into Arrow). Files are
+  (`parallel=False`, `analytics run --sequential`, keeps the one-at-a-time mode);
+- a result cache (`cache.py`): a hit is answered without planning; a query repeated within a
+  batch is computed once (`"same_as"`);
+- a memory guard: DuckDB's `memory_limit` plus an RSS watch (psutil) that interrupts a
+  statement when the process grew by more than the limit while it ran, and a check that no
+  answer is larger than the limit. A query that fails that way while others ran beside it is
+  retried alone; alone, it fails with an error naming the query and the limit. The other
+  queries still run and the process does not die;
+- `ms` covers compute only (parse, cache lookup, plan, execution, fetching into Arrow; a shared
+  scan's time is split evenly among its members, plus each one's own derivation). Files are
   written after timing, each to a temporary name renamed into place, so a killed run never
   leaves a truncated `q{i}.csv` (answers of the same indices from an earlier run are removed
   first, so what is there belongs to this run);
@@ -539,7 +543,7 @@ class SafeBatchRunner:
         cur = self._cursor(lake=True)
         table_name = f"__superset_{uuid.uuid4().hex[:12]}"
         rep: dict[str, Any] = {"scan": scan_id, "queries": [m.id for m in members], "dims": list(scan.dims),
-                               "measures": len(scan.measures), "est_groups": scan.est_groups, "ok": False}
+                               "measures": len(scan.measures), "est_groups": round(scan.est_groups), "ok": False}
         reports.append(rep)
         sql, params = scan.superset_sql("events")
         try:
