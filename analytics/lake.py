@@ -57,8 +57,10 @@ REMEDIATION_RULES: tuple[tuple[str, str], ...] = (
     ("country_missing", "country IS NULL"),
     ("country_invalid", "NOT full_match(country, '[A-Z]{{2}}')"),
     ("user_id_invalid", "user_id IS NOT NULL AND int64(user_id) IS NULL"),
-    ("price_unparseable", "(bid_price IS NOT NULL AND NOT finite(float64(bid_price))) OR "
-                          "(total_price IS NOT NULL AND NOT finite(float64(total_price)))"),
+    # a price that is not a number at all parses to NULL, and NOT finite(NULL) is NULL: coalesce,
+    # or it would pass every rule and break the typed projection (a crash, or a NULL price)
+    ("price_unparseable", "(bid_price IS NOT NULL AND NOT coalesce(finite(float64(bid_price)), false)) OR "
+                          "(total_price IS NOT NULL AND NOT coalesce(finite(float64(total_price)), false))"),
     ("price_negative", "float64(bid_price) < 0 OR float64(total_price) < 0"),
 )
 # What each function means, for every engine alike: the value DuckDB's TRY_CAST gives the text
@@ -308,12 +310,14 @@ def _ingest(con: duckdb.DuckDBPyConnection, src: Path, seg_id: str, stage: Path,
         entry["lake_by_type"][t] = n
         entry["days"][t] = sorted(days)
 
+    # a rejected line as it is in the file: with CRLF endings DuckDB's csv_line keeps the previous "\n"
     quarantined_sql = f"""
         SELECT {_sql_str(src.name)} AS source_file, NULL::BIGINT AS line, reason,
                {', '.join(RAW_HEADER)}, NULL::VARCHAR AS raw_line
         FROM seg_rows WHERE reason IS NOT NULL
         UNION ALL
-        SELECT {_sql_str(src.name)}, line, '{WRONG_FIELD_COUNT}', {', '.join('NULL' for _ in RAW_HEADER)}, any_value(csv_line)
+        SELECT {_sql_str(src.name)}, line, '{WRONG_FIELD_COUNT}', {', '.join('NULL' for _ in RAW_HEADER)},
+               any_value(trim(csv_line, chr(13) || chr(10)))
         FROM seg_rejects GROUP BY line
     """
     by_reason = dict(con.execute(f"SELECT reason, count(*) FROM ({quarantined_sql}) GROUP BY 1").fetchall())
