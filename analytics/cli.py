@@ -52,10 +52,46 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine(args: argparse.Namespace) -> Any:
+    """The engine `--engine` names: None for duckdb (each command's own default), else a started
+    Spark engine (`--master`, `--spark-conf`); a Spark that cannot start is a one-line error."""
+    if args.engine == "duckdb":
+        for flag, value in (("--master", args.master), ("--spark-conf", args.spark_conf)):
+            if value:
+                raise CliError(f"{flag} applies to --engine spark only")
+        return None
+    conf = {}
+    for item in args.spark_conf:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"--spark-conf: expected KEY=VALUE, got {item!r}")
+        conf[key.strip()] = value.strip()
+    try:
+        from .engines import get_engine
+
+        return get_engine(args.engine, master=args.master, conf=conf)
+    except ImportError:
+        raise CliError("--engine spark needs PySpark: pip install -e '.[spark]' (and Java 17+)") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. no Java, a master that does not answer
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CliError(f"cannot start Spark (--master {args.master or 'local[*]'}): {first}") from None
+
+
+def _add_engine_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb",
+                   help=f"where {what}: duckdb (this machine, the default) or spark (PySpark; docs/spark.md)")
+    p.add_argument("--master", default=None, metavar="URL",
+                   help="Spark master for --engine spark: local[*] (default), local[N], spark://HOST:7077, yarn, "
+                        "k8s://...; under spark-submit, its --master applies")
+    p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Spark setting for --engine spark (repeatable), e.g. spark.executor.memory=8g")
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from .lake import prepare
 
-    summary = prepare(args.raw, args.lake, progress=not args.quiet, memory_limit=args.memory_limit)
+    summary = prepare(args.raw, args.lake, progress=not args.quiet, memory_limit=args.memory_limit,
+                      engine=_engine(args))
     totals = summary["totals"]
     if not summary["changed"]:
         print(f"lake {args.lake} is up to date with {args.raw} (version {summary['lake_version']}); nothing to do")
@@ -92,6 +128,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         wb = Workbench(args.lake, memory_limit=args.memory_limit, use_views=not args.no_views)
     except duckdb.Error as exc:
         raise CliError(f"cannot open lake {args.lake}: {str(exc).splitlines()[0]}") from None
+    if args.engine != "duckdb":
+        return _run_on_engine(args, wb, queries)
     try:
         result = run_workbench(wb, queries, args.out, batch_size=args.batch_size, parallel=not args.sequential,
                                workers=args.workers, cache=not args.no_cache, persist_cache=not args.no_cache,
@@ -109,6 +147,23 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{report['lake_queries']} lake queries took {report['lake_scans']} lake scan(s), "
           f"{report['cache_hits']} cache hit(s), {report['errors']} error(s)")
     print(f"results in {args.out}/")
+    return 1 if report["errors"] else 0
+
+
+def _run_on_engine(args: argparse.Namespace, wb: Any, queries: list[Any]) -> int:
+    """`run --engine spark`: views answered by DuckDB as always, lake-routed queries by Spark."""
+    from .engines import run_on_engine
+
+    try:
+        engine = _engine(args)
+        try:
+            report = run_on_engine(wb, engine, queries, args.out)
+        finally:
+            engine.close()
+    finally:
+        wb.close()
+    _print_run(report, args.out)
+    print(f"{report['lake_queries']} lake-routed quer(ies) ran on {report['engine']} ({report['master']})")
     return 1 if report["errors"] else 0
 
 
@@ -170,7 +225,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .views import build
 
     summary = build(args.lake, args.views or None, jobs=args.jobs, force=args.force, progress=not args.quiet,
-                    memory_limit=args.memory_limit)
+                    memory_limit=args.memory_limit, engine=_engine(args))
     if not summary["built"] and not summary["failed"]:
         print(f"all {len(summary['up_to_date'])} view(s) are up to date with lake version {summary['lake_version']}; nothing to do")
         return 0
@@ -284,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lake", required=True, help="lake directory (created if missing)")
     p.add_argument("--memory-limit", default="4GB", help="DuckDB memory limit while preparing (default 4GB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_engine_args(p, "remediation runs")
 
     p = add("run", cmd_run, "answer a JSON file of queries into q{i}.csv and run.json")
     p.add_argument("--lake", required=True, help="prepared lake directory")
@@ -299,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="compute every answer; do not read or fill the result cache")
     p.add_argument("--no-batching", action="store_true", help="one lake scan per query (no shared superset scans)")
     p.add_argument("--no-telemetry", action="store_true", help="do not append to LAKE/_telemetry/queries.jsonl")
+    _add_engine_args(p, "lake-routed queries run (views are always served by DuckDB; with spark, queries run "
+                        "one at a time and the cache/batching/worker options do not apply)")
 
     p = add("baseline", cmd_baseline, "reference answers: the challenge baseline (DuckDB view over the raw CSVs)")
     p.add_argument("--raw", required=True, help="directory of raw *.csv parts")
@@ -317,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild from the lake even when up to date")
     p.add_argument("--memory-limit", default="4GB", help="DuckDB memory limit per build connection (default 4GB)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_engine_args(p, "views are aggregated (their checks and registry are the same for both)")
 
     p = add("explain", cmd_explain, "show route, candidates, costs and SQL for each query")
     p.add_argument("--lake", required=True, help="prepared lake directory")

@@ -68,3 +68,24 @@ def get_engine(name: str = DEFAULT_ENGINE, *, memory_limit: str = "4GB", master:
 
         return SparkEngine(master=master, conf=conf)
     raise ValueError(f"unknown engine {name!r}; allowed: {', '.join(ENGINES)}")
+
+
+def run_on_engine(wb: Any, engine: Engine, queries: Sequence[Any], out_dir: str | Path) -> dict[str, Any]:
+    """`analytics run --engine spark`: each query is planned by `wb` (the Workbench's router and
+    views, on DuckDB); a view-routed one is answered there, a lake-routed one by `engine` over the
+    lake's committed files. Sequential (`runner.run_queries`): the contract's files and run.json,
+    plus `engine`, `master` and `lake_queries`."""
+    from ..router import LAKE
+    from ..runner import run_queries
+
+    extra: dict[str, Any] = {"engine": engine.name, "master": getattr(engine, "master", None), "lake_queries": 0}
+
+    def answer(query: Any) -> tuple[Any, str]:
+        plan = wb.plan(query)
+        if plan.route == LAKE:
+            extra["lake_queries"] += 1
+            return engine.query(wb.lake, query), LAKE
+        table, plan = wb.execute(query)
+        return table, plan.route
+
+    return run_queries(answer, queries, out_dir, extra=extra)

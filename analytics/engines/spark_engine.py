@@ -1,0 +1,505 @@
+"""The Spark engine: `prepare`, `build` and lake-routed queries on Apache Spark (PySpark).
+
+For data that outgrows one machine. It executes the shared definitions and writes exactly the
+files the DuckDB engine writes, so `lake.prepare` / `views.build_view` stage, check, promote and
+record them the same way and the router and DuckDB serve them unchanged:
+
+- remediation: `lake.REMEDIATION_RULES` expanded with `SPARK_FUNCTIONS`, Spark SQL that gives
+  DuckDB's TRY_CAST results (Spark's own casts differ: no `7.5` -> 8, no `1e3`, no `1_000`, no
+  `0x10`, `7d` is a double ...); the CSV is split into fields as DuckDB's reader does (quotes,
+  `""` = NULL, trailing empty fields ignored, empty lines skipped, other field counts rejected
+  with their line number). A line whose quoting DuckDB resolves across lines or leniently (an
+  unbalanced quote, text after a closing quote) is refused with a `PrepareError`, never guessed.
+- lake files: one Parquet file per segment and type (`coalesce` by a shuffle on (segment, type),
+  sorted by `ts`, ZSTD, the same row group size), UTC-naive TIMESTAMP_NTZ / DATE / INT / BIGINT /
+  DOUBLE / STRING columns in the lake's order; the part files Spark writes are moved into place.
+- views: `ViewDef.aggregate_sql` / `reaggregate_sql` run as Spark SQL; one file per version.
+- queries: the `Query` compiled from `compiler`'s pieces to Spark SQL over a temp view of the
+  committed files; every value is a bound `?` parameter (times bound as ISO text and cast to the
+  lake's type, so no process or JVM time zone can shift them); NULLs sort last as in DuckDB.
+
+Only JVM code runs on executors (no Python UDFs), so executors need Spark but not this package.
+Raw CSVs and the lake must be at the same path on the driver and every executor (a local disk
+in `local[*]`, a shared POSIX mount such as NFS on a cluster): paths are passed as `file://` URIs.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import sys
+import threading
+import time
+import uuid
+from functools import reduce
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from ..catalog import ViewDef
+from ..compiler import condition_sql, ident, select_item_sql
+from ..lake import (EVENTS_DIR, QUARANTINE_DIR, WRONG_FIELD_COUNT, Lake, PrepareError, reason_case_sql,
+                    render_rule_sql)
+from ..query import Query
+from ..schema import EVENT_TYPES, LAKE_TYPES, RAW_HEADER
+
+DEFAULT_MASTER = "local[*]"
+# Settings the engine's semantics depend on; a user's --spark-conf cannot turn these off.
+REQUIRED_CONF: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.ansi.enabled": "true",
+    "spark.sql.ansi.doubleQuotedIdentifiers": "true",  # compiler.ident quotes with "..."
+    "spark.sql.parquet.inferTimestampNTZ.enabled": "true",  # lake TIMESTAMP (UTC-naive) <-> TIMESTAMP_NTZ
+    "spark.sql.sources.partitionColumnTypeInference.enabled": "false",  # type=... stays a string
+    "spark.sql.parquet.compression.codec": "zstd",
+}
+DEFAULT_CONF: dict[str, str] = {
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.adaptive.enabled": "true",
+}
+# Only where this process starts the JVM itself (not under spark-submit, which sizes the driver).
+LOCAL_DEFAULT_CONF: dict[str, str] = {
+    "spark.driver.memory": "4g",
+    "spark.ui.enabled": "false",
+}
+ROW_GROUP_ROWS = "parquet.block.row.count.limit"
+VIEW_ROW_GROUP_SIZE = 122_880
+
+
+# ---- the remediation functions, with DuckDB's TRY_CAST semantics --------------------------------
+def spark_str(text: str) -> str:
+    """A Spark SQL string literal (backslash escapes are on by default)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+_WS = r"[\t\n\x0B\f\r ]"  # what DuckDB skips around a number (Spark's casts also skip \x00-\x1f)
+_DIGITS = r"[0-9]+(?:_[0-9]+)*"  # DuckDB accepts single underscores between digits
+_MANTISSA = rf"(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})"
+_INT_DEC = rf"^{_WS}*[+-]?{_MANTISSA}(?:[eE][+-]?{_DIGITS}\.?)?{_WS}*$"  # rounds half away from zero
+_INT_HEX = rf"^{_WS}*0[xX][0-9a-fA-F]+(?:_[0-9a-fA-F]+)*$"
+_INT_BIN = rf"^{_WS}*0[bB][01]+(?:_[01]+)*$"
+_FLOAT_DEC = rf"^{_WS}*(?:\+-|[+-])?{_MANTISSA}(?:[eE][+-]?{_DIGITS})?{_WS}*$"
+_FLOAT_SPECIAL = rf"^{_WS}*(?:\+-|[+-])?(?:inf|infinity|nan){_WS}*$"
+
+
+def _int_sql(x: str, spark_type: str) -> str:
+    """DuckDB's TRY_CAST(x AS BIGINT|INTEGER): decimals round half away from zero, exponents,
+    underscores, 0x/0b prefixes; NULL when it does not parse or overflows."""
+    stripped = (f"regexp_replace(regexp_replace({x}, '([eE][+-]?[0-9_]+)[.]', '$1'), "
+                f"{spark_str('_|' + _WS)}, '')")
+    exponent = f"regexp_extract({x}, '[eE]([+-]?[0-9_]+)', 1)"
+    exponent_ok = f"({exponent} = '' OR try_cast(replace({exponent}, '_', '') AS INT) BETWEEN -32768 AND 32767)"
+
+    def based(prefix: str, base: int, max_digits: int) -> str:
+        digits = f"regexp_replace({x}, {spark_str('^' + _WS + '*0' + prefix + '0*|_')}, '')"
+        return (f"try_cast(CASE WHEN {digits} = '' THEN '0' WHEN length({digits}) <= {max_digits} "
+                f"THEN conv({digits}, {base}, 10) END AS {spark_type})")
+
+    return (f"(CASE WHEN {x} RLIKE '^[0-9]{{1,18}}$' THEN try_cast({x} AS {spark_type}) "
+            f"WHEN {x} RLIKE {spark_str(_INT_DEC)} AND {exponent_ok} "
+            f"THEN try_cast(try_cast({stripped} AS DECIMAL(38,0)) AS {spark_type}) "
+            f"WHEN {x} RLIKE {spark_str(_INT_HEX)} THEN {based('[xX]', 16, 16)} "
+            f"WHEN {x} RLIKE {spark_str(_INT_BIN)} THEN {based('[bB]', 2, 64)} END)")
+
+
+def _float_sql(x: str) -> str:
+    """DuckDB's TRY_CAST(x AS DOUBLE): underscores, a `+-` sign, inf/infinity/nan in any case;
+    no `d`/`f` suffixes nor hex; NULL when it does not parse."""
+    stripped = (f"regexp_replace(regexp_replace({x}, {spark_str('^(' + _WS + '*)[+]-')}, '$1-'), "
+                f"{spark_str('_|' + _WS)}, '')")
+    special = f"lower(regexp_replace({x}, {spark_str(_WS + '|[+]')}, ''))"
+    return (f"(CASE WHEN {x} RLIKE '^[0-9]+([.][0-9]*)?$' THEN try_cast({x} AS DOUBLE) "
+            f"WHEN {x} RLIKE {spark_str(_FLOAT_DEC)} THEN try_cast({stripped} AS DOUBLE) "
+            f"WHEN lower({x}) RLIKE {spark_str(_FLOAT_SPECIAL)} THEN CASE {special} "
+            f"WHEN 'inf' THEN double('inf') WHEN 'infinity' THEN double('inf') "
+            f"WHEN '-inf' THEN double('-inf') WHEN '-infinity' THEN double('-inf') ELSE double('nan') END END)")
+
+
+SPARK_FUNCTIONS: dict[str, Callable[..., str]] = {
+    "int64": lambda x: _int_sql(x, "BIGINT"),
+    "int32": lambda x: _int_sql(x, "INT"),
+    "float64": _float_sql,
+    "finite": lambda x: f"(NOT isnan({x}) AND abs({x}) <> double('inf'))",
+    # RLIKE finds; anchor it, with \z because Java's $ also matches before a final line break
+    "full_match": lambda x, pattern: f"({x} RLIKE concat('^(?:', {pattern}, ')\\\\z'))",
+}
+
+
+def render(sql: str) -> str:
+    return render_rule_sql(sql, SPARK_FUNCTIONS)
+
+
+class _Conversions:
+    """SPARK_FUNCTIONS, but each cast of a plain column becomes a column computed once
+    (`_int64_ts`, ...): the rules and the projection name the same casts many times."""
+
+    MEMO = ("int64", "int32", "float64")
+
+    def __init__(self) -> None:
+        self.columns: dict[str, str] = {}
+        self.functions: dict[str, Callable[..., str]] = dict(SPARK_FUNCTIONS)
+        for name in self.MEMO:
+            self.functions[name] = self._memo(name)
+
+    def _memo(self, name: str) -> Callable[..., str]:
+        def convert(arg: str) -> str:
+            if arg not in RAW_HEADER:
+                return SPARK_FUNCTIONS[name](arg)
+            column = f"_{name}_{arg}"
+            self.columns.setdefault(column, SPARK_FUNCTIONS[name](arg))
+            return column
+        return convert
+
+    def render(self, sql: str) -> str:
+        return render_rule_sql(sql, self.functions)
+
+
+# ---- the CSV line grammar of DuckDB's reader, as the lake's prepare configures it ---------------
+_QFIELD = r'"(?:[^"]|"")*"|[^",][^,]*|'
+_QUOTED_LINE = rf"^(?:{_QFIELD})(?:,(?:{_QFIELD}))*$"
+_QTOKEN = rf",({_QFIELD})"
+UNPARSEABLE_QUOTES = "(unparseable quotes)"
+
+# Typed lake columns from the validated raw text, in the DuckDB engine's order (lake.LAKE_PROJECTION).
+_TS = "CAST(timestamp_millis(int64(ts)) AS TIMESTAMP_NTZ)"  # session time zone is UTC
+LAKE_PROJECTION: tuple[tuple[str, str], ...] = (
+    ("ts", _TS),
+    ("day", f"CAST({_TS} AS DATE)"),
+    ("week", f"trunc(CAST({_TS} AS DATE), 'WEEK')"),  # the Monday on or before
+    ("hour", f"date_trunc('HOUR', {_TS})"),
+    ("minute", f"date_format({_TS}, 'yyyy-MM-dd HH:mm')"),
+    ("auction_id", "auction_id"),
+    ("advertiser_id", "int32(advertiser_id)"),
+    ("publisher_id", "int32(publisher_id)"),
+    ("bid_price", "float64(bid_price)"),
+    ("user_id", "int64(user_id)"),
+    ("total_price", "float64(total_price)"),
+    ("country", "country"),
+)
+_SPARK_TYPES = {"TIMESTAMP": "TIMESTAMP_NTZ", "DATE": "DATE", "VARCHAR": "STRING", "INTEGER": "INT",
+                "BIGINT": "BIGINT", "DOUBLE": "DOUBLE"}
+
+
+def _uri(path: Path) -> str:
+    """`file://` + the absolute path, unescaped (Hadoop reads `type=x` literally, not `type%3Dx`), so
+    a cluster whose default file system is HDFS still reads the shared mount."""
+    return "file://" + Path(path).resolve().as_posix()
+
+
+def _move_single_part(out_dir: Path, dest: Path) -> None:
+    """Spark wrote `out_dir` for one partition; move its one Parquet part file to `dest`."""
+    parts = sorted(out_dir.glob("part-*.parquet"))
+    if len(parts) != 1:
+        raise RuntimeError(f"expected one Parquet part file in {out_dir}, found {len(parts)}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(parts[0], dest)
+
+
+def spark_session(master: str | None = None, conf: Mapping[str, str] | None = None) -> Any:
+    """The process's SparkSession with REQUIRED_CONF. Under spark-submit, its master and settings
+    apply (an explicit `master` still wins); otherwise `master` or local[*] with LOCAL_DEFAULT_CONF."""
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    under_submit = "PYSPARK_GATEWAY_PORT" in os.environ
+    builder = SparkSession.builder.appName("analytics")
+    if master or not under_submit:
+        builder = builder.master(master or DEFAULT_MASTER)
+    settings = dict(DEFAULT_CONF)
+    if not under_submit:
+        settings.update(LOCAL_DEFAULT_CONF)
+    settings.update(conf or {})
+    settings.update(REQUIRED_CONF)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    for key, value in {**(conf or {}), **REQUIRED_CONF}.items():  # an existing session: its SQL settings
+        if key.startswith("spark.sql.") and spark.conf.get(key, None) != value:
+            try:
+                spark.conf.set(key, value)
+            except Exception:  # a static one of an already running context cannot change
+                pass
+    spark.sparkContext.setLogLevel(os.environ.get("ANALYTICS_SPARK_LOG_LEVEL", "ERROR"))
+    return spark
+
+
+class SparkEngine:
+    name = "spark"
+
+    def __init__(self, master: str | None = None, conf: Mapping[str, str] | None = None,
+                 session: Any = None) -> None:
+        from py4j.protocol import Py4JError
+        from pyspark.errors import PySparkException
+
+        self.errors: tuple[type[BaseException], ...] = (PySparkException, Py4JError)
+        self.spark = session if session is not None else spark_session(master, conf)
+        self.master = self.spark.sparkContext.master
+        self._lock = threading.Lock()
+        self._events: tuple[str, str] | None = None  # (lake version, temp view name) for queries
+        self.timings: dict[str, float] = {}  # seconds per step of the last ingest
+
+    def _step(self, bar: Any, name: str | None) -> None:
+        now = time.perf_counter()
+        if self._current is not None:
+            self.timings[self._current[0]] = round(now - self._current[1], 3)
+            bar.update(1)
+        self._current = (name, now) if name else None
+        if name:
+            bar.set_postfix_str(name)
+
+    # ---- lake relation -------------------------------------------------------------------------
+    def lake_frame(self, lake: Lake, segments: set[str] | None = None) -> Any:
+        """A DataFrame over exactly the committed event files (optionally some segments), `type`
+        from the Hive path; an empty lake gives an empty frame of the lake's schema."""
+        files = lake.event_files(segments=segments)
+        if not files:
+            cols = [c for c in LAKE_TYPES if c != "type"] + ["type"]
+            ddl = ", ".join(f"{c} {_SPARK_TYPES[LAKE_TYPES[c]]}" for c in cols)
+            return self.spark.createDataFrame([], ddl)
+        return (self.spark.read.option("basePath", _uri(lake.root / EVENTS_DIR))
+                .parquet(*[_uri(f) for f in files]))
+
+    def _temp_view(self, frame: Any) -> str:
+        name = f"t_{uuid.uuid4().hex}"
+        frame.createOrReplaceTempView(name)
+        return name
+
+    def _drop(self, *names: str) -> None:
+        for name in names:
+            self.spark.catalog.dropTempView(name)
+
+    # ---- prepare -------------------------------------------------------------------------------
+    def ingest(self, parts: Sequence[tuple[Path, str]], stage: Path, *, row_group_size: int,
+               progress: bool) -> list[dict[str, Any]]:
+        """All parts in one set of Spark jobs: number lines, parse and classify, write, count."""
+        from pyspark import StorageLevel
+        from pyspark.sql import functions as F
+
+        if not parts:
+            return []
+        spark = self.spark
+        work = stage / f"_spark-{uuid.uuid4().hex}"
+        bar = tqdm(total=4, desc="prepare (spark)", unit="step", disable=not progress)
+        self.timings, self._current = {}, None
+        self._step(bar, "number lines")
+        names = {seg: src.name for src, seg in parts}
+
+        # 1. physical line numbers: count the lines of each input split, then offset its row ids
+        lines = reduce(lambda a, b: a.unionByName(b), [
+            spark.read.text(_uri(src)).select(
+                F.lit(seg).alias("seg"), F.input_file_block_start().alias("blk"),
+                F.monotonically_increasing_id().alias("mid"), "value")
+            for src, seg in parts])
+        blocks = lines.groupBy("seg", "blk").agg(F.count(F.lit(1)).alias("n"), F.min("mid").alias("mid0")).collect()
+        offsets, line_counts = [], {}
+        for seg in names:
+            first = 1
+            for b in sorted((b for b in blocks if b["seg"] == seg), key=lambda b: b["blk"]):
+                offsets.append((seg, b["blk"], first - b["mid0"]))
+                first += b["n"]
+            line_counts[seg] = first - 1
+        offsets_df = spark.createDataFrame(offsets, "seg STRING, blk BIGINT, off BIGINT")
+        self._step(bar, "classify")
+
+        # 2. fields as DuckDB's reader splits them; header (line 1) and empty lines are not rows
+        numbered = (lines.join(F.broadcast(offsets_df), ["seg", "blk"])
+                    .select("seg", (F.col("mid") + F.col("off")).alias("line"), "value")
+                    .where("line > 1 AND value <> ''"))
+        tokens = (f"transform(CASE WHEN instr(value, '\"') = 0 THEN split(value, ',', -1) "
+                  f"ELSE regexp_extract_all(concat(',', value), {spark_str(_QTOKEN)}, 1) END, "
+                  "t -> nullif(CASE WHEN t LIKE '\"%' THEN replace(substr(t, 2, length(t) - 2), '\"\"', '\"') "
+                  "ELSE t END, ''))")
+        fields = numbered.selectExpr(
+            "seg", "line", "value", f"{tokens} AS f",
+            f"instr(value, '\"') > 0 AND NOT value RLIKE {spark_str(_QUOTED_LINE)} AS bad_quotes")
+        ok = "(size(f) >= 9 AND size(filter(f, (t, i) -> i >= 9 AND t IS NOT NULL)) = 0)"  # extra empty fields are fine
+        raw = fields.selectExpr(
+            "seg", "line", "bad_quotes", f"{ok} AS ok",
+            *[f"CASE WHEN {ok} THEN f[{i}] END AS {c}" for i, c in enumerate(RAW_HEADER)],
+            f"CASE WHEN NOT {ok} THEN value END AS raw_line")
+        conv = _Conversions()
+        reason = (f"CASE WHEN bad_quotes THEN '{UNPARSEABLE_QUOTES}' WHEN NOT ok THEN '{WRONG_FIELD_COUNT}' "
+                  f"ELSE {reason_case_sql(conv.functions)} END")
+        lake_cols = [f"{conv.render(expr)} AS {col}" for col, expr in LAKE_PROJECTION]
+        ts_ok = f"CASE WHEN reason IS NULL THEN {conv.render(_TS)} END AS ts_ok"
+        valid_types = ", ".join(spark_str(t) for t in EVENT_TYPES)
+        rows = (raw.selectExpr("*", *[f"{expr} AS {col}" for col, expr in conv.columns.items()])
+                .selectExpr("seg", "line", "raw_line", *RAW_HEADER, *conv.columns, f"{reason} AS reason")
+                .selectExpr("*", ts_ok, f"CASE WHEN type IN ({valid_types}) THEN type ELSE '(invalid)' END AS type_key"))
+        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            stats = (rows.groupBy("seg", "type_key", "reason", F.date_format(F.to_date("ts_ok"), "yyyy-MM-dd").alias("day"))
+                     .agg(F.count(F.lit(1)).alias("n"), F.max("line").alias("last")).collect())
+            self._check_stats(stats, names, line_counts, rows)
+            self._step(bar, "write events")
+            (rows.where("reason IS NULL").selectExpr("seg", "type", *lake_cols)
+             .repartition("seg", "type").sortWithinPartitions("seg", "type", "ts")
+             .write.partitionBy("seg", "type").option(ROW_GROUP_ROWS, str(int(row_group_size)))
+             .option("compression", "zstd").mode("overwrite").parquet(_uri(work / "events")))
+            self._step(bar, "write quarantine")
+            (rows.where("reason IS NOT NULL")
+             .selectExpr("seg", f"{spark_str('')} AS source_file",
+                         # DOUBLE: the type DuckDB's quarantine files have (its reject line numbers)
+                         f"CAST(CASE WHEN reason = '{WRONG_FIELD_COUNT}' THEN line END AS DOUBLE) AS line", "reason",
+                         *RAW_HEADER, "raw_line")
+             .repartition("seg").sortWithinPartitions("seg", F.col("line").asc_nulls_first(), "reason")
+             .withColumn("source_file", F.element_at(F.create_map(*[
+                 x for seg, name in names.items() for x in (F.lit(seg), F.lit(name))]), F.col("seg")))
+             .write.partitionBy("seg").option("compression", "zstd").mode("overwrite")
+             .parquet(_uri(work / "quarantine")))
+            self._step(bar, None)
+        finally:
+            rows.unpersist()
+
+        entries = self._entries(stats, names, work, stage)
+        shutil.rmtree(work, ignore_errors=True)
+        bar.close()
+        return entries
+
+    def _check_stats(self, stats: list[Any], names: dict[str, str], line_counts: dict[str, int], rows: Any) -> None:
+        bad = [s for s in stats if s["reason"] == UNPARSEABLE_QUOTES]
+        if bad:
+            first = rows.where(f"reason = '{UNPARSEABLE_QUOTES}'").orderBy("seg", "line").select("seg", "line").first()
+            total = sum(s["n"] for s in bad)
+            raise PrepareError(
+                f"{names[first['seg']]} line {first['line']}: quoting the Spark engine cannot split line by line "
+                f"(an unbalanced quote, a field spanning lines or text after a closing quote; {total} such line(s)); "
+                f"prepare this part with --engine duckdb")
+        for seg in names:  # the numbering of step 1 held: every line of the part is accounted for
+            last = max((s["last"] for s in stats if s["seg"] == seg), default=None)
+            if last is not None and last > line_counts[seg]:
+                raise RuntimeError(f"{names[seg]}: line numbering is inconsistent ({last} > {line_counts[seg]})")
+
+    @staticmethod
+    def _entries(stats: list[Any], names: dict[str, str], work: Path, stage: Path) -> list[dict[str, Any]]:
+        entries = []
+        for seg in names:
+            mine = [s for s in stats if s["seg"] == seg]
+            kept = [s for s in mine if s["reason"] is None]
+            lake_by_type: dict[str, int] = {}
+            days: dict[str, set[str]] = {}
+            for s in kept:
+                lake_by_type[s["type_key"]] = lake_by_type.get(s["type_key"], 0) + s["n"]
+                days.setdefault(s["type_key"], set()).add(s["day"])
+            entry: dict[str, Any] = {"segment": seg, "files": {}, "days": {}, "lake_by_type": {}}
+            for t in sorted(lake_by_type):
+                rel = f"{EVENTS_DIR}/type={t}/{seg}.parquet"
+                _move_single_part(work / "events" / f"seg={seg}" / f"type={t}", stage / rel)
+                entry["files"][t] = rel
+            for t in sorted(lake_by_type):
+                entry["lake_by_type"][t] = lake_by_type[t]
+                entry["days"][t] = sorted(days[t])
+            by_reason: dict[str, int] = {}
+            by_type: dict[str, int] = {}
+            for s in mine:
+                if s["reason"] is not None:
+                    by_reason[s["reason"]] = by_reason.get(s["reason"], 0) + s["n"]
+                    by_type[s["type_key"]] = by_type.get(s["type_key"], 0) + s["n"]
+            n_quarantined = sum(by_reason.values())
+            entry["quarantine_file"] = None
+            if n_quarantined:
+                rel = f"{QUARANTINE_DIR}/{seg}.parquet"
+                _move_single_part(work / "quarantine" / f"seg={seg}", stage / rel)
+                entry["quarantine_file"] = rel
+            entry.update({
+                "rows_read": sum(s["n"] for s in mine),
+                "rows_lake": sum(lake_by_type.values()),
+                "rows_quarantined": n_quarantined,
+                "quarantine_by_reason": by_reason,
+                "quarantine_by_type": by_type,
+            })
+            entries.append(entry)
+        return entries
+
+    # ---- views ---------------------------------------------------------------------------------
+    def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, base: Path | None = None,
+                       segments: set[str] | None = None) -> None:
+        for leftover in out.parent.glob(".spark-*"):  # a killed build's; the caller holds the view lock
+            shutil.rmtree(leftover, ignore_errors=True)
+        work = out.parent / f".spark-{uuid.uuid4().hex}"
+        source = self._temp_view(self.lake_frame(lake, segments))
+        temps = [source]
+        try:
+            frame = self.spark.sql(view.aggregate_sql(source))
+            if base is not None:
+                merged = self._temp_view(self.spark.read.parquet(_uri(base)).unionByName(frame))
+                temps.append(merged)
+                frame = self.spark.sql(view.reaggregate_sql(merged))
+            (frame.select(*[c for c, _ in view.schema()]).repartition(1)
+             .sortWithinPartitions(*view.sort_columns)
+             .write.option(ROW_GROUP_ROWS, str(VIEW_ROW_GROUP_SIZE)).option("compression", "zstd")
+             .parquet(_uri(work)))
+            _move_single_part(work, out)
+        finally:
+            self._drop(*temps)
+            shutil.rmtree(work, ignore_errors=True)
+
+    def lake_totals(self, lake: Lake) -> pa.Table:
+        from ..views import lake_totals_sql
+
+        source = self._temp_view(self.lake_frame(lake))
+        try:
+            return self.spark.sql(lake_totals_sql(source)).toArrow()
+        finally:
+            self._drop(source)
+
+    # ---- queries -------------------------------------------------------------------------------
+    def events_view(self, lake: Lake) -> str:
+        """A temp view over the lake's committed files, re-created when the lake version changes."""
+        with self._lock:
+            if self._events is None or self._events[0] != lake.version:
+                if self._events is not None:
+                    self._drop(self._events[1])
+                name = f"events_{uuid.uuid4().hex[:12]}"
+                self.lake_frame(lake).createOrReplaceTempView(name)
+                self._events = (lake.version, name)
+            return self._events[1]
+
+    def query(self, lake: Lake, query: Query) -> pa.Table:
+        sql, params = compile_spark(query, self.events_view(lake))
+        return self.spark.sql(sql, args=params).toArrow()
+
+    def close(self) -> None:
+        if self._events is not None:
+            try:
+                self._drop(self._events[1])
+            except Exception:
+                pass
+            self._events = None
+
+
+def _bind(value: Any) -> tuple[str, Any]:
+    """A placeholder and the value bound to it. Times travel as ISO text cast to the lake's type:
+    PySpark turns a naive datetime into an instant in the *process's* time zone."""
+    if isinstance(value, dt.datetime):
+        return "CAST(? AS TIMESTAMP_NTZ)", value.isoformat(sep=" ")
+    if isinstance(value, dt.date):
+        return "CAST(? AS DATE)", value.isoformat()
+    return "?", value
+
+
+def compile_spark(query: Query, relation: str) -> tuple[str, list[Any]]:
+    """`compiler.compile_query` for Spark SQL: the same select items and predicates (compiler's own
+    functions), values as `?` parameters, and NULLS LAST made explicit (DuckDB's default order)."""
+    params: list[Any] = []
+    preds = []
+    for cond in query.where:
+        bound = [_bind(v) for v in cond.values]
+        sql = condition_sql(cond, ident(cond.col))
+        pieces = sql.split("?")
+        sql = pieces[0] + "".join(p + rest for (p, _), rest in zip(bound, pieces[1:]))
+        preds.append(sql)
+        params.extend(v for _, v in bound)
+    sql = f"SELECT {', '.join(select_item_sql(i) for i in query.select)} FROM {relation}"
+    if preds:
+        sql += " WHERE " + " AND ".join(preds)
+    if query.group_by:
+        sql += " GROUP BY " + ", ".join(ident(g) for g in query.group_by)
+    if query.order_by:
+        sql += " ORDER BY " + ", ".join(f"{ident(o.name)} {'DESC' if o.desc else 'ASC'} NULLS LAST"
+                                        for o in query.order_by)
+    if query.limit is not None:
+        sql += f" LIMIT {int(query.limit)}"
+    return sql, params
