@@ -144,7 +144,7 @@ reports: setup ## run every notebook into reports/NN_name.{ipynb,html,results.ht
 	$(PY) -m analytics.reporting --lake '$(LAKE)' $(if $(RAW),--raw '$(RAW)') --out $(REPORTS) \
 		$(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT))
 else
-reports: lake
+reports: views
 	$(PY) -m analytics.reporting --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) -p rows=$(ROWS) \
 		$(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT))
 endif
