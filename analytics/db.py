@@ -5,10 +5,15 @@ and the one way a statement's answer is fetched. Must not know about queries or 
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any, Sequence
 
 import duckdb
 import pyarrow as pa
+
+
+DEFAULT_MEMORY_LIMIT = "4GiB"
 
 
 def connect(database: str = ":memory:", *, memory_limit: str | None = None, threads: int | None = None,
@@ -16,6 +21,9 @@ def connect(database: str = ":memory:", *, memory_limit: str | None = None, thre
     """A connection whose session time zone is UTC whatever the process's `TZ` is."""
     con = duckdb.connect(database, read_only=read_only)
     con.execute("SET TimeZone = 'UTC'")
+    if database == ":memory:":
+        # an in-memory database would otherwise spill into ./.tmp of whatever directory we run in
+        con.execute("SET temp_directory = ?", [os.path.join(tempfile.gettempdir(), f"analytics-duckdb-{os.getpid()}")])
     if memory_limit:
         con.execute("SET memory_limit = ?", [memory_limit])
     if threads:

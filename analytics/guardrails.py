@@ -167,7 +167,7 @@ class Context:
     the registry, each view's Parquet file and, with `raw`, the raw CSVs."""
 
     def __init__(self, lake_dir: str | os.PathLike, raw_dir: str | os.PathLike | None = None, *,
-                 memory_limit: str = "4GB") -> None:
+                 memory_limit: str = "4GiB") -> None:
         self.lake = Lake.open(lake_dir)
         self.root = self.lake.root
         self.raw_dir = Path(raw_dir) if raw_dir is not None else None
@@ -1347,7 +1347,7 @@ def select_checks(only: str | Iterable[str] | None = None) -> list[Check]:
 
 
 def run_guardrails(lake_dir: str | os.PathLike, raw_dir: str | os.PathLike | None = None,
-                   only: str | Iterable[str] | None = None, *, memory_limit: str = "4GB") -> dict[str, Any]:
+                   only: str | Iterable[str] | None = None, *, memory_limit: str = "4GiB") -> dict[str, Any]:
     """Run the checks; returns `{"checks": [{"id", "category", "description", "passed", "evidence",
     "seconds"}], "passed": n, "failed": n, ...}` (JSON-able). A check that raises fails with the error."""
     checks = select_checks(only)

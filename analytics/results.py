@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .query import Agg, Query
 from .schema import COLUMNS
@@ -61,11 +62,30 @@ def format_value(value: Any, kind: str) -> str:
     return str(value)
 
 
+_TIME_FORMATS = {"date": ("s", "%Y-%m-%d"), "week": ("s", "%Y-%m-%d"), "hour": ("s", "%Y-%m-%d %H:%M:%S"),
+                 # at millisecond unit Arrow prints %S with three decimals: "SS.fff"
+                 "timestamp": ("ms", "%Y-%m-%d %H:%M:%S")}
+
+
+def format_column(column: pa.ChunkedArray, kind: str) -> list[str]:
+    """One output column as printed strings, formatted in bulk (Arrow for time, repr for floats)."""
+    if kind in _TIME_FORMATS and (pa.types.is_timestamp(column.type) or pa.types.is_date(column.type)):
+        unit, fmt = _TIME_FORMATS[kind]
+        if pa.types.is_timestamp(column.type) and column.type.tz is not None:
+            column = column.cast(pa.timestamp(column.type.unit))  # a zoned value holds a UTC instant: keep it
+        naive = pc.cast(column, pa.timestamp(unit), safe=False)  # truncates below the printed unit
+        return [v if v is not None else "" for v in pc.strftime(naive, format=fmt).to_pylist()]
+    values = column.to_pylist()
+    if pa.types.is_floating(column.type):
+        return ["" if v is None else repr(v) for v in values]
+    return [format_value(v, kind) for v in values]
+
+
 def to_rows(query: Query, table: pa.Table) -> list[list[str]]:
     """The answer as printed strings, in the table's row order."""
     kinds = [output_kind(i) for i in query.select]
-    columns = [table.column(i).to_pylist() for i in range(table.num_columns)]
-    return [[format_value(v, k) for v, k in zip(values, kinds)] for values in zip(*columns)]
+    columns = [format_column(table.column(i), k) for i, k in enumerate(kinds)]
+    return [list(row) for row in zip(*columns)] if columns else []
 
 
 def to_csv_text(query: Query, table: pa.Table) -> str:
@@ -116,7 +136,7 @@ def _rows_equal(r1: Sequence[str], r2: Sequence[str], kinds: Sequence[str]) -> b
 
 
 def _sort_key(row: Sequence[str], kinds: Sequence[str]) -> tuple:
-    # numbers are rounded so two spellings within tolerance sort next to each other
+    # numbers are rounded so two spellings within tolerance usually sort next to each other
     key = []
     for v, k in zip(row, kinds):
         if k in ("float", "int") and v:
@@ -126,15 +146,36 @@ def _sort_key(row: Sequence[str], kinds: Sequence[str]) -> tuple:
     return tuple(key)
 
 
+def _cmp_cell(a: str, b: str, kind: str, desc: bool) -> int:
+    """Order of two printed cells as DuckDB sorts them (NULL last either way); 0 within tolerance."""
+    if _cell_equal(a, b, kind):
+        return 0
+    if a == "" or b == "":
+        return 1 if a == "" else -1
+    if kind in ("float", "int"):
+        c = (float(a) > float(b)) - (float(a) < float(b))
+    else:
+        c = (a > b) - (a < b)
+    return -c if desc else c
+
+
+def _cmp_keys(r1: Sequence[str], r2: Sequence[str], order: Sequence[tuple[int, str, bool]]) -> int:
+    for i, kind, desc in order:
+        c = _cmp_cell(r1[i], r2[i], kind, desc)
+        if c:
+            return c
+    return 0
+
+
 def compare_rows(query: Query, expected: list[list[str]], actual: list[list[str]],
                  expected_header: Sequence[str] | None = None,
                  actual_header: Sequence[str] | None = None) -> str | None:
     """None when `actual` is the same answer as `expected`, else a one-line reason.
 
-    Floats compare to relative 1e-9. With `order_by`, the sequence of order keys must match and
-    rows may differ only inside a group of equal keys; with `limit` and ties at the cut-off the
-    tied rows may legitimately differ, so only their keys are compared. Without `order_by` rows
-    compare as multisets (with `limit` and no order, only the row count is determined).
+    Floats compare to relative 1e-9. Without `order_by` rows compare as multisets (with `limit`
+    and no order, only the row count is determined). With `order_by`, `actual` must be sorted by
+    the order keys (keys equal within tolerance are ties, in any order) and hold the same rows;
+    with `limit` cutting through a group of tied keys, which of the tied rows are kept is free.
     """
     kinds = [output_kind(i) for i in query.select]
     names = query.output_names
@@ -145,37 +186,41 @@ def compare_rows(query: Query, expected: list[list[str]], actual: list[list[str]
         return f"row count differs: expected {len(expected)}, got {len(actual)}"
     if query.limit is not None and not query.order_by and query.limit <= len(expected):
         return None
-    if query.order_by:
-        idx = [names.index(o.name) for o in query.order_by]
-        okinds = [kinds[i] for i in idx]
-        for n, (e, a) in enumerate(zip(expected, actual)):
-            if not _rows_equal([e[i] for i in idx], [a[i] for i in idx], okinds):
-                return f"row {n + 1}: order key {[a[i] for i in idx]} where {[e[i] for i in idx]} was expected"
-        # group rows by equal order keys and compare each group as a multiset
-        groups_e: list[list[list[str]]] = []
-        groups_a: list[list[list[str]]] = []
-        for n, (e, a) in enumerate(zip(expected, actual)):
-            if n and _rows_equal([e[i] for i in idx], [expected[n - 1][i] for i in idx], okinds):
-                groups_e[-1].append(e)
-                groups_a[-1].append(a)
-            else:
-                groups_e.append([e])
-                groups_a.append([a])
-        truncated = query.limit is not None and len(expected) == query.limit
-        for g, (ge, ga) in enumerate(zip(groups_e, groups_a)):
-            if truncated and g == len(groups_e) - 1:
-                break  # ties at the cut-off: which of them are kept is free
-            reason = _multiset_diff(ge, ga, kinds)
-            if reason:
-                return reason
-        return None
+    if not query.order_by:
+        return _multiset_diff(expected, actual, kinds)
+    order = [(names.index(o.name), kinds[names.index(o.name)], o.desc) for o in query.order_by]
+    for n in range(1, len(actual)):
+        if _cmp_keys(actual[n - 1], actual[n], order) > 0:
+            return f"rows {n} and {n + 1} out of order: {actual[n - 1]} before {actual[n]}"
+    truncated = query.limit is not None and len(expected) == query.limit and expected
+    if truncated:
+        last = expected[-1]
+        for label, rows in (("expected", expected), ("actual", actual)):
+            if _cmp_keys(rows[-1], last, order) != 0:
+                return f"last row's order key differs: {rows[-1]} where {last} was expected"
+        keep_e = [r for r in expected if _cmp_keys(r, last, order) != 0]
+        keep_a = [r for r in actual if _cmp_keys(r, last, order) != 0]
+        if len(keep_e) != len(keep_a):
+            return f"{len(keep_a)} rows before the tied cut-off where {len(keep_e)} were expected"
+        return _multiset_diff(keep_e, keep_a, kinds)
     return _multiset_diff(expected, actual, kinds)
 
 
 def _multiset_diff(expected: list[list[str]], actual: list[list[str]], kinds: Sequence[str]) -> str | None:
     se = sorted(expected, key=lambda r: _sort_key(r, kinds))
     sa = sorted(actual, key=lambda r: _sort_key(r, kinds))
-    for e, a in zip(se, sa):
-        if not _rows_equal(e, a, kinds):
-            return f"row {a} where {e} was expected"
+    if all(_rows_equal(e, a, kinds) for e, a in zip(se, sa)):
+        return None
+    # rounding put near-equal numbers on either side of a boundary: match row by row instead
+    numeric = [k in ("float", "int") for k in kinds]
+    pool: dict[tuple, list[list[str]]] = {}
+    for e in expected:
+        pool.setdefault(tuple(v for v, num in zip(e, numeric) if not num), []).append(e)
+    for a in actual:
+        candidates = pool.get(tuple(v for v, num in zip(a, numeric) if not num), [])
+        match = next((i for i, e in enumerate(candidates) if _rows_equal(e, a, kinds)), None)
+        if match is None:
+            near = candidates[0] if candidates else None
+            return f"row {a} not expected" + (f" (nearest expected {near})" if near else "")
+        candidates.pop(match)
     return None

@@ -51,6 +51,7 @@ from . import db
 from .batching import DEFAULT_MAX_GROUP_RATIO, DEFAULT_MAX_GROUPS, SharedScan, can_share, plan_shared_scans
 from .cache import CacheEntry, ResultCache, cache_key, content_stamp, disk_dir, query_hash
 from .compiler import ident
+from .db import DEFAULT_MEMORY_LIMIT
 from .query import Query, QueryError, parse_query
 from .results import to_csv_text, write_atomic
 from .router import LAKE
@@ -61,7 +62,6 @@ if TYPE_CHECKING:
     from .workbench import Workbench
 
 DEFAULT_BATCH_SIZE = 20
-DEFAULT_MEMORY_LIMIT = "4GiB"
 
 # answer(query) -> (table, route): the simple runner's contract, used by `baseline`
 Answerer = Callable[[Query], tuple[pa.Table, str]]

@@ -142,7 +142,7 @@ def _sweep_idle(vdir: Path, entry: dict[str, Any]) -> None:
 
 
 def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, force: bool = False,
-               memory_limit: str = "4GB", bar: tqdm | None = None, engine: Engine | None = None) -> dict[str, Any]:
+               memory_limit: str = db.DEFAULT_MEMORY_LIMIT, bar: tqdm | None = None, engine: Engine | None = None) -> dict[str, Any]:
     """Build one view if it is stale; returns what happened (`status`: built | up-to-date).
 
     `engine` aggregates the staged file (default DuckDB); the checks, promotion and registry here
@@ -223,7 +223,7 @@ def _default_engine(memory_limit: str) -> Engine:
 
 
 def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jobs: int | None = None,
-          force: bool = False, progress: bool = True, memory_limit: str = "4GB",
+          force: bool = False, progress: bool = True, memory_limit: str = db.DEFAULT_MEMORY_LIMIT,
           engine: Engine | None = None) -> dict[str, Any]:
     """Build or refresh the named views (default: the whole catalog), `jobs` at a time, aggregated by
     `engine` (default DuckDB with `memory_limit`; see analytics.engines)."""

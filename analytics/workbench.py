@@ -45,7 +45,7 @@ class Workbench:
     >>> wb.query({"select": [{"COUNT": "*"}], "from": "events"})            # doctest: +SKIP
     """
 
-    def __init__(self, lake: str | os.PathLike, *, use_views: bool = True, memory_limit: str = "4GB",
+    def __init__(self, lake: str | os.PathLike, *, use_views: bool = True, memory_limit: str = db.DEFAULT_MEMORY_LIMIT,
                  threads: int | None = None) -> None:
         self.root = Path(lake)
         self.use_views = use_views
