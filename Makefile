@@ -13,9 +13,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 ANALYTICS := $(PY) -m analytics
-# scrapbook 0.5.0 imports six without declaring it (should move into pyproject's notebooks extra)
-EXTRA_PINS := six==1.17.0
-SETUP_HASH := $(shell { cat pyproject.toml; echo '$(EXTRA_PINS)'; } | sha256sum | cut -c1-16)
+SETUP_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
 STAMP := $(VENV)/.installed-$(SETUP_HASH)
 
 # Data sets: data/raw-ROWS (CSV parts) and data/lake-ROWS (prepared lake), reused when present.
@@ -58,7 +56,7 @@ setup: $(STAMP) kernel ## create .venv, install the package with pinned [dev] ex
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]' $(EXTRA_PINS)
+	$(PY) -m pip install --quiet -e '.[dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

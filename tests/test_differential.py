@@ -81,16 +81,6 @@ def test_random_queries_of_the_whole_grammar_lake_matches_baseline(baseline, wor
         _check(baseline, workbench, raw, use_views=False)
 
 
-def test_random_view_shaped_queries_views_equal_lake_equal_baseline(baseline, workbench):
-    routes = Counter()
-    for raw in random_queries(520, seed=23, view_shaped=True):
-        routes[_check(baseline, workbench, raw).route] += 1
-        _check(baseline, workbench, raw, use_views=False)
-    from_views = sum(n for r, n in routes.items() if r != LAKE)
-    assert from_views >= 300, routes  # the workload really exercises the views
-    assert len(routes) >= 10, routes
-
-
 def test_cli_run_matches_baseline_under_a_non_utc_process_time_zone(raw_dir, lake_dir, tmp_path):
     queries = EXAMPLES + list(TARGETED.values()) + random_queries(60, seed=5)
     qfile = tmp_path / "queries.json"

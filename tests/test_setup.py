@@ -30,8 +30,6 @@ def test_environment_yml_mirrors_the_pins() -> None:
     wanted = _pins(project["dependencies"])
     for reqs in project["optional-dependencies"].values():
         wanted |= _pins(reqs)
-    extra = re.search(r"^EXTRA_PINS := (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
-    wanted |= set(extra)
     env = (ROOT / "environment.yml").read_text()
     listed = set(re.findall(r"^\s+- ([A-Za-z0-9_.-]+==[^\s#]+)", env, re.M))
     assert listed == wanted, f"missing {sorted(wanted - listed)}, extra {sorted(listed - wanted)}"
