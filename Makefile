@@ -119,10 +119,10 @@ benchmark: setup ## data + lake + views for ROWS (or SCALE=full), every engine o
 	else echo "data: reusing $(RAW_DIR)"; fi
 	@$(PHASE) prepare -- $(ANALYTICS) prepare --raw $(RAW_DIR) --lake $(LAKE_DIR) --memory-limit $(MEMORY_LIMIT)
 	@$(PHASE) build -- $(ANALYTICS) build --lake $(LAKE_DIR)
-	@mkdir -p $(REPORTS); rc=0; \
+	@mkdir -p $(REPORTS); rm -f $(BENCH_JSON); rc=0; \
 	$(ANALYTICS) benchmark --raw $(RAW_DIR) --lake $(LAKE_DIR) $(addprefix --workload ,$(BENCH_WORKLOADS)) \
 		--repeats $(BENCH_REPEATS) --rows $(ROWS) --phases $(PHASES_DIR) --json $(BENCH_JSON) --no-summary || rc=$$?; \
-	if [ $$rc -ne 0 ] && [ $$rc -ne 1 ]; then exit $$rc; fi; \
+	if [ ! -f $(BENCH_JSON) ]; then echo "benchmark: failed (exit $$rc) before writing $(BENCH_JSON)" >&2; exit $$rc; fi; \
 	$(PY) -m analytics.reporting --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) --only 03_batch_benchmark \
 		--suffix '$(SUFFIX)' -p rows=$(ROWS) -p result_json=$(abspath $(BENCH_JSON)) \
 		-p 'sweep=$(abspath $(REPORTS))/benchmark-*.json' $(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT)); \

@@ -77,6 +77,10 @@ NOOP_MARKERS: tuple[str, ...] = ("nothing to do",)
 Progress = Callable[[str], None]
 
 
+class _Skip(Exception):
+    pass
+
+
 class Unsupported(Exception):
     """The engine cannot express this query exactly; recorded instead of a possibly wrong answer."""
 
@@ -545,6 +549,7 @@ def run_benchmark(raw_dir: str | os.PathLike | None, lake_dir: str | os.PathLike
     checked = raw_dir is not None
     engines = [e for e in ENGINES if e in engines and (checked or e != "baseline")]
     say: Progress = (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)
+    from . import runner as _runner, workbench as _workbench  # noqa: F401 - fail now, not after the baseline's minutes
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t_start = time.perf_counter()
     raw_dir, lake_dir = (Path(raw_dir) if checked else None), Path(lake_dir)
@@ -591,7 +596,11 @@ def run_benchmark(raw_dir: str | os.PathLike | None, lake_dir: str | os.PathLike
         with measured(engine_runs.setdefault(name, {})):
             for it in _bar(valid, name, progress):
                 q = it["query"]
-                eng = factory()
+                try:
+                    eng = factory()
+                except Exception as exc:  # noqa: BLE001 - the engine cannot start: every query fails on it
+                    record(name, it, status="error", error=f"engine did not start: {_error_text(exc)}", match=False)
+                    continue
                 try:
                     table, cold = _time(lambda: eng.run(q))
                     warm = [_time(lambda: eng.run(q))[1] for _ in range(repeats)]
@@ -610,8 +619,15 @@ def run_benchmark(raw_dir: str | os.PathLike | None, lake_dir: str | os.PathLike
     # -- the product: warmed Workbench + runner; cold = first run of the query there
     if "product" in engines:
         with measured(engine_runs.setdefault("product", {})):
-            eng = ProductEngine(lake_dir, memory_limit)
             try:
+                eng = ProductEngine(lake_dir, memory_limit)
+            except Exception as exc:  # noqa: BLE001 - recorded as a failure of every query, the report still comes
+                for it in valid:
+                    record("product", it, status="error", error=f"engine did not start: {_error_text(exc)}", match=False)
+                eng = None
+            try:
+                if eng is None:
+                    raise _Skip()
                 product_extra["startup_ms"] = eng.startup_ms
                 product_extra["unhealthy_views"] = {k: v for k, v in eng.health.items() if v is not None}
                 for it in _bar(valid, "product", progress):
@@ -632,7 +648,12 @@ def run_benchmark(raw_dir: str | os.PathLike | None, lake_dir: str | os.PathLike
                            route_stable=len(routes) == 1)
                 # the whole workload as one batch: threads, shared lake scans; answers checked too
                 say("product: the whole workload as one batch run (threads, shared lake scans, no cache)")
-                tables, report, wall = eng.run_batch([it["query"] for it in valid])
+                try:
+                    tables, report, wall = eng.run_batch([it["query"] for it in valid])
+                except Exception as exc:  # noqa: BLE001 - the batch path failed: a failure, reported
+                    product_extra["batch"] = {"error": _error_text(exc), "all_match": False,
+                                              "mismatches": [{"id": "all", "reason": _error_text(exc)}]}
+                    raise _Skip() from None
                 batch_bad = []
                 for it, table, entry in zip(valid, tables, report["queries"]):
                     if table is None or "error" in entry:
@@ -649,8 +670,11 @@ def run_benchmark(raw_dir: str | os.PathLike | None, lake_dir: str | os.PathLike
                     "workers": report["workers"], "batches": len(report["batches"]),
                     "all_match": checked and not batch_bad, "mismatches": batch_bad,
                 }
+            except _Skip:
+                pass
             finally:
-                eng.close()
+                if eng is not None:
+                    eng.close()
 
     result = summarize(items, per, engines=engines, repeats=repeats, rows=n_rows, raw_dir=raw_dir, lake=lake,
                        phases=load_phases(phases), engine_runs=engine_runs, product_extra=product_extra)
@@ -729,6 +753,10 @@ def _sizes(raw_dir: Path | None, lake: Lake) -> dict[str, Any]:
     }
 
 
+def checked_batch(product_extra: Mapping[str, Any]) -> bool:
+    return "error" not in (product_extra.get("batch") or {})
+
+
 def summarize(items: list[dict[str, Any]], per: dict[str, dict[str, dict[str, Any]]], *, engines: Sequence[str],
               repeats: int, rows: int, raw_dir: Path | None, lake: Lake, phases: dict[str, Any],
               engine_runs: dict[str, Any], product_extra: dict[str, Any]) -> dict[str, Any]:
@@ -771,7 +799,7 @@ def summarize(items: list[dict[str, Any]], per: dict[str, dict[str, dict[str, An
             elif rec.get("match") is False:
                 mismatches.append({"id": it["id"], "engine": e,
                                    "reason": rec.get("reason") or rec.get("error") or rec.get("status")})
-        if prod.get("batch_match") is False:
+        if prod.get("batch_match") is False and checked_batch(product_extra):
             engine_match["product_batch"] = False
             mismatches.append({"id": it["id"], "engine": "product (batch run)", "reason": "batch answer differs"})
         entry["engine_match"] = engine_match
@@ -850,6 +878,8 @@ def summarize(items: list[dict[str, Any]], per: dict[str, dict[str, dict[str, An
         "routing_overhead_share": _r(_median(plan) / _median(view_ms)) if plan and view_ms else None,
         "route_mix": dict(sorted(route_mix.items(), key=lambda kv: (-kv[1], kv[0]))),
     }
+    if (product_extra.get("batch") or {}).get("error"):
+        mismatches.append({"id": "all", "engine": "product (batch run)", "reason": product_extra["batch"]["error"]})
     all_match = not mismatches
     view_hit_rate = _r(sum(1 for q in routed if q["route"] != LAKE) / len(routed)) if routed else None
     result: dict[str, Any] = {
@@ -909,6 +939,10 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 # The text summary `make benchmark` prints
 
 
+def format_pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
 def _color(text: str, code: str, enable: bool) -> str:
     return f"\033[{code}m{text}\033[0m" if enable else text
 
@@ -944,7 +978,7 @@ def summary_table(result: Mapping[str, Any], color: bool | None = None) -> str:
     prod = result.get("product", {})
     if prod:
         hits = {w: v["view_hit_rate"] for w, v in result["workloads"].items() if v["view_hit_rate"] is not None}
-        lines.append(f"view hit rate: {result['view_hit_rate']:.1%} of all queries"
+        lines.append(f"view hit rate: {format_pct(result['view_hit_rate'])} of all queries"
                      + "".join(f"; {w} {h:.1%}" for w, h in hits.items()))
         lines.append(f"product: view-routed median {format_ms(prod.get('view_median_ms'))} "
                      f"(p95 {format_ms(prod.get('view_p95_ms'))}, best-run median {format_ms(prod.get('view_best_median_ms'))}, "
@@ -955,7 +989,9 @@ def summary_table(result: Mapping[str, Any], color: bool | None = None) -> str:
                      f"p95 {format_ms(prod.get('routing_overhead_p95_ms'))}; startup + view loading "
                      f"{format_ms(prod.get('startup_ms'))}")
         b = prod.get("batch")
-        if b:
+        if b and b.get("error"):
+            lines.append(red(f"whole workload as one runner batch: FAILED - {b['error']}"))
+        elif b:
             lines.append(f"whole workload as one runner batch: {format_ms(b['wall_ms'])} wall, {b['lake_queries']} lake "
                          f"queries in {b['lake_scans']} scan(s), {b['workers']} worker(s), "
                          + (green("answers match") if b["all_match"] else red("answers differ")))
@@ -1171,7 +1207,7 @@ def figure_route_mix(result: Mapping[str, Any]) -> Any:
     mix = result["product"].get("route_mix", {})
     colors = ["#d62728" if r == LAKE else "#1f77b4" for r in mix]
     fig = go.Figure(go.Bar(x=list(mix.values()), y=list(mix.keys()), orientation="h", marker_color=colors))
-    fig.update_layout(title=f"Route mix: view hit rate {result['view_hit_rate']:.1%}", xaxis_title="queries",
+    fig.update_layout(title=f"Route mix: view hit rate {format_pct(result['view_hit_rate'])}", xaxis_title="queries",
                       yaxis={"autorange": "reversed"}, height=120 + 28 * len(mix))
     return fig
 

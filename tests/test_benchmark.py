@@ -207,3 +207,19 @@ def test_sweep_combines_sizes(tmp_path: Path, result: dict[str, Any]) -> None:
     assert combined["engines"]["product"]["median_ms"][0] == 1.0
     fig = bm.figure_sweep(combined)
     assert fig.layout.xaxis.type == "log" and len(fig.data) == len(bm.ENGINES)
+
+
+def test_an_engine_that_cannot_start_is_a_reported_failure(tiny: dict[str, Path], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ImportError("cannot import name 'X'")
+
+    monkeypatch.setattr(bm, "ProductEngine", broken)
+    wl = tmp_path / "q.json"
+    wl.write_text(json.dumps([{"select": [{"COUNT": "*"}]}]))
+    out = tmp_path / "b.json"
+    res = bm.run_benchmark(tiny["raw"], tiny["lake"], workloads=[wl], repeats=1, out_json=out, progress=False)
+    assert out.is_file() and res["all_match"] is False
+    assert res["mismatches"][0]["engine"] == "product" and "did not start" in res["mismatches"][0]["reason"]
+    assert res["queries"][0]["status"]["duckdb_lake"] == "ok"
+    assert "MISMATCH" in bm.summary_table(res, color=False)
