@@ -100,6 +100,7 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` to a temporary file beside `path` and rename it into place."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would make results private to their writer
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)

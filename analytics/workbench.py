@@ -20,6 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from . import db
+from .arrow_exec import ArrowView
 from .catalog import VIEWS
 from .compiler import ident
 from .lake import MANIFEST, Lake
@@ -46,9 +47,10 @@ class Workbench:
     """
 
     def __init__(self, lake: str | os.PathLike, *, use_views: bool = True, memory_limit: str = db.DEFAULT_MEMORY_LIMIT,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, fast_path: bool = True) -> None:
         self.root = Path(lake)
         self.use_views = use_views
+        self.fast_path = fast_path  # answer view routes with Arrow (arrow_exec) before falling back to SQL
         self.memory_limit = memory_limit
         self.router = Router()
         self._con = db.connect(memory_limit=memory_limit, threads=threads)
@@ -58,6 +60,7 @@ class Workbench:
         self._stamp: tuple[int | None, int | None] | None = None
         self._ready_tables: set[str] = set()
         self._load_errors: dict[str, str] = {}  # table name -> why it could not be loaded
+        self._arrow: dict[str, ArrowView] = {}  # table name -> the view's fast path
         self.lake: Lake
         self.registry: dict[str, dict[str, Any]] = {}
         self.health: dict[str, str | None] = {}
@@ -108,17 +111,20 @@ class Workbench:
             path = str(self.root / entry["file"]).replace("'", "''")
             try:
                 con = self._views_con
-                con.execute(f"CREATE OR REPLACE TABLE {ident(table)} AS SELECT * FROM read_parquet('{path}')")
+                arrow = con.sql(f"SELECT * FROM read_parquet('{path}')").to_arrow_table()
+                con.register(table, arrow)  # zero-copy: SQL over the same memory as the fast path
                 schema = [[r[0], r[1]] for r in con.execute(f"DESCRIBE {ident(table)}").fetchall()]
                 if schema != entry["columns"]:
-                    con.execute(f"DROP TABLE {ident(table)}")
+                    con.unregister(table)
                     raise ValueError(f"schema differs from the registry: {schema} vs {entry['columns']}")
+                self._arrow[table] = ArrowView(VIEWS[name], arrow)
             except (duckdb.Error, ValueError) as exc:
                 self._load_errors[table] = f"unreadable: {str(exc).splitlines()[0]}"
                 self.health[name] = self._load_errors[table]
                 return False
             for old in [t for t in self._ready_tables if t.startswith(f"{name}__v")]:
-                self._views_con.execute(f"DROP TABLE IF EXISTS {ident(old)}")
+                self._views_con.unregister(old)
+                self._arrow.pop(old, None)
                 self._ready_tables.discard(old)
             self._ready_tables.add(table)
             return True
@@ -157,8 +163,17 @@ class Workbench:
             plan = self.plan(q, use_views)
             if plan.route != LAKE and not self._ensure_loaded(plan.route):
                 continue  # now marked unhealthy: plan again
+            view = self._arrow.get(self.table_name(plan.route)) if plan.route != LAKE else None
+            if view is not None and self.fast_path:
+                table = view.answer(q)
+                if table is not None:
+                    return table, plan
+            cur = self._cursor(plan.route == LAKE)
             try:
-                return db.fetch_arrow(self._cursor(plan.route == LAKE), plan.sql, plan.params), plan
+                if view is not None:
+                    # Arrow registrations are per connection: make this version visible to this cursor
+                    cur.register(self.table_name(plan.route), view.table)
+                return db.fetch_arrow(cur, plan.sql, plan.params), plan
             except duckdb.CatalogException:
                 if plan.route == LAKE:
                     raise
