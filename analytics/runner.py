@@ -518,7 +518,7 @@ class SafeBatchRunner:
         w: _Watch | None = None
         try:
             with self.guard.watch(cur) as w:
-                table, plan = self.wb.execute(it.query)
+                table, plan = self.wb.execute(it.query, plan=it.plan)
                 self._check_answer(table)
             if w.tripped is not None:
                 raise _GuardTrip()

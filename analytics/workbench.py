@@ -156,11 +156,16 @@ class Workbench:
         return self.router.plan(self.parse(query), self.registry, self.health, self._table_names(),
                                 self.use_views if use_views is None else use_views)
 
-    def execute(self, query: dict[str, Any] | Query, use_views: bool | None = None) -> tuple[pa.Table, Plan]:
-        """The answer and the plan that produced it (route, candidates, fallback reason)."""
+    def execute(self, query: dict[str, Any] | Query, use_views: bool | None = None,
+                plan: Plan | None = None) -> tuple[pa.Table, Plan]:
+        """The answer and the plan that produced it (route, candidates, fallback reason).
+
+        A `plan` just made by `self.plan` for this query is used on the first attempt instead of
+        planning again; if its view turns out unhealthy the query is planned afresh."""
         q = self.parse(query)
+        given = plan
         for _ in range(3):
-            plan = self.plan(q, use_views)
+            plan, given = (given, None) if given is not None else (self.plan(q, use_views), None)
             if plan.route != LAKE and not self._ensure_loaded(plan.route):
                 continue  # now marked unhealthy: plan again
             view = self._arrow.get(self.table_name(plan.route)) if plan.route != LAKE else None

@@ -132,10 +132,10 @@ def test_run_json_and_timing_excludes_writing(lake_copy, tmp_path, monkeypatch):
 def test_one_failing_query_never_stops_the_batch(workbench, monkeypatch):
     real = workbench.execute
 
-    def flaky(q, use_views=None):
+    def flaky(q, use_views=None, plan=None):
         if q.group_by == ("type",):
             raise RuntimeError("disk on fire\nsecond line")
-        return real(q, use_views)
+        return real(q, use_views, plan)
 
     monkeypatch.setattr(workbench, "execute", flaky)
     runner = SafeBatchRunner(workbench, cache=False, telemetry=False)
