@@ -167,8 +167,18 @@ def _run_on_engine(args: argparse.Namespace, wb: Any, queries: list[Any]) -> int
     return 1 if report["errors"] else 0
 
 
-def cmd_stats(args: argparse.Namespace) -> int:
+def _write_json(path: str, data: dict[str, Any], label: str) -> None:
+    """Write a command's `--json` file atomically and say where it is."""
     from .results import write_atomic
+
+    try:
+        write_atomic(path, json.dumps(data, indent=1, default=str))
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror}") from None
+    print(f"{label} in {path}")
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
     from .telemetry import format_stats, log_path, read_events, stats
 
     lake = Path(args.lake)
@@ -178,11 +188,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     summary["log"] = str(log_path(lake))
     print(format_stats(summary))
     if args.json:
-        try:
-            write_atomic(args.json, json.dumps(summary, indent=1, default=str))
-        except OSError as exc:
-            raise CliError(f"cannot write {args.json}: {exc.strerror}") from None
-        print(f"stats in {args.json}")
+        _write_json(args.json, summary, "stats")
     return 0
 
 
@@ -260,7 +266,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_remediation(args: argparse.Namespace) -> int:
     from .remediation import format_report, remediation_report
-    from .results import write_atomic
 
     try:
         report = remediation_report(args.lake, samples=args.samples)
@@ -268,17 +273,12 @@ def cmd_remediation(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     print(format_report(report))
     if args.json:
-        try:
-            write_atomic(args.json, json.dumps(report, indent=1, default=str))
-        except OSError as exc:
-            raise CliError(f"cannot write {args.json}: {exc.strerror}") from None
-        print(f"report in {args.json}")
+        _write_json(args.json, report, "report")
     return 0 if report["ok"] else 1
 
 
 def cmd_guardrails(args: argparse.Namespace) -> int:
     from .guardrails import GuardrailError, format_table, run_guardrails
-    from .results import write_atomic
 
     try:
         report = run_guardrails(args.lake, args.raw, args.only, memory_limit=args.memory_limit)
@@ -286,11 +286,7 @@ def cmd_guardrails(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     print(format_table(report))
     if args.json:
-        try:
-            write_atomic(args.json, json.dumps(report, indent=1, default=str))
-        except OSError as exc:
-            raise CliError(f"cannot write {args.json}: {exc.strerror}") from None
-        print(f"report in {args.json}")
+        _write_json(args.json, report, "report")
     return 1 if report["failed"] else 0
 
 

@@ -35,6 +35,17 @@ KERNEL_NAME = "analytics"
 # Kernel and execution
 
 
+def _kernel_runs_this_python(name: str) -> bool:
+    """Whether the Jupyter kernel `name` exists and starts this very interpreter."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        return False
+    return bool(spec.argv) and os.path.abspath(spec.argv[0]) == os.path.abspath(sys.executable)
+
+
 def ensure_kernel(name: str = KERNEL_NAME) -> str:
     """Make the Jupyter kernel `name` run this very interpreter; returns the kernel name.
 
@@ -43,14 +54,8 @@ def ensure_kernel(name: str = KERNEL_NAME) -> str:
     spec is written under the temp directory and put first on `JUPYTER_PATH` for this process
     and the kernels it starts.
     """
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-    try:
-        spec = KernelSpecManager().get_kernel_spec(name)
-        if spec.argv and os.path.abspath(spec.argv[0]) == os.path.abspath(sys.executable):
-            return name
-    except NoSuchKernel:
-        pass
+    if _kernel_runs_this_python(name):
+        return name
     tag = hashlib.blake2b(sys.executable.encode(), digest_size=6).hexdigest()
     base = Path(tempfile.gettempdir()) / f"analytics-jupyter-{tag}"
     kdir = base / "kernels" / name
@@ -70,14 +75,8 @@ def register_kernel(name: str = KERNEL_NAME) -> bool:
 
     A no-op (returns False) when it already does; otherwise runs `ipykernel install --user`.
     """
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-    try:
-        spec = KernelSpecManager().get_kernel_spec(name)
-        if spec.argv and os.path.abspath(spec.argv[0]) == os.path.abspath(sys.executable):
-            return False
-    except NoSuchKernel:
-        pass
+    if _kernel_runs_this_python(name):
+        return False
     import subprocess
 
     subprocess.run([sys.executable, "-m", "ipykernel", "install", "--user", "--name", name, "--display-name", name],
