@@ -222,6 +222,6 @@ def _multiset_diff(expected: list[list[str]], actual: list[list[str]], kinds: Se
         match = next((i for i, e in enumerate(candidates) if _rows_equal(e, a, kinds)), None)
         if match is None:
             near = candidates[0] if candidates else None
-            return f"row {a} not expected" + (f" (nearest expected {near})" if near else "")
+            return f"row {a} where {near} was expected" if near else f"row {a} not expected"
         candidates.pop(match)
     return None
