@@ -48,18 +48,23 @@ class ArrowView:
         self.table = table
         self.slices: dict[str, pa.Table] = {}
         self.times: dict[str, dict[str, np.ndarray]] = {}
+        # a view file is sorted by type first: each type is one contiguous, zero-copy slice
         types = table.column("type")
+        time_cols = [c for c in view.time_columns if c in _TIME_KINDS]
         for t in EVENT_TYPES:
-            part = table.filter(pc.equal(types, t))
-            if part.num_rows:
-                time_cols = [c for c in view.time_columns if c in _TIME_KINDS]
+            is_t = pc.equal(types, t)
+            where = pc.indices_nonzero(is_t)
+            if not len(where):
+                continue
+            lo, hi = where[0].as_py(), where[-1].as_py() + 1
+            part = table.slice(lo, hi - lo) if hi - lo == len(where) else table.filter(is_t)
+            times = {c: _as_us(part.column(c)) for c in time_cols}
+            if any(np.any(np.diff(us) < 0) for us in times.values()):
+                # binary search needs time order: restore it if a file lost it
+                part = part.sort_by([(c, "ascending") for c in view.sort_columns[1:]])
                 times = {c: _as_us(part.column(c)) for c in time_cols}
-                if any(np.any(np.diff(us) < 0) for us in times.values()):
-                    # binary search needs time order: restore it if a file lost it
-                    part = part.sort_by([(c, "ascending") for c in view.sort_columns[1:]])
-                    times = {c: _as_us(part.column(c)) for c in time_cols}
-                self.slices[t] = part.combine_chunks()
-                self.times[t] = times
+            self.slices[t] = part
+            self.times[t] = times
 
     # ---- filtering ---------------------------------------------------------------------------
     def _types(self, where: tuple[Condition, ...]) -> set[str] | None:

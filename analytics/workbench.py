@@ -111,7 +111,8 @@ class Workbench:
             path = str(self.root / entry["file"]).replace("'", "''")
             try:
                 con = self._views_con
-                arrow = con.sql(f"SELECT * FROM read_parquet('{path}')").to_arrow_table()
+                # one contiguous copy: the fast path's slices and DuckDB's registration share it
+                arrow = con.sql(f"SELECT * FROM read_parquet('{path}')").to_arrow_table().combine_chunks()
                 con.register(table, arrow)  # zero-copy: SQL over the same memory as the fast path
                 schema = [[r[0], r[1]] for r in con.execute(f"DESCRIBE {ident(table)}").fetchall()]
                 if schema != entry["columns"]:
