@@ -292,15 +292,17 @@ class SparkEngine:
     # ---- prepare -------------------------------------------------------------------------------
     def ingest(self, parts: Sequence[tuple[Path, str]], stage: Path, *, row_group_size: int,
                progress: bool) -> list[dict[str, Any]]:
-        """All parts in one set of Spark jobs: number lines, parse and classify, write, count."""
+        """All parts in one set of Spark jobs: number the lines, classify and write the accepted rows,
+        the quarantined ones (a second pass, only if any), count what was written."""
         from pyspark import StorageLevel
+        from pyspark.sql import Observation
         from pyspark.sql import functions as F
 
         if not parts:
             return []
         spark = self.spark
         work = stage / f"_spark-{uuid.uuid4().hex}"
-        bar = tqdm(total=4, desc="prepare (spark)", unit="step", disable=not progress)
+        bar = tqdm(total=5, desc="prepare (spark)", unit="step", disable=not progress)
         self.timings, self._current = {}, None
         self._step(bar, "number lines")
         names = {seg: src.name for src, seg in parts}
@@ -312,58 +314,64 @@ class SparkEngine:
                 F.monotonically_increasing_id().alias("mid"), "value")
             for src, seg in parts])
         blocks = lines.groupBy("seg", "blk").agg(F.count(F.lit(1)).alias("n"), F.min("mid").alias("mid0")).collect()
-        offsets, line_counts = [], {}
+        offsets = []
         for seg in names:
             first = 1
             for b in sorted((b for b in blocks if b["seg"] == seg), key=lambda b: b["blk"]):
                 offsets.append((seg, b["blk"], first - b["mid0"]))
                 first += b["n"]
-            line_counts[seg] = first - 1
         offsets_df = spark.createDataFrame(offsets, "seg STRING, blk BIGINT, off BIGINT")
-        self._step(bar, "classify")
 
         # 2. fields as DuckDB's reader splits them; header (line 1) and empty lines are not rows
         numbered = (lines.join(F.broadcast(offsets_df), ["seg", "blk"])
                     .select("seg", (F.col("mid") + F.col("off")).alias("line"), "value")
                     .where("line > 1 AND value <> ''"))
-        tokens = (f"transform(CASE WHEN instr(value, '\"') = 0 THEN split(value, ',', -1) "
-                  f"ELSE regexp_extract_all(concat(',', value), {spark_str(_QTOKEN)}, 1) END, "
-                  "t -> nullif(CASE WHEN t LIKE '\"%' THEN replace(substr(t, 2, length(t) - 2), '\"\"', '\"') "
-                  "ELSE t END, ''))")
-        fields = numbered.selectExpr(
-            "seg", "line", "value", f"{tokens} AS f",
-            f"instr(value, '\"') > 0 AND NOT value RLIKE {spark_str(_QUOTED_LINE)} AS bad_quotes")
-        ok = "(size(f) >= 9 AND size(filter(f, (t, i) -> i >= 9 AND t IS NOT NULL)) = 0)"  # extra empty fields are fine
-        raw = fields.selectExpr(
-            "seg", "line", "bad_quotes", f"{ok} AS ok",
-            *[f"CASE WHEN {ok} THEN f[{i}] END AS {c}" for i, c in enumerate(RAW_HEADER)],
-            f"CASE WHEN NOT {ok} THEN value END AS raw_line")
+        unquote = "t -> CASE WHEN t LIKE '\"%' THEN replace(substr(t, 2, length(t) - 2), '\"\"', '\"') ELSE t END"
+        tokens = (f"CASE WHEN instr(value, '\"') = 0 THEN split(value, ',', -1) "
+                  f"ELSE transform(regexp_extract_all(concat(',', value), {spark_str(_QTOKEN)}, 1), {unquote}) END")
+        # 9 fields, or more whose extra ones are all empty
+        ok = ("CASE WHEN size(f) = 9 THEN true WHEN size(f) > 9 THEN concat_ws('', slice(f, 10, size(f) - 9)) = '' "
+              "ELSE false END")
+        raw = (numbered.selectExpr(
+                   "seg", "line", "value", f"{tokens} AS f",
+                   f"instr(value, '\"') > 0 AND NOT value RLIKE {spark_str(_QUOTED_LINE)} AS bad_quotes")
+               .selectExpr("*", f"{ok} AS ok")
+               .selectExpr("seg", "line", "bad_quotes", "ok",
+                           *[f"CASE WHEN ok THEN nullif(f[{i}], '') END AS {c}" for i, c in enumerate(RAW_HEADER)],
+                           "CASE WHEN NOT ok THEN value END AS raw_line"))
         conv = _Conversions()
         reason = (f"CASE WHEN bad_quotes THEN '{UNPARSEABLE_QUOTES}' WHEN NOT ok THEN '{WRONG_FIELD_COUNT}' "
                   f"ELSE {reason_case_sql(conv.functions)} END")
         lake_cols = [f"{conv.render(expr)} AS {col}" for col, expr in LAKE_PROJECTION]
-        ts_ok = f"CASE WHEN reason IS NULL THEN {conv.render(_TS)} END AS ts_ok"
-        valid_types = ", ".join(spark_str(t) for t in EVENT_TYPES)
         rows = (raw.selectExpr("*", *[f"{expr} AS {col}" for col, expr in conv.columns.items()])
-                .selectExpr("seg", "line", "raw_line", *RAW_HEADER, *conv.columns, f"{reason} AS reason")
-                .selectExpr("*", ts_ok, f"CASE WHEN type IN ({valid_types}) THEN type ELSE '(invalid)' END AS type_key"))
+                .selectExpr("seg", "line", "raw_line", *RAW_HEADER, *conv.columns, f"{reason} AS reason"))
         if self.persist != "NONE":
             rows = rows.persist(getattr(StorageLevel, self.persist))
         try:
-            stats = (rows.groupBy("seg", "type_key", "reason", F.date_format(F.to_date("ts_ok"), "yyyy-MM-dd").alias("day"))
-                     .agg(F.count(F.lit(1)).alias("n"), F.max("line").alias("last")).collect())
-            self._check_stats(stats, names, line_counts, rows)
+            # 3. the accepted rows, one file per part and type; counting what is not accepted on the way
             self._step(bar, "write events")
-            (rows.where("reason IS NULL").selectExpr("seg", "type", *lake_cols)
+            seen = Observation(f"prepare_{uuid.uuid4().hex}")
+            (rows.observe(seen, F.count_if(F.col("reason").isNotNull()).alias("quarantined"),
+                          F.count_if(F.col("reason") == UNPARSEABLE_QUOTES).alias("bad_quotes"))
+             .where("reason IS NULL").selectExpr("seg", "type", *lake_cols)
              .repartition("seg", "type").sortWithinPartitions("seg", "type", "ts")
              .write.partitionBy("seg", "type").option(ROW_GROUP_ROWS, str(int(row_group_size)))
              .option("compression", "zstd").mode("overwrite").parquet(_uri(work / "events")))
+            counts = seen.get
+            if counts["bad_quotes"]:
+                first = (rows.where(f"reason = '{UNPARSEABLE_QUOTES}'").orderBy("seg", "line")
+                         .select("seg", "line").first())
+                raise PrepareError(
+                    f"{names[first['seg']]} line {first['line']}: quoting the Spark engine cannot split line by line "
+                    f"(an unbalanced quote, a field spanning lines or text after a closing quote; "
+                    f"{counts['bad_quotes']} such line(s)); prepare this part with --engine duckdb")
+
+            # 4. the quarantined rows, one file per part (only when there are any: a second pass)
             self._step(bar, "write quarantine")
-            dirty = sorted({s["seg"] for s in stats if s["reason"] is not None})
-            if dirty:  # only the parts with quarantined rows are read again
-                source_file = "CASE seg " + " ".join(f"WHEN {spark_str(seg)} THEN {spark_str(names[seg])}"
-                                                     for seg in dirty) + " END"
-                (rows.where(F.col("seg").isin(dirty) & F.col("reason").isNotNull())
+            if counts["quarantined"]:
+                source_file = "CASE seg " + " ".join(f"WHEN {spark_str(seg)} THEN {spark_str(name)}"
+                                                     for seg, name in names.items()) + " END"
+                (rows.where("reason IS NOT NULL")
                  .selectExpr("seg", f"{source_file} AS source_file",
                              # DOUBLE: the type DuckDB's quarantine files have (its reject line numbers)
                              f"CAST(CASE WHEN reason = '{WRONG_FIELD_COUNT}' THEN line END AS DOUBLE) AS line",
@@ -371,54 +379,55 @@ class SparkEngine:
                  .repartition("seg").sortWithinPartitions("seg", F.col("line").asc_nulls_first(), "reason")
                  .write.partitionBy("seg").option("compression", "zstd").mode("overwrite")
                  .parquet(_uri(work / "quarantine")))
-            self._step(bar, None)
         finally:
             rows.unpersist()
 
-        entries = self._entries(stats, names, work, stage)
+        # 5. the manifest's counts, from the files just written
+        self._step(bar, "count")
+        valid_types = ", ".join(spark_str(t) for t in EVENT_TYPES)
+        kept = quarantined = []
+        if any((work / "events").rglob("*.parquet")):
+            kept = (spark.read.parquet(_uri(work / "events"))
+                    .groupBy("seg", "type", F.date_format("day", "yyyy-MM-dd").alias("day")).count().collect())
+        if any((work / "quarantine").rglob("*.parquet")):
+            quarantined = (spark.read.parquet(_uri(work / "quarantine"))
+                           .groupBy("seg", "reason", F.expr(f"CASE WHEN type IN ({valid_types}) THEN type "
+                                                            f"ELSE '(invalid)' END").alias("type"))
+                           .count().collect())
+        if sum(r["count"] for r in quarantined) != counts["quarantined"]:
+            raise RuntimeError(f"quarantine files hold {sum(r['count'] for r in quarantined)} rows, "
+                               f"{counts['quarantined']} were quarantined")
+        entries = self._entries(kept, quarantined, names, work, stage)
+        self._step(bar, None)
         shutil.rmtree(work, ignore_errors=True)
         bar.close()
         return entries
 
-    def _check_stats(self, stats: list[Any], names: dict[str, str], line_counts: dict[str, int], rows: Any) -> None:
-        bad = [s for s in stats if s["reason"] == UNPARSEABLE_QUOTES]
-        if bad:
-            first = rows.where(f"reason = '{UNPARSEABLE_QUOTES}'").orderBy("seg", "line").select("seg", "line").first()
-            total = sum(s["n"] for s in bad)
-            raise PrepareError(
-                f"{names[first['seg']]} line {first['line']}: quoting the Spark engine cannot split line by line "
-                f"(an unbalanced quote, a field spanning lines or text after a closing quote; {total} such line(s)); "
-                f"prepare this part with --engine duckdb")
-        for seg in names:  # the numbering of step 1 held: every line of the part is accounted for
-            last = max((s["last"] for s in stats if s["seg"] == seg), default=None)
-            if last is not None and last > line_counts[seg]:
-                raise RuntimeError(f"{names[seg]}: line numbering is inconsistent ({last} > {line_counts[seg]})")
-
     @staticmethod
-    def _entries(stats: list[Any], names: dict[str, str], work: Path, stage: Path) -> list[dict[str, Any]]:
+    def _entries(kept: list[Any], quarantined: list[Any], names: dict[str, str], work: Path,
+                 stage: Path) -> list[dict[str, Any]]:
+        """The manifest entry of each part (as lake._ingest makes it), its files moved into `stage`."""
         entries = []
         for seg in names:
-            mine = [s for s in stats if s["seg"] == seg]
-            kept = [s for s in mine if s["reason"] is None]
             lake_by_type: dict[str, int] = {}
             days: dict[str, set[str]] = {}
-            for s in kept:
-                lake_by_type[s["type_key"]] = lake_by_type.get(s["type_key"], 0) + s["n"]
-                days.setdefault(s["type_key"], set()).add(s["day"])
+            for r in kept:
+                if r["seg"] == seg:
+                    lake_by_type[r["type"]] = lake_by_type.get(r["type"], 0) + r["count"]
+                    days.setdefault(r["type"], set()).add(r["day"])
             entry: dict[str, Any] = {"segment": seg, "files": {}, "days": {}, "lake_by_type": {}}
             for t in sorted(lake_by_type):
                 rel = f"{EVENTS_DIR}/type={t}/{seg}.parquet"
                 _move_single_part(work / "events" / f"seg={seg}" / f"type={t}", stage / rel)
                 entry["files"][t] = rel
-            for t in sorted(lake_by_type):
                 entry["lake_by_type"][t] = lake_by_type[t]
                 entry["days"][t] = sorted(days[t])
             by_reason: dict[str, int] = {}
             by_type: dict[str, int] = {}
-            for s in mine:
-                if s["reason"] is not None:
-                    by_reason[s["reason"]] = by_reason.get(s["reason"], 0) + s["n"]
-                    by_type[s["type_key"]] = by_type.get(s["type_key"], 0) + s["n"]
+            for r in quarantined:
+                if r["seg"] == seg:
+                    by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + r["count"]
+                    by_type[r["type"]] = by_type.get(r["type"], 0) + r["count"]
             n_quarantined = sum(by_reason.values())
             entry["quarantine_file"] = None
             if n_quarantined:
@@ -426,7 +435,7 @@ class SparkEngine:
                 _move_single_part(work / "quarantine" / f"seg={seg}", stage / rel)
                 entry["quarantine_file"] = rel
             entry.update({
-                "rows_read": sum(s["n"] for s in mine),
+                "rows_read": sum(lake_by_type.values()) + n_quarantined,
                 "rows_lake": sum(lake_by_type.values()),
                 "rows_quarantined": n_quarantined,
                 "quarantine_by_reason": by_reason,
