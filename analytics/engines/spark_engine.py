@@ -10,7 +10,7 @@ record them the same way and the router and DuckDB serve them unchanged:
   `""` = NULL, trailing empty fields ignored, empty lines skipped, other field counts rejected
   with their line number). A line whose quoting DuckDB resolves across lines or leniently (an
   unbalanced quote, text after a closing quote) is refused with a `PrepareError`, never guessed.
-- lake files: one Parquet file per segment and type (`coalesce` by a shuffle on (segment, type),
+- lake files: one Parquet file per segment and type (gathered by a shuffle on (segment, type),
   sorted by `ts`, ZSTD, the same row group size), UTC-naive TIMESTAMP_NTZ / DATE / INT / BIGINT /
   DOUBLE / STRING columns in the lake's order; the part files Spark writes are moved into place.
 - views: `ViewDef.aggregate_sql` / `reaggregate_sql` run as Spark SQL; one file per version.
@@ -139,10 +139,6 @@ SPARK_FUNCTIONS: dict[str, Callable[..., str]] = {
 }
 
 
-def render(sql: str) -> str:
-    return render_rule_sql(sql, SPARK_FUNCTIONS)
-
-
 class _Conversions:
     """SPARK_FUNCTIONS, but each cast of a plain column becomes a column computed once
     (`_int64_ts`, ...): the rules and the projection name the same casts many times."""
@@ -251,13 +247,14 @@ class SparkEngine:
         self.errors: tuple[type[BaseException], ...] = (PySparkException, Py4JError)
         self.spark = session if session is not None else spark_session(master, conf)
         self.master = self.spark.sparkContext.master
-        # how prepare keeps the classified rows between its jobs (a StorageLevel name, or NONE to
-        # re-read and re-classify the CSVs for each job)
-        # (measured on 5M rows in local[2]: re-reading was as fast as caching, and needs no executor memory)
+        # How prepare keeps the classified rows for its second pass over dirty parts (the quarantine):
+        # a StorageLevel name, or NONE to re-read the CSVs. Measured on 5M rows in local[2], caching
+        # cost more than it saved; clean parts take one pass anyway.
         self.persist = persist or os.environ.get("ANALYTICS_SPARK_PERSIST", "NONE")
         self._lock = threading.Lock()
         self._events: tuple[str, str] | None = None  # (lake version, temp view name) for queries
         self.timings: dict[str, float] = {}  # seconds per step of the last ingest
+        self._current: tuple[str, float] | None = None
 
     def _step(self, bar: Any, name: str | None) -> None:
         now = time.perf_counter()
