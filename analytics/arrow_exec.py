@@ -134,13 +134,10 @@ class ArrowView:
             part = part.slice(lo, hi - lo)
             mask = None
             for c in rest:
-                if c.col in times:  # `in` / `neq` on a time column: compare microseconds
+                if c.col in times:  # only `in` / `neq` are left on a time column: compare microseconds
                     us = times[c.col][lo:hi]
                     vals = np.array([_us(v) for v in c.values], dtype=np.int64)
-                    m = pa.array(np.isin(us, vals) if c.op == "in" else us != vals[0]) \
-                        if c.op in ("in", "neq") else None
-                    if m is None:
-                        return None
+                    m = pa.array(np.isin(us, vals) if c.op == "in" else us != vals[0])
                 else:
                     try:
                         m = self._mask(part.column(c.col).combine_chunks(), c)

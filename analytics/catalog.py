@@ -122,11 +122,6 @@ CATALOG: tuple[ViewDef, ...] = (
 VIEWS: dict[str, ViewDef] = {v.name: v for v in CATALOG}
 
 
-def view_columns(view: ViewDef) -> frozenset[str]:
-    """Query columns a view can filter and group on."""
-    return frozenset(view.group_columns)
-
-
 def measure_expr(func: str, col: str, view: ViewDef) -> Optional[str]:
     """SQL over the view's columns for aggregate `func(col)`, or None if the view cannot answer it."""
     if col == "*" or (func == "COUNT" and col in NOT_NULL_IN_LAKE):

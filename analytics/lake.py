@@ -25,7 +25,7 @@ import duckdb
 from filelock import FileLock
 
 from .results import write_atomic
-from .schema import EVENT_TYPES, RAW_HEADER
+from .schema import EVENT_TYPES, LAKE_TYPES, RAW_HEADER
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engines import Engine
@@ -234,10 +234,8 @@ class Lake:
         files = self.event_files(types, segments)
         if not files:
             # an empty lake still answers (with no rows) through a typed empty relation
-            return ("(SELECT NULL::TIMESTAMP AS ts, NULL::DATE AS day, NULL::DATE AS week, NULL::TIMESTAMP AS hour, "
-                    "NULL::VARCHAR AS minute, NULL::VARCHAR AS auction_id, NULL::INTEGER AS advertiser_id, "
-                    "NULL::INTEGER AS publisher_id, NULL::DOUBLE AS bid_price, NULL::BIGINT AS user_id, "
-                    "NULL::DOUBLE AS total_price, NULL::VARCHAR AS country, NULL::VARCHAR AS type WHERE false)")
+            columns = ", ".join(f"NULL::{t} AS {c}" for c, t in LAKE_TYPES.items())
+            return f"(SELECT {columns} WHERE false)"
         listing = ", ".join(_sql_str(str(f)) for f in files)
         return f"read_parquet([{listing}], hive_partitioning = true, hive_types = {{'type': VARCHAR}})"
 

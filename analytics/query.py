@@ -76,17 +76,6 @@ class Query:
     def is_aggregate(self) -> bool:
         return bool(self.group_by) or bool(self.aggregates)
 
-    def columns_used(self) -> set[str]:
-        """Every column the query reads (aggregate arguments excluded when `*`)."""
-        cols = {c.col for c in self.where} | set(self.group_by)
-        for item in self.select:
-            if isinstance(item, Agg):
-                if item.col != "*":
-                    cols.add(item.col)
-            else:
-                cols.add(item)
-        return cols
-
     def canonical(self) -> str:
         """A stable text for equal queries: `where` order and value spelling do not matter."""
         where = sorted(
@@ -101,26 +90,6 @@ class Query:
             "order_by": [[o.name, o.desc] for o in self.order_by],
             "limit": self.limit,
         }, sort_keys=True)
-
-    def to_json(self) -> dict[str, Any]:
-        """The query back in the contract's JSON form (values as the analyst wrote them)."""
-        out: dict[str, Any] = {
-            "select": [{i.func: i.col} if isinstance(i, Agg) else i for i in self.select],
-            "from": "events",
-        }
-        if self.where:
-            out["where"] = [
-                {"col": c.col, "op": c.op,
-                 "val": list(c.raw) if c.op in ("in", "between") else c.raw[0]}
-                for c in self.where
-            ]
-        if self.group_by:
-            out["group_by"] = list(self.group_by)
-        if self.order_by:
-            out["order_by"] = [{"col": o.name, "dir": "desc" if o.desc else "asc"} for o in self.order_by]
-        if self.limit is not None:
-            out["limit"] = self.limit
-        return out
 
 
 def _canonical_value(v: Value) -> str:
