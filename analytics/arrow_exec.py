@@ -161,6 +161,16 @@ class ArrowView:
                     "MIN": [(f"min_{col}", "min")], "MAX": [(f"max_{col}", "max")]}[func]
         return [(col, func.lower())]  # MIN/MAX of a view dimension
 
+    def _one_row_per_group(self, query: Query) -> bool:
+        """Whether the query's groups are the view's own rows, so re-aggregating is the identity:
+        it groups by the view's finest time column and every dimension, and by `type` unless the
+        filters keep a single type (coarser time columns follow from the finest)."""
+        key = set(self.view.time_columns[:1]) | set(self.view.dims)
+        types = self._types(query.where)
+        if types is None or len(types) > 1:
+            key.add("type")
+        return key <= set(query.group_by)
+
     def answer(self, query: Query) -> pa.Table | None:
         """The answer, or None when this shape is left to SQL."""
         rows = self._filtered(query)
@@ -168,7 +178,10 @@ class ArrowView:
             return None
         aggs = query.aggregates
         needed = sorted({pair for a in aggs for pair in self._needs(a.func, a.col)})
-        if query.group_by:
+        if query.group_by and self._one_row_per_group(query):
+            grouped = rows  # keys are unique in a view: each row is a group, its measures the group's
+            got = {pair: rows.column(pair[0]) for pair in needed}
+        elif query.group_by:
             grouped = rows.group_by(list(query.group_by), use_threads=False).aggregate(list(needed))
             got = {pair: grouped.column(f"{pair[0]}_{pair[1]}") for pair in needed}
         else:

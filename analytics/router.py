@@ -9,7 +9,7 @@ execute SQL.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .catalog import CATALOG, ViewDef, measure_expr
@@ -28,12 +28,14 @@ class Candidate:
     rejected: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
+    """Immutable: the workbench hands one plan to every repeat of its query until the state changes."""
+
     route: str  # a view name or "lake"
     sql: str
-    params: list[Any]
-    candidates: list[Candidate] = field(default_factory=list)
+    params: tuple[Any, ...]
+    candidates: tuple[Candidate, ...] = ()
     fallback_reason: str | None = None  # why no view answered, when the route is the lake
 
     def describe(self) -> str:
@@ -47,7 +49,7 @@ class Plan:
                 mark = "*" if c.view == self.route else " "
                 lines.append(f" {mark}candidate {c.view}: est. {c.cost:,.0f} rows scanned")
         lines.append(f"sql: {self.sql}")
-        lines.append(f"params: {self.params!r}")
+        lines.append(f"params: {list(self.params)!r}")
         return "\n".join(lines)
 
 
@@ -143,7 +145,7 @@ class Router:
             best = min(usable, key=lambda c: (c.cost, registry[c.view].get("rows", 0), c.view))
             view = next(v for v in self.catalog if v.name == best.view)
             sql, params = compile_for_view(query, view, table_names[best.view])
-            return Plan(best.view, sql, params, candidates)
+            return Plan(best.view, sql, tuple(params), tuple(candidates))
         sql, params = compile_query(query, "events")
         if not use_views:
             reason = "views disabled (--no-views)"
@@ -152,7 +154,7 @@ class Router:
         else:
             unhealthy = [c for c in candidates if c.rejected and coverage(_by_name(self.catalog, c.view), query) is None]
             reason = "; ".join(f"{c.view}: {c.rejected}" for c in unhealthy[:3])
-        return Plan(LAKE, sql, params, candidates, reason)
+        return Plan(LAKE, sql, tuple(params), tuple(candidates), reason)
 
 
 def _by_name(catalog: tuple[ViewDef, ...], name: str) -> ViewDef:

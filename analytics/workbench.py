@@ -4,9 +4,10 @@ Owns the warm serving state over one lake: a DuckDB database holding the `events
 the lake's committed files, a second, single-threaded one holding each view's current version
 as an in-memory table (loaded on first use: a view answer is a small scan that gains nothing
 from parallel workers and loses to their scheduling on a busy machine), one cursor per thread
-on each, and the health of every view. Each query stats the lake
-manifest and the view registry (no file is opened) and reloads state when either changed, so
-a `prepare` or `build` by another process is picked up at once. Must stay a shell: validation
+on each, the health of every view, and the plan of each query seen (a repeated query is not
+routed again while nothing changed). Each query stats the lake manifest and the view registry
+(no file is opened) and reloads state, forgetting the plans, when either changed, so a
+`prepare` or `build` by another process is picked up at once. Must stay a shell: validation
 is `query.py`, SQL is `compiler.py`, the choice of source is `router.py`.
 """
 from __future__ import annotations
@@ -32,9 +33,13 @@ if TYPE_CHECKING:
     from .runner import RunResult, SafeBatchRunner
 
 
-def _mtime(path: Path) -> int | None:
+# Plans remembered per workbench; past this many distinct queries the memo starts afresh.
+PLAN_MEMO_SIZE = 4096
+
+
+def _mtime(path: str) -> int | None:
     try:
-        return path.stat().st_mtime_ns
+        return os.stat(path).st_mtime_ns
     except FileNotFoundError:
         return None
 
@@ -61,6 +66,9 @@ class Workbench:
         self._ready_tables: set[str] = set()
         self._load_errors: dict[str, str] = {}  # table name -> why it could not be loaded
         self._arrow: dict[str, ArrowView] = {}  # table name -> the view's fast path
+        self._plans: dict[tuple[Query, bool], Plan] = {}
+        # plain strings: refresh runs on every query, and pathlib's joins cost more than the stats
+        self._watched = (str(self.root / MANIFEST), str(registry_path(self.root)))
         self.lake: Lake
         self.registry: dict[str, dict[str, Any]] = {}
         self.health: dict[str, str | None] = {}
@@ -69,7 +77,7 @@ class Workbench:
     # ---- state -------------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:
         """Reload lake and registry if either changed on disk since last time (two stat calls)."""
-        stamp = (_mtime(self.root / MANIFEST), _mtime(registry_path(self.root)))
+        stamp = (_mtime(self._watched[0]), _mtime(self._watched[1]))
         if stamp == self._stamp and not force:
             return
         with self._lock:
@@ -79,6 +87,7 @@ class Workbench:
             self.lake.register(self._con, "events")
             self.registry = load_registry(self.root)["views"]
             self.health = {name: self._check(name) for name in VIEWS}
+            self._plans = {}
             self._stamp = stamp
 
     def _check(self, name: str) -> str | None:
@@ -122,6 +131,7 @@ class Workbench:
             except (duckdb.Error, ValueError) as exc:
                 self._load_errors[table] = f"unreadable: {str(exc).splitlines()[0]}"
                 self.health[name] = self._load_errors[table]
+                self._plans = {}  # plans made while it looked healthy may route to it
                 return False
             for old in [t for t in self._ready_tables if t.startswith(f"{name}__v")]:
                 self._views_con.unregister(old)
@@ -153,9 +163,18 @@ class Workbench:
         return query if isinstance(query, Query) else parse_query(query)
 
     def plan(self, query: dict[str, Any] | Query, use_views: bool | None = None) -> Plan:
+        """The route for `query`: remembered from an earlier call unless the lake, the registry or a
+        view's health changed since."""
         self.refresh()
-        return self.router.plan(self.parse(query), self.registry, self.health, self._table_names(),
-                                self.use_views if use_views is None else use_views)
+        key = (self.parse(query), self.use_views if use_views is None else use_views)
+        plans = self._plans
+        plan = plans.get(key)
+        if plan is None:
+            plan = self.router.plan(key[0], self.registry, self.health, self._table_names(), key[1])
+            if len(plans) >= PLAN_MEMO_SIZE:
+                plans.clear()
+            plans[key] = plan
+        return plan
 
     def execute(self, query: dict[str, Any] | Query, use_views: bool | None = None,
                 plan: Plan | None = None) -> tuple[pa.Table, Plan]:

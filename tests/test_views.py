@@ -85,6 +85,25 @@ def test_routing_opens_no_file(workbench, monkeypatch):
     assert workbench.plan(DAY_Q).route == "mv_day_type_wide"
 
 
+def test_plans_are_remembered_until_the_registry_or_a_views_health_changes(lake_copy, baseline):
+    wb = Workbench(lake_copy)
+    q, expected = _expect(baseline, DAY_Q)
+    first = wb.plan(q)
+    assert first.route == "mv_day_type_wide" and wb.plan(DAY_Q) is first
+    # a rebuild promotes a new version: the registry changed, so the plan is made again, for it
+    build(lake_copy, ["mv_day_type_wide"], force=True, progress=False)
+    again = wb.plan(q)
+    assert again is not first and "mv_day_type_wide__v2" in again.sql
+    assert _same(wb, q, expected).route == "mv_day_type_wide"
+    # the file breaks after planning: the remembered plan still names it until execution finds out
+    entry = load_registry(lake_copy)["views"]["mv_day_type_wide"]
+    (lake_copy / entry["file"]).write_bytes(b"PAR1 this is not parquet")
+    wb2 = Workbench(lake_copy)
+    assert wb2.plan(q).route == "mv_day_type_wide"
+    plan = _same(wb2, q, expected)
+    assert plan.route != "mv_day_type_wide" and wb2.plan(q) is plan
+
+
 def test_deleted_view_file_falls_back_to_the_lake(lake_copy, baseline):
     q, expected = _expect(baseline, DAY_Q)
     entry = load_registry(lake_copy)["views"]["mv_day_type_wide"]
