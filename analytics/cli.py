@@ -14,6 +14,9 @@ from typing import Any, Callable, Sequence
 
 from . import __version__
 
+# `build --memory-limit` default: the whole build's DuckDB memory, split among its parallel jobs
+BUILD_MEMORY_LIMIT = "4GiB"
+
 
 class CliError(Exception):
     """A user-facing failure: printed as one line, exit code 2."""
@@ -116,7 +119,8 @@ def _load_queries(path: str) -> list[Any]:
 def cmd_run(args: argparse.Namespace) -> int:
     import duckdb
 
-    from .runner import parse_size, run_workbench
+    from .db import parse_size
+    from .runner import run_workbench
     from .workbench import Workbench
 
     try:
@@ -369,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", nargs="+", metavar="NAME", help="views to build (default: the whole catalog)")
     p.add_argument("--jobs", type=_positive_int, default=None, help="views built in parallel (default: cores)")
     p.add_argument("--force", action="store_true", help="rebuild from the lake even when up to date")
-    p.add_argument("--memory-limit", default="4GB", help="DuckDB memory limit per build connection (default 4GB)")
+    p.add_argument("--memory-limit", default=BUILD_MEMORY_LIMIT,
+                   help=f"DuckDB memory for the whole build, shared equally by the --jobs connections "
+                        f"(default {BUILD_MEMORY_LIMIT})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_engine_args(p, "views are aggregated (their checks and registry are the same for both)")
 

@@ -51,7 +51,7 @@ from . import db
 from .batching import DEFAULT_MAX_GROUP_RATIO, DEFAULT_MAX_GROUPS, SharedScan, can_share, plan_shared_scans
 from .cache import CacheEntry, ResultCache, cache_key, content_stamp, disk_dir, query_hash
 from .compiler import ident
-from .db import DEFAULT_MEMORY_LIMIT
+from .db import DEFAULT_MEMORY_LIMIT, parse_size
 from .query import Query, QueryError, parse_query
 from .results import to_csv_text, write_atomic
 from .router import LAKE
@@ -68,23 +68,6 @@ Answerer = Callable[[Query], tuple[pa.Table, str]]
 
 
 # ---- sizes ----------------------------------------------------------------------------------------
-_UNITS = {"b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
-          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_size(text: str) -> int:
-    """Bytes in a DuckDB-style size: `512MB` (10^6), `4GiB` (2^30), `1.5GB`, `10%` of the machine's RAM."""
-    t = str(text).strip().lower()
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(%|[kmgt]i?b|[kmgt]|b)", t)
-    if not m:
-        raise ValueError(f"expected a memory size like 512MB, 4GB or 4GiB, got {text!r}")
-    value, unit = float(m.group(1)), m.group(2)
-    size = int(psutil.virtual_memory().total * value / 100) if unit == "%" else int(value * _UNITS[unit])
-    if size < 2**20:
-        raise ValueError(f"memory size {text!r} is below 1MiB; DuckDB cannot run in that")
-    return size
-
-
 def format_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":

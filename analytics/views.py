@@ -226,7 +226,8 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
           force: bool = False, progress: bool = True, memory_limit: str = db.DEFAULT_MEMORY_LIMIT,
           engine: Engine | None = None) -> dict[str, Any]:
     """Build or refresh the named views (default: the whole catalog), `jobs` at a time, aggregated by
-    `engine` (default DuckDB with `memory_limit`; see analytics.engines)."""
+    `engine` (default DuckDB; see analytics.engines). `memory_limit` bounds the whole build: each of
+    the `jobs` connections gets an equal share, so more cores never means more memory."""
     lake = Lake.open(lake_dir)
     selected = list(names) if names else [v.name for v in CATALOG]
     unknown = [n for n in selected if n not in VIEWS]
@@ -234,6 +235,7 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
         raise BuildError(f"unknown view(s) {', '.join(unknown)}; the catalog has: {', '.join(VIEWS)}")
     started = time.perf_counter()
     jobs = jobs or min(len(selected), os.cpu_count() or 1)
+    memory_limit = db.split_memory(memory_limit, jobs)
     registry = load_registry(lake.root)["views"]
     if not force and all(is_current(VIEWS[n], lake, registry.get(n)) for n in selected):
         for name in selected:

@@ -17,7 +17,8 @@ import pytest
 import analytics.runner as runner_mod
 from analytics.query import parse_query
 from analytics.router import LAKE
-from analytics.runner import SafeBatchRunner, parse_size
+from analytics.db import parse_size, split_memory
+from analytics.runner import SafeBatchRunner
 from analytics.workbench import Workbench
 from querygen import random_queries
 from test_batching import tables_match
@@ -37,11 +38,14 @@ def fresh(lake: Path) -> Path:
     return lake
 
 
-def test_parse_size():
+def test_parse_and_split_memory_sizes():
     assert parse_size("512MB") == 512 * 10**6 and parse_size("4GiB") == 4 * 2**30 and parse_size("1.5 gb") == 15 * 10**8
     for bad in ("", "12", "5XB", "-1GB", "100KB"):
         with pytest.raises(ValueError):
             parse_size(bad)
+    assert split_memory("4GiB", 2) == "2048MiB" and split_memory("6GB", 12) == "476MiB"
+    with pytest.raises(ValueError, match="'lots'"):
+        split_memory("lots", 2)
 
 
 def test_more_than_20_queries_are_split_into_reported_batches(workbench):

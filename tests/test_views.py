@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from analytics import db
 from analytics.baseline import baseline_query, connect_baseline
 from analytics.catalog import CATALOG, VIEWS
 from analytics.generator import generate
@@ -60,6 +61,20 @@ def test_build_with_nothing_to_do_says_so(lake_dir):
     out = subprocess.run([sys.executable, "-m", "analytics", "build", "--lake", str(lake_dir), "--quiet"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "nothing to do" in out.stdout
+
+
+def test_build_memory_limit_is_shared_by_its_jobs(lake_copy, monkeypatch):
+    seen: list[str | None] = []
+    real = db.connect
+
+    def spy(*args, memory_limit=None, **kwargs):
+        seen.append(memory_limit)
+        return real(*args, memory_limit=memory_limit, **kwargs)
+    monkeypatch.setattr(db, "connect", spy)
+    summary = build(lake_copy, ["mv_day_type_wide", "mv_hour_type_wide"], jobs=2, force=True, memory_limit="1GiB",
+                    progress=False)
+    assert summary["built"] == ["mv_day_type_wide", "mv_hour_type_wide"]
+    assert seen and set(seen) == {"512MiB"}, seen
 
 
 def test_unknown_view_is_a_clear_error(lake_dir):
