@@ -314,7 +314,7 @@ def _ingest(con: duckdb.DuckDBPyConnection, src: Path, seg_id: str, stage: Path,
                {', '.join(RAW_HEADER)}, NULL::VARCHAR AS raw_line
         FROM seg_rows WHERE reason IS NOT NULL
         UNION ALL
-        SELECT {_sql_str(src.name)}, line, '{WRONG_FIELD_COUNT}', {', '.join('NULL' for _ in RAW_HEADER)},
+        SELECT {_sql_str(src.name)}, line::BIGINT, '{WRONG_FIELD_COUNT}', {', '.join('NULL' for _ in RAW_HEADER)},
                any_value(trim(csv_line, chr(13) || chr(10)))
         FROM seg_rejects GROUP BY line
     """

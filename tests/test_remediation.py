@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from analytics.cli import main
@@ -78,6 +79,9 @@ def test_samples_show_the_offending_rows(hand_lake: Path) -> None:
     assert s["ts_unparseable"][0]["ts"] == "abc" and s["ts_unparseable"][0]["source_file"] == "events_part_00001.csv"
     bad = s["wrong_field_count"][0]
     assert bad["raw_line"] == f"{T1},serve,a6,1,2,,10,US" and isinstance(bad["line"], int)
+    files = [str(f) for f in (hand_lake / "quarantine").glob("*.parquet")]
+    schema = dict(duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet({files!r})").fetchall()[i][:2] for i in range(3))
+    assert schema == {"source_file": "VARCHAR", "line": "BIGINT", "reason": "VARCHAR"}
     assert remediation_report(hand_lake, samples=0)["samples"] == {r: [] for r in s}
 
 

@@ -370,8 +370,7 @@ class SparkEngine:
                                                      for seg, name in names.items()) + " END"
                 (rows.where("reason IS NOT NULL")
                  .selectExpr("seg", f"{source_file} AS source_file",
-                             # DOUBLE: the type DuckDB's quarantine files have (its reject line numbers)
-                             f"CAST(CASE WHEN reason = '{WRONG_FIELD_COUNT}' THEN line END AS DOUBLE) AS line",
+                             f"CAST(CASE WHEN reason = '{WRONG_FIELD_COUNT}' THEN line END AS BIGINT) AS line",
                              "reason", *RAW_HEADER, "raw_line")
                  .repartition("seg").sortWithinPartitions("seg", F.col("line").asc_nulls_first(), "reason")
                  .write.partitionBy("seg").option("compression", "zstd").mode("overwrite")
