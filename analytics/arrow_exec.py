@@ -12,7 +12,7 @@ None and the caller runs the plan's SQL. Must not choose views or touch files.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +25,7 @@ from .schema import EVENT_TYPES, NOT_NULL_IN_LAKE
 _EPOCH = dt.datetime(1970, 1, 1)
 _DAY_US = 86_400_000_000
 _TIME_KINDS = ("day", "week", "hour")  # stored as DATE or TIMESTAMP, monotone along the sort
+_TEXT_TIMES = ("minute",)  # 'YYYY-MM-DD HH:MM' text: fixed width, so its string order is time order
 
 
 def _us(value: Any) -> int:
@@ -34,10 +35,29 @@ def _us(value: Any) -> int:
     return (value - _EPOCH.date()).days * _DAY_US
 
 
+def _bisect(column: pa.StringArray, value: str, right: bool) -> int:
+    """Where `value` goes in a sorted string column (left or right of equals), reading ~log2(n) cells
+    instead of copying the column: Python compares code points, the order of DuckDB's byte-wise
+    UTF-8 comparison."""
+    lo, hi = 0, len(column)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        cell = column[mid].as_py()
+        if cell < value or (right and cell == value):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 def _as_us(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     if pa.types.is_date32(column.type):
         return column.to_numpy().astype("datetime64[D]").astype("datetime64[us]").astype(np.int64)
     return pc.cast(column, pa.timestamp("us")).to_numpy().astype("datetime64[us]").astype(np.int64)
+
+
+def _ascending(column: pa.ChunkedArray) -> bool:
+    return len(column) < 2 or pc.all(pc.less_equal(column[:-1], column[1:])).as_py()
 
 
 class ArrowView:
@@ -48,9 +68,11 @@ class ArrowView:
         self.table = table
         self.slices: dict[str, pa.Table] = {}
         self.times: dict[str, dict[str, np.ndarray]] = {}
+        self.texts: dict[str, dict[str, pa.StringArray]] = {}
         # a view file is sorted by type first: each type is one contiguous, zero-copy slice
         types = table.column("type")
         time_cols = [c for c in view.time_columns if c in _TIME_KINDS]
+        text_cols = [c for c in view.time_columns if c in _TEXT_TIMES]
         for t in EVENT_TYPES:
             is_t = pc.equal(types, t)
             where = pc.indices_nonzero(is_t)
@@ -59,12 +81,14 @@ class ArrowView:
             lo, hi = where[0].as_py(), where[-1].as_py() + 1
             part = table.slice(lo, hi - lo) if hi - lo == len(where) else table.filter(is_t)
             times = {c: _as_us(part.column(c)) for c in time_cols}
-            if any(np.any(np.diff(us) < 0) for us in times.values()):
+            if any(np.any(np.diff(us) < 0) for us in times.values()) or not all(
+                    _ascending(part.column(c)) for c in text_cols):
                 # binary search needs time order: restore it if a file lost it
                 part = part.sort_by([(c, "ascending") for c in view.sort_columns[1:]])
                 times = {c: _as_us(part.column(c)) for c in time_cols}
             self.slices[t] = part
             self.times[t] = times
+            self.texts[t] = {c: part.column(c).combine_chunks() for c in text_cols}
 
     # ---- filtering ---------------------------------------------------------------------------
     def _types(self, where: tuple[Condition, ...]) -> set[str] | None:
@@ -82,12 +106,10 @@ class ArrowView:
         return types
 
     @staticmethod
-    def _bounds(times: np.ndarray, cond: Condition) -> tuple[int, int] | None:
-        """[lo, hi) of a sorted column kept by a range condition, or None if not a range."""
-        n = len(times)
-        v = [_us(x) for x in cond.values]
-        left = lambda x: int(np.searchsorted(times, x, "left"))  # noqa: E731
-        right = lambda x: int(np.searchsorted(times, x, "right"))  # noqa: E731
+    def _bounds(n: int, cond: Condition, left: Callable[[Any], int], right: Callable[[Any], int],
+                v: list[Any]) -> tuple[int, int] | None:
+        """[lo, hi) of a sorted column of `n` rows kept by a range condition on values `v`, or None
+        if not a range; `left`/`right` place a value before/after its equals."""
         return {
             "eq": lambda: (left(v[0]), right(v[0])),
             "between": lambda: (left(v[0]), right(v[1])),
@@ -121,10 +143,20 @@ class ArrowView:
             part, times = self.slices[t], self.times[t]
             lo, hi = 0, part.num_rows
             rest = []
+            texts = self.texts[t]
             for c in query.where:
                 if c.col == "type":
                     continue
-                b = self._bounds(times[c.col], c) if c.col in times else None
+                if c.col in times:
+                    us = times[c.col]
+                    b = self._bounds(len(us), c, lambda x: int(np.searchsorted(us, x, "left")),
+                                     lambda x: int(np.searchsorted(us, x, "right")), [_us(x) for x in c.values])
+                elif c.col in texts:
+                    col = texts[c.col]
+                    b = self._bounds(len(col), c, lambda x: _bisect(col, x, False), lambda x: _bisect(col, x, True),
+                                     [str(x) for x in c.values])
+                else:
+                    b = None
                 if b is None:
                     rest.append(c)
                 else:
@@ -210,6 +242,11 @@ class ArrowView:
         table = pa.table(out)
         if query.order_by:
             keys = [(o.name, "descending" if o.desc else "ascending", "at_end") for o in query.order_by]
+            if (query.limit is not None and query.limit < table.num_rows
+                    and not any(table.column(o.name).null_count for o in query.order_by)):
+                # top k without sorting every row; rows tied at the cut-off may be any of the ties,
+                # as in DuckDB (select_k places NULLs differently, hence only without NULL keys)
+                table = table.take(pc.select_k_unstable(table, query.limit, [k[:2] for k in keys]))
             table = table.take(pc.sort_indices(table, sort_keys=keys))
         if query.limit is not None:
             table = table.slice(0, query.limit)

@@ -57,7 +57,9 @@ def _value(rng: random.Random, col: str) -> Any:
         return f"{d.isoformat()} {h:02d}:00" + (":00" if rng.random() < 0.5 else "")
     if col == "minute":
         d = _day(rng)
-        return f"{d.isoformat()} {rng.randrange(24):02d}:{rng.choice([0, 59, rng.randrange(60)]):02d}"
+        text = f"{d.isoformat()} {rng.randrange(24):02d}:{rng.choice([0, 59, rng.randrange(60)]):02d}"
+        # minute compares as text: a bare day sorts before its minutes, a longer string after its prefix
+        return rng.choice([text, text, text, d.isoformat(), text + ":30"])
     if col == "ts":
         d = _day(rng)
         return rng.choice([f"{d.isoformat()} 00:00:00", f"{d.isoformat()} 23:59:59.999",
@@ -102,9 +104,9 @@ def random_query(rng: random.Random, view_shaped: bool = False) -> dict[str, Any
     select: list[Any] = list(group_by) + aggs
     if rng.random() < 0.2 and group_by:
         select = aggs + list(group_by)
-    where_cols = ["type", "day", "country", "advertiser_id", "week", "hour", "publisher_id"]
+    where_cols = ["type", "day", "country", "advertiser_id", "week", "hour", "publisher_id", "minute"]
     if not view_shaped:
-        where_cols += ["minute", "ts", "bid_price", "user_id", "total_price"]
+        where_cols += ["ts", "bid_price", "user_id", "total_price"]
     where = []
     if rng.random() < 0.75:
         where.append(_condition(rng, "type"))
