@@ -1,8 +1,10 @@
 """The view fast path: answer a covered query from an in-memory Arrow copy of a view, without SQL.
 
-Owns `ArrowView`: a view's rows split by event type, each slice sorted by time, with the time
-columns kept as int64 microseconds so time filters become two binary searches instead of a
-scan; the remaining filters are Arrow compute masks, the re-aggregation an Arrow group-by.
+Owns `ArrowView`: a view's rows split by event type, each slice sorted by time, whose time
+columns are searched in place (DATE as days, TIMESTAMP as microseconds, the minute as text, no
+copies), so time filters become two binary searches instead of a scan; the remaining filters
+are Arrow compute masks, the re-aggregation an Arrow group-by (skipped when each group is one
+view row), an `order_by` with a `limit` a top-k selection.
 A view answer is a few hundred rows re-aggregated, where DuckDB's fixed cost of parsing and
 planning a statement dominates; this path skips it. Semantics follow DuckDB's: a DATE
 compared with a timestamp is read as its midnight, strings compare byte-wise, NULLs sort last,
@@ -50,10 +52,51 @@ def _bisect(column: pa.StringArray, value: str, right: bool) -> int:
     return lo
 
 
-def _as_us(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    if pa.types.is_date32(column.type):
-        return column.to_numpy().astype("datetime64[D]").astype("datetime64[us]").astype(np.int64)
-    return pc.cast(column, pa.timestamp("us")).to_numpy().astype("datetime64[us]").astype(np.int64)
+_UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
+
+
+def _contiguous(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One array over the column: its only chunk as it is (combine_chunks would copy even that)."""
+    if isinstance(column, pa.Array):
+        return column
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+class _Times:
+    """A sorted DATE or TIMESTAMP column as integers of its own unit (days, microseconds, ...),
+    sharing the Arrow buffer: searching it costs no copy of the view. Values in microseconds are
+    placed as DuckDB compares them: a DATE is its midnight."""
+
+    def __init__(self, column: pa.ChunkedArray | pa.Array) -> None:
+        arr = _contiguous(column)
+        if pa.types.is_date32(arr.type):
+            self.values, self.unit = arr.view(pa.int32()).to_numpy(), _DAY_US
+        elif pa.types.is_timestamp(arr.type) and arr.type.unit in _UNIT_US:
+            self.values, self.unit = arr.view(pa.int64()).to_numpy(), _UNIT_US[arr.type.unit]
+        else:
+            raise ValueError(f"no time index for a {arr.type} column")
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def ascending(self) -> bool:
+        return not np.any(np.diff(self.values) < 0)
+
+    def left(self, us: int) -> int:
+        """First row at or after `us`."""
+        return int(np.searchsorted(self.values, -(-us // self.unit), "left"))
+
+    def right(self, us: int) -> int:
+        """First row after `us`."""
+        return int(np.searchsorted(self.values, us // self.unit, "right"))
+
+    def mask(self, lo: int, hi: int, cond: Condition) -> np.ndarray:
+        """Rows [lo, hi) kept by an `in` or `neq` condition."""
+        exact = [us // self.unit for us in map(_us, cond.values) if us % self.unit == 0]
+        rows = self.values[lo:hi]
+        if cond.op == "in":
+            return np.isin(rows, exact)
+        return rows != exact[0] if exact else np.ones(len(rows), dtype=bool)
 
 
 def _ascending(column: pa.ChunkedArray) -> bool:
@@ -67,7 +110,7 @@ class ArrowView:
         self.view = view
         self.table = table
         self.slices: dict[str, pa.Table] = {}
-        self.times: dict[str, dict[str, np.ndarray]] = {}
+        self.times: dict[str, dict[str, _Times]] = {}
         self.texts: dict[str, dict[str, pa.StringArray]] = {}
         # a view file is sorted by type first: each type is one contiguous, zero-copy slice
         types = table.column("type")
@@ -80,15 +123,15 @@ class ArrowView:
                 continue
             lo, hi = where[0].as_py(), where[-1].as_py() + 1
             part = table.slice(lo, hi - lo) if hi - lo == len(where) else table.filter(is_t)
-            times = {c: _as_us(part.column(c)) for c in time_cols}
-            if any(np.any(np.diff(us) < 0) for us in times.values()) or not all(
+            times = {c: _Times(part.column(c)) for c in time_cols}
+            if not all(ts.ascending() for ts in times.values()) or not all(
                     _ascending(part.column(c)) for c in text_cols):
                 # binary search needs time order: restore it if a file lost it
                 part = part.sort_by([(c, "ascending") for c in view.sort_columns[1:]])
-                times = {c: _as_us(part.column(c)) for c in time_cols}
+                times = {c: _Times(part.column(c)) for c in time_cols}
             self.slices[t] = part
             self.times[t] = times
-            self.texts[t] = {c: part.column(c).combine_chunks() for c in text_cols}
+            self.texts[t] = {c: _contiguous(part.column(c)) for c in text_cols}
 
     # ---- filtering ---------------------------------------------------------------------------
     def _types(self, where: tuple[Condition, ...]) -> set[str] | None:
@@ -148,9 +191,8 @@ class ArrowView:
                 if c.col == "type":
                     continue
                 if c.col in times:
-                    us = times[c.col]
-                    b = self._bounds(len(us), c, lambda x: int(np.searchsorted(us, x, "left")),
-                                     lambda x: int(np.searchsorted(us, x, "right")), [_us(x) for x in c.values])
+                    ts = times[c.col]
+                    b = self._bounds(len(ts), c, ts.left, ts.right, [_us(x) for x in c.values])
                 elif c.col in texts:
                     col = texts[c.col]
                     b = self._bounds(len(col), c, lambda x: _bisect(col, x, False), lambda x: _bisect(col, x, True),
@@ -166,10 +208,8 @@ class ArrowView:
             part = part.slice(lo, hi - lo)
             mask = None
             for c in rest:
-                if c.col in times:  # only `in` / `neq` are left on a time column: compare microseconds
-                    us = times[c.col][lo:hi]
-                    vals = np.array([_us(v) for v in c.values], dtype=np.int64)
-                    m = pa.array(np.isin(us, vals) if c.op == "in" else us != vals[0])
+                if c.col in times:  # only `in` / `neq` are left on a time column
+                    m = pa.array(times[c.col].mask(lo, hi, c))
                 else:
                     try:
                         m = self._mask(part.column(c.col).combine_chunks(), c)

@@ -44,6 +44,19 @@ def _mtime(path: str) -> int | None:
         return None
 
 
+def _contiguous_table(table: pa.Table) -> pa.Table:
+    """`table` with each column in one contiguous array, which the fast path's slices and DuckDB's
+    registration share. Combined a column at a time, each source column released as soon as it is
+    copied: loading peaks at the view plus one column instead of twice the view."""
+    schema, columns = table.schema, table.columns
+    del table
+    combined = []
+    for i in range(len(columns)):
+        combined.append(columns[i].combine_chunks())
+        columns[i] = None
+    return pa.Table.from_arrays(combined, schema=schema)
+
+
 class Workbench:
     """Answers JSON queries over a prepared lake, from views where they are healthy.
 
@@ -120,8 +133,7 @@ class Workbench:
             path = str(self.root / entry["file"]).replace("'", "''")
             try:
                 con = self._views_con
-                # one contiguous copy: the fast path's slices and DuckDB's registration share it
-                arrow = con.sql(f"SELECT * FROM read_parquet('{path}')").to_arrow_table().combine_chunks()
+                arrow = _contiguous_table(con.sql(f"SELECT * FROM read_parquet('{path}')").to_arrow_table())
                 con.register(table, arrow)  # zero-copy: SQL over the same memory as the fast path
                 schema = [[r[0], r[1]] for r in con.execute(f"DESCRIBE {ident(table)}").fetchall()]
                 if schema != entry["columns"]:
