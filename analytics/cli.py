@@ -22,6 +22,17 @@ class CliError(Exception):
     """A user-facing failure: printed as one line, exit code 2."""
 
 
+def _memory_size(text: str) -> str:
+    """A `--memory-limit` value, checked as DuckDB will read it and kept as written."""
+    from .db import parse_size
+
+    try:
+        parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -119,14 +130,9 @@ def _load_queries(path: str) -> list[Any]:
 def cmd_run(args: argparse.Namespace) -> int:
     import duckdb
 
-    from .db import parse_size
     from .runner import run_workbench
     from .workbench import Workbench
 
-    try:
-        parse_size(args.memory_limit)
-    except ValueError as exc:
-        raise CliError(f"--memory-limit: {exc}") from None
     queries = _load_queries(args.queries)
     try:
         wb = Workbench(args.lake, memory_limit=args.memory_limit, use_views=not args.no_views)
@@ -337,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("prepare", cmd_prepare, "remediate raw CSVs into the partitioned Parquet lake (+ quarantine, manifest)")
     p.add_argument("--raw", required=True, help="directory of raw *.csv parts")
     p.add_argument("--lake", required=True, help="lake directory (created if missing)")
-    p.add_argument("--memory-limit", default="4GB", help="DuckDB memory limit while preparing (default 4GB)")
+    p.add_argument("--memory-limit", type=_memory_size, default="4GB", help="DuckDB memory limit while preparing (default 4GB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_engine_args(p, "remediation runs")
 
@@ -346,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", required=True, help="JSON file with a list of queries")
     p.add_argument("--out", required=True, help="directory for q{i}.csv and run.json")
     p.add_argument("--no-views", action="store_true", help="answer from the lake only")
-    p.add_argument("--memory-limit", default="4GiB",
+    p.add_argument("--memory-limit", type=_memory_size, default="4GiB",
                    help="memory limit for query execution, e.g. 512MB or 4GiB (default 4GiB); a query that "
                         "needs more fails with an error, the others still run")
     p.add_argument("--batch-size", type=_positive_int, default=20, help="queries per batch (default 20)")
@@ -373,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", nargs="+", metavar="NAME", help="views to build (default: the whole catalog)")
     p.add_argument("--jobs", type=_positive_int, default=None, help="views built in parallel (default: cores)")
     p.add_argument("--force", action="store_true", help="rebuild from the lake even when up to date")
-    p.add_argument("--memory-limit", default=BUILD_MEMORY_LIMIT,
+    p.add_argument("--memory-limit", type=_memory_size, default=BUILD_MEMORY_LIMIT,
                    help=f"DuckDB memory for the whole build, shared equally by the --jobs connections "
                         f"(default {BUILD_MEMORY_LIMIT})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -399,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report (every check with its evidence) as JSON to FILE")
     p.add_argument("--only", default=None, metavar="CATEGORY", help="run one category: timezone, between, avg, mv_consistency, "
                                                                    "data_types, null_handling, date_boundaries")
-    p.add_argument("--memory-limit", default="4GB", help="DuckDB memory limit (default 4GB)")
+    p.add_argument("--memory-limit", type=_memory_size, default="4GB", help="DuckDB memory limit (default 4GB)")
 
     p = add("benchmark", cmd_benchmark, "every workload query on the baseline, DuckDB and Polars over the lake, and the "
                                         "product: answers checked against the baseline, cold and warm timings; exit 1 "

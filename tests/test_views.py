@@ -77,6 +77,13 @@ def test_build_memory_limit_is_shared_by_its_jobs(lake_copy, monkeypatch):
     assert seen and set(seen) == {"512MiB"}, seen
 
 
+def test_build_rejects_a_bad_memory_limit_clearly(lake_dir):
+    out = subprocess.run([sys.executable, "-m", "analytics", "build", "--lake", str(lake_dir), "--memory-limit", "lots"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "--memory-limit" in out.stderr and "'lots'" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_unknown_view_is_a_clear_error(lake_dir):
     with pytest.raises(BuildError, match="unknown view\\(s\\) mv_nope; the catalog has: mv_day_advertiser_id_wide"):
         build(lake_dir, ["mv_nope"], progress=False)
