@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
@@ -51,7 +51,7 @@ from . import db
 from .batching import DEFAULT_MAX_GROUP_RATIO, DEFAULT_MAX_GROUPS, SharedScan, can_share, plan_shared_scans
 from .cache import CacheEntry, ResultCache, cache_key, content_stamp, disk_dir, query_hash
 from .compiler import ident
-from .db import DEFAULT_MEMORY_LIMIT, parse_size
+from .db import parse_size
 from .query import Query, QueryError, parse_query
 from .results import to_csv_text, write_atomic
 from .router import LAKE
@@ -501,17 +501,13 @@ class SafeBatchRunner:
         t0 = time.perf_counter()
         w: _Watch | None = None
         try:
-            if on_lake:
-                with self.guard.watch(cur) as w:
-                    table, plan = self.wb.execute(it.query, plan=it.plan)
-                    self._check_answer(table)
-                if w.tripped is not None:
-                    raise _GuardTrip()
-            else:
-                # a view answer re-aggregates rows already in memory (under DuckDB's memory_limit when
-                # it takes SQL): only its size is checked, sparing two RSS reads per sub-ms query
+            # a view answer re-aggregates rows already in memory (under DuckDB's memory_limit when it
+            # takes SQL): only its size is checked, sparing two RSS reads per sub-ms query
+            with self.guard.watch(cur) if on_lake else nullcontext() as w:
                 table, plan = self.wb.execute(it.query, plan=it.plan)
                 self._check_answer(table)
+            if w is not None and w.tripped is not None:
+                raise _GuardTrip()
             it.ms_exec = (time.perf_counter() - t0) * 1000
             it.table, it.route, it.fallback, it.computed = table, plan.route, plan.fallback_reason, True
             it.bytes_read = self._bytes_read(cur) if plan.route == LAKE else None

@@ -21,7 +21,7 @@ import duckdb
 import pyarrow as pa
 
 from . import db
-from .arrow_exec import ArrowView
+from .arrow_exec import ArrowView, contiguous_table
 from .catalog import VIEWS
 from .compiler import ident
 from .lake import MANIFEST, Lake
@@ -42,19 +42,6 @@ def _mtime(path: str) -> int | None:
         return os.stat(path).st_mtime_ns
     except FileNotFoundError:
         return None
-
-
-def _contiguous_table(table: pa.Table) -> pa.Table:
-    """`table` with each column in one contiguous array, which the fast path's slices and DuckDB's
-    registration share. Combined a column at a time, each source column released as soon as it is
-    copied: loading peaks at the view plus one column instead of twice the view."""
-    schema, columns = table.schema, table.columns
-    del table
-    combined = []
-    for i in range(len(columns)):
-        combined.append(columns[i].combine_chunks())
-        columns[i] = None
-    return pa.Table.from_arrays(combined, schema=schema)
 
 
 class Workbench:
@@ -133,7 +120,7 @@ class Workbench:
             path = str(self.root / entry["file"]).replace("'", "''")
             try:
                 con = self._views_con
-                arrow = _contiguous_table(con.sql(f"SELECT * FROM read_parquet('{path}')").to_arrow_table())
+                arrow = contiguous_table(con.sql(f"SELECT * FROM read_parquet('{path}')").to_arrow_table())
                 con.register(table, arrow)  # zero-copy: SQL over the same memory as the fast path
                 schema = [[r[0], r[1]] for r in con.execute(f"DESCRIBE {ident(table)}").fetchall()]
                 if schema != entry["columns"]:
