@@ -28,7 +28,7 @@ DATA_TAG := $(ROWS)$(if $(filter-out 0 0.0,$(DIRTY)),-dirty$(DIRTY))
 RAW_DIR := data/raw-$(DATA_TAG)
 LAKE_DIR := data/lake-$(DATA_TAG)
 GENERATED := $(RAW_DIR)/.generated-seed$(SEED)
-MEMORY_LIMIT ?= 4GB
+MEMORY_LIMIT ?= 4GiB
 
 REPORTS ?= reports
 SUFFIX ?=
@@ -61,7 +61,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 kernel: $(STAMP) ## (re)register the Jupyter kernel `analytics` when it does not run .venv's python
-	@$(PY) -c 'from analytics.reporting import register_kernel; print("kernel analytics:", "registered" if register_kernel() else "up to date")'
+	@$(PY) -c 'from analytics.reports.notebooks import register_kernel; print("kernel analytics:", "registered" if register_kernel() else "up to date")'
 
 test: setup nbval-data ## run pytest on tests/ (2 workers), then nbval on the notebooks
 	@rc=0; \
@@ -78,7 +78,7 @@ test-nbval: setup nbval-data ## execute every notebook in place with its default
 
 nbval-data: $(NBVAL_STAMP) ## the small clean and dirty data sets the notebooks' defaults point at
 
-$(NBVAL_STAMP): $(wildcard analytics/generator.py analytics/lake.py analytics/schema.py analytics/catalog.py analytics/views.py) | $(STAMP)
+$(NBVAL_STAMP): $(wildcard analytics/query/*.py analytics/lake/*.py analytics/views/*.py) | $(STAMP)
 	rm -rf $(NBVAL_DIR)
 	$(ANALYTICS) generate --out $(NBVAL_DIR)/clean/raw --rows $(NBVAL_ROWS) --seed 0 --quiet
 	$(ANALYTICS) prepare --raw $(NBVAL_DIR)/clean/raw --lake $(NBVAL_DIR)/clean/lake --quiet
@@ -108,7 +108,7 @@ BENCH_REPEATS ?= 5
 BENCH_WORKLOADS ?= queries/examples.json queries/judges.json
 BENCH_JSON = $(REPORTS)/benchmark$(SUFFIX).json
 PHASES_DIR := data/phases-$(DATA_TAG)
-PHASE := $(PY) -m analytics.benchmark phase --dir $(PHASES_DIR)
+PHASE := $(PY) -m analytics.bench.benchmark phase --dir $(PHASES_DIR)
 
 benchmark: setup ## data + lake + views for ROWS (or SCALE=full), every engine on examples + judges, reports/03_batch_benchmark.* + benchmark.json
 	@echo "== benchmark at $(ROWS) rows: generate -> prepare -> build -> engines -> notebooks/03_batch_benchmark"
@@ -123,10 +123,10 @@ benchmark: setup ## data + lake + views for ROWS (or SCALE=full), every engine o
 	$(ANALYTICS) benchmark --raw $(RAW_DIR) --lake $(LAKE_DIR) $(addprefix --workload ,$(BENCH_WORKLOADS)) \
 		--repeats $(BENCH_REPEATS) --rows $(ROWS) --phases $(PHASES_DIR) --json $(BENCH_JSON) --no-summary || rc=$$?; \
 	if [ ! -f $(BENCH_JSON) ]; then echo "benchmark: failed (exit $$rc) before writing $(BENCH_JSON)" >&2; exit $$rc; fi; \
-	$(PY) -m analytics.reporting --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) --only 03_batch_benchmark \
+	$(PY) -m analytics.reports.notebooks --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) --only 03_batch_benchmark \
 		--suffix '$(SUFFIX)' -p rows=$(ROWS) -p result_json=$(abspath $(BENCH_JSON)) \
 		-p 'sweep=$(abspath $(REPORTS))/benchmark-*.json' $(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT)); \
-	echo; $(PY) -m analytics.benchmark summary $(BENCH_JSON) \
+	echo; $(PY) -m analytics.bench.benchmark summary $(BENCH_JSON) \
 		--report $(REPORTS)/03_batch_benchmark$(SUFFIX).html || rc=$$?; \
 	exit $$rc
 
@@ -134,16 +134,16 @@ sweep: setup ## the benchmark at each size of SWEEP_ROWS (1M 5M 15M), reports/be
 	@for rows in $(SWEEP_ROWS); do \
 		$(MAKE) --no-print-directory benchmark ROWS=$$rows SUFFIX=-$$rows || exit $$?; \
 	done
-	$(PY) -m analytics.benchmark sweep $(foreach n,$(SWEEP_ROWS),$(REPORTS)/benchmark-$(n).json) --out $(REPORTS)/sweep.json
+	$(PY) -m analytics.bench.benchmark sweep $(foreach n,$(SWEEP_ROWS),$(REPORTS)/benchmark-$(n).json) --out $(REPORTS)/sweep.json
 	@echo "scale chart: $(REPORTS)/03_batch_benchmark-$(lastword $(SWEEP_ROWS)).html (section Scale sweep)"
 
 ifdef LAKE
 reports: setup ## run every notebook into reports/NN_name.{ipynb,html,results.html}: LAKE=path [RAW=path], or ROWS=n
-	$(PY) -m analytics.reporting --lake '$(LAKE)' $(if $(RAW),--raw '$(RAW)') --out $(REPORTS) \
+	$(PY) -m analytics.reports.notebooks --lake '$(LAKE)' $(if $(RAW),--raw '$(RAW)') --out $(REPORTS) \
 		$(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT))
 else
 reports: views
-	$(PY) -m analytics.reporting --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) -p rows=$(ROWS) \
+	$(PY) -m analytics.reports.notebooks --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) -p rows=$(ROWS) \
 		$(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT))
 endif
 

@@ -5,7 +5,7 @@ Data flows one way: raw CSV parts -> `lake` (remediated Parquet) -> views -> `ro
 """
 __version__ = "0.1.0"
 
-from .query import QueryError, parse_query  # noqa: E402
-from .workbench import Workbench  # noqa: E402
+from analytics.query.model import QueryError, parse_query  # noqa: E402
+from analytics.serving.workbench import Workbench  # noqa: E402
 
 __all__ = ["Workbench", "parse_query", "QueryError", "__version__"]

@@ -12,10 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import __version__
-
-# `build --memory-limit` default: the whole build's DuckDB memory, split among its parallel jobs
-BUILD_MEMORY_LIMIT = "4GiB"
+from analytics import __version__
+from analytics.core.memory import DEFAULT_MEMORY_LIMIT, parse_size
 
 
 class CliError(Exception):
@@ -24,8 +22,6 @@ class CliError(Exception):
 
 def _memory_size(text: str) -> str:
     """A `--memory-limit` value, checked as DuckDB will read it and kept as written."""
-    from .db import parse_size
-
     try:
         parse_size(text)
     except ValueError as exc:
@@ -57,7 +53,7 @@ def _rows(text: str) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .generator import generate
+    from analytics.lake.generator import generate
 
     summary = generate(args.out, args.rows, seed=args.seed, parts=args.parts, dirty=args.dirty,
                        progress=not args.quiet)
@@ -81,7 +77,7 @@ def _engine(args: argparse.Namespace) -> Any:
             raise CliError(f"--spark-conf: expected KEY=VALUE, got {item!r}")
         conf[key.strip()] = value.strip()
     try:
-        from .engines import get_engine
+        from analytics.engines import get_engine
 
         return get_engine(args.engine, master=args.master, conf=conf)
     except ImportError:
@@ -102,7 +98,7 @@ def _add_engine_args(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .lake import prepare
+    from analytics.lake.prepare import prepare
 
     summary = prepare(args.raw, args.lake, progress=not args.quiet, memory_limit=args.memory_limit,
                       engine=_engine(args))
@@ -119,7 +115,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _load_queries(path: str) -> list[Any]:
-    from .query import QueryError, load_queries
+    from analytics.query.model import QueryError, load_queries
 
     try:
         return load_queries(path)
@@ -130,8 +126,8 @@ def _load_queries(path: str) -> list[Any]:
 def cmd_run(args: argparse.Namespace) -> int:
     import duckdb
 
-    from .runner import run_workbench
-    from .workbench import Workbench
+    from analytics.batch.runner import run_workbench
+    from analytics.serving.workbench import Workbench
 
     queries = _load_queries(args.queries)
     try:
@@ -162,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_on_engine(args: argparse.Namespace, wb: Any, queries: list[Any]) -> int:
     """`run --engine spark`: views answered by DuckDB as always, lake-routed queries by Spark."""
-    from .engines import run_on_engine
+    from analytics.engines import run_on_engine
 
     try:
         engine = _engine(args)
@@ -179,7 +175,7 @@ def _run_on_engine(args: argparse.Namespace, wb: Any, queries: list[Any]) -> int
 
 def _write_json(path: str, data: dict[str, Any], label: str) -> None:
     """Write a command's `--json` file atomically and say where it is."""
-    from .results import write_atomic
+    from analytics.core.files import write_atomic
 
     try:
         write_atomic(path, json.dumps(data, indent=1, default=str))
@@ -189,7 +185,7 @@ def _write_json(path: str, data: dict[str, Any], label: str) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from .telemetry import format_stats, log_path, read_events, stats
+    from analytics.batch.telemetry import format_stats, log_path, read_events, stats
 
     lake = Path(args.lake)
     if not lake.is_dir():
@@ -203,8 +199,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from .baseline import baseline_query, connect_baseline
-    from .runner import run_queries
+    from analytics.batch.runner import run_queries
+    from analytics.checks.baseline import baseline_query, connect_baseline
 
     queries = _load_queries(args.queries)
     try:
@@ -226,7 +222,7 @@ def _print_run(report: dict[str, Any], out: str) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_dirs
+    from analytics.query.compare import compare_dirs
 
     queries = _load_queries(args.queries)
     outcome = compare_dirs(queries, args.expected, args.actual)
@@ -238,7 +234,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .views import build
+    from analytics.views.build import build
 
     summary = build(args.lake, args.views or None, jobs=args.jobs, force=args.force, progress=not args.quiet,
                     memory_limit=args.memory_limit, engine=_engine(args))
@@ -258,8 +254,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .query import QueryError
-    from .workbench import Workbench
+    from analytics.query.model import QueryError
+    from analytics.serving.workbench import Workbench
 
     queries = _load_queries(args.queries)
     wb = Workbench(args.lake)
@@ -275,7 +271,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_remediation(args: argparse.Namespace) -> int:
-    from .remediation import format_report, remediation_report
+    from analytics.checks.remediation import format_report, remediation_report
 
     try:
         report = remediation_report(args.lake, samples=args.samples)
@@ -288,7 +284,7 @@ def cmd_remediation(args: argparse.Namespace) -> int:
 
 
 def cmd_guardrails(args: argparse.Namespace) -> int:
-    from .guardrails import GuardrailError, format_table, run_guardrails
+    from analytics.checks.guardrails import GuardrailError, format_table, run_guardrails
 
     try:
         report = run_guardrails(args.lake, args.raw, args.only, memory_limit=args.memory_limit)
@@ -301,7 +297,7 @@ def cmd_guardrails(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from .benchmark import DEFAULT_WORKLOADS, run_benchmark, summary_table
+    from analytics.bench.benchmark import DEFAULT_WORKLOADS, run_benchmark, summary_table
 
     for path in args.workload or []:
         if not Path(path).is_file():
@@ -343,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("prepare", cmd_prepare, "remediate raw CSVs into the partitioned Parquet lake (+ quarantine, manifest)")
     p.add_argument("--raw", required=True, help="directory of raw *.csv parts")
     p.add_argument("--lake", required=True, help="lake directory (created if missing)")
-    p.add_argument("--memory-limit", type=_memory_size, default="4GB", help="DuckDB memory limit while preparing (default 4GB)")
+    p.add_argument("--memory-limit", type=_memory_size, default=DEFAULT_MEMORY_LIMIT,
+                   help=f"DuckDB memory limit while preparing (default {DEFAULT_MEMORY_LIMIT})")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_engine_args(p, "remediation runs")
 
@@ -352,8 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", required=True, help="JSON file with a list of queries")
     p.add_argument("--out", required=True, help="directory for q{i}.csv and run.json")
     p.add_argument("--no-views", action="store_true", help="answer from the lake only")
-    p.add_argument("--memory-limit", type=_memory_size, default="4GiB",
-                   help="memory limit for query execution, e.g. 512MB or 4GiB (default 4GiB); a query that "
+    p.add_argument("--memory-limit", type=_memory_size, default=DEFAULT_MEMORY_LIMIT,
+                   help="memory limit for query execution, e.g. 512MB or 4GiB (default "
+                        f"{DEFAULT_MEMORY_LIMIT}); a query that "
                         "needs more fails with an error, the others still run")
     p.add_argument("--batch-size", type=_positive_int, default=20, help="queries per batch (default 20)")
     p.add_argument("--sequential", action="store_true", help="one query at a time instead of a thread pool")
@@ -379,9 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", nargs="+", metavar="NAME", help="views to build (default: the whole catalog)")
     p.add_argument("--jobs", type=_positive_int, default=None, help="views built in parallel (default: cores)")
     p.add_argument("--force", action="store_true", help="rebuild from the lake even when up to date")
-    p.add_argument("--memory-limit", type=_memory_size, default=BUILD_MEMORY_LIMIT,
+    p.add_argument("--memory-limit", type=_memory_size, default=DEFAULT_MEMORY_LIMIT,
                    help=f"DuckDB memory for the whole build, shared equally by the --jobs connections "
-                        f"(default {BUILD_MEMORY_LIMIT})")
+                        f"(default {DEFAULT_MEMORY_LIMIT})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_engine_args(p, "views are aggregated (their checks and registry are the same for both)")
 
@@ -405,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report (every check with its evidence) as JSON to FILE")
     p.add_argument("--only", default=None, metavar="CATEGORY", help="run one category: timezone, between, avg, mv_consistency, "
                                                                    "data_types, null_handling, date_boundaries")
-    p.add_argument("--memory-limit", type=_memory_size, default="4GB", help="DuckDB memory limit (default 4GB)")
+    p.add_argument("--memory-limit", type=_memory_size, default=DEFAULT_MEMORY_LIMIT,
+                   help=f"DuckDB memory limit (default {DEFAULT_MEMORY_LIMIT})")
 
     p = add("benchmark", cmd_benchmark, "every workload query on the baseline, DuckDB and Polars over the lake, and the "
                                         "product: answers checked against the baseline, cold and warm timings; exit 1 "
@@ -418,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                     "(default 5; the baseline runs once)")
     p.add_argument("--json", default=None, metavar="FILE", help="write every figure as JSON to FILE")
     p.add_argument("--phases", default=None, metavar="DIR", help="phase records (generate/prepare/build times and peak "
-                                                                 "RSS) written by `python -m analytics.benchmark phase`")
+                                                                 "RSS) written by `python -m analytics.bench.benchmark phase`")
     p.add_argument("--rows", type=_rows, default=None, help="the data set's row count, for the report (default: from the lake)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-summary", action="store_true", help="do not print the summary table at the end")
@@ -428,9 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .lake import PrepareError
-    from .query import QueryError
-    from .views import BuildError
+    from analytics.lake.prepare import PrepareError
+    from analytics.query.model import QueryError
+    from analytics.views.build import BuildError
 
     try:
         return args.func(args)

@@ -16,13 +16,13 @@ import statistics
 import time
 from pathlib import Path
 
-import duckdb
-
-from analytics import db
-from analytics.compiler import compile_query
-from analytics.lake import LAKE_PROJECTION, Lake, prepare
-from analytics.query import parse_query
-from analytics.schema import RAW_HEADER
+from analytics.core import db
+from analytics.lake.manifest import Lake
+from analytics.lake.prepare import prepare
+from analytics.lake.rules import LAKE_PROJECTION
+from analytics.query.compiler import compile_query
+from analytics.query.model import parse_query
+from analytics.query.schema import RAW_HEADER
 
 
 def _size(path: Path) -> int:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from analytics.baseline import connect_baseline
-from analytics.generator import generate
-from analytics.lake import prepare
-from analytics.views import build
-from analytics.workbench import Workbench
+from analytics.checks.baseline import connect_baseline
+from analytics.lake.generator import generate
+from analytics.lake.prepare import prepare
+from analytics.serving.workbench import Workbench
+from analytics.views.build import build
 
 TEST_ROWS = 200_000
 TEST_PARTS = 4

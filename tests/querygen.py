@@ -11,7 +11,7 @@ import datetime as dt
 import random
 from typing import Any
 
-from analytics.schema import COUNTRIES, EVENT_TYPES
+from analytics.query.schema import COUNTRIES, EVENT_TYPES
 
 DIMS = ["day", "week", "hour", "minute", "type", "country", "advertiser_id", "publisher_id"]
 VIEW_DIMS = ["day", "week", "hour", "type", "country", "advertiser_id", "publisher_id"]

@@ -9,15 +9,15 @@ import random
 from typing import Any
 
 import pytest
-
-from analytics.baseline import baseline_query
-from analytics.batching import estimate_groups, plan_shared_scans
-from analytics.query import parse_query
-from analytics.results import compare_rows, output_kind, to_rows
-from analytics.router import LAKE
-from analytics.runner import SafeBatchRunner
-from analytics.workbench import Workbench
 from querygen import random_query
+
+from analytics.batch.runner import SafeBatchRunner
+from analytics.batch.shared_scans import estimate_groups, plan_shared_scans
+from analytics.checks.baseline import baseline_query
+from analytics.query.model import parse_query
+from analytics.query.results import compare_rows, output_kind, to_rows
+from analytics.serving.router import LAKE
+from analytics.serving.workbench import Workbench
 
 
 # ---- comparing answers --------------------------------------------------------------------------

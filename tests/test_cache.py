@@ -10,16 +10,16 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
-
-from analytics.cache import CacheEntry, ResultCache, cache_key, content_stamp
-from analytics.generator import generate
-from analytics.lake import prepare
-from analytics.query import parse_query
-from analytics.runner import SafeBatchRunner
-from analytics.views import build
-from analytics.workbench import Workbench
 from querygen import random_queries
 from test_batching import tables_match
+
+from analytics.batch.cache import CacheEntry, ResultCache, cache_key, content_stamp
+from analytics.batch.runner import SafeBatchRunner
+from analytics.lake.generator import generate
+from analytics.lake.prepare import prepare
+from analytics.query.model import parse_query
+from analytics.serving.workbench import Workbench
+from analytics.views.build import build
 
 COUNT = {"select": [{"COUNT": "*"}], "from": "events"}
 BY_TYPE = {"select": ["type", {"COUNT": "*"}, {"SUM": "bid_price"}], "from": "events", "group_by": ["type"]}

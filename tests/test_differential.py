@@ -8,16 +8,15 @@ import json
 import os
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from analytics.catalog import CATALOG
-from analytics.query import parse_query
-from analytics.results import compare_rows, to_rows
-from analytics.router import LAKE
 from querygen import random_queries
+
+from analytics.query.model import parse_query
+from analytics.query.results import compare_rows, to_rows
+from analytics.serving.router import LAKE
+from analytics.views.catalog import CATALOG
 
 EXAMPLES = json.loads((Path(__file__).parent.parent / "queries" / "examples.json").read_text())
 
@@ -53,7 +52,7 @@ TARGETED = {
 
 
 def _check(baseline, workbench, raw_query, use_views=True):
-    from analytics.baseline import baseline_query
+    from analytics.checks.baseline import baseline_query
 
     q = parse_query(raw_query)
     expected = to_rows(q, baseline_query(baseline, q))

@@ -6,16 +6,16 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-
-from analytics.arrow_exec import ArrowView
-from analytics.baseline import baseline_query
-from analytics.catalog import VIEWS
-from analytics.query import parse_query
-from analytics.results import compare_rows, to_rows
-from analytics.router import LAKE, coverage
-from analytics.workbench import Workbench
 from querygen import random_queries
 from test_differential import _check
+
+from analytics.checks.baseline import baseline_query
+from analytics.query.model import parse_query
+from analytics.query.results import compare_rows, to_rows
+from analytics.serving.fastpath import ArrowView
+from analytics.serving.router import LAKE, coverage
+from analytics.serving.workbench import Workbench
+from analytics.views.catalog import VIEWS
 
 
 def test_random_view_shaped_queries_views_equal_lake_equal_baseline(baseline, workbench, lake_dir):

@@ -13,8 +13,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from analytics.generator import generate
-from analytics.schema import COUNTRIES, EVENT_TYPES, N_ADVERTISERS, N_PUBLISHERS, N_USERS, RAW_HEADER
+from analytics.lake.generator import generate
+from analytics.query.schema import COUNTRIES, EVENT_TYPES, N_ADVERTISERS, N_PUBLISHERS, N_USERS, RAW_HEADER
 
 HEADER_LINE = "ts,type,auction_id,advertiser_id,publisher_id,bid_price,user_id,total_price,country"
 UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -82,7 +82,7 @@ def test_exact_row_count_and_header(tmp_path: Path, rows: int, parts: int | None
 def test_default_parts_one_per_five_million(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     summary = generate(tmp_path, 0, progress=False)
     assert summary["parts"] == 1
-    from analytics import generator
+    from analytics.lake import generator
     monkeypatch.setattr(generator, "PART_ROWS", 1_000)
     assert generate(tmp_path, 2_001, progress=False)["parts"] == 3
 

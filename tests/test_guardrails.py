@@ -20,12 +20,14 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from analytics import cli, router
-from analytics import compiler as compiler_mod
-from analytics import guardrails as G
-from analytics.generator import generate
-from analytics.lake import prepare
-from analytics.views import build, load_registry, registry_path
+from analytics import cli
+from analytics.checks import guardrails as G
+from analytics.lake.generator import generate
+from analytics.lake.prepare import prepare
+from analytics.query import compiler as compiler_mod
+from analytics.serving import router
+from analytics.views.build import build
+from analytics.views.registry import load_registry, registry_path
 
 FAULT_DAY = "2024-05-15"  # no probe of any check looks at May: faults placed here hit one check only
 SMALL_ROWS = 30_000
@@ -488,10 +490,7 @@ def test_cli_prints_table_writes_json_and_exits_by_outcome(broken: Path, small, 
     assert "unknown category 'bogus'" in capsys.readouterr().err
 
 
-def test_workbench_guardrails_returns_the_report(small) -> None:
-    from analytics.workbench import Workbench
-
-    with Workbench(small[1]) as wb:
-        report = wb.guardrails(only="null_handling")
+def test_run_guardrails_returns_the_report(small) -> None:
+    report = G.run_guardrails(small[1], only="null_handling")
     assert report["passed"] == 3 and report["failed"] == 0
     assert [c["category"] for c in report["checks"]] == ["null_handling"] * 3

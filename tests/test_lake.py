@@ -13,9 +13,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from analytics.generator import generate
-from analytics.lake import MANIFEST, Lake, PrepareError, prepare
-from analytics.schema import EVENT_TYPES, RAW_HEADER
+from analytics.lake.generator import generate
+from analytics.lake.manifest import MANIFEST, Lake
+from analytics.lake.prepare import PrepareError, prepare
+from analytics.query.schema import EVENT_TYPES, RAW_HEADER
 
 
 @pytest.fixture(scope="module")

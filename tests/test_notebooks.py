@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ import nbformat
 import pytest
 import scrapbook as sb
 
-from analytics import reporting as rep
-from analytics.catalog import VIEWS
-from analytics.lake import prepare
+from analytics.lake.prepare import prepare
+from analytics.reports import notebooks as rep
+from analytics.views.catalog import VIEWS
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = ROOT / "notebooks"
@@ -33,8 +32,8 @@ CELL_TIMEOUT = 300  # a hung cell fails the test instead of blocking the run
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A clean and a dirty (5%) data set, generated and prepared."""
-    from analytics.generator import generate
-    from analytics.views import build
+    from analytics.lake.generator import generate
+    from analytics.views.build import build
 
     root = tmp_path_factory.mktemp("notebook_data")
     out: dict[str, Any] = {}
@@ -247,8 +246,9 @@ def test_reporting_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_kernel_runs_this_interpreter() -> None:
-    from jupyter_client.kernelspec import KernelSpecManager
     import sys
+
+    from jupyter_client.kernelspec import KernelSpecManager
 
     rep.ensure_kernel()
     spec = KernelSpecManager().get_kernel_spec(rep.KERNEL_NAME)

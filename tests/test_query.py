@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from analytics.query import QueryError, parse_query
+from analytics.query.model import QueryError, parse_query
 
 BASE = {"select": [{"COUNT": "*"}], "from": "events"}
 

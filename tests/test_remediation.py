@@ -7,9 +7,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from analytics.checks.remediation import remediation_report
 from analytics.cli import main
-from analytics.lake import REASONS, prepare
-from analytics.remediation import remediation_report
+from analytics.lake.prepare import prepare
+from analytics.lake.rules import REASONS
 
 HEADER = "ts,type,auction_id,advertiser_id,publisher_id,bid_price,user_id,total_price,country\n"
 # 2024-03-01 00:00:00 UTC and 2024-03-02 12:00:00 UTC in ms
@@ -144,7 +145,7 @@ def test_counts_are_checked_against_the_files(hand_lake: Path, tmp_path: Path) -
 
 
 def test_generated_dirty_data_accounts(tmp_path: Path) -> None:
-    generator = pytest.importorskip("analytics.generator")  # being written concurrently
+    generator = pytest.importorskip("analytics.lake.generator")  # being written concurrently
     generator.generate(tmp_path / "raw", 5000, seed=3, parts=2, dirty=0.05, progress=False)
     prepare(tmp_path / "raw", tmp_path / "lake", progress=False)
     r = remediation_report(tmp_path / "lake", samples=2)
@@ -186,7 +187,7 @@ def test_cli_exits_1_when_a_check_fails(hand_lake: Path, tmp_path: Path, capsys:
 
 
 def test_raw_accounting_matches_the_files(hand_lake: Path) -> None:
-    from analytics.remediation import raw_accounting
+    from analytics.checks.remediation import raw_accounting
 
     raw = hand_lake.parent / "raw"
     checks = raw_accounting(hand_lake, raw)
@@ -198,7 +199,7 @@ def test_raw_accounting_matches_the_files(hand_lake: Path) -> None:
 def test_raw_accounting_catches_changed_missing_and_new_files(hand_lake: Path, tmp_path: Path) -> None:
     import shutil
 
-    from analytics.remediation import raw_accounting
+    from analytics.checks.remediation import raw_accounting
 
     raw = tmp_path / "raw"
     shutil.copytree(hand_lake.parent / "raw", raw)
@@ -222,7 +223,7 @@ def test_raw_accounting_catches_changed_missing_and_new_files(hand_lake: Path, t
     (b"h\r\n1\r\n\r\n2\r\n", 2),
 ])
 def test_count_data_lines(tmp_path: Path, text: bytes, expected: int) -> None:
-    from analytics.remediation import count_data_lines
+    from analytics.checks.remediation import count_data_lines
 
     path = tmp_path / "f.csv"
     path.write_bytes(text)

@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-
-import analytics.runner as runner_mod
-from analytics.query import parse_query
-from analytics.router import LAKE
-from analytics.db import parse_size, split_memory
-from analytics.runner import SafeBatchRunner
-from analytics.workbench import Workbench
 from querygen import random_queries
 from test_batching import tables_match
+
+import analytics.batch.runner as runner_mod
+from analytics.batch.runner import SafeBatchRunner
+from analytics.core.memory import parse_size, split_memory
+from analytics.query.model import parse_query
+from analytics.serving.router import LAKE
+from analytics.serving.workbench import Workbench
 
 VIEW_Q = {"select": ["day", {"COUNT": "*"}], "from": "events", "group_by": ["day"]}
 TYPE_Q = {"select": ["type", {"COUNT": "*"}], "from": "events", "group_by": ["type"]}
@@ -220,11 +220,11 @@ def test_a_killed_run_leaves_only_complete_files(lake_copy, tmp_path):
         assert {p.name: p.read_text() for p in out.glob("q*.csv")} == reference
 
 
-def test_workbench_run_batch(lake_copy):
+def test_runner_over_a_workbench_caches_across_runs(lake_copy):
     lake = fresh(lake_copy)
-    with Workbench(lake) as wb:
-        out = wb.run_batch([VIEW_Q, TYPE_Q, VIEW_Q])
-        again = wb.run_batch([TYPE_Q])
+    with Workbench(lake) as wb, SafeBatchRunner(wb) as runner:
+        out = runner.run([VIEW_Q, TYPE_Q, VIEW_Q])
+        again = runner.run([TYPE_Q])
     assert [t.num_rows for t in out.tables] == [366, 4, 366] and out.errors == 0
     assert [e["cache"] for e in out.report["queries"]] == [False, False, True]
     assert again.report["queries"][0]["cache"] is True

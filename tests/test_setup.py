@@ -4,10 +4,10 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,7 +58,7 @@ def test_benchmark_default_rows() -> None:
 
 def test_reports_on_an_existing_lake_generates_nothing() -> None:
     out = _make("-n", "reports", "LAKE=/some/lake", "RAW=/some/raw")
-    assert "analytics.reporting --lake '/some/lake' --raw '/some/raw' --out reports" in out
+    assert "analytics.reports.notebooks --lake '/some/lake' --raw '/some/raw' --out reports" in out
     assert "generate" not in out and "prepare" not in out
 
 
@@ -67,7 +67,7 @@ def test_reports_with_rows_generates_and_prepares_first() -> None:
     lines = out.splitlines()
     gen = next(i for i, l in enumerate(lines) if "generate --out data/raw-1234 --rows 1234" in l)
     prep = next(i for i, l in enumerate(lines) if "prepare --raw data/raw-1234 --lake data/lake-1234" in l)
-    rep = next(i for i, l in enumerate(lines) if "analytics.reporting --lake data/lake-1234 --raw data/raw-1234" in l)
+    rep = next(i for i, l in enumerate(lines) if "analytics.reports.notebooks --lake data/lake-1234 --raw data/raw-1234" in l)
     assert gen < prep < rep
 
 

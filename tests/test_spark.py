@@ -23,20 +23,23 @@ pytest.importorskip("pyspark")
 if shutil.which("java") is None:  # pragma: no cover
     pytest.skip("Spark needs Java", allow_module_level=True)
 
-from analytics.baseline import baseline_query, connect_baseline  # noqa: E402
-from analytics.cli import main  # noqa: E402
-from analytics.compare import compare_dirs  # noqa: E402
-from analytics.engines.spark_engine import SPARK_FUNCTIONS, SparkEngine, compile_spark  # noqa: E402
-from analytics.generator import generate  # noqa: E402
-from analytics.lake import DUCKDB_FUNCTIONS, Lake, PrepareError, prepare, render_rule_sql  # noqa: E402
-from analytics.query import QueryError, parse_query  # noqa: E402
-from analytics.remediation import QUARANTINE_COLUMNS, remediation_report  # noqa: E402
-from analytics.results import compare_rows, to_rows  # noqa: E402
-from analytics.schema import RAW_HEADER  # noqa: E402
-from analytics.views import build, load_registry  # noqa: E402
-from analytics.workbench import Workbench  # noqa: E402
-
 from querygen import random_queries  # noqa: E402
+
+from analytics.checks.baseline import baseline_query, connect_baseline  # noqa: E402
+from analytics.checks.remediation import QUARANTINE_COLUMNS, remediation_report  # noqa: E402
+from analytics.cli import main  # noqa: E402
+from analytics.engines.spark_engine import SPARK_FUNCTIONS, SparkEngine, compile_spark  # noqa: E402
+from analytics.lake.generator import generate  # noqa: E402
+from analytics.lake.manifest import Lake
+from analytics.lake.prepare import PrepareError, prepare
+from analytics.lake.rules import DUCKDB_FUNCTIONS, render_rule_sql  # noqa: E402
+from analytics.query.compare import compare_dirs  # noqa: E402
+from analytics.query.model import QueryError, parse_query  # noqa: E402
+from analytics.query.results import compare_rows, to_rows  # noqa: E402
+from analytics.query.schema import RAW_HEADER  # noqa: E402
+from analytics.serving.workbench import Workbench  # noqa: E402
+from analytics.views.build import build  # noqa: E402
+from analytics.views.registry import load_registry  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
 

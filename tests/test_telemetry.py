@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from analytics.runner import SafeBatchRunner
-from analytics.telemetry import TelemetryLog, log_files, log_path, percentile, read_events, stats, telemetry_log
-from analytics.workbench import Workbench
+from analytics.batch.runner import SafeBatchRunner
+from analytics.batch.telemetry import TelemetryLog, log_files, log_path, percentile, read_events, stats, telemetry_log
+from analytics.serving.workbench import Workbench
 
 QUERIES = [
     {"select": ["day", {"COUNT": "*"}], "from": "events", "group_by": ["day"]},  # a view

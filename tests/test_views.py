@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import builtins
-import json
 import os
 import shutil
 import signal
@@ -15,16 +14,18 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from analytics import db
-from analytics.baseline import baseline_query, connect_baseline
-from analytics.catalog import CATALOG, VIEWS
-from analytics.generator import generate
-from analytics.lake import Lake, prepare
-from analytics.query import parse_query
-from analytics.results import compare_rows, to_rows
-from analytics.router import LAKE
-from analytics.views import BuildError, build, load_registry
-from analytics.workbench import Workbench
+from analytics.checks.baseline import baseline_query, connect_baseline
+from analytics.core import db
+from analytics.lake.generator import generate
+from analytics.lake.manifest import Lake
+from analytics.lake.prepare import prepare
+from analytics.query.model import parse_query
+from analytics.query.results import compare_rows, to_rows
+from analytics.serving.router import LAKE
+from analytics.serving.workbench import Workbench
+from analytics.views.build import BuildError, build
+from analytics.views.catalog import CATALOG, VIEWS
+from analytics.views.registry import load_registry
 
 DAY_Q = {"select": ["day", {"SUM": "bid_price"}, {"COUNT": "*"}], "from": "events",
          "where": [{"col": "type", "op": "eq", "val": "impression"}], "group_by": ["day"]}
@@ -290,7 +291,7 @@ def test_build_killed_midway_leaves_a_whole_view_and_the_next_build_cleans_up(la
 def test_a_view_that_fails_its_check_is_not_promoted(lake_copy, monkeypatch):
     import pyarrow.compute as pc
 
-    import analytics.views as views_mod
+    import analytics.views.build as views_mod
 
     real = views_mod.lake_totals
 

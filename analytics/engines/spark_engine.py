@@ -38,12 +38,13 @@ from typing import Any, Callable, Mapping, Sequence
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from ..catalog import ViewDef
-from ..compiler import condition_sql, ident, select_item_sql
-from ..lake import (EVENTS_DIR, QUARANTINE_DIR, WRONG_FIELD_COUNT, Lake, PrepareError, reason_case_sql,
-                    render_rule_sql)
-from ..query import Query
-from ..schema import EVENT_TYPES, LAKE_TYPES, RAW_HEADER
+from analytics.lake.manifest import EVENTS_DIR, QUARANTINE_DIR, Lake
+from analytics.lake.prepare import PrepareError
+from analytics.lake.rules import WRONG_FIELD_COUNT, reason_case_sql, render_rule_sql
+from analytics.query.compiler import condition_sql, ident, select_item_sql
+from analytics.query.model import Query
+from analytics.query.schema import EVENT_TYPES, LAKE_TYPES, RAW_HEADER
+from analytics.views.catalog import ViewDef
 
 DEFAULT_MASTER = "local[*]"
 # Settings the engine's semantics depend on; a user's --spark-conf cannot turn these off.
@@ -464,7 +465,7 @@ class SparkEngine:
             shutil.rmtree(work, ignore_errors=True)
 
     def lake_totals(self, lake: Lake) -> pa.Table:
-        from ..views import lake_totals_sql
+        from analytics.views.build import lake_totals_sql
 
         source = self._temp_view(self.lake_frame(lake))
         try:

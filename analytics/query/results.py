@@ -11,15 +11,13 @@ import datetime as dt
 import io
 import math
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .query import Agg, Query
-from .schema import COLUMNS
+from analytics.query.model import Agg, Query
+from analytics.query.schema import COLUMNS
 
 REL_TOL = 1e-9
 
@@ -94,22 +92,6 @@ def to_csv_text(query: Query, table: pa.Table) -> str:
     writer.writerow(query.output_names)
     writer.writerows(to_rows(query, table))
     return buf.getvalue()
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to a temporary file beside `path` and rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o644)  # mkstemp's 0600 would make results private to their writer
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_csv_rows(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:

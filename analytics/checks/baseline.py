@@ -14,11 +14,10 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from . import db
-
-from .compiler import compile_query
-from .query import Query
-from .schema import RAW_HEADER
+from analytics.core import db
+from analytics.query.compiler import compile_query
+from analytics.query.model import Query
+from analytics.query.schema import RAW_HEADER
 
 
 def connect_baseline(raw_dir: str | Path, materialize: bool = False) -> duckdb.DuckDBPyConnection:

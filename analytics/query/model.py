@@ -18,7 +18,7 @@ from typing import Any, Union
 
 import duckdb
 
-from .schema import AGGREGATES, COLUMNS, Column
+from analytics.query.schema import AGGREGATES, COLUMNS, Column
 
 OPS: tuple[str, ...] = ("eq", "neq", "in", "between", "lt", "lte", "gt", "gte")
 QUERY_KEYS: tuple[str, ...] = ("select", "from", "where", "group_by", "order_by", "limit")

@@ -15,23 +15,20 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from . import db
-from .arrow_exec import ArrowView, contiguous_table
-from .catalog import VIEWS
-from .compiler import ident
-from .lake import MANIFEST, Lake
-from .query import Query, parse_query
-from .router import LAKE, Plan, Router
-from .views import load_registry, registry_path
-
-if TYPE_CHECKING:
-    from .runner import RunResult, SafeBatchRunner
-
+from analytics.core import db
+from analytics.core.memory import DEFAULT_MEMORY_LIMIT
+from analytics.lake.manifest import MANIFEST, Lake
+from analytics.query.compiler import ident
+from analytics.query.model import Query, parse_query
+from analytics.serving.fastpath import ArrowView, contiguous_table
+from analytics.serving.router import LAKE, Plan, Router
+from analytics.views.catalog import VIEWS
+from analytics.views.registry import load_registry, registry_path, staleness
 
 # Plans remembered per workbench; past this many distinct queries the memo starts afresh.
 PLAN_MEMO_SIZE = 4096
@@ -51,7 +48,7 @@ class Workbench:
     >>> wb.query({"select": [{"COUNT": "*"}], "from": "events"})            # doctest: +SKIP
     """
 
-    def __init__(self, lake: str | os.PathLike, *, use_views: bool = True, memory_limit: str = db.DEFAULT_MEMORY_LIMIT,
+    def __init__(self, lake: str | os.PathLike, *, use_views: bool = True, memory_limit: str = DEFAULT_MEMORY_LIMIT,
                  threads: int | None = None, fast_path: bool = True) -> None:
         self.root = Path(lake)
         self.use_views = use_views
@@ -91,16 +88,8 @@ class Workbench:
             self._stamp = stamp
 
     def _check(self, name: str) -> str | None:
-        entry = self.registry.get(name)
-        if entry is None:
-            return "not built"
-        if entry["definition"] != VIEWS[name].definition_hash():
-            return "catalog definition changed since the build"
-        if entry["lake_version"] != self.lake.version:
-            return f"built from lake version {entry['lake_version']}, lake is now {self.lake.version}"
-        if not (self.root / entry["file"]).is_file():
-            return f"file missing: {entry['file']}"
-        return self._load_errors.get(self.table_name(name))
+        why = staleness(VIEWS[name], self.lake, self.registry.get(name))
+        return why if why is not None else self._load_errors.get(self.table_name(name))
 
     def table_name(self, name: str) -> str:
         return f"{name}__v{self.registry[name]['version']}"
@@ -147,7 +136,7 @@ class Workbench:
                 self._ensure_loaded(name)
         return dict(self.health)
 
-    def _cursor(self, lake: bool = True) -> duckdb.DuckDBPyConnection:
+    def cursor(self, lake: bool = True) -> duckdb.DuckDBPyConnection:
         """This thread's cursor on the lake database, or on the views database."""
         attr = "lake_cursor" if lake else "views_cursor"
         cur = getattr(self._local, attr, None)
@@ -155,6 +144,11 @@ class Workbench:
             cur = db.cursor(self._con if lake else self._views_con)
             setattr(self._local, attr, cur)
         return cur
+
+    def set_memory_limit(self, memory_limit: str) -> None:
+        """DuckDB's memory limit for lake statements from now on (e.g. `512MB`)."""
+        self._con.execute("SET memory_limit = ?", [memory_limit])
+        self.memory_limit = memory_limit
 
     # ---- queries -----------------------------------------------------------------------------
     @staticmethod
@@ -192,7 +186,7 @@ class Workbench:
                 table = view.answer(q)
                 if table is not None:
                     return table, plan
-            cur = self._cursor(plan.route == LAKE)
+            cur = self.cursor(plan.route == LAKE)
             try:
                 if view is not None:
                     # Arrow registrations are per connection: make this version visible to this cursor
@@ -203,7 +197,7 @@ class Workbench:
                     raise
                 continue  # a newer version replaced the table meanwhile: plan again
         plan = self.plan(q, use_views=False)
-        return db.fetch_arrow(self._cursor(), plan.sql, plan.params), plan
+        return db.fetch_arrow(self.cursor(), plan.sql, plan.params), plan
 
     def query(self, query: dict[str, Any] | Query) -> pa.Table:
         """The answer as an Arrow table, columns named as the contract's CSV header."""
@@ -213,33 +207,9 @@ class Workbench:
         """The chosen route, every candidate view with its estimated cost or why it was rejected, the SQL."""
         return self.plan(query).describe()
 
-    @property
-    def runner(self) -> "SafeBatchRunner":
-        """The workbench's batch runner (result cache, shared scans, thread pool, memory guard, telemetry)."""
-        from .runner import SafeBatchRunner
-
-        if getattr(self, "_runner", None) is None:
-            self._runner = SafeBatchRunner(self)
-        return self._runner
-
-    def run_batch(self, queries: list[dict[str, Any] | Query], out_dir: str | os.PathLike | None = None,
-                  **options: Any) -> "RunResult":
-        """Answer a list of queries through `runner`; `.tables` holds the answers, `.report` the run.json data.
-
-        `options`: `batch_size`, `parallel`, `batching`, `use_cache` for this run only.
-        """
-        return self.runner.run(queries, out_dir, **options)
-
-    def guardrails(self, raw: str | os.PathLike | None = None, only: str | None = None) -> dict[str, Any]:
-        """Run the correctness guardrails on this lake's files (and `raw` CSVs if given); the report as data."""
-        from .guardrails import run_guardrails
-
-        return run_guardrails(self.root, raw, only, memory_limit=self.memory_limit)
-
     def close(self) -> None:
-        if getattr(self, "_runner", None) is not None:
-            self._runner.close()
         self._con.close()
+        self._views_con.close()
 
     def __enter__(self) -> "Workbench":
         return self

@@ -31,13 +31,18 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import compiler, db, router
-from .catalog import CATALOG, MEASURE_COLUMNS, SUM_TYPE, ViewDef
-from .lake import REMEDIATION_RULES, WRONG_FIELD_COUNT, Lake
-from .query import Agg, Query, parse_query
-from .results import compare_rows, to_rows
-from .schema import COUNTRIES, EVENT_TYPES, N_ADVERTISERS, N_PUBLISHERS, NOT_NULL_IN_LAKE, RAW_HEADER
-from .views import duplicate_keys, file_schema, lake_totals, load_registry, reconcile
+from analytics.core import db
+from analytics.core.memory import DEFAULT_MEMORY_LIMIT
+from analytics.lake.manifest import Lake
+from analytics.lake.rules import REMEDIATION_RULES, WRONG_FIELD_COUNT
+from analytics.query import compiler
+from analytics.query.model import Agg, Query, parse_query
+from analytics.query.results import compare_rows, to_rows
+from analytics.query.schema import COUNTRIES, EVENT_TYPES, N_ADVERTISERS, N_PUBLISHERS, NOT_NULL_IN_LAKE, RAW_HEADER
+from analytics.serving import router
+from analytics.views.build import duplicate_keys, file_schema, lake_totals, reconcile
+from analytics.views.catalog import CATALOG, MEASURE_COLUMNS, SUM_TYPE, ViewDef
+from analytics.views.registry import load_registry
 
 CATEGORIES: tuple[str, ...] = (
     "timezone", "between", "avg", "mv_consistency", "data_types", "null_handling", "date_boundaries",
@@ -124,7 +129,7 @@ def _day(text: str) -> dt.date:
 def _reason_case_sql() -> str:
     """The remediation rules of `lake.py` as one DuckDB CASE over the raw text columns (first match wins)."""
     try:  # engine-neutral rules rendered for DuckDB, where lake.py provides that
-        from .lake import DUCKDB_FUNCTIONS, reason_case_sql
+        from analytics.lake.rules import DUCKDB_FUNCTIONS, reason_case_sql
     except ImportError:  # rules written in DuckDB SQL directly
         types = ", ".join(_q(t) for t in EVENT_TYPES)
         return "CASE " + " ".join(f"WHEN {cond.format(types=types)} THEN '{name}'"
@@ -167,7 +172,7 @@ class Context:
     the registry, each view's Parquet file and, with `raw`, the raw CSVs."""
 
     def __init__(self, lake_dir: str | os.PathLike, raw_dir: str | os.PathLike | None = None, *,
-                 memory_limit: str = "4GiB") -> None:
+                 memory_limit: str = DEFAULT_MEMORY_LIMIT) -> None:
         self.lake = Lake.open(lake_dir)
         self.root = self.lake.root
         self.raw_dir = Path(raw_dir) if raw_dir is not None else None
@@ -1086,7 +1091,7 @@ def null_count_col_vs_star(ctx: Context) -> CheckResult:
 
 
 def null_keys_quarantined(ctx: Context) -> CheckResult:
-    from .remediation import remediation_report
+    from analytics.checks.remediation import remediation_report
 
     fails = []
     lake_cols = sorted(NOT_NULL_IN_LAKE)
@@ -1108,7 +1113,7 @@ def null_keys_quarantined(ctx: Context) -> CheckResult:
     acc_checks = list(report["checks"])
     if ctx.raw_dir is not None:
         try:  # the manifest against the raw parts themselves (line counts, fingerprints), when available
-            from .remediation import raw_accounting
+            from analytics.checks.remediation import raw_accounting
         except ImportError:
             raw_accounting = None
         if raw_accounting is not None:
@@ -1347,7 +1352,7 @@ def select_checks(only: str | Iterable[str] | None = None) -> list[Check]:
 
 
 def run_guardrails(lake_dir: str | os.PathLike, raw_dir: str | os.PathLike | None = None,
-                   only: str | Iterable[str] | None = None, *, memory_limit: str = "4GiB") -> dict[str, Any]:
+                   only: str | Iterable[str] | None = None, *, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> dict[str, Any]:
     """Run the checks; returns `{"checks": [{"id", "category", "description", "passed", "evidence",
     "seconds"}], "passed": n, "failed": n, ...}` (JSON-able). A check that raises fails with the error."""
     checks = select_checks(only)

@@ -8,7 +8,7 @@ notebooks call so they stay thin shells (offline plotly, the explorer's query bu
 queries, the baseline comparison, the lake summary). Must not hold query, lake or view logic:
 that is the rest of the package.
 
-`python -m analytics.reporting --lake LAKE [--raw RAW] [--out reports] [--only 01 ...]` is what
+`python -m analytics.reports.notebooks --lake LAKE [--raw RAW] [--out reports] [--only 01 ...]` is what
 `make reports` and `make benchmark` run.
 """
 from __future__ import annotations
@@ -200,7 +200,7 @@ def _param_value(text: str) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analytics.reporting", description=(
+    parser = argparse.ArgumentParser(prog="python -m analytics.reports.notebooks", description=(
         "execute the notebooks with papermill into OUT/NN_name.ipynb and export .html and "
         "input-hidden .results.html; stops at the first failing notebook"))
     parser.add_argument("--lake", required=True, help="prepared lake directory (parameter `lake`)")
@@ -358,9 +358,9 @@ def compare_with_baseline(wb: Any, baseline_con: Any | None, queries: Sequence[A
     `match` / `reason` from `results.compare_rows` of the printed answers. With no baseline
     connection only the workbench side is filled in (`match` None).
     """
-    from .baseline import baseline_query
-    from .query import QueryError, parse_query
-    from .results import compare_rows, to_rows
+    from analytics.checks.baseline import baseline_query
+    from analytics.query.model import QueryError, parse_query
+    from analytics.query.results import compare_rows, to_rows
 
     out = []
     for i, raw in enumerate(queries, start=1):
@@ -391,7 +391,7 @@ def compare_with_baseline(wb: Any, baseline_con: Any | None, queries: Sequence[A
 
 def lake_summary(lake_dir: str | os.PathLike) -> dict[str, Any]:
     """The lake as its manifest commits it: version, layout, and per segment its files and sizes."""
-    from .lake import Lake
+    from analytics.lake.manifest import Lake
 
     lake = Lake.open(lake_dir)
     m = lake.manifest

@@ -41,39 +41,35 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import duckdb
 import psutil
 import pyarrow as pa
 
-from . import db
-from .batching import DEFAULT_MAX_GROUP_RATIO, DEFAULT_MAX_GROUPS, SharedScan, can_share, plan_shared_scans
-from .cache import CacheEntry, ResultCache, cache_key, content_stamp, disk_dir, query_hash
-from .compiler import ident
-from .db import parse_size
-from .query import Query, QueryError, parse_query
-from .results import to_csv_text, write_atomic
-from .router import LAKE
-from .telemetry import TelemetryLog, telemetry_log, utc_now
-
-if TYPE_CHECKING:
-    from .router import Plan
-    from .workbench import Workbench
+from analytics.batch.cache import CacheEntry, ResultCache, cache_key, content_stamp, disk_dir, query_hash
+from analytics.batch.shared_scans import (
+    DEFAULT_MAX_GROUP_RATIO,
+    DEFAULT_MAX_GROUPS,
+    SharedScan,
+    can_share,
+    plan_shared_scans,
+)
+from analytics.batch.telemetry import TelemetryLog, telemetry_log, utc_now
+from analytics.core import db
+from analytics.core.files import format_bytes, write_atomic
+from analytics.core.memory import parse_size
+from analytics.engines import Engine
+from analytics.query.compiler import ident
+from analytics.query.model import Query, QueryError, parse_query
+from analytics.query.results import to_csv_text
+from analytics.serving.router import LAKE, Plan
+from analytics.serving.workbench import Workbench
 
 DEFAULT_BATCH_SIZE = 20
 
 # answer(query) -> (table, route): the simple runner's contract, used by `baseline`
 Answerer = Callable[[Query], tuple[pa.Table, str]]
-
-
-# ---- sizes ----------------------------------------------------------------------------------------
-def format_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 # ---- memory guard -------------------------------------------------------------------------------
@@ -283,7 +279,7 @@ class SafeBatchRunner:
         self.memory_limit_text = memory_limit or wb.memory_limit
         self.memory_limit = parse_size(self.memory_limit_text)
         if memory_limit is not None and memory_limit != wb.memory_limit:
-            wb._con.execute("SET memory_limit = ?", [memory_limit])
+            wb.set_memory_limit(memory_limit)
         if isinstance(cache, ResultCache):
             self.cache: ResultCache | None = cache
         elif cache:
@@ -461,7 +457,7 @@ class SafeBatchRunner:
     # ---- execution -------------------------------------------------------------------------------
     def _cursor(self, lake: bool) -> duckdb.DuckDBPyConnection:
         """This thread's cursor; DuckDB profiling on for lake statements only (bytes read), off for views."""
-        cur = self.wb._cursor()
+        cur = self.wb.cursor()
         want = lake and self.telemetry is not None
         if _PROFILING.get(id(cur)) != want:
             try:
@@ -482,18 +478,18 @@ class SafeBatchRunner:
             return None
 
     def _memory_error(self, it: _Item, exc: BaseException | None, grown: int | None) -> str:
-        limit = f"memory limit {self.memory_limit_text} ({format_size(self.memory_limit)})"
+        limit = f"memory limit {self.memory_limit_text} ({format_bytes(self.memory_limit)})"
         if isinstance(exc, MemoryLimitError):
             return f"{it.id} exceeded the {limit}: {exc}; narrow its filters, add a limit, or raise --memory-limit"
         if grown is not None:
-            return (f"{it.id} exceeded the {limit}: the process grew by {format_size(grown)} while it ran, "
+            return (f"{it.id} exceeded the {limit}: the process grew by {format_bytes(grown)} while it ran, "
                     f"so it was stopped; narrow its filters, add a limit, or raise --memory-limit")
         return (f"{it.id} exceeded the {limit}: {_first_line(exc) if exc else 'out of memory'}; "
                 f"narrow its filters, add a limit, or raise --memory-limit")
 
     def _check_answer(self, table: pa.Table) -> None:
         if table.nbytes > self.memory_limit:
-            raise MemoryLimitError(f"its answer ({table.num_rows:,} rows) takes {format_size(table.nbytes)} in memory")
+            raise MemoryLimitError(f"its answer ({table.num_rows:,} rows) takes {format_bytes(table.nbytes)} in memory")
 
     def _single(self, it: _Item, alone: bool) -> None:
         on_lake = it.plan is not None and it.plan.route == LAKE
@@ -659,3 +655,21 @@ def run_queries(answer: Answerer, queries: Sequence[Any], out_dir: str | os.Path
     report = {"queries": entries, "errors": sum(1 for e in entries if "error" in e), **(extra or {})}
     write_atomic(out / "run.json", json.dumps(report, indent=1, default=str))
     return report
+
+
+def run_on_engine(wb: Workbench, engine: Engine, queries: Sequence[Any], out_dir: str | Path) -> dict[str, Any]:
+    """`analytics run --engine spark`: each query is planned by `wb` (the Workbench's router and
+    views, on DuckDB); a view-routed one is answered there, a lake-routed one by `engine` over the
+    lake's committed files. Sequential (`run_queries`): the contract's files and run.json,
+    plus `engine`, `master` and `lake_queries`."""
+    extra: dict[str, Any] = {"engine": engine.name, "master": getattr(engine, "master", None), "lake_queries": 0}
+
+    def answer(query: Any) -> tuple[Any, str]:
+        plan = wb.plan(query)
+        if plan.route == LAKE:
+            extra["lake_queries"] += 1
+            return engine.query(wb.lake, query), LAKE
+        table, plan = wb.execute(query)
+        return table, plan.route
+
+    return run_queries(answer, queries, out_dir, extra=extra)

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from .query import Query
+from analytics.query.model import Query
 
 CACHE_DIR = "_cache"
 DEFAULT_MAX_BYTES = 256 << 20

@@ -29,9 +29,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from .compiler import condition_sql, ident, order_limit_sql, where_sql
-from .query import Agg, Condition, Query, _canonical_value
-from .schema import COUNTRIES, EVENT_TYPES, N_ADVERTISERS, N_PUBLISHERS, N_USERS
+from analytics.query.compiler import condition_sql, ident, order_limit_sql, where_sql
+from analytics.query.model import Agg, Condition, Query, _canonical_value
+from analytics.query.schema import COUNTRIES, EVENT_TYPES, N_ADVERTISERS, N_PUBLISHERS, N_USERS
 
 DEFAULT_MAX_GROUPS = 2_000_000
 # A superset must be much smaller than the rows it scans, or deriving from it costs as much as scanning.

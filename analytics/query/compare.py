@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .query import QueryError, parse_query
-from .results import compare_rows, read_csv_rows
+from analytics.query.model import QueryError, parse_query
+from analytics.query.results import compare_rows, read_csv_rows
 
 
 def compare_dirs(queries: Sequence[Any], expected_dir: str | Path, actual_dir: str | Path) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Optional
 
-from .schema import EVENT_TYPES, LAKE_TYPES, NOT_NULL_IN_LAKE, PRICE_SCALE
+from analytics.query.schema import EVENT_TYPES, LAKE_TYPES, NOT_NULL_IN_LAKE, PRICE_SCALE
 
 MEASURE_COLUMNS: tuple[str, ...] = ("bid_price", "total_price")
 TIME_GRAINS: tuple[str, ...] = ("minute", "hour", "day", "all")

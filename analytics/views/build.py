@@ -14,56 +14,82 @@ Must not decide routes or answer queries.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import duckdb
 import pyarrow as pa
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from . import db
-from .catalog import CATALOG, MEASURE_COLUMNS, SUM_TYPE, VIEWS, ViewDef
-from .lake import Lake
-from .results import write_atomic
+from analytics.core import db
+from analytics.core.memory import DEFAULT_MEMORY_LIMIT, split_memory
+from analytics.core.sql import sql_string
+from analytics.lake.manifest import Lake
+from analytics.views.catalog import CATALOG, MEASURE_COLUMNS, SUM_TYPE, VIEWS, ViewDef
+from analytics.views.registry import (
+    LOCK_TIMEOUT_S,
+    VIEWS_DIR,
+    is_current,
+    load_registry,
+    update_registry,
+)
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .engines import Engine
 
-VIEWS_DIR = "views"
-REGISTRY = "_registry.json"
-LOCK_TIMEOUT_S = 3600
+class Aggregator(Protocol):
+    """What executes a view's aggregation (`analytics.engines` has DuckDB's and Spark's)."""
+
+    # exceptions that mean "this step failed" (reported per view, not a crash)
+    errors: tuple[type[BaseException], ...]
+
+    def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, base: Path | None = None,
+                       segments: set[str] | None = None) -> None:
+        """Write `view` as one Parquet file `out`, sorted by `view.sort_columns`: aggregated from the
+        whole lake, or, with `base`, the previous version merged with the aggregate of `segments`."""
+
+    def lake_totals(self, lake: Lake) -> pa.Table:
+        """`lake_totals_sql` over the committed lake, as Arrow."""
+
+
+class DuckDBAggregator:
+    """`Aggregator` on this machine: one DuckDB connection per step."""
+
+    errors: tuple[type[BaseException], ...] = (duckdb.Error,)
+
+    def __init__(self, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> None:
+        self.memory_limit = memory_limit
+
+    def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, base: Path | None = None,
+                       segments: set[str] | None = None) -> None:
+        if base is not None:
+            fresh = view.aggregate_sql(lake.relation_sql(segments=segments))
+            source = f"(SELECT * FROM read_parquet({sql_string(base)}) UNION ALL BY NAME {fresh})"
+            select = view.reaggregate_sql(source)
+        else:
+            select = view.aggregate_sql(lake.relation_sql(segments=segments))
+        con = db.connect(memory_limit=self.memory_limit)
+        try:
+            con.execute("SET preserve_insertion_order = true")
+            con.execute(f"COPY ({select} ORDER BY {', '.join(view.sort_columns)}) TO {sql_string(out)} "
+                        "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)")
+        finally:
+            con.close()
+
+    def lake_totals(self, lake: Lake) -> pa.Table:
+        con = db.connect(memory_limit=self.memory_limit)
+        try:
+            return lake_totals(con, lake)
+        finally:
+            con.close()
 
 
 class BuildError(RuntimeError):
     """A view failed its checks or could not be built; the previous version stays in force."""
-
-
-def registry_path(lake_root: Path) -> Path:
-    return Path(lake_root) / VIEWS_DIR / REGISTRY
-
-
-def load_registry(lake_root: str | os.PathLike) -> dict[str, Any]:
-    path = registry_path(Path(lake_root))
-    if not path.is_file():
-        return {"views": {}}
-    return json.loads(path.read_text())
-
-
-def _update_registry(lake_root: Path, name: str, entry: dict[str, Any]) -> None:
-    path = registry_path(lake_root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path.parent / ".registry.lock"), timeout=LOCK_TIMEOUT_S):
-        reg = load_registry(lake_root)
-        reg["views"][name] = entry
-        reg["updated_at"] = entry["built_at"]
-        write_atomic(path, json.dumps(reg, indent=1, sort_keys=True))
 
 
 def lake_totals_sql(relation: str) -> str:
@@ -106,12 +132,8 @@ def duplicate_keys(con: duckdb.DuckDBPyConnection, view: ViewDef, relation: str)
 
 
 def file_schema(con: duckdb.DuckDBPyConnection, path: Path) -> list[list[str]]:
-    rows = con.execute(f"DESCRIBE SELECT * FROM read_parquet({_q(str(path))})").fetchall()
+    rows = con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_string(path)})").fetchall()
     return [[r[0], r[1]] for r in rows]
-
-
-def _q(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _sweep_view_dir(vdir: Path, keep: Iterable[str]) -> None:
@@ -125,12 +147,6 @@ def _sweep_view_dir(vdir: Path, keep: Iterable[str]) -> None:
             f.unlink(missing_ok=True)
 
 
-def is_current(view: ViewDef, lake: Lake, entry: dict[str, Any] | None) -> bool:
-    """Whether a registry entry is this definition built from this lake version, its file present."""
-    return (entry is not None and entry["definition"] == view.definition_hash()
-            and entry["lake_version"] == lake.version and (lake.root / entry["file"]).is_file())
-
-
 def _sweep_idle(vdir: Path, entry: dict[str, Any]) -> None:
     """Sweep a view's leftovers (e.g. of a killed build) unless a build holds its lock right now."""
     lock = FileLock(str(vdir / ".lock"))
@@ -142,7 +158,7 @@ def _sweep_idle(vdir: Path, entry: dict[str, Any]) -> None:
 
 
 def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, force: bool = False,
-               memory_limit: str = db.DEFAULT_MEMORY_LIMIT, bar: tqdm | None = None, engine: Engine | None = None) -> dict[str, Any]:
+               memory_limit: str = DEFAULT_MEMORY_LIMIT, bar: tqdm | None = None, engine: Aggregator | None = None) -> dict[str, Any]:
     """Build one view if it is stale; returns what happened (`status`: built | up-to-date).
 
     `engine` aggregates the staged file (default DuckDB); the checks, promotion and registry here
@@ -166,7 +182,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
         version = (entry["version"] + 1) if entry else 1
         staging = vdir / f".staging-{uuid.uuid4().hex}.parquet"
         final = vdir / f"v{version}.parquet"
-        engine = engine or _default_engine(memory_limit)
+        engine = engine or DuckDBAggregator(memory_limit)
         con = db.connect(memory_limit=memory_limit)
         try:
             if bar:
@@ -181,7 +197,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             if schema != expected:
                 raise BuildError(f"{view.name}: built schema {schema} differs from the catalog's {expected}")
             con.register("lake_totals", totals())
-            staged = f"read_parquet({_q(str(staging))})"
+            staged = f"read_parquet({sql_string(staging)})"
             bad = reconcile(con, view, staged, "lake_totals")
             if bad:
                 raise BuildError(f"{view.name}: totals do not reconcile with the lake, e.g. {bad[0]}")
@@ -208,7 +224,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             "definition": view.definition_hash(), "mode": "incremental" if incremental else "full",
             "grain": view.grain, "dims": list(view.group_columns),
         }
-        _update_registry(root, view.name, new_entry)
+        update_registry(root, view.name, new_entry)
         if bar:
             bar.update(1)
             bar.set_postfix_str(f"v{version} {new_entry['mode']}")
@@ -216,15 +232,9 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
                 "rows": new_entry["rows"], "seconds": new_entry["build_seconds"]}
 
 
-def _default_engine(memory_limit: str) -> Engine:
-    from .engines.duckdb_engine import DuckDBEngine
-
-    return DuckDBEngine(memory_limit=memory_limit)
-
-
 def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jobs: int | None = None,
-          force: bool = False, progress: bool = True, memory_limit: str = db.DEFAULT_MEMORY_LIMIT,
-          engine: Engine | None = None) -> dict[str, Any]:
+          force: bool = False, progress: bool = True, memory_limit: str = DEFAULT_MEMORY_LIMIT,
+          engine: Aggregator | None = None) -> dict[str, Any]:
     """Build or refresh the named views (default: the whole catalog), `jobs` at a time, aggregated by
     `engine` (default DuckDB; see analytics.engines). `memory_limit` bounds the whole build: each of
     the `jobs` connections gets an equal share, so more cores never means more memory."""
@@ -235,14 +245,14 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
         raise BuildError(f"unknown view(s) {', '.join(unknown)}; the catalog has: {', '.join(VIEWS)}")
     started = time.perf_counter()
     jobs = jobs or min(len(selected), os.cpu_count() or 1)
-    memory_limit = db.split_memory(memory_limit, jobs)
+    memory_limit = split_memory(memory_limit, jobs)
     registry = load_registry(lake.root)["views"]
     if not force and all(is_current(VIEWS[n], lake, registry.get(n)) for n in selected):
         for name in selected:
             _sweep_idle(lake.root / VIEWS_DIR / name, registry[name])
         return {"lake_version": lake.version, "views": [], "failed": {}, "built": [], "up_to_date": selected,
                 "seconds": round(time.perf_counter() - started, 3)}
-    engine = engine or _default_engine(memory_limit)
+    engine = engine or DuckDBAggregator(memory_limit)
     totals_cache: list[pa.Table] = []
     lock = threading.Lock()
 

@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .catalog import MEASURE_COLUMNS, ViewDef
-from .query import Condition, Query
-from .schema import EVENT_TYPES, NOT_NULL_IN_LAKE
+from analytics.query.model import Condition, Query
+from analytics.query.schema import EVENT_TYPES, NOT_NULL_IN_LAKE
+from analytics.views.catalog import MEASURE_COLUMNS, ViewDef
 
 _EPOCH = dt.datetime(1970, 1, 1)
 _DAY_US = 86_400_000_000

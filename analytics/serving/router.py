@@ -12,10 +12,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .catalog import CATALOG, ViewDef, measure_expr
-from .compiler import compile_query
-from .query import Condition, Query
-from .schema import EVENT_TYPES
+from analytics.query.compiler import compile_query
+from analytics.query.model import Condition, Query
+from analytics.query.schema import EVENT_TYPES
+from analytics.views.catalog import CATALOG, ViewDef, measure_expr
 
 LAKE = "lake"
 DAYS_IN_DATA = 366

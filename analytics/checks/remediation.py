@@ -15,9 +15,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from . import db
-from .lake import REASONS, Lake
-from .schema import EVENT_TYPES, RAW_HEADER
+from analytics.core import db
+from analytics.lake.manifest import Lake
+from analytics.lake.rules import REASONS
+from analytics.query.schema import EVENT_TYPES, RAW_HEADER
 
 # Columns of a quarantine file, in order, as `lake._ingest` writes them.
 QUARANTINE_COLUMNS: tuple[str, ...] = ("source_file", "line", "reason", *RAW_HEADER, "raw_line")
@@ -191,7 +192,7 @@ def raw_accounting(lake_dir: str | os.PathLike, raw_dir: str | os.PathLike) -> l
     its non-empty data lines equal `rows_read`. Every `*.csv` in `raw_dir` is in the lake (else
     `prepare` has not run since it appeared).
     """
-    from .lake import fingerprint
+    from analytics.lake.manifest import fingerprint
 
     lake = Lake.open(lake_dir)
     raw = Path(raw_dir)

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from tqdm.auto import tqdm
 
-from .schema import COUNTRIES, EVENT_TYPES, N_ADVERTISERS, N_PUBLISHERS, N_USERS, RAW_HEADER
+from analytics.query.schema import COUNTRIES, EVENT_TYPES, N_ADVERTISERS, N_PUBLISHERS, N_USERS, RAW_HEADER
 
 PART_ROWS = 5_000_000
 # Rows generated and written at a time: bounds a worker's memory (~0.55 GiB RSS) whatever the part size.
@@ -221,7 +221,7 @@ def _plan(out: Path, rows: int, seed: int, parts: int, dirty: float) -> list[_Pa
 
 
 def _run_pool(tasks: list[_PartTask], workers: int, report: Callable[[int], Any]) -> list[_PartResult]:
-    """Write parts in `workers` child processes, each `python -m analytics.generator TASK_JSON`.
+    """Write parts in `workers` child processes, each `python -m analytics.lake.generator TASK_JSON`.
 
     Fresh interpreters rather than multiprocessing: nothing of the caller (DuckDB threads, an
     unguarded `__main__`) is inherited or re-imported. Children report rows written on stdout.
@@ -233,7 +233,7 @@ def _run_pool(tasks: list[_PartTask], workers: int, report: Callable[[int], Any]
         while pending or running:
             while pending and len(running) < workers:
                 task = pending.pop(0)
-                proc = subprocess.Popen([sys.executable, "-m", "analytics.generator", json.dumps(asdict(task))],
+                proc = subprocess.Popen([sys.executable, "-m", "analytics.lake.generator", json.dumps(asdict(task))],
                                         stdout=subprocess.PIPE, text=True)
                 running.append((proc, task))
             proc, task = running[0]

@@ -1,0 +1,2 @@
+"""The benchmark: every engine on every workload, checked against the baseline, timed.
+"""

@@ -1,0 +1,33 @@
+"""Named crash points: fault injection at every commit step, for tests that must hit the exact moment.
+
+Owns the list of points and `crash_point(name)`: when the environment variable
+`ANALYTICS_CRASH_AT` names the point, the process kills itself there with SIGKILL (no cleanup, no
+`finally`, as a power cut or the OOM killer would). Production code calls `crash_point` at each
+step between two durable states; tests set the variable, run a command, and check that the
+previous state is served and the next run completes. Must not do anything else: with the
+variable unset a call is one dictionary lookup.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "ANALYTICS_CRASH_AT"
+# name -> the moment it stands for
+POINTS: dict[str, str] = {
+    "prepare:after-stage": "every new segment is written to staging; nothing is promoted",
+    "prepare:mid-rename": "the first staged file is renamed into the lake; the others are not",
+    "prepare:after-rename-before-manifest": "every file is in place; the manifest still names the old set",
+    "prepare:after-manifest": "the new manifest is committed; leftovers are not yet swept",
+    "build:after-aggregate": "a view version is staged under a hidden name; nothing is checked or promoted",
+    "build:after-rename-before-registry": "the new version file is in place; the registry still names the old one",
+    "build:after-registry": "the registry names the new version; old versions are not yet swept",
+}
+
+
+def crash_point(name: str) -> None:
+    """Die here, at once, if `ANALYTICS_CRASH_AT` names this point."""
+    if name not in POINTS:
+        raise ValueError(f"unknown crash point {name!r}; known: {', '.join(POINTS)}")
+    if os.environ.get(ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,2 @@
+"""Notebooks executed headlessly into HTML reports, and the helpers the notebooks call.
+"""

@@ -1,0 +1,62 @@
+"""The view registry, `LAKE/views/_registry.json`, and the one rule of whether a registered view may serve.
+
+Owns the registry's location, reading it, recording a promoted version in it (atomically), and
+`staleness`: why a view's registered version must not answer for the lake as it is now (not
+built, built from another definition or lake version, file gone), or None. The workbench, the
+build and the guardrails all ask this one function. Must not build or load views.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from analytics.core.files import write_atomic
+from analytics.lake.manifest import Lake
+from analytics.views.catalog import ViewDef
+
+VIEWS_DIR = "views"
+REGISTRY = "_registry.json"
+LOCK_TIMEOUT_S = 3600  # a build of one view may hold its lock this long
+
+
+def registry_path(lake_root: str | os.PathLike) -> Path:
+    return Path(lake_root) / VIEWS_DIR / REGISTRY
+
+
+def load_registry(lake_root: str | os.PathLike) -> dict[str, Any]:
+    path = registry_path(lake_root)
+    if not path.is_file():
+        return {"views": {}}
+    return json.loads(path.read_text())
+
+
+def update_registry(lake_root: Path, name: str, entry: dict[str, Any]) -> None:
+    path = registry_path(lake_root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / ".registry.lock"), timeout=LOCK_TIMEOUT_S):
+        reg = load_registry(lake_root)
+        reg["views"][name] = entry
+        reg["updated_at"] = entry["built_at"]
+        write_atomic(path, json.dumps(reg, indent=1, sort_keys=True))
+
+
+def staleness(view: ViewDef, lake: Lake, entry: dict[str, Any] | None) -> str | None:
+    """Why `entry` (the registry's record of `view`) must not answer for `lake` now, or None."""
+    if entry is None:
+        return "not built"
+    if entry["definition"] != view.definition_hash():
+        return "catalog definition changed since the build"
+    if entry["lake_version"] != lake.version:
+        return f"built from lake version {entry['lake_version']}, lake is now {lake.version}"
+    if not (lake.root / entry["file"]).is_file():
+        return f"file missing: {entry['file']}"
+    return None
+
+
+def is_current(view: ViewDef, lake: Lake, entry: dict[str, Any] | None) -> bool:
+    """Whether a registry entry is this definition built from this lake version, its file present."""
+    return staleness(view, lake, entry) is None
