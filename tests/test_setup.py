@@ -48,7 +48,7 @@ def test_benchmark_full_scale_uses_245m_rows() -> None:
     assert "generate --out data/raw-245000000 --rows 245000000" in out or (ROOT / "data/raw-245000000").is_dir()
     assert "prepare --raw data/raw-245000000 --lake data/lake-245000000" in out
     assert "build --lake data/lake-245000000" in out
-    assert re.search(r"analytics\.reporting --lake data/lake-245000000 --raw data/raw-245000000 .*--only 03_batch_benchmark", out)
+    assert re.search(r"analytics\.reports\.notebooks --lake data/lake-245000000 --raw data/raw-245000000 .*--only 03_batch_benchmark", out)
 
 
 def test_benchmark_default_rows() -> None:
