@@ -314,7 +314,7 @@ def test_view_missing_a_day_fails_reconcile(broken: Path, small) -> None:
 def test_views_from_an_old_lake_version_fail_version_check(broken: Path, small) -> None:
     edit_json(broken / "_manifest.json", lambda m: m.update(lake_version="0123456789abcdef"))
     report = G.run_guardrails(broken, small[0])
-    c = assert_only(report, "mv_consistency.current_lake_version", "lake is 0123456789abcdef")
+    c = assert_only(report, "mv_consistency.current_lake_version", "lake is now 0123456789abcdef")
     assert all(v["problems"] for v in c["evidence"]["views"])
 
 
