@@ -1,6 +1,7 @@
 """The benchmark end to end on a tiny data set: every engine answers every workload query, the answers
 match the baseline, and the JSON holds the figures `make benchmark` reports. Also: the Polars translation
-on the query model's edge cases, a mismatch failing the run, phase records and the sweep."""
+on the query model's edge cases, a mismatch failing the run, phase records, the sweep, and the cold pass
+(each engine in one new process per workload file: wall, peak RSS, per-query ms, answers checked)."""
 from __future__ import annotations
 
 import json

@@ -1,10 +1,11 @@
 """The cold pass: each engine answers a whole workload in ONE NEW PROCESS, with no result cache.
 
-Owns what "cold" means for serving: per engine and workload file, a child process is spawned,
-answers every query of the file once and exits; its wall time (fork to exit: interpreter start,
-imports, opening the lake, loading views, every answer written) and its peak RSS (the child's
-`ru_maxrss` as the kernel reports it to `os.wait4` in a small launcher process, so exact per
-child rather than sampled) are recorded, with each query's `ms` and route from the child's `run.json`. The engines:
+Owns what "cold" means for serving: per engine and workload file (one process per file, so the
+judges workload's figures stand alone, as the targets state them), a child process is started,
+answers every query of the file once and exits. Recorded: its wall time (fork to exit: interpreter
+start, imports, opening the lake, loading views, every answer written), its peak RSS (the child's
+`ru_maxrss` as the kernel reports it to `os.wait4` in a small launcher process: exact per child,
+not sampled) and each query's `ms` and route from the child's `run.json`. The engines:
 
 - `product`: `python -m analytics run --lake L --queries Q --out O --no-cache --no-telemetry`
   (telemetry off so the benchmark does not write the lake it measures);
