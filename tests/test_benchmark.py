@@ -319,3 +319,19 @@ def test_a_cold_process_that_fails_is_a_reported_failure(tmp_path: Path) -> None
     proc = cold["engines"]["duckdb_lake"]["processes"][0]
     assert proc["exit_code"] != 0 and "left no run.json" in proc["error"]
     assert cold["records"]["q-q1"]["duckdb_lake"]["match"] is False
+
+
+def test_peak_rss_is_the_commands_own_not_inherited_from_this_process(tmp_path: Path) -> None:
+    from analytics.bench.cold import run_child
+
+    # this process made large: a child forked straight from it would report at least this much
+    ballast = bytearray(200 * 2**20)
+    ballast[::4096] = b"\1" * (len(ballast) // 4096)
+    assert run_phase("small", tmp_path, [sys.executable, "-S", "-c", "pass"]) == 0
+    assert 0 < load_phases(tmp_path)["small"]["max_process_rss_bytes"] < 64 * 2**20
+    grow = "b = bytearray(128 * 2**20); b[::4096] = b'\\1' * (len(b) // 4096)"
+    figures = run_child([sys.executable, "-S", "-c", grow], tmp_path / "grow.log")
+    assert figures["exit_code"] == 0 and figures["peak_rss_bytes"] >= 128 * 2**20
+    small = run_child([sys.executable, "-S", "-c", "pass"], tmp_path / "small.log")
+    assert 0 < small["peak_rss_bytes"] < 64 * 2**20
+    del ballast

@@ -4,8 +4,8 @@ Owns what "cold" means for serving: per engine and workload file (one process pe
 judges workload's figures stand alone, as the targets state them), a child process is started,
 answers every query of the file once and exits. Recorded: its wall time (fork to exit: interpreter
 start, imports, opening the lake, loading views, every answer written), its peak RSS (the child's
-`ru_maxrss` as the kernel reports it to `os.wait4` in a small launcher process: exact per child,
-not sampled) and each query's `ms` and route from the child's `run.json`. The engines:
+`ru_maxrss` as the kernel reports it to `os.wait4` in the small launcher of `phases.py`: exact
+per child, not sampled) and each query's `ms` and route from the child's `run.json`. The engines:
 
 - `product`: `python -m analytics run --lake L --queries Q --out O --no-cache --no-telemetry`
   (telemetry off so the benchmark does not write the lake it measures);
@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pyarrow as pa
 
 from analytics.bench.peers import DuckDBLakeEngine, Unsupported
+from analytics.bench.phases import launched, read_launched
 from analytics.bench.polars_engine import PolarsLakeEngine
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.query.model import Query, load_queries
@@ -69,32 +70,16 @@ def command(engine: str, lake_dir: str | os.PathLike, queries: str | os.PathLike
     raise ValueError(f"cold engine must be one of {', '.join(COLD_ENGINES)}; got {engine!r}")
 
 
-# A child's ru_maxrss starts from the RSS of the process it was forked from (Linux keeps the
-# high-water mark across exec), so the measured process is forked from this small stdlib-only
-# launcher (`python -I -S`, ~10 MiB) rather than from the benchmark (hundreds of MiB). It writes
-# the child's wall seconds, ru_maxrss (KiB on Linux) and exit code to the file in argv[1].
-_LAUNCHER = """import os, sys, time
-t0 = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    os.execvp(sys.argv[2], sys.argv[2:])
-_, status, usage = os.wait4(pid, 0)
-wall = time.perf_counter() - t0
-with open(sys.argv[1], "w") as fh:
-    fh.write(f"{wall} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
-"""
-
-
 def run_child(cmd: Sequence[str], log: Path) -> dict[str, Any]:
-    """Run `cmd` with its output in `log`: `wall_ms` (fork to exit), `peak_rss_bytes` (its ru_maxrss), `exit_code`."""
+    """Run `cmd` with its output in `log`: `wall_ms` (fork to exit), `peak_rss_bytes` (its own ru_maxrss), `exit_code`."""
     figures = log.with_suffix(".rusage")
     with open(log, "w", encoding="utf-8") as fh:
-        code = subprocess.run([sys.executable, "-I", "-S", "-c", _LAUNCHER, str(figures), *cmd], stdout=fh,
-                              stderr=subprocess.STDOUT, check=False).returncode
-    if not figures.is_file():
+        code = subprocess.run(launched(cmd, figures), stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+    launch = read_launched(figures)
+    if launch is None:
         return {"wall_ms": None, "peak_rss_bytes": None, "exit_code": code}
-    wall, maxrss, exit_code = figures.read_text().split()
-    return {"wall_ms": round(float(wall) * 1000, 3), "peak_rss_bytes": int(maxrss) * 1024, "exit_code": int(exit_code)}
+    return {"wall_ms": round(launch["seconds"] * 1000, 3), "peak_rss_bytes": launch["max_rss_bytes"],
+            "exit_code": launch["exit_code"]}
 
 
 def _last_line(log: Path) -> str:

@@ -1,7 +1,8 @@
 """Phases: wall time and peak RSS of a block of this process, or of a command run as a phase.
 
 Owns `RSSSampler` (the sampled RSS of a process tree), `measured` (a block's seconds and peak
-RSS), `run_phase` (what `python -m analytics.bench phase` runs: the Makefile wraps generate,
+RSS), the launcher that measures a command's own peak RSS exactly (`launched`, `read_launched`:
+the cold pass uses it too), `run_phase` (what `python -m analytics.bench phase` runs: the Makefile wraps generate,
 prepare and build in it and each run lands in `DIR/NAME.json`) and `load_phases` (those records
 as the figures the benchmark reports). Must not run queries or interpret what a phase does,
 beyond noticing that it said it had nothing to do.
@@ -11,9 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -79,12 +80,50 @@ def measured(record: dict[str, Any]) -> Iterator[dict[str, Any]]:
     record["peak_rss_bytes"] = s.peak
 
 
+# A child's ru_maxrss starts from the RSS of the process it was forked from (Linux keeps the
+# high-water mark across exec), so a measured command is forked from this small stdlib-only
+# launcher (`python -I -S`, about 10 MiB) rather than from a Python process with the package
+# loaded (hundreds of MiB). It writes the command's wall seconds (fork to exit), ru_maxrss (KiB on
+# Linux) and exit code to the file in argv[1], and exits with that code.
+_LAUNCHER = """import os, sys, time
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as exc:
+        print(f"cannot run {sys.argv[2]}: {exc.strerror}", file=sys.stderr, flush=True)
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+code = os.waitstatus_to_exitcode(status)
+with open(sys.argv[1], "w") as fh:
+    fh.write(f"{wall} {usage.ru_maxrss} {code}")
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def launched(command: Sequence[str], figures: Path) -> list[str]:
+    """`command` behind the launcher, which writes its figures to `figures` (see `read_launched`)."""
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(figures), *command]
+
+
+def read_launched(figures: Path) -> dict[str, Any] | None:
+    """`seconds`, `max_rss_bytes` (the command's own peak RSS) and `exit_code`; None if the launcher wrote nothing."""
+    try:
+        wall, maxrss, code = figures.read_text().split()
+    except (OSError, ValueError):
+        return None
+    return {"seconds": float(wall), "max_rss_bytes": int(maxrss) * 1024, "exit_code": int(code)}
+
+
 def run_phase(name: str, phase_dir: str | os.PathLike, command: Sequence[str]) -> int:
     """Run `command` as phase `name`: pass its output through, record time and peak RSS in `phase_dir/name.json`.
 
     The record keeps every run (`runs`, newest last): `seconds`, `peak_rss_bytes` (sampled sum over
-    the process tree), `max_process_rss_bytes` (the kernel's peak of the largest process), `exit_code`
-    and `noop` (the command said it had nothing to do, e.g. an up-to-date lake). Returns the exit code.
+    the process tree, the launcher's few MiB included), `max_process_rss_bytes` (the kernel's peak of
+    the command's process), `exit_code` and `noop` (the command said it had nothing to do, e.g. an
+    up-to-date lake). Returns the exit code.
     """
     out = Path(phase_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,17 +131,21 @@ def run_phase(name: str, phase_dir: str | os.PathLike, command: Sequence[str]) -
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     noop = False
-    proc = subprocess.Popen(list(command), stdout=subprocess.PIPE, text=True, env=env, bufsize=1)
-    with RSSSampler(proc.pid, interval=0.1) as sampler:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            if any(m in line for m in NOOP_MARKERS):
-                noop = True
-        code = proc.wait()
+    with tempfile.TemporaryDirectory(prefix="analytics-phase-") as tmp:
+        figures = Path(tmp) / "rusage"
+        proc = subprocess.Popen(launched(command, figures), stdout=subprocess.PIPE, text=True, env=env, bufsize=1)
+        with RSSSampler(proc.pid, interval=0.1) as sampler:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                if any(m in line for m in NOOP_MARKERS):
+                    noop = True
+            code = proc.wait()
+        launch = read_launched(figures)
     seconds = time.perf_counter() - t0
-    max_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+    max_rss = launch["max_rss_bytes"] if launch else None
+    code = launch["exit_code"] if launch else code
     path = out / f"{name}.json"
     try:
         record = json.loads(path.read_text())
@@ -113,7 +156,7 @@ def run_phase(name: str, phase_dir: str | os.PathLike, command: Sequence[str]) -
         "max_process_rss_bytes": max_rss, "exit_code": code, "noop": noop, "command": list(command)}]
     write_atomic(path, json.dumps(record, indent=1))
     state = "nothing to do" if noop else ("ok" if code == 0 else f"FAILED (exit {code})")
-    print(f"phase {name}: {state} in {seconds:.1f}s, peak RSS {format_bytes(max(sampler.peak, max_rss))}", flush=True)
+    print(f"phase {name}: {state} in {seconds:.1f}s, peak RSS {format_bytes(max(sampler.peak, max_rss or 0))}", flush=True)
     return code
 
 
