@@ -108,7 +108,7 @@ BENCH_REPEATS ?= 5
 BENCH_WORKLOADS ?= queries/examples.json queries/judges.json
 BENCH_JSON = $(REPORTS)/benchmark$(SUFFIX).json
 PHASES_DIR := data/phases-$(DATA_TAG)
-PHASE := $(PY) -m analytics.bench.benchmark phase --dir $(PHASES_DIR)
+PHASE := $(PY) -m analytics.bench phase --dir $(PHASES_DIR)
 
 benchmark: setup ## data + lake + views for ROWS (or SCALE=full), every engine on examples + judges, reports/03_batch_benchmark.* + benchmark.json
 	@echo "== benchmark at $(ROWS) rows: generate -> prepare -> build -> engines -> notebooks/03_batch_benchmark"
@@ -126,7 +126,7 @@ benchmark: setup ## data + lake + views for ROWS (or SCALE=full), every engine o
 	$(PY) -m analytics.reports.notebooks --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) --only 03_batch_benchmark \
 		--suffix '$(SUFFIX)' -p rows=$(ROWS) -p result_json=$(abspath $(BENCH_JSON)) \
 		-p 'sweep=$(abspath $(REPORTS))/benchmark-*.json' $(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT)); \
-	echo; $(PY) -m analytics.bench.benchmark summary $(BENCH_JSON) \
+	echo; $(PY) -m analytics.bench summary $(BENCH_JSON) \
 		--report $(REPORTS)/03_batch_benchmark$(SUFFIX).html || rc=$$?; \
 	exit $$rc
 
@@ -134,7 +134,7 @@ sweep: setup ## the benchmark at each size of SWEEP_ROWS (1M 5M 15M), reports/be
 	@for rows in $(SWEEP_ROWS); do \
 		$(MAKE) --no-print-directory benchmark ROWS=$$rows SUFFIX=-$$rows || exit $$?; \
 	done
-	$(PY) -m analytics.bench.benchmark sweep $(foreach n,$(SWEEP_ROWS),$(REPORTS)/benchmark-$(n).json) --out $(REPORTS)/sweep.json
+	$(PY) -m analytics.bench sweep $(foreach n,$(SWEEP_ROWS),$(REPORTS)/benchmark-$(n).json) --out $(REPORTS)/sweep.json
 	@echo "scale chart: $(REPORTS)/03_batch_benchmark-$(lastword $(SWEEP_ROWS)).html (section Scale sweep)"
 
 ifdef LAKE

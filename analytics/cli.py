@@ -297,7 +297,9 @@ def cmd_guardrails(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from analytics.bench.benchmark import DEFAULT_WORKLOADS, run_benchmark, summary_table
+    from analytics.bench.run import run_benchmark
+    from analytics.bench.text import summary_table
+    from analytics.bench.workloads import DEFAULT_WORKLOADS
 
     for path in args.workload or []:
         if not Path(path).is_file():
@@ -417,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                     "(default 5; the baseline runs once)")
     p.add_argument("--json", default=None, metavar="FILE", help="write every figure as JSON to FILE")
     p.add_argument("--phases", default=None, metavar="DIR", help="phase records (generate/prepare/build times and peak "
-                                                                 "RSS) written by `python -m analytics.bench.benchmark phase`")
+                                                                 "RSS) written by `python -m analytics.bench phase`")
     p.add_argument("--rows", type=_rows, default=None, help="the data set's row count, for the report (default: from the lake)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-summary", action="store_true", help="do not print the summary table at the end")

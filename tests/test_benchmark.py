@@ -1,16 +1,28 @@
 """The benchmark end to end on a tiny data set: every engine answers every workload query, the answers
 match the baseline, and the JSON holds the figures `make benchmark` reports. Also: the Polars translation
-on the query model's edge cases, a mismatch failing the run, phase records and the sweep."""
+on the query model's edge cases, a mismatch failing the run, phase records, the sweep, and the cold pass
+(each engine in one new process per workload file: wall, peak RSS, per-query ms, answers checked)."""
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from analytics.bench import benchmark as bm
+from analytics.bench import peers
+from analytics.bench.__main__ import main as bench_main
+from analytics.bench.cold import COLD_ENGINES, cold_pass
+from analytics.bench.figures import cold_frame, figure_cold, figure_sweep
+from analytics.bench.peers import ENGINES, PEERS, Unsupported
+from analytics.bench.phases import load_phases, run_phase
+from analytics.bench.polars_engine import polars_condition
+from analytics.bench.run import run_benchmark
+from analytics.bench.summary import sweep_from_files
+from analytics.bench.text import summary_table
+from analytics.bench.workloads import load_workloads
 from analytics.cli import main as cli_main
 from analytics.lake.generator import generate
 from analytics.lake.prepare import prepare
@@ -73,10 +85,27 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def result(tiny: dict[str, Path]) -> dict[str, Any]:
     phases = tiny["root"] / "phases"
-    code = bm.run_phase("prepare", phases, [sys.executable, "-c", "print('prepared')"])
+    code = run_phase("prepare", phases, [sys.executable, "-c", "print('prepared')"])
     assert code == 0
-    return bm.run_benchmark(tiny["raw"], tiny["lake"], workloads=WORKLOADS, repeats=2,
-                            out_json=tiny["root"] / "benchmark.json", phases=phases, progress=False)
+    return run_benchmark(tiny["raw"], tiny["lake"], workloads=WORKLOADS, repeats=2,
+                         out_json=tiny["root"] / "benchmark.json", phases=phases, progress=False, cold=False)
+
+
+@pytest.fixture(scope="module")
+def cold_result(tiny: dict[str, Path]) -> dict[str, Any]:
+    """The benchmark with its cold pass on a few queries in two workload files: view-routed ones and lake-routed ones."""
+    from analytics.query.model import parse_query
+    from analytics.serving.router import coverage
+
+    judges = json.loads((ROOT / "queries" / "judges.json").read_text())
+    on_views = [q for q in judges if any(coverage(v, parse_query(q)) is None for v in VIEWS.values())]
+    on_lake = [q for q in judges if q not in on_views]
+    wl = tiny["root"] / "cold"
+    wl.mkdir()
+    (wl / "examples.json").write_text(json.dumps(json.loads(WORKLOADS[0].read_text())[:2]))
+    (wl / "judges.json").write_text(json.dumps(on_views[:2] + on_lake[:1]))
+    return run_benchmark(tiny["raw"], tiny["lake"], workloads=[wl / "examples.json", wl / "judges.json"], repeats=1,
+                         out_json=tiny["root"] / "cold.json", progress=False)
 
 
 def test_judges_workload_is_realistic_and_mostly_view_covered() -> None:
@@ -100,22 +129,22 @@ def test_json_structure(result: dict[str, Any], tiny: dict[str, Path]) -> None:
         assert doc["rows"] == ROWS
         assert isinstance(doc["all_match"], bool)
         assert 0.0 <= doc["view_hit_rate"] <= 1.0
-        assert set(doc["median_ms"]) == set(bm.ENGINES)
+        assert set(doc["median_ms"]) == set(ENGINES)
         assert all(isinstance(v, float) and v > 0 for v in doc["median_ms"].values())
         n = len(json.loads(WORKLOADS[0].read_text())) + len(json.loads(WORKLOADS[1].read_text()))
         assert len(doc["queries"]) == doc["n_queries"] == n
         for q in doc["queries"]:
             assert {"id", "route", "match", "ms"} <= set(q)
             assert q["route"] == LAKE or q["route"] in VIEWS
-            assert set(q["ms"]) == set(bm.ENGINES)
+            assert set(q["ms"]) == set(ENGINES)
             assert q["cold_ms"]["product"] > 0 and len(q["warm_ms"]["product"]) == 2
             assert q["plan_ms"] > 0
         assert {"csv_bytes", "lake_bytes", "views_bytes", "lake_to_csv"} <= set(doc["sizes"])
         assert doc["sizes"]["csv_bytes"] > 0 and doc["sizes"]["views_bytes"] > 0
         assert {"view_median_ms", "lake_p95_ms", "routing_overhead_median_ms", "route_mix", "batch"} <= set(doc["product"])
-        assert set(doc["speedup"]) == set(bm.PEERS)
+        assert set(doc["speedup"]) == set(PEERS)
         assert doc["phases"]["prepare"]["seconds"] > 0 and doc["phases"]["prepare"]["peak_rss_bytes"] > 0
-        assert set(doc["phases"]["benchmark"]["engines"]) == set(bm.ENGINES)
+        assert set(doc["phases"]["benchmark"]["engines"]) == set(ENGINES)
         assert [t["target"] for t in doc["targets"]][0] == "every answer matches the baseline"
     assert on_disk["queries"][0]["id"] == "examples-q1"
 
@@ -136,9 +165,9 @@ def test_every_engine_matches_the_baseline(result: dict[str, Any]) -> None:
 
 
 def test_summary_table(result: dict[str, Any]) -> None:
-    text = bm.summary_table(result, color=False)
+    text = summary_table(result, color=False)
     assert "ALL ANSWERS MATCH THE BASELINE" in text
-    for e in bm.ENGINES:
+    for e in ENGINES:
         assert e in text
     assert "view hit rate" in text and "targets" in text and "phases: prepare" in text
 
@@ -146,7 +175,7 @@ def test_summary_table(result: dict[str, Any]) -> None:
 def test_polars_edge_semantics(tiny: dict[str, Path], tmp_path: Path) -> None:
     path = tmp_path / "edges.json"
     path.write_text(json.dumps(EDGE_QUERIES))
-    res = bm.run_benchmark(tiny["raw"], tiny["lake"], workloads=[path], repeats=1, progress=False)
+    res = run_benchmark(tiny["raw"], tiny["lake"], workloads=[path], repeats=1, progress=False, cold=False)
     assert res["all_match"] is True, res["mismatches"]
     assert not res["unsupported"], res["unsupported"]
     assert all(q["status"]["polars_lake"] == "ok" for q in res["queries"])
@@ -156,8 +185,8 @@ def test_polars_edge_semantics(tiny: dict[str, Path], tmp_path: Path) -> None:
 def test_polars_records_unsupported_instead_of_answering() -> None:
     from analytics.query.model import Condition
 
-    with pytest.raises(bm.Unsupported):
-        bm.polars_condition(Condition("advertiser_id", "eq", ("seven",), ("seven",)))
+    with pytest.raises(Unsupported):
+        polars_condition(Condition("advertiser_id", "eq", ("seven",), ("seven",)))
 
 
 def test_a_mismatch_fails_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -174,9 +203,10 @@ def test_a_mismatch_fails_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert code == 1
     doc = json.loads(out.read_text())
     assert doc["all_match"] is False and doc["queries"][0]["match"] is False
-    assert {m["engine"] for m in doc["mismatches"]} >= {"duckdb_lake", "polars_lake", "product"}
+    assert {m["engine"] for m in doc["mismatches"]} >= {"duckdb_lake", "polars_lake", "product"} | {
+        f"{e} (cold run)" for e in COLD_ENGINES}
     assert "MISMATCH" in text
-    assert bm.main(["summary", str(out)]) == 1
+    assert bench_main(["summary", str(out)]) == 1
 
 
 def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -189,24 +219,24 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_phase_records_keep_the_last_real_run(tmp_path: Path) -> None:
     d = tmp_path / "phases"
-    assert bm.run_phase("build", d, [sys.executable, "-c", "print('built 3 views')"]) == 0
-    assert bm.run_phase("build", d, [sys.executable, "-c", "print('all views up to date; nothing to do')"]) == 0
-    assert bm.run_phase("generate", d, [sys.executable, "-c", "import sys; sys.exit(3)"]) == 3
-    phases = bm.load_phases(d)
+    assert run_phase("build", d, [sys.executable, "-c", "print('built 3 views')"]) == 0
+    assert run_phase("build", d, [sys.executable, "-c", "print('all views up to date; nothing to do')"]) == 0
+    assert run_phase("generate", d, [sys.executable, "-c", "import sys; sys.exit(3)"]) == 3
+    phases = load_phases(d)
     assert phases["build"]["reused"] is True and phases["build"]["noop"] is False and phases["build"]["runs"] == 2
     assert phases["build"]["max_process_rss_bytes"] > 0
     assert phases["generate"]["exit_code"] == 3
 
 
 def test_sweep_combines_sizes(tmp_path: Path, result: dict[str, Any]) -> None:
-    small = dict(result, rows=1000, median_ms={e: 1.0 for e in bm.ENGINES})
+    small = dict(result, rows=1000, median_ms={e: 1.0 for e in ENGINES})
     (tmp_path / "a.json").write_text(json.dumps(result))
     (tmp_path / "b.json").write_text(json.dumps(small))
-    combined = bm.sweep_from_files([tmp_path / "a.json", tmp_path / "b.json"])
+    combined = sweep_from_files([tmp_path / "a.json", tmp_path / "b.json"])
     assert combined["rows"] == [1000, ROWS]
     assert combined["engines"]["product"]["median_ms"][0] == 1.0
-    fig = bm.figure_sweep(combined)
-    assert fig.layout.xaxis.type == "log" and len(fig.data) == len(bm.ENGINES)
+    fig = figure_sweep(combined)
+    assert fig.layout.xaxis.type == "log" and len(fig.data) == len(ENGINES)
 
 
 def test_an_engine_that_cannot_start_is_a_reported_failure(tiny: dict[str, Path], tmp_path: Path,
@@ -214,12 +244,94 @@ def test_an_engine_that_cannot_start_is_a_reported_failure(tiny: dict[str, Path]
     def broken(*args: Any, **kwargs: Any) -> None:
         raise ImportError("cannot import name 'X'")
 
-    monkeypatch.setattr(bm, "ProductEngine", broken)
+    monkeypatch.setattr(peers, "ProductEngine", broken)
     wl = tmp_path / "q.json"
     wl.write_text(json.dumps([{"select": [{"COUNT": "*"}]}]))
     out = tmp_path / "b.json"
-    res = bm.run_benchmark(tiny["raw"], tiny["lake"], workloads=[wl], repeats=1, out_json=out, progress=False)
+    res = run_benchmark(tiny["raw"], tiny["lake"], workloads=[wl], repeats=1, out_json=out, progress=False, cold=False)
     assert out.is_file() and res["all_match"] is False
     assert res["mismatches"][0]["engine"] == "product" and "did not start" in res["mismatches"][0]["reason"]
     assert res["queries"][0]["status"]["duckdb_lake"] == "ok"
-    assert "MISMATCH" in bm.summary_table(res, color=False)
+    assert "MISMATCH" in summary_table(res, color=False)
+
+
+def test_cold_pass_runs_every_engine_in_one_new_process_per_workload(cold_result: dict[str, Any]) -> None:
+    assert cold_result["all_match"] is True, cold_result["mismatches"]
+    cold = cold_result["cold"]
+    assert list(cold["engines"]) == list(COLD_ENGINES)
+    for e, s in cold["engines"].items():
+        assert s["processes"] == 2 and s["errors"] == 0 and s["queries"] == 5
+        assert list(s["workloads"]) == ["examples", "judges"]
+        for w in s["workloads"].values():
+            assert w["exit_code"] == 0 and w["wall_ms"] > 0
+            assert w["peak_rss_bytes"] > 2**20  # a Python process with DuckDB loaded, in bytes (ru_maxrss is KiB)
+        assert s["wall_ms"] == pytest.approx(sum(w["wall_ms"] for w in s["workloads"].values()), abs=0.01)
+        assert s["peak_rss_bytes"] == max(w["peak_rss_bytes"] for w in s["workloads"].values())
+    assert "analytics run" in cold["engines"]["product"]["command"]
+    assert "--no-views" in cold["engines"]["product_no_views"]["command"]
+    for q in cold_result["queries"]:
+        assert set(q["cold_pass_ms"]) == set(COLD_ENGINES), q["id"]
+        assert all(ms is not None and ms > 0 for ms in q["cold_pass_ms"].values()), q
+        assert q["cold_pass_route"]["product"] == q["route"]
+        assert q["cold_pass_route"]["product_no_views"] == LAKE
+    routes = [q["route"] for q in cold_result["queries"] if q["workload"] == "judges"]
+    assert LAKE in routes and any(r != LAKE for r in routes)
+    view_cold = [q["cold_pass_ms"]["product"] for q in cold_result["queries"] if q["route"] != LAKE]
+    assert cold["view_routed_cold_median_ms"] == pytest.approx(statistics.median(view_cold), abs=1e-3)
+    assert cold_result["product"]["view_routed_cold_median_ms"] == cold["view_routed_cold_median_ms"]
+    on_disk = json.loads((Path(cold_result["json"])).read_text())
+    assert on_disk["cold"] == cold
+
+
+def test_cold_targets_are_evaluated(cold_result: dict[str, Any]) -> None:
+    targets = {t["target"]: t for t in cold_result["targets"]}
+    judges = cold_result["cold"]["engines"]["product"]["workloads"]["judges"]
+    no_views = cold_result["cold"]["engines"]["product_no_views"]["workloads"]["judges"]
+    wall = targets["cold judges run: wall of one new process"]
+    assert wall["value"] == judges["wall_ms"] and wall["ok"] is (judges["wall_ms"] <= 1000)
+    versus = targets["cold judges run: wall against the same run with --no-views"]
+    assert versus["ok"] is (judges["wall_ms"] <= no_views["wall_ms"])
+    rss = targets["cold judges run: peak RSS"]
+    assert rss["value"] == judges["peak_rss_bytes"] and rss["ok"] is (judges["peak_rss_bytes"] <= 400_000_000)
+    view = targets["cold judges run: view-routed median (first touch included)"]
+    assert view["value"] == judges["view_median_ms"] is not None
+
+
+def test_summary_shows_the_cold_row(cold_result: dict[str, Any]) -> None:
+    text = summary_table(cold_result, color=False)
+    assert "cold: one new process per engine and workload file" in text
+    lines = text.splitlines()
+    for e in COLD_ENGINES:
+        row = next(line for line in lines if line.startswith(f"{e} ") and " / " in line)
+        assert "MiB" in row, row
+    assert "view-routed cold median" in text and "cold judges run: peak RSS" in text
+    frame = cold_frame(cold_result)
+    assert list(frame["engine"]) == list(COLD_ENGINES) and (frame["peak RSS bytes"] > 0).all()
+    fig = figure_cold(cold_result)
+    assert len(fig.data) == 3  # one wall bar per workload, one peak RSS bar
+
+
+def test_a_cold_process_that_fails_is_a_reported_failure(tmp_path: Path) -> None:
+    wl = tmp_path / "q.json"
+    wl.write_text(json.dumps([{"select": [{"COUNT": "*"}]}]))
+    items = load_workloads([wl])
+    cold = cold_pass(tmp_path / "no-lake", items, {}, engines=["duckdb_lake"], checked=False)
+    proc = cold["engines"]["duckdb_lake"]["processes"][0]
+    assert proc["exit_code"] != 0 and "left no run.json" in proc["error"]
+    assert cold["records"]["q-q1"]["duckdb_lake"]["match"] is False
+
+
+def test_peak_rss_is_the_commands_own_not_inherited_from_this_process(tmp_path: Path) -> None:
+    from analytics.bench.cold import run_child
+
+    # this process made large: a child forked straight from it would report at least this much
+    ballast = bytearray(200 * 2**20)
+    ballast[::4096] = b"\1" * (len(ballast) // 4096)
+    assert run_phase("small", tmp_path, [sys.executable, "-S", "-c", "pass"]) == 0
+    assert 0 < load_phases(tmp_path)["small"]["max_process_rss_bytes"] < 64 * 2**20
+    grow = "b = bytearray(128 * 2**20); b[::4096] = b'\\1' * (len(b) // 4096)"
+    figures = run_child([sys.executable, "-S", "-c", grow], tmp_path / "grow.log")
+    assert figures["exit_code"] == 0 and figures["peak_rss_bytes"] >= 128 * 2**20
+    small = run_child([sys.executable, "-S", "-c", "pass"], tmp_path / "small.log")
+    assert 0 < small["peak_rss_bytes"] < 64 * 2**20
+    del ballast

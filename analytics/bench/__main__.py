@@ -1,0 +1,59 @@
+"""`python -m analytics.bench`: the Makefile's benchmark helpers (`phase`, `summary`, `sweep`).
+
+Owns the command line of those helpers: time a command as a phase, print a benchmark JSON's
+summary table (exit 1 on any mismatch), combine benchmark JSONs of several sizes. Must not run
+the benchmark itself: `analytics benchmark` (cli.py) does.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from analytics.bench.phases import run_phase
+from analytics.bench.summary import sweep_from_files
+from analytics.bench.text import summary_table
+from analytics.core.files import write_atomic
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analytics.bench", description=(
+        "benchmark helpers for the Makefile: time a phase, print a benchmark's summary, combine a sweep"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("phase", help="run a command as a timed phase (wall time, peak RSS) into DIR/NAME.json")
+    p.add_argument("name", help="phase name, e.g. prepare")
+    p.add_argument("--dir", required=True, help="directory of phase records")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- the command and its arguments")
+    p = sub.add_parser("summary", help="print the summary table of a benchmark JSON; exit 1 on any mismatch")
+    p.add_argument("json", help="the benchmark JSON (e.g. reports/benchmark.json)")
+    p.add_argument("--report", default=None, help="report path to print at the end")
+    p = sub.add_parser("sweep", help="combine benchmark JSONs of several sizes into one sweep JSON")
+    p.add_argument("jsons", nargs="+", help="benchmark JSONs")
+    p.add_argument("--out", required=True, help="the combined JSON to write")
+    args = parser.parse_args(argv)
+    if args.command == "phase":
+        cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+        if not cmd:
+            parser.error("phase: give the command after --")
+        return run_phase(args.name, args.dir, cmd)
+    if args.command == "summary":
+        path = Path(args.json)
+        if not path.is_file():
+            print(f"benchmark: error: {path} does not exist (did the notebook run?)", file=sys.stderr)
+            return 2
+        result = json.loads(path.read_text())
+        print(summary_table(result))
+        if args.report:
+            print(f"report: {args.report}")
+        print(f"figures: {path}")
+        return 0 if result["all_match"] else 1
+    combined = sweep_from_files(args.jsons)
+    write_atomic(args.out, json.dumps(combined, indent=1))
+    print(f"sweep over {', '.join(f'{n:,}' for n in combined['rows'])} rows in {args.out}")
+    return 0 if all(combined["all_match"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The cold pass: each engine answers a whole workload in ONE NEW PROCESS, with no result cache.
+
+Owns what "cold" means for serving: per engine and workload file (one process per file, so the
+judges workload's figures stand alone, as the targets state them), a child process is started,
+answers every query of the file once and exits. Recorded: its wall time (fork to exit: interpreter
+start, imports, opening the lake, loading views, every answer written), its peak RSS (the child's
+`ru_maxrss` as the kernel reports it to `os.wait4` in the small launcher of `phases.py`: exact
+per child, not sampled) and each query's `ms` and route from the child's `run.json`. The engines:
+
+- `product`: `python -m analytics run --lake L --queries Q --out O --no-cache --no-telemetry`
+  (telemetry off so the benchmark does not write the lake it measures);
+- `product_no_views`: the same with `--no-views`;
+- `duckdb_lake`, `polars_lake`: `python -m analytics.bench.cold ENGINE ...` (this module's `main`),
+  which answers every query once through `batch.runner.run_queries`, the same files as `run`.
+
+Each answer (`q{i}.csv`) is checked against the baseline's answer when the benchmark has one.
+Must not compute statistics (`summary.py` does) nor keep the children's files: they live in a
+temporary directory removed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pyarrow as pa
+
+from analytics.bench.peers import DuckDBLakeEngine, Unsupported
+from analytics.bench.phases import launched, read_launched
+from analytics.bench.polars_engine import PolarsLakeEngine
+from analytics.core.memory import DEFAULT_MEMORY_LIMIT
+from analytics.query.model import Query, load_queries
+from analytics.query.results import compare_rows, read_csv_rows, to_rows
+from analytics.serving.router import LAKE
+
+COLD_ENGINES: tuple[str, ...] = ("product", "product_no_views", "duckdb_lake", "polars_lake")
+COLD_LABELS: dict[str, str] = {
+    "product": "analytics run --no-cache (views on)",
+    "product_no_views": "analytics run --no-cache --no-views",
+    "duckdb_lake": "DuckDB over the lake, one process",
+    "polars_lake": "Polars over the lake, one process",
+}
+CHILD_ENGINES: tuple[str, ...] = ("duckdb_lake", "polars_lake")
+HOW = ("one new process per engine and workload file answers every query once, no result cache; wall from fork "
+       "to exit; peak RSS = the child's ru_maxrss (os.wait4)")
+
+
+def cold_engines(engines: Sequence[str]) -> list[str]:
+    """The cold engines that go with the warm engines run: the product brings its `--no-views` twin."""
+    want = set(engines) | ({"product_no_views"} if "product" in engines else set())
+    return [e for e in COLD_ENGINES if e in want]
+
+
+def command(engine: str, lake_dir: str | os.PathLike, queries: str | os.PathLike, out_dir: str | os.PathLike,
+            memory_limit: str = DEFAULT_MEMORY_LIMIT) -> list[str]:
+    """The child's command line for `engine` (one of `COLD_ENGINES`)."""
+    if engine in ("product", "product_no_views"):
+        cmd = [sys.executable, "-m", "analytics", "run", "--lake", str(lake_dir), "--queries", str(queries),
+               "--out", str(out_dir), "--no-cache", "--no-telemetry", "--memory-limit", memory_limit]
+        return cmd + (["--no-views"] if engine == "product_no_views" else [])
+    if engine in CHILD_ENGINES:
+        return [sys.executable, "-m", "analytics.bench.cold", engine, "--lake", str(lake_dir), "--queries",
+                str(queries), "--out", str(out_dir), "--memory-limit", memory_limit]
+    raise ValueError(f"cold engine must be one of {', '.join(COLD_ENGINES)}; got {engine!r}")
+
+
+def run_child(cmd: Sequence[str], log: Path) -> dict[str, Any]:
+    """Run `cmd` with its output in `log`: `wall_ms` (fork to exit), `peak_rss_bytes` (its own ru_maxrss), `exit_code`."""
+    figures = log.with_suffix(".rusage")
+    with open(log, "w", encoding="utf-8") as fh:
+        code = subprocess.run(launched(cmd, figures), stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+    launch = read_launched(figures)
+    if launch is None:
+        return {"wall_ms": None, "peak_rss_bytes": None, "exit_code": code}
+    return {"wall_ms": round(launch["seconds"] * 1000, 3), "peak_rss_bytes": launch["max_rss_bytes"],
+            "exit_code": launch["exit_code"]}
+
+
+def _last_line(log: Path) -> str:
+    lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no output"
+
+
+def _record(query: Query, entry: Mapping[str, Any], answer: Path, expected: pa.Table | None,
+            checked: bool) -> dict[str, Any]:
+    """One query's cold record from the child's `run.json` entry and `q{i}.csv`, checked against `expected`."""
+    if "error" in entry:
+        if str(entry["error"]).startswith(f"{Unsupported.__name__}:"):
+            return {"status": "unsupported", "match": None, "reason": entry["error"]}
+        return {"status": "error", "match": False, "reason": entry["error"]}
+    rec: dict[str, Any] = {"ms": entry.get("ms"), "route": entry.get("route"), "rows": entry.get("rows")}
+    if not checked:
+        return {**rec, "status": "ok", "match": None}
+    if expected is None:
+        return {**rec, "status": "mismatch", "match": False, "reason": "no baseline answer to compare with"}
+    header, rows = read_csv_rows(answer)
+    reason = compare_rows(query, to_rows(query, expected), rows, None, header)
+    return {**rec, "status": "ok" if reason is None else "mismatch", "match": reason is None, "reason": reason}
+
+
+def cold_pass(lake_dir: str | os.PathLike, items: Sequence[dict[str, Any]], answers: Mapping[str, pa.Table], *,
+              engines: Sequence[str], checked: bool, memory_limit: str = DEFAULT_MEMORY_LIMIT,
+              say: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    """Every valid query of each workload in `items`, answered by one new process per cold engine and workload.
+
+    `answers`: the baseline's answers by item id (checked when `checked`). Returns `how`, `engines`
+    (per engine its `command` and `processes`: workload, wall_ms, peak_rss_bytes, exit_code,
+    queries, errors, and `error` when the child left no `run.json`) and `records` (per item id and
+    engine: status, match, reason, ms, route, rows).
+    """
+    lake_dir = Path(lake_dir).resolve()
+    workloads: dict[str, list[dict[str, Any]]] = {}
+    for it in items:
+        if it["query"] is not None:
+            workloads.setdefault(it["workload"], []).append(it)
+    runs: dict[str, Any] = {}
+    records: dict[str, dict[str, Any]] = {it["id"]: {} for it in items}
+    with tempfile.TemporaryDirectory(prefix="analytics-cold-") as tmp:
+        root = Path(tmp)
+        for w, its in workloads.items():
+            (root / f"{w}.json").write_text(json.dumps([it["raw"] for it in its]))
+        for e in engines:
+            processes = []
+            for w, its in workloads.items():
+                out = root / e / w
+                say(f"cold: {e} answers {w} ({len(its)} queries) in one new process")
+                log = root / f"{e}-{w}.log"
+                proc: dict[str, Any] = {"workload": w, **run_child(command(e, lake_dir, root / f"{w}.json", out,
+                                                                           memory_limit), log),
+                                        "queries": len(its)}
+                report = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else None
+                if report is None:
+                    proc["error"] = f"the process left no run.json (exit {proc['exit_code']}): {_last_line(log)}"
+                    for it in its:
+                        records[it["id"]][e] = {"status": "error", "match": False, "reason": proc["error"]}
+                else:
+                    for k, (it, entry) in enumerate(zip(its, report["queries"]), start=1):
+                        records[it["id"]][e] = _record(it["query"], entry, out / f"q{k}.csv", answers.get(it["id"]),
+                                                       checked)
+                proc["errors"] = sum(1 for it in its if records[it["id"]].get(e, {}).get("status") == "error")
+                processes.append(proc)
+            shown = ["python", *command(e, "LAKE", "QUERIES.json", "OUT", memory_limit)[1:]]
+            runs[e] = {"command": shlex.join(shown), "processes": processes}
+    return {"how": HOW, "engines": runs, "records": records}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The child for DuckDB or Polars over the lake: every query of a file once, `q{i}.csv` and `run.json` into OUT."""
+    from analytics.batch.runner import run_queries
+
+    parser = argparse.ArgumentParser(prog="python -m analytics.bench.cold", description=(
+        "answer every query of a file once with a peer engine over the lake, as `analytics run` does "
+        "(q{i}.csv and run.json with each query's ms): the cold pass's child"))
+    parser.add_argument("engine", choices=CHILD_ENGINES)
+    parser.add_argument("--lake", required=True, help="prepared lake directory")
+    parser.add_argument("--queries", required=True, help="JSON file with a list of queries")
+    parser.add_argument("--out", required=True, help="directory for q{i}.csv and run.json")
+    parser.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT,
+                        help=f"DuckDB memory limit (default {DEFAULT_MEMORY_LIMIT})")
+    args = parser.parse_args(argv)
+    queries = load_queries(args.queries)
+    engine = (DuckDBLakeEngine(args.lake, args.memory_limit) if args.engine == "duckdb_lake"
+              else PolarsLakeEngine(args.lake))
+    try:
+        report = run_queries(lambda q: (engine.run(q), LAKE), queries, args.out, extra={"engine": args.engine})
+    finally:
+        engine.close()
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

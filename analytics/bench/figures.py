@@ -1,0 +1,200 @@
+"""Notebook 03's tables and figures: pandas frames and plotly charts of a benchmark result.
+
+Owns the per-query correctness table (mismatches in red), the engines, cold-pass and targets
+tables, the flat `results` notebook 03 glues, and the latency, route-mix, speedup, cold-pass and
+scale-sweep charts. Imports pandas and plotly only inside the functions (the command line does
+not need them). Must not compute figures: it shows what the result document holds.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from analytics.bench.peers import ENGINES, PEERS
+from analytics.bench.text import format_pct
+from analytics.core.files import format_bytes
+from analytics.serving.router import LAKE
+
+
+def queries_frame(result: Mapping[str, Any]) -> Any:
+    """One row per query: workload, route, match per engine, warm median ms per engine, speedups."""
+    import pandas as pd
+
+    rows = []
+    for q in result["queries"]:
+        row: dict[str, Any] = {"id": q["id"], "workload": q["workload"], "route": q.get("route"),
+                               "rows": q.get("rows"), "match": q["match"]}
+        for e, ok in (q.get("engine_match") or {}).items():
+            if e != "baseline":
+                row[f"{e} ok"] = "unsupported" if ok is None else ("match" if ok else "MISMATCH")
+        for e in ENGINES:
+            if e in q.get("ms", {}):
+                row[f"{e} ms"] = q["ms"][e]
+        for p, s in (q.get("speedup") or {}).items():
+            row[f"x vs {p}"] = s
+        row["plan ms"] = q.get("plan_ms")
+        row["reason"] = "; ".join(f"{e}: {r}" for e, r in (q.get("reasons") or {}).items())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def style_correctness(frame: Any) -> Any:
+    """The queries table with mismatching rows and cells in red, unsupported ones in grey."""
+    def cell(v: Any) -> str:
+        if v is False or v == "MISMATCH":
+            return "background-color: #f8d0d0; color: #a00000; font-weight: bold"
+        if v == "unsupported":
+            return "color: #888888"
+        return ""
+
+    def row(r: Any) -> list[str]:
+        bad = r.get("match") is False
+        return ["background-color: #fde8e8" if bad else "" for _ in r]
+
+    cols = [c for c in frame.columns if c == "match" or c.endswith(" ok")]
+    fmt = {c: "{:,.3f}" for c in frame.columns if c.endswith(" ms")}
+    fmt.update({c: "{:,.1f}" for c in frame.columns if c.startswith("x vs")})
+    styler = frame.style.apply(row, axis=1)
+    styler = styler.map(cell, subset=cols) if hasattr(styler, "map") else styler.applymap(cell, subset=cols)
+    return styler.format(fmt, na_rep="-")
+
+
+def notebook_results(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per query, the product against the baseline in the flat form notebook 03 has always glued as `results`."""
+    out = []
+    for q in result["queries"]:
+        rows = q.get("engine_rows") or {}
+        row: dict[str, Any] = {"id": q["id"], "query": json.dumps(q["query"], separators=(",", ":")),
+                               "rows": rows.get("product"), "route": q.get("route"),
+                               "workbench_ms": q["ms"].get("product"), "workbench_cold_ms": q["cold_ms"].get("product")}
+        if "baseline" in q["ms"]:
+            row.update(baseline_rows=rows.get("baseline"), baseline_ms=q["ms"]["baseline"],
+                       speedup=(q.get("speedup") or {}).get("baseline"))
+        row["match"] = bool(q["match"]) if result.get("checked", True) else None
+        row["reason"] = "; ".join(f"{e}: {r}" for e, r in (q.get("reasons") or {}).items()
+                                  if (q.get("engine_match") or {}).get(e) is False) or q.get("error") or ""
+        out.append(row)
+    return out
+
+
+def engines_frame(result: Mapping[str, Any]) -> Any:
+    """One row per engine: median, p95, total, cold median, peak RSS, speedup of the product over it."""
+    import pandas as pd
+
+    rows = []
+    for e, s in result["engines"].items():
+        sp = result["speedup"].get(e, {})
+        rows.append({"engine": e, "what": s["label"], "queries": s["queries"], "median ms": s["median_ms"],
+                     "p95 ms": s["p95_ms"], "total ms": s["total_ms"], "cold median ms": s["cold_median_ms"],
+                     "best-run median ms": s.get("best_median_ms"),
+                     "peak RSS": format_bytes(s.get("peak_rss_bytes")),
+                     "product speedup (of medians)": sp.get("of_medians"),
+                     "product speedup (median per query)": sp.get("median_per_query")})
+    return pd.DataFrame(rows)
+
+
+def cold_frame(result: Mapping[str, Any]) -> Any:
+    """One row per cold engine: wall of each new process (one per workload), peak RSS, cold and warm medians."""
+    import pandas as pd
+
+    cold = result.get("cold") or {}
+    rows = []
+    for e, s in (cold.get("engines") or {}).items():
+        row: dict[str, Any] = {"engine": e, "what": s["label"]}
+        for w, p in s["workloads"].items():
+            row[f"{w} wall ms"] = p["wall_ms"]
+        row.update({"wall ms (all)": s["wall_ms"], "peak RSS": format_bytes(s.get("peak_rss_bytes")),
+                    "peak RSS bytes": s.get("peak_rss_bytes"), "cold median ms": s["median_ms"],
+                    "cold p95 ms": s["p95_ms"], "warm median ms": (result["engines"].get(e) or {}).get("median_ms"),
+                    "errors": s["errors"]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def figure_cold(result: Mapping[str, Any]) -> Any:
+    """The cold pass per engine: wall time of its new processes (by workload) and their peak RSS, side by side."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    engines = (result.get("cold") or {}).get("engines") or {}
+    names = list(engines)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("wall time of one new process (s)", "peak RSS (MiB)"))
+    for w in result["workloads"]:
+        walls = [(engines[e]["workloads"].get(w) or {}).get("wall_ms") for e in names]
+        fig.add_trace(go.Bar(x=names, y=[None if v is None else v / 1000 for v in walls], name=w,
+                             hovertemplate="%{x}<br>%{y:.2f} s"), row=1, col=1)
+    fig.add_trace(go.Bar(x=names, y=[(engines[e].get("peak_rss_bytes") or 0) / 2**20 for e in names],
+                         name="peak RSS", marker_color="#7f7f7f", showlegend=False,
+                         hovertemplate="%{x}<br>%{y:,.0f} MiB"), row=1, col=2)
+    fig.update_layout(title=f"Cold pass at {result['rows']:,} rows: each engine in one new process per workload, "
+                            "no result cache", barmode="stack", height=420)
+    return fig
+
+
+def targets_frame(result: Mapping[str, Any]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame([{"target": t["target"], "want": t["want"], "this run": t["shown"],
+                          "met": {True: "met", False: "MISSED", None: "-"}[t["ok"]]} for t in result["targets"]])
+
+
+def figure_latency(result: Mapping[str, Any]) -> Any:
+    """Per-query warm latency by engine (log scale), queries in workload order."""
+    import plotly.graph_objects as go
+
+    ids = [q["id"] for q in result["queries"]]
+    fig = go.Figure()
+    for e in ENGINES:
+        if e not in result["engines"]:
+            continue
+        ys = [q["ms"].get(e) for q in result["queries"]]
+        fig.add_trace(go.Scatter(x=ids, y=ys, mode="markers", name=e,
+                                 text=[q.get("route") or "" for q in result["queries"]],
+                                 hovertemplate="%{x}<br>%{y:.3f} ms<br>route %{text}"))
+    bad = [q["id"] for q in result["queries"] if not q["match"]]
+    for qid in bad:
+        fig.add_vline(x=qid, line_color="red", line_width=2, opacity=0.5)
+    fig.update_layout(title=f"Warm latency per query and engine at {result['rows']:,} rows (median of "
+                            f"{result['repeats']}; baseline one run)", yaxis_type="log", yaxis_title="ms (log)",
+                      xaxis_title="query", height=480)
+    return fig
+
+
+def figure_route_mix(result: Mapping[str, Any]) -> Any:
+    """How many queries each route answered (views and the lake)."""
+    import plotly.graph_objects as go
+
+    mix = result["product"].get("route_mix", {})
+    colors = ["#d62728" if r == LAKE else "#1f77b4" for r in mix]
+    fig = go.Figure(go.Bar(x=list(mix.values()), y=list(mix.keys()), orientation="h", marker_color=colors))
+    fig.update_layout(title=f"Route mix: view hit rate {format_pct(result['view_hit_rate'])}", xaxis_title="queries",
+                      yaxis={"autorange": "reversed"}, height=120 + 28 * len(mix))
+    return fig
+
+
+def figure_ratios(result: Mapping[str, Any]) -> Any:
+    """Distribution of the per-query speedup of the product over each peer (log scale)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for p in PEERS:
+        vals = [q["speedup"][p] for q in result["queries"] if (q.get("speedup") or {}).get(p)]
+        if vals:
+            fig.add_trace(go.Box(y=vals, name=f"vs {p}", boxpoints="all", jitter=0.4,
+                                 text=[q["id"] for q in result["queries"] if (q.get("speedup") or {}).get(p)]))
+    fig.add_hline(y=1, line_dash="dot", line_color="grey")
+    fig.update_layout(title="Speedup of the product per query (peer ms / product ms)", yaxis_type="log",
+                      yaxis_title="x (log)", height=450)
+    return fig
+
+
+def figure_sweep(sweep_result: Mapping[str, Any], stat: str = "median_ms") -> Any:
+    """Time against rows per engine, log axes."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for e, figs in sweep_result.get("engines", {}).items():
+        fig.add_trace(go.Scatter(x=sweep_result["rows"], y=figs[stat], mode="lines+markers", name=e))
+    fig.update_layout(title=f"Scale sweep: {stat.replace('_ms', '')} query time against rows", xaxis_type="log",
+                      yaxis_type="log", xaxis_title="rows (log)", yaxis_title="ms (log)", height=450)
+    return fig
