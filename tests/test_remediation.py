@@ -9,6 +9,7 @@ import pytest
 
 from analytics.checks.remediation import remediation_report
 from analytics.cli import main
+from analytics.lake.generator import generate
 from analytics.lake.prepare import prepare
 from analytics.lake.rules import REASONS
 
@@ -145,8 +146,7 @@ def test_counts_are_checked_against_the_files(hand_lake: Path, tmp_path: Path) -
 
 
 def test_generated_dirty_data_accounts(tmp_path: Path) -> None:
-    generator = pytest.importorskip("analytics.lake.generator")  # being written concurrently
-    generator.generate(tmp_path / "raw", 5000, seed=3, parts=2, dirty=0.05, progress=False)
+    generate(tmp_path / "raw", 5000, seed=3, parts=2, dirty=0.05, progress=False)
     prepare(tmp_path / "raw", tmp_path / "lake", progress=False)
     r = remediation_report(tmp_path / "lake", samples=2)
     assert r["ok"], [c for c in r["checks"] if not c["ok"]]

@@ -34,11 +34,11 @@ import pyarrow.parquet as pq
 from analytics.core import db
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.lake.manifest import Lake
-from analytics.lake.rules import REMEDIATION_RULES, WRONG_FIELD_COUNT
+from analytics.lake.rules import REMEDIATION_RULES, WRONG_FIELD_COUNT, raw_csv_sql
 from analytics.query import compiler
 from analytics.query.model import Agg, Query, parse_query
 from analytics.query.results import compare_rows, to_rows
-from analytics.query.schema import COUNTRIES, EVENT_TYPES, N_ADVERTISERS, N_PUBLISHERS, NOT_NULL_IN_LAKE, RAW_HEADER
+from analytics.query.schema import COUNTRIES, EVENT_TYPES, N_ADVERTISERS, N_PUBLISHERS, NOT_NULL_IN_LAKE
 from analytics.serving import router
 from analytics.views.build import duplicate_keys, file_schema, lake_totals, reconcile
 from analytics.views.catalog import CATALOG, MEASURE_COLUMNS, SUM_TYPE, ViewDef
@@ -242,13 +242,10 @@ class Context:
         return "lake_totals"
 
     def _raw_text(self) -> str:
-        columns = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in RAW_HEADER) + "}"
-        pattern = _q(str(self.raw_dir / "*.csv"))
         reason = _reason_case_sql()
         # the same reader options and remediation rules as `prepare`; wrong-field-count lines are
         # skipped here (prepare quarantines them with the raw line)
-        return (f"(SELECT *, {reason} AS reason FROM read_csv({pattern}, header = true, auto_detect = false, "
-                f"columns = {columns}, delim = ',', quote = '\"', escape = '\"', ignore_errors = true))")
+        return f"(SELECT *, {reason} AS reason FROM {raw_csv_sql(str(self.raw_dir / '*.csv'), ignore_errors=True)})"
 
     def raw_summary(self) -> str | None:
         """`raw_summary`, the one pass over the raw CSVs: per type and UTC minute (the baseline's cast,

@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from analytics.core import db
+from analytics.core.sql import sql_string
 from analytics.lake.manifest import Lake
 from analytics.lake.rules import REASONS
 from analytics.query.schema import EVENT_TYPES, RAW_HEADER
@@ -26,10 +27,6 @@ QUARANTINE_COLUMNS: tuple[str, ...] = ("source_file", "line", "reason", *RAW_HEA
 
 def _parquet_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
-
-
-def _sql_str(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _sum_maps(maps: list[dict[str, int]]) -> dict[str, int]:
@@ -115,7 +112,7 @@ def remediation_report(lake_dir: str | os.PathLike, samples: int = 5) -> dict[st
     sample_rows: dict[str, list[dict[str, Any]]] = {r: [] for r, n in by_reason.items() if n}
     if qfiles:
         con = db.connect()
-        listing = ", ".join(_sql_str(str(f)) for f in qfiles)
+        listing = ", ".join(sql_string(str(f)) for f in qfiles)
         rel = f"read_parquet([{listing}], union_by_name = true)"
         cols = ", ".join(f'"{c}"' for c in QUARANTINE_COLUMNS)
         actual_by_reason = dict(con.execute(f"SELECT reason, count(*) FROM {rel} GROUP BY 1").fetchall())

@@ -1,8 +1,10 @@
 """The remediation rules: which raw rows are untrustworthy and why, and how a kept row is typed.
 
-Owns `REMEDIATION_RULES` (engine-neutral SQL over the raw text, first match wins), the meaning of
-the functions they call, DuckDB's definitions of them, the `wrong_field_count` reason DuckDB's
-reader reports, and the typed lake projection. Must not read or write files.
+Owns the raw CSV format as DuckDB reads it (`RAW_CSV_COLUMNS`, `raw_csv_sql`: every column as
+text, one definition for prepare, the baseline and the guardrails), the limits on a raw line,
+`REMEDIATION_RULES` (engine-neutral SQL over the raw text, first match wins), the meaning of the
+functions they call, DuckDB's definitions of them, the reasons the reader and the raw-file
+pre-pass report, and the typed lake projection. Must not read or write files.
 """
 from __future__ import annotations
 
@@ -10,7 +12,30 @@ import re
 from typing import Callable, Mapping
 
 from analytics.core.sql import sql_string
-from analytics.query.schema import EVENT_TYPES
+from analytics.query.schema import EVENT_TYPES, RAW_HEADER
+
+# Every raw column is read as text, so a dirty file cannot derail type detection.
+RAW_CSV_COLUMNS = "{" + ", ".join(f"{sql_string(c)}: 'VARCHAR'" for c in RAW_HEADER) + "}"
+
+
+def raw_csv_sql(path: str, *, ignore_errors: bool = False, null_padding: bool = False,
+                rejects: tuple[str, str] | None = None) -> str:
+    """DuckDB's `read_csv(...)` of raw parts at `path` (a file or a glob): the header line, the
+    columns of RAW_HEADER as text, `,` between fields, `"` quoting with `""` inside quotes.
+
+    `ignore_errors` skips lines of another field count; `rejects=(table, scan)` stores them instead
+    (with the line number and text); `null_padding` reads a short line with NULLs at its end."""
+    options = [f"header = true, auto_detect = false, columns = {RAW_CSV_COLUMNS}",
+               "delim = ',', quote = '\"', escape = '\"'"]
+    if null_padding:
+        options.append("null_padding = true")
+    if ignore_errors:
+        options.append("ignore_errors = true")
+    if rejects is not None:
+        options.append(f"store_rejects = true, rejects_table = {sql_string(rejects[0])}, "
+                       f"rejects_scan = {sql_string(rejects[1])}")
+    return f"read_csv({sql_string(path)}, {', '.join(options)})"
+
 
 TS_MAX_MS = 4_102_444_800_000  # 2100-01-01: anything later is a corrupt timestamp
 
