@@ -28,7 +28,8 @@ from querygen import random_queries  # noqa: E402
 from analytics.checks.baseline import baseline_query, connect_baseline  # noqa: E402
 from analytics.checks.remediation import QUARANTINE_COLUMNS, remediation_report  # noqa: E402
 from analytics.cli import main  # noqa: E402
-from analytics.engines.spark_engine import SPARK_FUNCTIONS, SparkEngine, compile_spark  # noqa: E402
+from analytics.engines.spark_engine import SparkEngine, compile_spark  # noqa: E402
+from analytics.engines.spark_sql import SPARK_FUNCTIONS  # noqa: E402
 from analytics.lake.generator import generate  # noqa: E402
 from analytics.lake.manifest import Lake
 from analytics.lake.prepare import PrepareError, prepare
