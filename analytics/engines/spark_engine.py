@@ -47,8 +47,9 @@ from analytics.engines.spark_sql import (
     Conversions,
     spark_str,
 )
-from analytics.lake.manifest import EVENTS_DIR, QUARANTINE_DIR, Lake
+from analytics.lake.manifest import EVENTS_DIR, QUARANTINE_DIR, Lake, RejectedPart, SegmentEntry
 from analytics.lake.prepare import PrepareError
+from analytics.lake.rawfile import first_diverted
 from analytics.lake.rules import WRONG_FIELD_COUNT, reason_case_sql
 from analytics.query.compiler import compile_query
 from analytics.query.model import Query
@@ -181,15 +182,23 @@ class SparkEngine:
 
     # ---- prepare -------------------------------------------------------------------------------
     def ingest(self, parts: Sequence[tuple[Path, str]], stage: Path, *, row_group_size: int,
-               progress: bool) -> list[dict[str, Any]]:
+               progress: bool) -> list[SegmentEntry | RejectedPart]:
         """All parts in one set of Spark jobs: number the lines, classify and write the accepted rows,
-        the quarantined ones (a second pass, only if any), count what was written."""
+        the quarantined ones (a second pass, only if any), count what was written.
+
+        A part with a line the raw-file pre-pass diverts (not UTF-8, too long, too many fields) is
+        refused with a PrepareError: Spark's text reader would replace its bytes, not quarantine it."""
         from pyspark import StorageLevel
         from pyspark.sql import Observation
         from pyspark.sql import functions as F
 
         if not parts:
             return []
+        for src, _ in parts:
+            bad = first_diverted(src)
+            if bad is not None:
+                raise PrepareError(f"{src.name} line {bad.line}: {bad.reason}, which the Spark engine does not "
+                                   f"quarantine; prepare this part with --engine duckdb")
         spark = self.spark
         work = stage / f"_spark-{uuid.uuid4().hex}"
         bar = tqdm(total=5, desc="prepare (spark)", unit="step", disable=not progress)
@@ -294,8 +303,8 @@ class SparkEngine:
 
     @staticmethod
     def _entries(kept: list[Any], quarantined: list[Any], names: dict[str, str], work: Path,
-                 stage: Path) -> list[dict[str, Any]]:
-        """The manifest entry of each part (as lake._ingest makes it), its files moved into `stage`."""
+                 stage: Path) -> list[SegmentEntry]:
+        """The manifest entry of each part, its files moved into `stage`."""
         entries = []
         for seg in names:
             lake_by_type: dict[str, int] = {}
@@ -304,32 +313,24 @@ class SparkEngine:
                 if r["seg"] == seg:
                     lake_by_type[r["type"]] = lake_by_type.get(r["type"], 0) + r["count"]
                     days.setdefault(r["type"], set()).add(r["day"])
-            entry: dict[str, Any] = {"segment": seg, "files": {}, "days": {}, "lake_by_type": {}}
+            files: dict[str, str] = {}
             for t in sorted(lake_by_type):
-                rel = f"{EVENTS_DIR}/type={t}/{seg}.parquet"
-                _move_single_part(work / "events" / f"seg={seg}" / f"type={t}", stage / rel)
-                entry["files"][t] = rel
-                entry["lake_by_type"][t] = lake_by_type[t]
-                entry["days"][t] = sorted(days[t])
+                files[t] = f"{EVENTS_DIR}/type={t}/{seg}.parquet"
+                _move_single_part(work / "events" / f"seg={seg}" / f"type={t}", stage / files[t])
             by_reason: dict[str, int] = {}
             by_type: dict[str, int] = {}
             for r in quarantined:
                 if r["seg"] == seg:
                     by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + r["count"]
                     by_type[r["type"]] = by_type.get(r["type"], 0) + r["count"]
-            n_quarantined = sum(by_reason.values())
-            entry["quarantine_file"] = None
-            if n_quarantined:
-                rel = f"{QUARANTINE_DIR}/{seg}.parquet"
-                _move_single_part(work / "quarantine" / f"seg={seg}", stage / rel)
-                entry["quarantine_file"] = rel
-            entry.update({
-                "rows_read": sum(lake_by_type.values()) + n_quarantined,
-                "rows_lake": sum(lake_by_type.values()),
-                "rows_quarantined": n_quarantined,
-                "quarantine_by_reason": by_reason,
-                "quarantine_by_type": by_type,
-            })
+            quarantine_file = None
+            if by_reason:
+                quarantine_file = f"{QUARANTINE_DIR}/{seg}.parquet"
+                _move_single_part(work / "quarantine" / f"seg={seg}", stage / quarantine_file)
+            entry = SegmentEntry.counted(seg, files=files, days={t: sorted(days[t]) for t in sorted(lake_by_type)},
+                                         lake_by_type={t: lake_by_type[t] for t in sorted(lake_by_type)},
+                                         quarantine_file=quarantine_file, quarantine_by_reason=by_reason,
+                                         quarantine_by_type=by_type)
             entries.append(entry)
         return entries
 

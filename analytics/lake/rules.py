@@ -37,6 +37,14 @@ def raw_csv_sql(path: str, *, ignore_errors: bool = False, null_padding: bool = 
     return f"read_csv({sql_string(path)}, {', '.join(options)})"
 
 
+# A raw line longer than this (bytes, line break not counted) is quarantined as `line_too_long`
+# without being parsed: no event row comes near it, and the reader's cost must stay bounded.
+MAX_LINE_BYTES = 64 * 1024
+# A line with more commas than this is split into fields by the pre-pass (`lake.rawfile`) before
+# the reader sees it: DuckDB stores one reject per surplus field, each with a copy of the line, so
+# its time grows with fields x bytes (a line of 160,000 fields took 73 s; 6 MB of 3 million, hours).
+MAX_READER_FIELDS = 64
+
 TS_MAX_MS = 4_102_444_800_000  # 2100-01-01: anything later is a corrupt timestamp
 
 # First matching rule wins; every rule names a reason that the manifest counts.
@@ -119,8 +127,12 @@ def reason_case_sql(functions: Mapping[str, Callable[..., str]]) -> str:
                               for name, cond in REMEDIATION_RULES) + " END"
 
 
+# Reasons found before the rules: by the reader (a line of another field count) and by the raw-file
+# pre-pass (a line that is not UTF-8 text, a line over MAX_LINE_BYTES).
 WRONG_FIELD_COUNT = "wrong_field_count"
-REASONS: tuple[str, ...] = tuple(r for r, _ in REMEDIATION_RULES) + (WRONG_FIELD_COUNT,)
+NOT_UTF8 = "not_utf8"
+LINE_TOO_LONG = "line_too_long"
+REASONS: tuple[str, ...] = tuple(r for r, _ in REMEDIATION_RULES) + (WRONG_FIELD_COUNT, NOT_UTF8, LINE_TOO_LONG)
 
 # Typed lake columns from the raw text, all in UTC-naive time so no session zone can shift them.
 LAKE_PROJECTION = """
