@@ -231,6 +231,11 @@ def _sweep(lake: Path, manifest: dict[str, Any]) -> None:
                 f.unlink(missing_ok=True)
 
 
+def _warn_rejected(rejected: list[RejectedPart]) -> None:
+    for r in rejected:
+        log.warning("analytics prepare: %s rejected (%s); the other parts are in the lake", r.file, r.reason)
+
+
 def _source(src: Path) -> dict[str, Any]:
     """The part's identity as the manifest records it (OSError when it cannot be read)."""
     st = src.stat()
@@ -289,18 +294,27 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
                 continue
             todo.append((src, source))
         rejected = sorted(unreadable.values(), key=lambda r: r.file)
-        before_rejected = manifest.get("rejected") or []
-        if not todo and set(known) == {seg["source"]["file"] for seg in keep} \
-                and [r.to_json() for r in rejected] == before_rejected:
-            return {"changed": False, "lake_version": manifest["lake_version"], "added": [], "dropped": [],
-                    "rejected": before_rejected, "seconds": time.perf_counter() - started,
-                    "totals": manifest["totals"]}
+        unchanged = {
+            "changed": False, "lake_version": manifest["lake_version"], "added": [], "dropped": [],
+            "rejected": manifest.get("rejected") or [], "totals": manifest["totals"]}
+
+        def same_as_before(added: list[SegmentEntry]) -> bool:
+            return (not added and set(known) == {seg["source"]["file"] for seg in keep}
+                    and [r.to_json() for r in rejected] == unchanged["rejected"])
+
+        if not todo and same_as_before([]):
+            _warn_rejected(rejected)
+            return {**unchanged, "seconds": time.perf_counter() - started}
 
         stage = lake / STAGING_DIR / uuid.uuid4().hex
         stage.mkdir(parents=True)
         try:
             added = _stage(todo, stage, rejected, engine, row_group_size=row_group_size, progress=progress,
                            memory_limit=memory_limit)
+            if same_as_before(added):  # only parts that were rejected before, and are again
+                shutil.rmtree(stage, ignore_errors=True)
+                _warn_rejected(rejected)
+                return {**unchanged, "seconds": time.perf_counter() - started}
             crash_point("prepare:after-stage")
             # promote: move staged files into place (still invisible), then commit the manifest
             moved = 0
@@ -338,8 +352,7 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
             raise PrepareError(f"prepare of {names} failed: {_first_line(exc)}") from None
         crash_point("prepare:after-manifest")
         _sweep(lake, new_manifest)
-        for r in rejected:
-            log.warning("analytics prepare: %s rejected (%s); the other parts are in the lake", r.file, r.reason)
+        _warn_rejected(rejected)
         changed_days: dict[str, set[str]] = {}
         for seg in [e.to_json() for e in added] + [known[n] for n in known if n not in {s["source"]["file"] for s in keep}]:
             for t, days in seg["days"].items():
