@@ -343,18 +343,18 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
                 "rejected": [r.to_json() for r in rejected],
             }
             write_atomic(lake / MANIFEST, json.dumps(new_manifest, indent=1))
-        except PrepareError:
+        except BaseException as exc:  # nothing half-staged stays behind, whatever stopped the run
             shutil.rmtree(stage, ignore_errors=True)
-            raise
-        except Exception as exc:
-            shutil.rmtree(stage, ignore_errors=True)
+            if isinstance(exc, PrepareError) or not isinstance(exc, Exception):
+                raise
             names = ", ".join(src.name for src, _ in todo)
             raise PrepareError(f"prepare of {names} failed: {_first_line(exc)}") from None
         crash_point("prepare:after-manifest")
         _sweep(lake, new_manifest)
         _warn_rejected(rejected)
         changed_days: dict[str, set[str]] = {}
-        for seg in [e.to_json() for e in added] + [known[n] for n in known if n not in {s["source"]["file"] for s in keep}]:
+        kept = {seg["source"]["file"] for seg in keep}
+        for seg in [e.to_json() for e in added] + [old for name, old in known.items() if name not in kept]:
             for t, days in seg["days"].items():
                 changed_days.setdefault(t, set()).update(days)
         return {"changed": True, "lake_version": new_manifest["lake_version"],

@@ -44,9 +44,13 @@ def where_sql(conditions: Sequence[Condition], raw_values: bool = False,
     parts = []
     for cond in conditions:
         values = cond.raw if raw_values else cond.values
-        bound = [bind(v) for v in values] if bind is not None else [("?", v) for v in values]
-        parts.append(condition_sql(cond, ident(cond.col), [ph for ph, _ in bound]))
-        params.extend(v for _, v in bound)
+        if bind is None:
+            parts.append(condition_sql(cond, ident(cond.col)))
+            params.extend(values)
+        else:
+            bound = [bind(v) for v in values]
+            parts.append(condition_sql(cond, ident(cond.col), [ph for ph, _ in bound]))
+            params.extend(v for _, v in bound)
     return " WHERE " + " AND ".join(parts), params
 
 
