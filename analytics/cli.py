@@ -158,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_on_engine(args: argparse.Namespace, wb: Any, queries: list[Any]) -> int:
     """`run --engine spark`: views answered by DuckDB as always, lake-routed queries by Spark."""
-    from analytics.engines import run_on_engine
+    from analytics.batch.runner import run_on_engine
 
     try:
         engine = _engine(args)
