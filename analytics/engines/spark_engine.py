@@ -9,12 +9,14 @@ record them the same way and the router and DuckDB serve them unchanged:
   `0x10`, `7d` is a double ...); the CSV is split into fields as DuckDB's reader does (quotes,
   `""` = NULL, trailing empty fields ignored, empty lines skipped, other field counts rejected
   with their line number). A line whose quoting DuckDB resolves across lines or leniently (an
-  unbalanced quote, text after a closing quote) is refused with a `PrepareError`, never guessed.
+  unbalanced quote, text after a closing quote) is refused with a `PrepareError`, never guessed;
+  so is a part with a line `lake.rawfile` diverts (not UTF-8, over `rules.MAX_LINE_BYTES`, a
+  hostile field count): Spark's text reader would replace its bytes rather than quarantine it.
 - lake files: one Parquet file per segment and type (gathered by a shuffle on (segment, type),
   sorted by `ts`, ZSTD, the same row group size), UTC-naive TIMESTAMP_NTZ / DATE / INT / BIGINT /
   DOUBLE / STRING columns in the lake's order; the part files Spark writes are moved into place.
 - views: `ViewDef.aggregate_sql` / `reaggregate_sql` run as Spark SQL; one file per version.
-- queries: the `Query` compiled from `compiler`'s pieces to Spark SQL over a temp view of the
+- queries: the `Query` compiled by `compiler.compile_query` to Spark SQL over a temp view of the
   committed files; every value is a bound `?` parameter (times bound as ISO text and cast to the
   lake's type, so no process or JVM time zone can shift them); NULLs sort last as in DuckDB.
 
