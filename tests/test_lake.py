@@ -157,6 +157,7 @@ def test_prepare_killed_at_each_commit_step_serves_a_whole_lake(crash_raw, tmp_p
     assert sorted(s["source"]["file"] for s in segments) == sorted(p.name for p in raw.glob("*.csv"))
     assert final.manifest["totals"]["rows_read"] == 40_000
     assert final.manifest["totals"]["rows_lake"] == sum(s["rows_lake"] for s in segments)
+    assert final.manifest["totals"] == prepare(raw, tmp_path / "fresh", progress=False)["totals"]  # as if never killed
     assert _served_by_type(final) == final.manifest["totals"]["lake_by_type"]  # no part counted twice
     assert not (lake / "_staging").exists()
     assert sorted((lake / "events").rglob("*.parquet")) == sorted(final.event_files())
