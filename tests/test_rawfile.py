@@ -191,11 +191,18 @@ _line = st.one_of(
     st.binary(min_size=1, max_size=80),
     st.builds(lambda row, i, junk: row[:i] + junk + row[i:], st.sampled_from(BASE), st.integers(0, 60),
               st.binary(min_size=1, max_size=4)),
+    # many fields (past the pre-pass's MAX_READER_FIELDS), the extra ones empty or not
+    st.builds(lambda row, n, tail: row + b"," * n + tail, st.sampled_from(BASE), st.integers(0, 150),
+              st.sampled_from([b"", b"x", b"\xff"])),
+    st.builds(lambda n, byte: byte * n, st.sampled_from([MAX_LINE_BYTES, MAX_LINE_BYTES + 1]),
+              st.sampled_from([b"y", b","])),
 ).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"").replace(b'"', b"") or b"x")  # one line, unquoted
 
 
 def _expected(line: bytes) -> str:
     """What an appended line must become, decided without the code under test."""
+    if len(line) > MAX_LINE_BYTES:
+        return "line_too_long"
     try:
         line.decode("utf-8")
     except UnicodeDecodeError:
@@ -219,7 +226,8 @@ def test_random_bytes_appended_to_a_part_are_in_the_lake_or_quarantined_with_a_t
         assert totals["rows_read"] == totals["rows_lake"] + totals["rows_quarantined"]
         report = remediation_report(lake)
         assert report["ok"], [c for c in report["checks"] if not c["ok"]]
-        by_line = {line: reason for _, line, reason, _ in quarantined(lake, ("not_utf8", "wrong_field_count"))}
+        by_line = {line: reason for _, line, reason, _ in
+                   quarantined(lake, ("not_utf8", "wrong_field_count", "line_too_long"))}
         assert by_line == {n: r for n, r in expected.items() if r != "row"}
         # the parsed lines: each one either in the lake or quarantined by a rule, with its own fields
         rows = [lines[n - first] for n, r in expected.items() if r == "row"]

@@ -119,7 +119,7 @@ def empty_entry(seg_id: str) -> SegmentEntry:
 
 def _read(con: duckdb.DuckDBPyConnection, src: Path, stage: Path) -> RejectedPart | RawScan:
     """The part's rows into `seg_rows` (with their reason) and the reader's rejects into `seg_rejects`,
-    after the raw-file pre-pass; a part that cannot be read at all is a RejectedPart."""
+    after the raw-file pre-pass; a part whose content the reader gives up on is a RejectedPart."""
     for table in ("seg_rows", "seg_rejects", "seg_reject_scans"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     try:
@@ -129,7 +129,8 @@ def _read(con: duckdb.DuckDBPyConnection, src: Path, stage: Path) -> RejectedPar
             SELECT *, {reason_case_sql(DUCKDB_FUNCTIONS)} AS reason
             FROM {raw_csv_sql(str(scan.read_path), rejects=("seg_rejects", "seg_reject_scans"))}
         """)
-    except (duckdb.Error, OSError) as exc:
+    except (duckdb.InvalidInputException, duckdb.ConversionException, OSError) as exc:
+        # the part's bytes defeat the reader; a full disk, memory or an I/O error is the run's failure
         if _no_space(exc):
             raise
         return RejectedPart(src.name, f"cannot read: {_first_line(exc)}")
