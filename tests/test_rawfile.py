@@ -101,13 +101,15 @@ def test_hostile_lines_complete_and_are_quarantined(tmp_path: Path) -> None:
     huge = b"x," * 1_500_000  # 3 MB, 1.5 million fields: DuckDB alone would take hours (quadratic rejects)
     wide = b"x," * 20_000  # 40 KB, under the line limit, 20,000 fields: split by the pre-pass
     trailing = rows[5] + b"," * 1_000  # nine fields then empty ones: a row, as DuckDB reads it
-    part = write_part(tmp_path / "raw" / "events_part_00000.csv", rows[:2] + [huge, wide] + rows[2:5] + [trailing])
+    cr = b"x,\ry," * 100  # a bare carriage return among many fields (Python's csv module refuses it)
+    part = write_part(tmp_path / "raw" / "events_part_00000.csv", rows[:2] + [huge, wide] + rows[2:5] + [trailing, cr])
     assert rawfile.first_diverted(part).line == 4
     totals = prepare(tmp_path / "raw", tmp_path / "lake", progress=False)["totals"]
-    assert totals["quarantine_by_reason"] == {"line_too_long": 1, "wrong_field_count": 1}
-    assert (totals["rows_read"], totals["rows_lake"]) == (8, 6)
+    assert totals["quarantine_by_reason"] == {"line_too_long": 1, "wrong_field_count": 2}
+    assert (totals["rows_read"], totals["rows_lake"]) == (9, 6)
     got = quarantined(tmp_path / "lake", ("line_too_long", "wrong_field_count"))
-    assert [(line, reason) for _, line, reason, _ in got] == [(4, "line_too_long"), (5, "wrong_field_count")]
+    assert [(line, reason) for _, line, reason, _ in got] == [
+        (4, "line_too_long"), (5, "wrong_field_count"), (10, "wrong_field_count")]
 
 
 def test_an_unreadable_part_is_rejected_and_the_others_are_ingested(tmp_path: Path) -> None:

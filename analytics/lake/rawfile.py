@@ -70,7 +70,10 @@ def _too_long(line_no: int, head: bytes, size: int) -> Diverted:
 
 def _surplus_fields(line: str) -> bool:
     """Whether DuckDB's reader would find fields after the ninth that are not all empty."""
-    fields = next(csv.reader([line]), [])
+    try:
+        fields = next(csv.reader([line]), [])
+    except csv.Error:  # a bare carriage return inside the line: no quoting to honour, split plainly
+        fields = line.split(",")
     return len(fields) > len(RAW_HEADER) and any(fields[len(RAW_HEADER):])
 
 
