@@ -19,10 +19,9 @@ from pathlib import Path
 from analytics.core import db
 from analytics.lake.manifest import Lake
 from analytics.lake.prepare import prepare
-from analytics.lake.rules import LAKE_PROJECTION
+from analytics.lake.rules import LAKE_PROJECTION, raw_csv_sql
 from analytics.query.compiler import compile_query
 from analytics.query.model import parse_query
-from analytics.query.schema import RAW_HEADER
 
 
 def _size(path: Path) -> int:
@@ -40,9 +39,7 @@ def build_layouts(raw: Path, work: Path) -> dict[str, str]:
     hive = work / "type_day_hive"
     if not hive.exists():
         con = db.connect()
-        columns = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in RAW_HEADER) + "}"
-        con.execute(f"""COPY (SELECT type, {LAKE_PROJECTION} FROM read_csv('{raw}/*.csv', header=true, auto_detect=false,
-                        columns={columns}) ORDER BY ts)
+        con.execute(f"""COPY (SELECT type, {LAKE_PROJECTION} FROM {raw_csv_sql(f'{raw}/*.csv')} ORDER BY ts)
                         TO '{hive}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (type, day))""")
     layouts["type=/day= Hive partitions"] = (f"read_parquet('{hive}/*/*/*.parquet', hive_partitioning = true, "
                                              "hive_types = {'type': VARCHAR, 'day': DATE})")

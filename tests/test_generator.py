@@ -14,6 +14,7 @@ import duckdb
 import pytest
 
 from analytics.lake.generator import generate
+from analytics.lake.rules import RAW_CSV_COLUMNS
 from analytics.query.schema import COUNTRIES, EVENT_TYPES, N_ADVERTISERS, N_PUBLISHERS, N_USERS, RAW_HEADER
 
 HEADER_LINE = "ts,type,auction_id,advertiser_id,publisher_id,bid_price,user_id,total_price,country"
@@ -42,10 +43,10 @@ def data_lines(directory: Path) -> list[list[str]]:
 def events(directory: Path) -> duckdb.DuckDBPyConnection:
     """A connection with `raw` (every field as text, plus its file) over the parts in `directory`."""
     con = duckdb.connect()
-    columns = ", ".join(f"'{c}': 'VARCHAR'" for c in RAW_HEADER)
+    # the raw columns of `lake.rules`, but no quoting: the generator never quotes, so a field is its bytes
     con.execute(f"""
         CREATE VIEW raw AS SELECT * FROM read_csv('{directory}/events_part_*.csv', header = true,
-            auto_detect = false, columns = {{{columns}}}, filename = true, quote = '', escape = '')
+            auto_detect = false, columns = {RAW_CSV_COLUMNS}, filename = true, quote = '', escape = '')
     """)
     return con
 

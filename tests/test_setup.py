@@ -1,24 +1,36 @@
-"""The build setup: Makefile targets and variables, environment.yml in step with pyproject.toml, .ci/run."""
+"""The build setup as it behaves: what `make help` lists exists, what `make -n TARGET` would run (in
+order, on which data), `make setup` reinstalls exactly when pyproject.toml changed, environment.yml
+pins what pyproject.toml pins, and .ci/run is a valid script. Nothing here reads the Makefile's text
+or looks at data folders: every check runs make."""
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
-
-def _make(*args: str) -> str:
-    proc = subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, capture_output=True, text=True,
+def _make(*args: str, cwd: Path = ROOT) -> str:
+    proc = subprocess.run(["make", "--no-print-directory", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+def _commands(out: str) -> list[str]:
+    """`make -n` output as one command per item: continuation lines joined."""
+    return [c.strip() for c in re.sub(r"\\\n\s*", " ", out).splitlines() if c.strip()]
+
+
+def _index(commands: list[str], pattern: str) -> int:
+    hits = [i for i, c in enumerate(commands) if re.search(pattern, c)]
+    assert hits, f"no command matches {pattern!r} in:\n" + "\n".join(commands)
+    return hits[0]
 
 
 def _pins(requirements: list[str]) -> set[str]:
@@ -37,51 +49,78 @@ def test_environment_yml_mirrors_the_pins() -> None:
     assert re.search(r"^\s+- -e \.$", env, re.M)
 
 
-def test_help_is_the_default_goal_and_lists_the_targets() -> None:
+def test_help_is_the_default_goal_and_every_listed_target_exists() -> None:
     out = _make()
-    for target in ("setup", "test", "benchmark", "sweep", "reports", "help"):
-        assert re.search(rf"^  {target}\s+\S", out, re.M), f"`make help` does not list {target}"
+    listed = re.findall(r"^  ([a-z][a-z-]*)\s+\S", out, re.M)
+    assert {"setup", "test", "benchmark", "sweep", "reports", "help", "clean"} <= set(listed), listed
+    for target in listed:
+        # -q: exit 0 when up to date, 1 when it would run, 2 when make knows no such target
+        proc = subprocess.run(["make", "-q", target], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode in (0, 1), f"`make help` lists {target}, but: {proc.stderr.strip()}"
 
 
-def test_benchmark_full_scale_uses_245m_rows() -> None:
-    out = _make("-n", "benchmark", "SCALE=full")
-    assert "generate --out data/raw-245000000 --rows 245000000" in out or (ROOT / "data/raw-245000000").is_dir()
-    assert "prepare --raw data/raw-245000000 --lake data/lake-245000000" in out
-    assert "build --lake data/lake-245000000" in out
-    assert re.search(r"analytics\.reports\.notebooks --lake data/lake-245000000 --raw data/raw-245000000 .*--only 03_batch_benchmark", out)
+def test_test_runs_pytest_on_two_workers_then_nbval() -> None:
+    commands = _commands(_make("-n", "test"))
+    pytest_run = _index(commands, r"-m pytest -n 2 --dist loadfile\s+tests$")
+    nbval_run = _index(commands, r"-m pytest .*--nbval-lax .*notebooks$")
+    data = _index(commands, r"-m analytics prepare --raw data/nbval/clean/raw --lake data/nbval/clean/lake")
+    assert data < pytest_run < nbval_run
 
 
-def test_benchmark_default_rows() -> None:
-    out = _make("-n", "benchmark")
-    assert "--lake data/lake-15000000" in out and "-p rows=15000000" in out
+def test_benchmark_full_scale_runs_every_phase_on_245m_rows_in_order() -> None:
+    commands = _commands(_make("-n", "benchmark", "SCALE=full"))
+    gen = _index(commands, r"-m analytics generate --out data/raw-245000000 --rows 245000000 --seed 0")
+    prep = _index(commands, r"-m analytics prepare --raw data/raw-245000000 --lake data/lake-245000000 ")
+    build = _index(commands, r"-m analytics build --lake data/lake-245000000$")
+    bench = _index(commands, r"-m analytics benchmark --raw data/raw-245000000 --lake data/lake-245000000 .*"
+                             r"--rows 245000000")
+    report = _index(commands, r"-m analytics\.reports\.notebooks --lake data/lake-245000000 --raw data/raw-245000000 "
+                              r".*--only 03_batch_benchmark")
+    assert gen < prep < build < bench <= report
+
+
+def test_benchmark_defaults_to_15m_rows() -> None:
+    commands = _commands(_make("-n", "benchmark"))
+    _index(commands, r"-m analytics prepare --raw data/raw-15000000 --lake data/lake-15000000 ")
+    _index(commands, r"-p rows=15000000 ")
 
 
 def test_reports_on_an_existing_lake_generates_nothing() -> None:
-    out = _make("-n", "reports", "LAKE=/some/lake", "RAW=/some/raw")
-    assert "analytics.reports.notebooks --lake '/some/lake' --raw '/some/raw' --out reports" in out
-    assert "generate" not in out and "prepare" not in out
+    commands = _commands(_make("-n", "reports", "LAKE=/some/lake", "RAW=/some/raw"))
+    _index(commands, r"-m analytics\.reports\.notebooks --lake '/some/lake' --raw '/some/raw' --out reports")
+    assert not [c for c in commands if re.search(r"-m analytics (generate|prepare|build)\b", c)]
 
 
-def test_reports_with_rows_generates_and_prepares_first() -> None:
-    out = _make("-n", "reports", "ROWS=1234")
-    lines = out.splitlines()
-    gen = next(i for i, l in enumerate(lines) if "generate --out data/raw-1234 --rows 1234" in l)
-    prep = next(i for i, l in enumerate(lines) if "prepare --raw data/raw-1234 --lake data/lake-1234" in l)
-    rep = next(i for i, l in enumerate(lines) if "analytics.reports.notebooks --lake data/lake-1234 --raw data/raw-1234" in l)
-    assert gen < prep < rep
+def test_reports_with_rows_generates_prepares_and_builds_first() -> None:
+    commands = _commands(_make("-n", "reports", "ROWS=1234"))
+    gen = _index(commands, r"-m analytics generate --out data/raw-1234 --rows 1234")
+    prep = _index(commands, r"-m analytics prepare --raw data/raw-1234 --lake data/lake-1234")
+    build = _index(commands, r"-m analytics build --lake data/lake-1234")
+    rep = _index(commands, r"-m analytics\.reports\.notebooks --lake data/lake-1234 --raw data/raw-1234")
+    assert gen < prep < build < rep
 
 
-def test_sweep_runs_the_benchmark_per_size() -> None:
-    text = (ROOT / "Makefile").read_text()
-    assert re.search(r"^sweep:", text, re.M)
-    assert "benchmark ROWS=$$rows SUFFIX=-$$rows" in text
+def test_sweep_runs_the_benchmark_per_size_then_the_sweep() -> None:
+    commands = _commands(_make("-n", "sweep", "SWEEP_ROWS=1000 2000"))
+    first = _index(commands, r"-m analytics benchmark .*--rows 1000 .*--json reports/benchmark-1000\.json")
+    second = _index(commands, r"-m analytics benchmark .*--rows 2000 .*--json reports/benchmark-2000\.json")
+    sweep = _index(commands, r"benchmark sweep reports/benchmark-1000\.json reports/benchmark-2000\.json "
+                             r"--out reports/sweep\.json")
+    assert first < second < sweep
 
 
-def test_setup_is_a_no_op_when_installed() -> None:
-    if not list((ROOT / ".venv").glob(".installed-*")):
-        pytest.skip("`make setup` has not run in this checkout")
-    out = _make("-n", "setup")
-    assert "pip install" not in out and "venv" not in out.replace(".venv/bin/python", "")
+def test_setup_installs_exactly_when_pyproject_changed(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    venv = tmp_path / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(shutil.which("python3") or "/usr/bin/python3")
+    stamp = venv / f".installed-{hashlib.sha256((tmp_path / 'pyproject.toml').read_bytes()).hexdigest()[:16]}"
+    stamp.touch()
+    assert "pip install" not in _make("-n", "setup", cwd=tmp_path)  # installed for this pyproject.toml
+    with (tmp_path / "pyproject.toml").open("a") as fh:
+        fh.write("\n# a change\n")
+    assert re.search(r"pip install --quiet -e '\.\[dev\]'", _make("-n", "setup", cwd=tmp_path))
 
 
 def test_ci_run() -> None:
@@ -90,4 +129,3 @@ def test_ci_run() -> None:
     assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
     assert "make test" in text and "chromium" in text
     subprocess.run(["bash", "-n", str(script)], check=True)
-

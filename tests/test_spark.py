@@ -28,7 +28,8 @@ from querygen import random_queries  # noqa: E402
 from analytics.checks.baseline import baseline_query, connect_baseline  # noqa: E402
 from analytics.checks.remediation import QUARANTINE_COLUMNS, remediation_report  # noqa: E402
 from analytics.cli import main  # noqa: E402
-from analytics.engines.spark_engine import SPARK_FUNCTIONS, SparkEngine, compile_spark  # noqa: E402
+from analytics.engines.spark_engine import SparkEngine, compile_spark  # noqa: E402
+from analytics.engines.spark_sql import SPARK_FUNCTIONS  # noqa: E402
 from analytics.lake.generator import generate  # noqa: E402
 from analytics.lake.manifest import Lake
 from analytics.lake.prepare import PrepareError, prepare
@@ -243,6 +244,26 @@ def test_quoting_it_cannot_split_by_line_is_refused(tmp_path: Path, spark_engine
     with pytest.raises(PrepareError, match=r"events_part_00000\.csv line 3"):
         prepare(raw, tmp_path / "lake", progress=False, engine=spark_engine)
     assert not (tmp_path / "lake" / "_manifest.json").exists()
+
+
+def test_a_bom_and_an_empty_part_are_read_alike_and_lines_the_pre_pass_diverts_are_refused(
+        tmp_path: Path, spark_engine: SparkEngine) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _write_part(raw / "events_part_00000.csv", [f"{T1},serve,a1,1,2,,10,,US", f"{T2},click,b2,5,6,,12,,GB"])
+    (raw / "events_part_00000.csv").write_bytes(b"\xef\xbb\xbf" + (raw / "events_part_00000.csv").read_bytes())
+    (raw / "events_part_00001.csv").write_bytes(b"")
+    prepare(raw, tmp_path / "duck", progress=False)
+    prepare(raw, tmp_path / "spark", progress=False, engine=spark_engine)
+    _assert_same_lake(tmp_path / "duck", tmp_path / "spark")
+    assert Lake.open(tmp_path / "spark").manifest["totals"]["rows_lake"] == 2
+    (raw / "events_part_00002.csv").write_bytes(f"{HEADER}\n{T1},serve,a3,1,2,,10,,US\n".encode()
+                                                + b"\xff" + f"{T1},serve,a4,1,2,,10,,US\n".encode())
+    before = (tmp_path / "spark" / "_manifest.json").read_bytes()
+    with pytest.raises(PrepareError, match=r"events_part_00002\.csv line 3: not_utf8.*--engine duckdb"):
+        prepare(raw, tmp_path / "spark", progress=False, engine=spark_engine)
+    assert (tmp_path / "spark" / "_manifest.json").read_bytes() == before
+    assert not any((tmp_path / "spark" / "_staging").iterdir())
 
 
 def test_incremental_build_on_spark_equals_a_full_one(lakes: tuple[Path, Path], raw: Path, tmp_path: Path,

@@ -15,7 +15,7 @@ import duckdb
 import pytest
 
 from analytics.checks.baseline import baseline_query, connect_baseline
-from analytics.core import db
+from analytics.core import db, faults
 from analytics.lake.generator import generate
 from analytics.lake.manifest import Lake
 from analytics.lake.prepare import prepare
@@ -271,17 +271,29 @@ def test_four_different_views_build_at_once(lake_copy, baseline):
     assert _same(Workbench(lake_copy), q, expected).route == "mv_day_type_wide"
 
 
-@pytest.mark.parametrize("delay", [0.3, 0.8, 1.5, 2.5])
-def test_build_killed_midway_leaves_a_whole_view_and_the_next_build_cleans_up(lake_copy, baseline, delay):
-    proc = _build_proc(lake_copy, *[v.name for v in CATALOG])
-    time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+@pytest.mark.parametrize("point", ["build:after-aggregate", "build:after-rename-before-registry",
+                                   "build:after-registry"])
+def test_build_killed_at_each_commit_step_leaves_whole_views_and_the_next_build_cleans_up(lake_copy, baseline, point):
+    before = load_registry(lake_copy)["views"]
+    args = [sys.executable, "-m", "analytics", "build", "--lake", str(lake_copy), "--quiet", "--force",
+            "--views", *[v.name for v in CATALOG]]
+    proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, faults.ENV: point})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr  # killed at that step, not before nor after
+    after = load_registry(lake_copy)["views"]
+    staged = list((lake_copy / "views").rglob(".staging-*"))
+    unregistered = [f for f in (lake_copy / "views").rglob("v*.parquet")
+                    if f.relative_to(lake_copy).as_posix() not in {e["file"] for e in after.values()}]
+    if point == "build:after-aggregate":
+        assert after == before and staged and not unregistered
+    elif point == "build:after-rename-before-registry":
+        assert after == before and unregistered
+    else:  # this view's new version is registered; its old one is not yet swept
+        assert [n for n in after if after[n] != before[n]] and unregistered
     wb = Workbench(lake_copy)
     for raw in (DAY_Q, ADV_Q):
         q, expected = _expect(baseline, raw)
         _same(wb, q, expected)
-    for name, entry in load_registry(lake_copy)["views"].items():
+    for name, entry in after.items():
         assert (lake_copy / entry["file"]).is_file(), name
     build(lake_copy, progress=False)
     assert not list((lake_copy / "views").rglob(".staging-*"))

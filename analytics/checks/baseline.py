@@ -2,7 +2,8 @@
 
 Owns the one definition of what every answer must equal. The view reproduces the
 challenge's casts and derived columns (`to_timestamp(ts / 1000.0)`, `DATE_TRUNC('week', ts)`,
-...); the raw columns are read as text so a dirty file cannot derail type detection, and
+...); the raw columns are read as text (the raw format of `lake.rules`, and nothing else of the
+lake) so a dirty file cannot derail type detection, and
 values are bound as the analyst's text so DuckDB casts them exactly like string literals.
 Must not use the lake, the views or the query coercion of `query.py`: it is the independent
 side of every differential test.
@@ -15,9 +16,9 @@ import duckdb
 import pyarrow as pa
 
 from analytics.core import db
+from analytics.lake.rules import raw_csv_sql
 from analytics.query.compiler import compile_query
 from analytics.query.model import Query
-from analytics.query.schema import RAW_HEADER
 
 
 def connect_baseline(raw_dir: str | Path, materialize: bool = False) -> duckdb.DuckDBPyConnection:
@@ -33,10 +34,7 @@ def connect_baseline(raw_dir: str | Path, materialize: bool = False) -> duckdb.D
     if not any(raw_dir.glob("*.csv")):
         raise FileNotFoundError(f"raw directory {str(raw_dir)!r} holds no *.csv files")
     con = db.connect()
-    columns = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in RAW_HEADER) + "}"
-    pattern = str(raw_dir / "*.csv").replace("'", "''")
-    read = (f"read_csv('{pattern}', header = true, auto_detect = false, columns = {columns}, "
-            "null_padding = true, ignore_errors = true)")
+    read = raw_csv_sql(str(raw_dir / "*.csv"), null_padding=True, ignore_errors=True)
     if materialize:
         con.execute(f"CREATE TABLE raw_text AS SELECT * FROM {read}")
         read = "raw_text"

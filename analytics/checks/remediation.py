@@ -5,7 +5,7 @@ in the lake and quarantined (per reason, per event type, per source file and per
 accounting checks (read == lake + quarantined everywhere, manifest totals == sum of segments,
 manifest counts == the rows actually in the committed Parquet files), the partition days each
 event type covers, and a few offending rows per reason. Reads only what the manifest commits to;
-must not change the lake nor decide what is quarantined (that is `lake.py`).
+must not change the lake nor decide what is quarantined (that is `lake.prepare`).
 """
 from __future__ import annotations
 
@@ -16,20 +16,17 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from analytics.core import db
+from analytics.core.sql import sql_string
 from analytics.lake.manifest import Lake
 from analytics.lake.rules import REASONS
 from analytics.query.schema import EVENT_TYPES, RAW_HEADER
 
-# Columns of a quarantine file, in order, as `lake._ingest` writes them.
+# Columns of a quarantine file, in order, as `lake.prepare` writes them.
 QUARANTINE_COLUMNS: tuple[str, ...] = ("source_file", "line", "reason", *RAW_HEADER, "raw_line")
 
 
 def _parquet_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
-
-
-def _sql_str(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _sum_maps(maps: list[dict[str, int]]) -> dict[str, int]:
@@ -56,7 +53,8 @@ def remediation_report(lake_dir: str | os.PathLike, samples: int = 5) -> dict[st
 
     Returns a JSON-able dict with `rows_read`, `rows_lake`, `rows_quarantined`,
     `quarantine_by_reason` (every known reason, zeros included), `quarantine_by_type`,
-    `lake_by_type`, `by_source_file`, `segments`, `days_by_type`, `samples` (up to `samples`
+    `lake_by_type`, `by_source_file`, `segments`, `rejected` (parts prepare could not read, with
+    the reason), `days_by_type`, `samples` (up to `samples`
     quarantined rows per reason, raw columns as text), `checks` (one entry per accounting check
     with expected/actual) and `ok` (all checks hold). Raises FileNotFoundError for a directory
     that is not a prepared lake.
@@ -115,7 +113,7 @@ def remediation_report(lake_dir: str | os.PathLike, samples: int = 5) -> dict[st
     sample_rows: dict[str, list[dict[str, Any]]] = {r: [] for r, n in by_reason.items() if n}
     if qfiles:
         con = db.connect()
-        listing = ", ".join(_sql_str(str(f)) for f in qfiles)
+        listing = ", ".join(sql_string(str(f)) for f in qfiles)
         rel = f"read_parquet([{listing}], union_by_name = true)"
         cols = ", ".join(f'"{c}"' for c in QUARANTINE_COLUMNS)
         actual_by_reason = dict(con.execute(f"SELECT reason, count(*) FROM {rel} GROUP BY 1").fetchall())
@@ -153,6 +151,7 @@ def remediation_report(lake_dir: str | os.PathLike, samples: int = 5) -> dict[st
         "quarantine_by_type": dict(sorted((totals.get("quarantine_by_type") or {}).items())),
         "by_source_file": [{"source_file": k, **v} for k, v in sorted(by_file.items())],
         "segments": seg_rows,
+        "rejected": list(manifest.get("rejected") or []),
         "days_by_type": {t: _day_summary(days.get(t, set())) for t in EVENT_TYPES},
         "samples": sample_rows,
         "checks": checks,
@@ -189,8 +188,8 @@ def raw_accounting(lake_dir: str | os.PathLike, raw_dir: str | os.PathLike) -> l
     """Checks of the manifest against the raw parts themselves, independent of DuckDB's CSV reader.
 
     Per source file the manifest counts: the file still exists unchanged (same fingerprint) and
-    its non-empty data lines equal `rows_read`. Every `*.csv` in `raw_dir` is in the lake (else
-    `prepare` has not run since it appeared).
+    its non-empty data lines equal `rows_read`. Every `*.csv` in `raw_dir` is in the lake or in its
+    `rejected` list (else `prepare` has not run since it appeared).
     """
     from analytics.lake.manifest import fingerprint
 
@@ -211,8 +210,9 @@ def raw_accounting(lake_dir: str | os.PathLike, raw_dir: str | os.PathLike) -> l
         _check(checks, f"raw {name}: unchanged since prepare (fingerprint)", True, same)
         if same:
             _check(checks, f"raw {name}: data lines == rows_read", seg["rows_read"], count_data_lines(path))
+    known |= {r["file"] for r in lake.manifest.get("rejected") or []}
     extra = sorted(p.name for p in raw.glob("*.csv") if p.name not in known)
-    _check(checks, f"raw {raw}: every *.csv part is in the lake", [], extra)
+    _check(checks, f"raw {raw}: every *.csv part is in the lake or listed as rejected", [], extra)
     return checks
 
 
@@ -235,6 +235,8 @@ def format_report(report: dict[str, Any]) -> str:
     for f in report["by_source_file"]:
         lines.append(f"  file {f['source_file']}: read {f['rows_read']:,}, lake {f['rows_lake']:,}, "
                      f"quarantined {f['rows_quarantined']:,}")
+    for r in report["rejected"]:
+        lines.append(f"  REJECTED file {r['file']}: {r['reason']} (not in the lake; the other parts are)")
     failed = [c for c in report["checks"] if not c["ok"]]
     for c in failed:
         lines.append(f"CHECK FAILED {c['check']}: expected {c['expected']}, got {c['actual']}")

@@ -4,17 +4,19 @@ For data that outgrows one machine. It executes the shared definitions and write
 files the DuckDB engine writes, so `lake.prepare` / `views.build_view` stage, check, promote and
 record them the same way and the router and DuckDB serve them unchanged:
 
-- remediation: `lake.REMEDIATION_RULES` expanded with `SPARK_FUNCTIONS`, Spark SQL that gives
+- remediation: `lake.REMEDIATION_RULES` expanded with `spark_sql.SPARK_FUNCTIONS`, Spark SQL that gives
   DuckDB's TRY_CAST results (Spark's own casts differ: no `7.5` -> 8, no `1e3`, no `1_000`, no
   `0x10`, `7d` is a double ...); the CSV is split into fields as DuckDB's reader does (quotes,
   `""` = NULL, trailing empty fields ignored, empty lines skipped, other field counts rejected
   with their line number). A line whose quoting DuckDB resolves across lines or leniently (an
-  unbalanced quote, text after a closing quote) is refused with a `PrepareError`, never guessed.
+  unbalanced quote, text after a closing quote) is refused with a `PrepareError`, never guessed;
+  so is a part with a line `lake.rawfile` diverts (not UTF-8, over `rules.MAX_LINE_BYTES`, a
+  hostile field count): Spark's text reader would replace its bytes rather than quarantine it.
 - lake files: one Parquet file per segment and type (gathered by a shuffle on (segment, type),
   sorted by `ts`, ZSTD, the same row group size), UTC-naive TIMESTAMP_NTZ / DATE / INT / BIGINT /
   DOUBLE / STRING columns in the lake's order; the part files Spark writes are moved into place.
 - views: `ViewDef.aggregate_sql` / `reaggregate_sql` run as Spark SQL; one file per version.
-- queries: the `Query` compiled from `compiler`'s pieces to Spark SQL over a temp view of the
+- queries: the `Query` compiled by `compiler.compile_query` to Spark SQL over a temp view of the
   committed files; every value is a bound `?` parameter (times bound as ISO text and cast to the
   lake's type, so no process or JVM time zone can shift them); NULLs sort last as in DuckDB.
 
@@ -33,15 +35,25 @@ import time
 import uuid
 from functools import reduce
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from analytics.lake.manifest import EVENTS_DIR, QUARANTINE_DIR, Lake
+from analytics.engines.spark_sql import (
+    LAKE_PROJECTION,
+    QTOKEN,
+    QUOTED_LINE,
+    SPARK_TYPES,
+    UNPARSEABLE_QUOTES,
+    Conversions,
+    spark_str,
+)
+from analytics.lake.manifest import EVENTS_DIR, QUARANTINE_DIR, Lake, RejectedPart, SegmentEntry
 from analytics.lake.prepare import PrepareError
-from analytics.lake.rules import WRONG_FIELD_COUNT, reason_case_sql, render_rule_sql
-from analytics.query.compiler import condition_sql, ident, select_item_sql
+from analytics.lake.rawfile import first_diverted
+from analytics.lake.rules import WRONG_FIELD_COUNT, reason_case_sql
+from analytics.query.compiler import compile_query
 from analytics.query.model import Query
 from analytics.query.schema import EVENT_TYPES, LAKE_TYPES, RAW_HEADER
 from analytics.views.catalog import ViewDef
@@ -72,123 +84,6 @@ LOCAL_DEFAULT_CONF: dict[str, str] = {
 }
 ROW_GROUP_ROWS = "parquet.block.row.count.limit"
 VIEW_ROW_GROUP_SIZE = 122_880
-
-
-# ---- the remediation functions, with DuckDB's TRY_CAST semantics --------------------------------
-def spark_str(text: str) -> str:
-    """A Spark SQL string literal (backslash escapes are on by default)."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-_WS = r"[\t\n\x0B\f\r ]"  # what DuckDB skips around a number (Spark's casts also skip \x00-\x1f)
-_DIGITS = r"[0-9]+(?:_[0-9]+)*"  # DuckDB accepts single underscores between digits
-_MANTISSA = rf"(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})"
-_INT_DEC = rf"^{_WS}*[+-]?{_MANTISSA}(?:[eE][+-]?{_DIGITS}\.?)?{_WS}*$"  # rounds half away from zero
-_INT_HEX = rf"^{_WS}*0[xX][0-9a-fA-F]+(?:_[0-9a-fA-F]+)*$"
-_INT_BIN = rf"^{_WS}*0[bB][01]+(?:_[01]+)*$"
-_FLOAT_DEC = rf"^{_WS}*(?:\+-|[+-])?{_MANTISSA}(?:[eE][+-]?{_DIGITS})?{_WS}*$"
-_FLOAT_SPECIAL = rf"^{_WS}*(?:\+-|[+-])?(?:inf|infinity|nan){_WS}*$"
-
-
-def _int_sql(x: str, spark_type: str) -> str:
-    """DuckDB's TRY_CAST(x AS BIGINT|INTEGER): decimals round half away from zero, exponents,
-    underscores, 0x/0b prefixes; NULL when it does not parse or overflows."""
-    stripped = (f"regexp_replace(regexp_replace({x}, '([eE][+-]?[0-9_]+)[.]', '$1'), "
-                f"{spark_str('_|' + _WS)}, '')")
-    exponent = f"regexp_extract({x}, '[eE]([+-]?[0-9_]+)', 1)"
-    exponent_ok = f"({exponent} = '' OR try_cast(replace({exponent}, '_', '') AS INT) BETWEEN -32768 AND 32767)"
-
-    def based(prefix: str, base: int, max_digits: int) -> str:
-        digits = f"regexp_replace({x}, {spark_str('^' + _WS + '*0' + prefix + '0*|_')}, '')"
-        return (f"try_cast(CASE WHEN {digits} = '' THEN '0' WHEN length({digits}) <= {max_digits} "
-                f"THEN conv({digits}, {base}, 10) END AS {spark_type})")
-
-    # fast path: Spark's own integer parse accepts a subset of DuckDB's (same values) once no
-    # character <= ' ' surrounds the number (Spark would trim control characters DuckDB keeps)
-    fast = f"try_cast({x} AS {spark_type})"
-    return (f"(CASE WHEN ascii({x}) > 32 AND ascii(right({x}, 1)) > 32 AND {fast} IS NOT NULL THEN {fast} "
-            f"WHEN {x} RLIKE {spark_str(_INT_DEC)} AND {exponent_ok} "
-            f"THEN try_cast(try_cast({stripped} AS DECIMAL(38,0)) AS {spark_type}) "
-            f"WHEN {x} RLIKE {spark_str(_INT_HEX)} THEN {based('[xX]', 16, 16)} "
-            f"WHEN {x} RLIKE {spark_str(_INT_BIN)} THEN {based('[bB]', 2, 64)} END)")
-
-
-def _float_sql(x: str) -> str:
-    """DuckDB's TRY_CAST(x AS DOUBLE): underscores, a `+-` sign, inf/infinity/nan in any case;
-    no `d`/`f` suffixes nor hex; NULL when it does not parse."""
-    stripped = (f"regexp_replace(regexp_replace({x}, {spark_str('^(' + _WS + '*)[+]-')}, '$1-'), "
-                f"{spark_str('_|' + _WS)}, '')")
-    special = f"lower(regexp_replace({x}, {spark_str(_WS + '|[+]')}, ''))"
-    # fast path: between a leading and a trailing digit, without an x (Java's hex floats), what
-    # Java's parser accepts is a decimal number DuckDB reads alike
-    fast = f"try_cast({x} AS DOUBLE)"
-    return (f"(CASE WHEN ascii({x}) BETWEEN 48 AND 57 AND ascii(right({x}, 1)) BETWEEN 48 AND 57 "
-            f"AND instr(lower({x}), 'x') = 0 AND {fast} IS NOT NULL THEN {fast} "
-            f"WHEN {x} RLIKE {spark_str(_FLOAT_DEC)} THEN try_cast({stripped} AS DOUBLE) "
-            f"WHEN lower({x}) RLIKE {spark_str(_FLOAT_SPECIAL)} THEN CASE {special} "
-            f"WHEN 'inf' THEN double('inf') WHEN 'infinity' THEN double('inf') "
-            f"WHEN '-inf' THEN double('-inf') WHEN '-infinity' THEN double('-inf') ELSE double('nan') END END)")
-
-
-SPARK_FUNCTIONS: dict[str, Callable[..., str]] = {
-    "int64": lambda x: _int_sql(x, "BIGINT"),
-    "int32": lambda x: _int_sql(x, "INT"),
-    "float64": _float_sql,
-    "finite": lambda x: f"(NOT isnan({x}) AND abs({x}) <> double('inf'))",
-    # RLIKE finds; anchor it, with \z because Java's $ also matches before a final line break
-    "full_match": lambda x, pattern: f"({x} RLIKE concat('^(?:', {pattern}, ')\\\\z'))",
-}
-
-
-class _Conversions:
-    """SPARK_FUNCTIONS, but each cast of a plain column becomes a column computed once
-    (`_int64_ts`, ...): the rules and the projection name the same casts many times."""
-
-    MEMO = ("int64", "int32", "float64")
-
-    def __init__(self) -> None:
-        self.columns: dict[str, str] = {}
-        self.functions: dict[str, Callable[..., str]] = dict(SPARK_FUNCTIONS)
-        for name in self.MEMO:
-            self.functions[name] = self._memo(name)
-
-    def _memo(self, name: str) -> Callable[..., str]:
-        def convert(arg: str) -> str:
-            if arg not in RAW_HEADER:
-                return SPARK_FUNCTIONS[name](arg)
-            column = f"_{name}_{arg}"
-            self.columns.setdefault(column, SPARK_FUNCTIONS[name](arg))
-            return column
-        return convert
-
-    def render(self, sql: str) -> str:
-        return render_rule_sql(sql, self.functions)
-
-
-# ---- the CSV line grammar of DuckDB's reader, as the lake's prepare configures it ---------------
-_QFIELD = r'"(?:[^"]|"")*"|[^",][^,]*|'
-_QUOTED_LINE = rf"^(?:{_QFIELD})(?:,(?:{_QFIELD}))*$"
-_QTOKEN = rf",({_QFIELD})"
-UNPARSEABLE_QUOTES = "(unparseable quotes)"
-
-# Typed lake columns from the validated raw text, in the DuckDB engine's order (lake.LAKE_PROJECTION).
-_TS = "CAST(timestamp_millis(int64(ts)) AS TIMESTAMP_NTZ)"  # session time zone is UTC
-LAKE_PROJECTION: tuple[tuple[str, str], ...] = (
-    ("ts", _TS),
-    ("day", f"CAST({_TS} AS DATE)"),
-    ("week", f"trunc(CAST({_TS} AS DATE), 'WEEK')"),  # the Monday on or before
-    ("hour", f"date_trunc('HOUR', {_TS})"),
-    ("minute", f"date_format({_TS}, 'yyyy-MM-dd HH:mm')"),
-    ("auction_id", "auction_id"),
-    ("advertiser_id", "int32(advertiser_id)"),
-    ("publisher_id", "int32(publisher_id)"),
-    ("bid_price", "float64(bid_price)"),
-    ("user_id", "int64(user_id)"),
-    ("total_price", "float64(total_price)"),
-    ("country", "country"),
-)
-_SPARK_TYPES = {"TIMESTAMP": "TIMESTAMP_NTZ", "DATE": "DATE", "VARCHAR": "STRING", "INTEGER": "INT",
-                "BIGINT": "BIGINT", "DOUBLE": "DOUBLE"}
 
 
 def _uri(path: Path) -> str:
@@ -273,7 +168,7 @@ class SparkEngine:
         files = lake.event_files(segments=segments)
         if not files:
             cols = [c for c in LAKE_TYPES if c != "type"] + ["type"]
-            ddl = ", ".join(f"{c} {_SPARK_TYPES[LAKE_TYPES[c]]}" for c in cols)
+            ddl = ", ".join(f"{c} {SPARK_TYPES[LAKE_TYPES[c]]}" for c in cols)
             return self.spark.createDataFrame([], ddl)
         return (self.spark.read.option("basePath", _uri(lake.root / EVENTS_DIR))
                 .parquet(*[_uri(f) for f in files]))
@@ -289,15 +184,23 @@ class SparkEngine:
 
     # ---- prepare -------------------------------------------------------------------------------
     def ingest(self, parts: Sequence[tuple[Path, str]], stage: Path, *, row_group_size: int,
-               progress: bool) -> list[dict[str, Any]]:
+               progress: bool) -> list[SegmentEntry | RejectedPart]:
         """All parts in one set of Spark jobs: number the lines, classify and write the accepted rows,
-        the quarantined ones (a second pass, only if any), count what was written."""
+        the quarantined ones (a second pass, only if any), count what was written.
+
+        A part with a line the raw-file pre-pass diverts (not UTF-8, too long, too many fields) is
+        refused with a PrepareError: Spark's text reader would replace its bytes, not quarantine it."""
         from pyspark import StorageLevel
         from pyspark.sql import Observation
         from pyspark.sql import functions as F
 
         if not parts:
             return []
+        for src, _ in parts:
+            bad = first_diverted(src)
+            if bad is not None:
+                raise PrepareError(f"{src.name} line {bad.line}: {bad.reason}, which the Spark engine does not "
+                                   f"quarantine; prepare this part with --engine duckdb")
         spark = self.spark
         work = stage / f"_spark-{uuid.uuid4().hex}"
         bar = tqdm(total=5, desc="prepare (spark)", unit="step", disable=not progress)
@@ -326,18 +229,18 @@ class SparkEngine:
                     .where("line > 1 AND value <> ''"))
         unquote = "t -> CASE WHEN t LIKE '\"%' THEN replace(substr(t, 2, length(t) - 2), '\"\"', '\"') ELSE t END"
         tokens = (f"CASE WHEN instr(value, '\"') = 0 THEN split(value, ',', -1) "
-                  f"ELSE transform(regexp_extract_all(concat(',', value), {spark_str(_QTOKEN)}, 1), {unquote}) END")
+                  f"ELSE transform(regexp_extract_all(concat(',', value), {spark_str(QTOKEN)}, 1), {unquote}) END")
         # 9 fields, or more whose extra ones are all empty
         ok = ("CASE WHEN size(f) = 9 THEN true WHEN size(f) > 9 THEN concat_ws('', slice(f, 10, size(f) - 9)) = '' "
               "ELSE false END")
         raw = (numbered.selectExpr(
                    "seg", "line", "value", f"{tokens} AS f",
-                   f"instr(value, '\"') > 0 AND NOT value RLIKE {spark_str(_QUOTED_LINE)} AS bad_quotes")
+                   f"instr(value, '\"') > 0 AND NOT value RLIKE {spark_str(QUOTED_LINE)} AS bad_quotes")
                .selectExpr("*", f"{ok} AS ok")
                .selectExpr("seg", "line", "bad_quotes", "ok",
                            *[f"CASE WHEN ok THEN nullif(f[{i}], '') END AS {c}" for i, c in enumerate(RAW_HEADER)],
                            "CASE WHEN NOT ok THEN value END AS raw_line"))
-        conv = _Conversions()
+        conv = Conversions()
         reason = (f"CASE WHEN bad_quotes THEN '{UNPARSEABLE_QUOTES}' WHEN NOT ok THEN '{WRONG_FIELD_COUNT}' "
                   f"ELSE {reason_case_sql(conv.functions)} END")
         lake_cols = [f"{conv.render(expr)} AS {col}" for col, expr in LAKE_PROJECTION]
@@ -402,8 +305,8 @@ class SparkEngine:
 
     @staticmethod
     def _entries(kept: list[Any], quarantined: list[Any], names: dict[str, str], work: Path,
-                 stage: Path) -> list[dict[str, Any]]:
-        """The manifest entry of each part (as lake._ingest makes it), its files moved into `stage`."""
+                 stage: Path) -> list[SegmentEntry]:
+        """The manifest entry of each part, its files moved into `stage`."""
         entries = []
         for seg in names:
             lake_by_type: dict[str, int] = {}
@@ -412,32 +315,24 @@ class SparkEngine:
                 if r["seg"] == seg:
                     lake_by_type[r["type"]] = lake_by_type.get(r["type"], 0) + r["count"]
                     days.setdefault(r["type"], set()).add(r["day"])
-            entry: dict[str, Any] = {"segment": seg, "files": {}, "days": {}, "lake_by_type": {}}
+            files: dict[str, str] = {}
             for t in sorted(lake_by_type):
-                rel = f"{EVENTS_DIR}/type={t}/{seg}.parquet"
-                _move_single_part(work / "events" / f"seg={seg}" / f"type={t}", stage / rel)
-                entry["files"][t] = rel
-                entry["lake_by_type"][t] = lake_by_type[t]
-                entry["days"][t] = sorted(days[t])
+                files[t] = f"{EVENTS_DIR}/type={t}/{seg}.parquet"
+                _move_single_part(work / "events" / f"seg={seg}" / f"type={t}", stage / files[t])
             by_reason: dict[str, int] = {}
             by_type: dict[str, int] = {}
             for r in quarantined:
                 if r["seg"] == seg:
                     by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + r["count"]
                     by_type[r["type"]] = by_type.get(r["type"], 0) + r["count"]
-            n_quarantined = sum(by_reason.values())
-            entry["quarantine_file"] = None
-            if n_quarantined:
-                rel = f"{QUARANTINE_DIR}/{seg}.parquet"
-                _move_single_part(work / "quarantine" / f"seg={seg}", stage / rel)
-                entry["quarantine_file"] = rel
-            entry.update({
-                "rows_read": sum(lake_by_type.values()) + n_quarantined,
-                "rows_lake": sum(lake_by_type.values()),
-                "rows_quarantined": n_quarantined,
-                "quarantine_by_reason": by_reason,
-                "quarantine_by_type": by_type,
-            })
+            quarantine_file = None
+            if by_reason:
+                quarantine_file = f"{QUARANTINE_DIR}/{seg}.parquet"
+                _move_single_part(work / "quarantine" / f"seg={seg}", stage / quarantine_file)
+            entry = SegmentEntry.counted(seg, files=files, days={t: sorted(days[t]) for t in sorted(lake_by_type)},
+                                         lake_by_type={t: lake_by_type[t] for t in sorted(lake_by_type)},
+                                         quarantine_file=quarantine_file, quarantine_by_reason=by_reason,
+                                         quarantine_by_type=by_type)
             entries.append(entry)
         return entries
 
@@ -509,25 +404,6 @@ def _bind(value: Any) -> tuple[str, Any]:
 
 
 def compile_spark(query: Query, relation: str) -> tuple[str, list[Any]]:
-    """`compiler.compile_query` for Spark SQL: the same select items and predicates (compiler's own
-    functions), values as `?` parameters, and NULLS LAST made explicit (DuckDB's default order)."""
-    params: list[Any] = []
-    preds = []
-    for cond in query.where:
-        bound = [_bind(v) for v in cond.values]
-        sql = condition_sql(cond, ident(cond.col))
-        pieces = sql.split("?")
-        sql = pieces[0] + "".join(p + rest for (p, _), rest in zip(bound, pieces[1:]))
-        preds.append(sql)
-        params.extend(v for _, v in bound)
-    sql = f"SELECT {', '.join(select_item_sql(i) for i in query.select)} FROM {relation}"
-    if preds:
-        sql += " WHERE " + " AND ".join(preds)
-    if query.group_by:
-        sql += " GROUP BY " + ", ".join(ident(g) for g in query.group_by)
-    if query.order_by:
-        sql += " ORDER BY " + ", ".join(f"{ident(o.name)} {'DESC' if o.desc else 'ASC'} NULLS LAST"
-                                        for o in query.order_by)
-    if query.limit is not None:
-        sql += f" LIMIT {int(query.limit)}"
-    return sql, params
+    """`compiler.compile_query` for Spark SQL: values bound as `?` parameters (times cast, see `_bind`)
+    and NULLS LAST made explicit (DuckDB's default order)."""
+    return compile_query(query, relation, bind=_bind, nulls_last=True)

@@ -1,7 +1,8 @@
 """The manifest, the lake's commit point, and `Lake`, the read-only view of what it commits to.
 
-Owns the on-disk names of the lake, the manifest's shape (segments, totals, lake version) and
-the content fingerprint of a raw part. Readers see exactly the files the manifest lists.
+Owns the on-disk names of the lake, the manifest's shape (segments as `SegmentEntry`, parts
+that could not be read as `RejectedPart`, totals, lake version) and the content fingerprint of a
+raw part. Readers see exactly the files the manifest lists.
 Must not write the lake (that is `prepare`).
 """
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -45,6 +46,62 @@ def fingerprint(path: Path, block: int = 1 << 20) -> str:
         fh.seek(max(0, size - block))
         h.update(fh.read(block))
     return h.hexdigest()
+
+
+@dataclass
+class SegmentEntry:
+    """One raw part as the manifest records it: its files (paths relative to the lake), the days
+    each type covers, the counts, and its `source` (file, size, mtime_ns, fingerprint).
+
+    `to_json` writes the keys in the order the manifest always had, so a lake written before this
+    class existed reads and re-writes byte for byte."""
+
+    segment: str
+    files: dict[str, str] = field(default_factory=dict)
+    days: dict[str, list[str]] = field(default_factory=dict)
+    lake_by_type: dict[str, int] = field(default_factory=dict)
+    quarantine_file: str | None = None
+    rows_read: int = 0
+    rows_lake: int = 0
+    rows_quarantined: int = 0
+    quarantine_by_reason: dict[str, int] = field(default_factory=dict)
+    quarantine_by_type: dict[str, int] = field(default_factory=dict)
+    source: dict[str, Any] | None = None
+
+    @classmethod
+    def counted(cls, segment: str, *, files: dict[str, str], days: dict[str, list[str]],
+                lake_by_type: dict[str, int], quarantine_file: str | None,
+                quarantine_by_reason: dict[str, int], quarantine_by_type: dict[str, int]) -> "SegmentEntry":
+        """An entry whose row counts are the sums of its per-type and per-reason counts."""
+        in_lake, quarantined = sum(lake_by_type.values()), sum(quarantine_by_reason.values())
+        return cls(segment, files, days, lake_by_type, quarantine_file, in_lake + quarantined, in_lake,
+                   quarantined, quarantine_by_reason, quarantine_by_type)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "segment": self.segment, "files": self.files, "days": self.days, "lake_by_type": self.lake_by_type,
+            "quarantine_file": self.quarantine_file, "rows_read": self.rows_read, "rows_lake": self.rows_lake,
+            "rows_quarantined": self.rows_quarantined, "quarantine_by_reason": self.quarantine_by_reason,
+            "quarantine_by_type": self.quarantine_by_type,
+        }
+        if self.source is not None:
+            out["source"] = self.source
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "SegmentEntry":
+        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class RejectedPart:
+    """A raw part that could not be read at all (the others are still ingested): its file and why."""
+
+    file: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "reason": self.reason}
 
 
 @dataclass
@@ -104,7 +161,8 @@ class Lake:
 
 
 def _empty_manifest() -> dict[str, Any]:
-    return {"schema_version": SCHEMA_VERSION, "lake_version": None, "segments": [], "totals": {}, "layout": {}}
+    return {"schema_version": SCHEMA_VERSION, "lake_version": None, "segments": [], "totals": {}, "layout": {},
+            "rejected": []}
 
 
 def _lake_version(segments: list[dict[str, Any]]) -> str:

@@ -1,16 +1,20 @@
 """The lake: raw CSV parts remediated into Parquet, with a quarantine and a manifest that commits.
 
-Owns `prepare` (read every `*.csv` with an explicit schema, quarantine untrustworthy rows with
-a reason, write typed Parquet partitioned by `type`, sorted by `ts`, ZSTD) and the `Lake`
-reader. The manifest is the commit point: readers see exactly the files it lists, so files
-promoted by a run that was killed before writing it stay invisible and are swept by the next
-run. Each CSV part becomes one *segment* (one file per type plus its quarantine), so a new
-part is appended without rewriting anything else. Must not know about queries or views.
+Owns `prepare` (read every `*.csv` with an explicit schema after the raw-file pre-pass of
+`rawfile`, quarantine untrustworthy rows with a reason, write typed Parquet partitioned by
+`type`, sorted by `ts`, ZSTD) and DuckDB's ingester. The manifest is the commit point: readers
+see exactly the files it lists, so files promoted by a run that was killed before writing it
+stay invisible and are swept by the next run (each step between two durable states is a named
+crash point of `core.faults`). Each CSV part becomes one *segment* (one file per type plus its
+quarantine), so a new part is appended without rewriting anything else; a part that cannot be
+read is listed as rejected and never stops the others. Must not know about queries or views.
 """
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
+import logging
 import os
 import shutil
 import time
@@ -24,6 +28,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from analytics.core import db
+from analytics.core.faults import crash_point
 from analytics.core.files import write_atomic
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.core.sql import sql_string
@@ -34,38 +39,64 @@ from analytics.lake.manifest import (
     QUARANTINE_DIR,
     SCHEMA_VERSION,
     STAGING_DIR,
+    RejectedPart,
+    SegmentEntry,
     _empty_manifest,
     _lake_version,
     _segment_id,
     _totals,
     fingerprint,
 )
-from analytics.lake.rules import DUCKDB_FUNCTIONS, LAKE_PROJECTION, WRONG_FIELD_COUNT, reason_case_sql
+from analytics.lake.rawfile import BOM, RawScan, scan_part
+from analytics.lake.rules import (
+    DUCKDB_FUNCTIONS,
+    LAKE_PROJECTION,
+    MAX_LINE_BYTES,
+    NOT_UTF8,
+    WRONG_FIELD_COUNT,
+    raw_csv_sql,
+    reason_case_sql,
+)
 from analytics.query.schema import EVENT_TYPES, RAW_HEADER
+
+log = logging.getLogger(__name__)
 
 
 class PrepareError(RuntimeError):
-    """Input that prepare cannot ingest; the message names the directory, file or columns."""
+    """Input that prepare cannot ingest, or a step that failed; the message names the directory, file or columns."""
 
 
 class Ingester(Protocol):
     """What executes the remediation of raw parts (`analytics.engines` has DuckDB's and Spark's)."""
 
     def ingest(self, parts: Sequence[tuple[Path, str]], stage: Path, *, row_group_size: int,
-               progress: bool) -> list[dict[str, Any]]:
+               progress: bool) -> list[SegmentEntry | RejectedPart]:
         """Remediate each `(csv_path, segment_id)` into files under `stage` (paths as in the lake);
-        returns one manifest entry per part, in order, without its `source`."""
+        returns, per part and in order, its entry (without `source`) or why it could not be read."""
+
+
+def _no_space(exc: BaseException) -> bool:
+    return "No space left on device" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def check_header(path: Path) -> None:
+    """The first line of a (non-empty) part must be RAW_HEADER, a UTF-8 byte order mark allowed.
+    Raises OSError when the part cannot be read, PrepareError when the header is another."""
+    with path.open("rb") as fh:
+        first = fh.readline(MAX_LINE_BYTES + 1)
+    if first.startswith(BOM):
+        first = first[len(BOM):]
+    if not first:
+        return  # an empty part: counted with 0 rows
     try:
-        with path.open("r", encoding="utf-8", newline="") as fh:
-            first = fh.readline().strip("\r\n")
-    except OSError as exc:
-        raise PrepareError(f"cannot read {path}: {exc.strerror}") from None
+        text = first.decode("utf-8").strip("\r\n")
     except UnicodeDecodeError:
-        raise PrepareError(f"{path}: header is not UTF-8 text") from None
-    cols = [c.strip() for c in first.split(",")] if first else []
+        raise PrepareError(f"{path}: header line is not UTF-8 text") from None
+    cols = [c.strip() for c in text.split(",")] if text else []
     if tuple(cols) != RAW_HEADER:
         missing = [c for c in RAW_HEADER if c not in cols]
         extra = [c for c in cols if c not in RAW_HEADER]
@@ -73,35 +104,47 @@ def check_header(path: Path) -> None:
         if missing:
             detail.append(f"missing {', '.join(missing)}")
         if extra:
-            detail.append(f"unexpected {', '.join(extra)}")
+            detail.append(f"unexpected {', '.join(extra)}"[:200])
         if not detail:
             detail.append("columns out of order")
         raise PrepareError(f"{path}: header is not the expected one ({'; '.join(detail)}); "
                            f"expected: {','.join(RAW_HEADER)}")
 
 
+def empty_entry(seg_id: str) -> SegmentEntry:
+    """The entry of a part with no rows (a 0-byte file, or a header alone)."""
+    return SegmentEntry.counted(seg_id, files={}, days={}, lake_by_type={}, quarantine_file=None,
+                                quarantine_by_reason={}, quarantine_by_type={})
 
 
-def _ingest(con: duckdb.DuckDBPyConnection, src: Path, seg_id: str, stage: Path, row_group_size: int) -> dict[str, Any]:
-    """Remediate one CSV part into staged Parquet files; returns its manifest entry (paths relative)."""
-    columns = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in RAW_HEADER) + "}"
-    types = ", ".join(sql_string(t) for t in EVENT_TYPES)
-    reason = reason_case_sql(DUCKDB_FUNCTIONS)
-    con.execute("DROP TABLE IF EXISTS seg_rows")
-    con.execute("DROP TABLE IF EXISTS seg_rejects")
-    con.execute("DROP TABLE IF EXISTS seg_reject_scans")
+def _read(con: duckdb.DuckDBPyConnection, src: Path, stage: Path) -> RejectedPart | RawScan:
+    """The part's rows into `seg_rows` (with their reason) and the reader's rejects into `seg_rejects`,
+    after the raw-file pre-pass; a part whose content the reader gives up on is a RejectedPart."""
+    for table in ("seg_rows", "seg_rejects", "seg_reject_scans"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
     try:
+        scan = scan_part(src, stage / "_raw" / src.name)
         con.execute(f"""
             CREATE TEMP TABLE seg_rows AS
-            SELECT *, {reason} AS reason
-            FROM read_csv({sql_string(str(src))}, header = true, auto_detect = false, columns = {columns},
-                          delim = ',', quote = '"', escape = '"', store_rejects = true,
-                          rejects_table = 'seg_rejects', rejects_scan = 'seg_reject_scans')
+            SELECT *, {reason_case_sql(DUCKDB_FUNCTIONS)} AS reason
+            FROM {raw_csv_sql(str(scan.read_path), rejects=("seg_rejects", "seg_reject_scans"))}
         """)
-    except duckdb.Error as exc:
-        raise PrepareError(f"cannot read {src}: {str(exc).splitlines()[0]}") from None
+    except (duckdb.InvalidInputException, duckdb.ConversionException, OSError) as exc:
+        # the part's bytes defeat the reader; a full disk, memory or an I/O error is the run's failure
+        if _no_space(exc):
+            raise
+        return RejectedPart(src.name, f"cannot read: {_first_line(exc)}")
+    return scan
 
-    entry: dict[str, Any] = {"segment": seg_id, "files": {}, "days": {}, "lake_by_type": {}}
+
+def _ingest(con: duckdb.DuckDBPyConnection, src: Path, seg_id: str, stage: Path,
+            row_group_size: int) -> SegmentEntry | RejectedPart:
+    """Remediate one CSV part into staged Parquet files; returns its manifest entry (paths relative)."""
+    scan = _read(con, src, stage)
+    if isinstance(scan, RejectedPart):
+        return scan
+    types = ", ".join(sql_string(t) for t in EVENT_TYPES)
+    files: dict[str, str] = {}
     for (t,) in con.execute("SELECT DISTINCT type FROM seg_rows WHERE reason IS NULL ORDER BY 1").fetchall():
         rel = f"{EVENTS_DIR}/type={t}/{seg_id}.parquet"
         out = stage / rel
@@ -110,60 +153,69 @@ def _ingest(con: duckdb.DuckDBPyConnection, src: Path, seg_id: str, stage: Path,
             COPY (SELECT {LAKE_PROJECTION} FROM seg_rows WHERE reason IS NULL AND type = ? ORDER BY ts)
             TO {sql_string(str(out))} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {int(row_group_size)})
         """, [t])
-        entry["files"][t] = rel
-    for t, n, days in con.execute("""
+        files[t] = rel
+    lake_by_type: dict[str, int] = {}
+    days: dict[str, list[str]] = {}
+    for t, n, d in con.execute("""
             SELECT type, count(*), list(DISTINCT CAST(CAST(epoch_ms(CAST(ts AS BIGINT)) AS DATE) AS VARCHAR) ORDER BY 1)
             FROM seg_rows WHERE reason IS NULL GROUP BY type ORDER BY type""").fetchall():
-        entry["lake_by_type"][t] = n
-        entry["days"][t] = sorted(days)
+        lake_by_type[t] = n
+        days[t] = sorted(d)
 
-    # a rejected line as it is in the file: with CRLF endings DuckDB's csv_line keeps the previous "\n"
+    # a rejected line as it is in the file: with CRLF endings DuckDB's csv_line keeps the previous "\n";
+    # DuckDB's own encoding check is a second net behind the pre-pass's not_utf8
+    nulls = ", ".join("NULL" for _ in RAW_HEADER)
     quarantined_sql = f"""
         SELECT {sql_string(src.name)} AS source_file, NULL::BIGINT AS line, reason,
                {', '.join(RAW_HEADER)}, NULL::VARCHAR AS raw_line
         FROM seg_rows WHERE reason IS NOT NULL
         UNION ALL
-        SELECT {sql_string(src.name)}, line::BIGINT, '{WRONG_FIELD_COUNT}', {', '.join('NULL' for _ in RAW_HEADER)},
-               any_value(trim(csv_line, chr(13) || chr(10)))
+        SELECT {sql_string(src.name)}, line::BIGINT,
+               CASE WHEN bool_or(error_type = 'INVALID ENCODING') THEN '{NOT_UTF8}' ELSE '{WRONG_FIELD_COUNT}' END,
+               {nulls}, any_value(trim(csv_line, chr(13) || chr(10)))
         FROM seg_rejects GROUP BY line
     """
+    if scan.diverted is not None:
+        quarantined_sql += f"""
+        UNION ALL
+        SELECT {sql_string(src.name)}, line, reason, {nulls}, raw_line FROM read_parquet({sql_string(str(scan.diverted))})
+        """
     by_reason = dict(con.execute(f"SELECT reason, count(*) FROM ({quarantined_sql}) GROUP BY 1").fetchall())
     by_type = dict(con.execute(f"""
         SELECT CASE WHEN type IN ({types}) THEN type ELSE '(invalid)' END, count(*)
         FROM ({quarantined_sql}) GROUP BY 1""").fetchall())
-    n_quarantined = sum(by_reason.values())
-    entry["quarantine_file"] = None
-    if n_quarantined:
-        rel = f"{QUARANTINE_DIR}/{seg_id}.parquet"
-        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-        con.execute(f"COPY ({quarantined_sql} ORDER BY line NULLS FIRST, reason) TO {sql_string(str(stage / rel))} "
-                    "(FORMAT parquet, COMPRESSION zstd)")
-        entry["quarantine_file"] = rel
-    n_accepted = con.execute("SELECT count(*) FROM seg_rows").fetchone()[0]
-    n_rejected = sum(v for k, v in by_reason.items() if k == WRONG_FIELD_COUNT)
-    entry.update({
-        "rows_read": n_accepted + n_rejected,
-        "rows_lake": sum(entry["lake_by_type"].values()),
-        "rows_quarantined": n_quarantined,
-        "quarantine_by_reason": by_reason,
-        "quarantine_by_type": by_type,
-    })
+    quarantine_file = None
+    if by_reason:
+        quarantine_file = f"{QUARANTINE_DIR}/{seg_id}.parquet"
+        (stage / quarantine_file).parent.mkdir(parents=True, exist_ok=True)
+        con.execute(f"COPY ({quarantined_sql} ORDER BY line NULLS FIRST, reason) "
+                    f"TO {sql_string(str(stage / quarantine_file))} (FORMAT parquet, COMPRESSION zstd)")
     con.execute("DROP TABLE seg_rows")
-    return entry
+    if scan.diverted is not None:
+        shutil.rmtree(scan.diverted.parent, ignore_errors=True)
+    return SegmentEntry.counted(seg_id, files=files, days=days, lake_by_type=lake_by_type,
+                                quarantine_file=quarantine_file, quarantine_by_reason=by_reason,
+                                quarantine_by_type=by_type)
 
 
 def ingest_parts(parts: Sequence[tuple[Path, str]], stage: Path, *, row_group_size: int, progress: bool,
-                 memory_limit: str = DEFAULT_MEMORY_LIMIT) -> list[dict[str, Any]]:
-    """`Ingester.ingest` on this machine with DuckDB: one connection, parts one after another."""
+                 memory_limit: str = DEFAULT_MEMORY_LIMIT) -> list[SegmentEntry | RejectedPart]:
+    """`Ingester.ingest` on this machine with DuckDB: one connection, parts one after another.
+
+    A part the reader cannot read is returned as a RejectedPart; any other failure (a full disk
+    while writing, ...) is a PrepareError naming the part."""
     con = db.connect(memory_limit=memory_limit)
     try:
         con.execute("SET temp_directory = ?", [str(stage / "spill")])
         con.execute("SET preserve_insertion_order = false")
-        entries = []
+        entries: list[SegmentEntry | RejectedPart] = []
         bar = tqdm(parts, desc="prepare", unit="part", disable=not progress)
         for src, seg_id in bar:
             bar.set_postfix_str(src.name)
-            entries.append(_ingest(con, src, seg_id, stage, row_group_size))
+            try:
+                entries.append(_ingest(con, src, seg_id, stage, row_group_size))
+            except (duckdb.Error, OSError) as exc:
+                raise PrepareError(f"{src}: {_first_line(exc)}") from None
         return entries
     finally:
         con.close()
@@ -180,13 +232,27 @@ def _sweep(lake: Path, manifest: dict[str, Any]) -> None:
                 f.unlink(missing_ok=True)
 
 
+def _warn_rejected(rejected: list[RejectedPart]) -> None:
+    for r in rejected:
+        log.warning("analytics prepare: %s rejected (%s); the other parts are in the lake", r.file, r.reason)
+
+
+def _source(src: Path) -> dict[str, Any]:
+    """The part's identity as the manifest records it (OSError when it cannot be read)."""
+    st = src.stat()
+    return {"file": src.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "fingerprint": fingerprint(src)}
+
+
 def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress: bool = True,
             memory_limit: str = DEFAULT_MEMORY_LIMIT, row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
             engine: Ingester | None = None) -> dict[str, Any]:
     """Bring the lake in line with the CSV parts in `raw_dir`; returns a summary of what changed.
 
     New or changed parts are ingested, parts gone from `raw_dir` are dropped, unchanged parts
-    are untouched; with nothing to do it is a no-op (`summary["changed"] is False`).
+    are untouched; with nothing to do it is a no-op (`summary["changed"] is False`). A part that
+    cannot be read is listed in the manifest's `rejected` (and the summary's) with the reason,
+    and the others are still ingested; an empty part counts with 0 rows. A header that is not
+    RAW_HEADER stops everything before anything is written (the part is not this data set's).
     """
     raw = Path(raw_dir)
     lake = Path(lake_dir)
@@ -195,8 +261,12 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
     sources = sorted(raw.glob("*.csv"))
     if not sources:
         raise PrepareError(f"raw directory {str(raw)!r} holds no *.csv files")
+    unreadable: dict[str, RejectedPart] = {}
     for src in sources:
-        check_header(src)
+        try:
+            check_header(src)
+        except OSError as exc:
+            unreadable[src.name] = RejectedPart(src.name, f"cannot read: {exc.strerror or _first_line(exc)}")
 
     lake.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -205,59 +275,120 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
         _sweep(lake, manifest)
         known = {seg["source"]["file"]: seg for seg in manifest["segments"]}
         keep: list[dict[str, Any]] = []
-        todo: list[tuple[Path, str, dict[str, Any]]] = []
+        todo: list[tuple[Path, dict[str, Any]]] = []
         for src in sources:
-            st = src.stat()
+            if src.name in unreadable:
+                continue
             old = known.get(src.name)
-            if old and old["source"]["size"] == st.st_size and old["source"]["mtime_ns"] == st.st_mtime_ns:
+            try:
+                st = src.stat()
+                if old and old["source"]["size"] == st.st_size and old["source"]["mtime_ns"] == st.st_mtime_ns:
+                    keep.append(old)
+                    continue
+                source = _source(src)
+            except OSError as exc:
+                unreadable[src.name] = RejectedPart(src.name, f"cannot read: {exc.strerror or _first_line(exc)}")
+                continue
+            if old and old["source"]["fingerprint"] == source["fingerprint"]:
+                old["source"]["mtime_ns"] = source["mtime_ns"]
                 keep.append(old)
                 continue
-            fp = fingerprint(src)
-            if old and old["source"]["fingerprint"] == fp:
-                old["source"]["mtime_ns"] = st.st_mtime_ns
-                keep.append(old)
-                continue
-            todo.append((src, fp, {"file": src.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "fingerprint": fp}))
-        dropped = sorted(set(known) - {s.name for s in sources})
-        if not todo and not dropped:
-            return {"changed": False, "lake_version": manifest["lake_version"], "added": [], "dropped": [],
-                    "seconds": time.perf_counter() - started, "totals": manifest["totals"]}
+            todo.append((src, source))
+        rejected = sorted(unreadable.values(), key=lambda r: r.file)
+        unchanged = {
+            "changed": False, "lake_version": manifest["lake_version"], "added": [], "dropped": [],
+            "rejected": manifest.get("rejected") or [], "totals": manifest["totals"]}
+
+        def same_as_before(added: list[SegmentEntry]) -> bool:
+            return (not added and set(known) == {seg["source"]["file"] for seg in keep}
+                    and [r.to_json() for r in rejected] == unchanged["rejected"])
+
+        if not todo and same_as_before([]):
+            _warn_rejected(rejected)
+            return {**unchanged, "seconds": time.perf_counter() - started}
 
         stage = lake / STAGING_DIR / uuid.uuid4().hex
         stage.mkdir(parents=True)
-        ingest = engine.ingest if engine is not None else partial(ingest_parts, memory_limit=memory_limit)
-        added = ingest([(src, _segment_id(src.name, fp)) for src, fp, _ in todo], stage,
-                              row_group_size=row_group_size, progress=progress)
-        for entry, (_, _, source) in zip(added, todo):
-            entry["source"] = source
-
-        # promote: move staged files into place (still invisible), then commit the manifest
-        for entry in added:
-            for rel in list(entry["files"].values()) + ([entry["quarantine_file"]] if entry["quarantine_file"] else []):
-                (lake / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(stage / rel, lake / rel)
-        segments = sorted(keep + added, key=lambda s: s["source"]["file"])
-        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        new_manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "lake_version": _lake_version(segments),
-            "created_at": manifest.get("created_at") or now,
-            "updated_at": now,
-            "layout": {"partitioning": ["type"], "sort": ["ts"], "compression": "zstd",
-                       "row_group_size": row_group_size, "segment": "one file per source part and type"},
-            "segments": segments,
-            "totals": _totals(segments),
-            "history": (manifest.get("history") or [])[-49:] + [
-                {"at": now, "added": [e["source"]["file"] for e in added], "dropped": dropped}],
-        }
-        write_atomic(lake / MANIFEST, json.dumps(new_manifest, indent=1))
+        try:
+            added = _stage(todo, stage, rejected, engine, row_group_size=row_group_size, progress=progress,
+                           memory_limit=memory_limit)
+            if same_as_before(added):  # only parts that were rejected before, and are again
+                shutil.rmtree(stage, ignore_errors=True)
+                _warn_rejected(rejected)
+                return {**unchanged, "seconds": time.perf_counter() - started}
+            crash_point("prepare:after-stage")
+            # promote: move staged files into place (still invisible), then commit the manifest
+            moved = 0
+            for entry in added:
+                for rel in list(entry.files.values()) + ([entry.quarantine_file] if entry.quarantine_file else []):
+                    (lake / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(stage / rel, lake / rel)
+                    moved += 1
+                    if moved == 1:
+                        crash_point("prepare:mid-rename")
+            crash_point("prepare:after-rename-before-manifest")
+            segments = sorted(keep + [e.to_json() for e in added], key=lambda s: s["source"]["file"])
+            now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            dropped = sorted(set(known) - {seg["source"]["file"] for seg in segments})
+            new_manifest = {
+                "schema_version": SCHEMA_VERSION,
+                "lake_version": _lake_version(segments),
+                "created_at": manifest.get("created_at") or now,
+                "updated_at": now,
+                "layout": {"partitioning": ["type"], "sort": ["ts"], "compression": "zstd",
+                           "row_group_size": row_group_size, "segment": "one file per source part and type"},
+                "segments": segments,
+                "totals": _totals(segments),
+                "history": (manifest.get("history") or [])[-49:] + [
+                    {"at": now, "added": [e.source["file"] for e in added], "dropped": dropped}],
+                "rejected": [r.to_json() for r in rejected],
+            }
+            write_atomic(lake / MANIFEST, json.dumps(new_manifest, indent=1))
+        except BaseException as exc:  # nothing half-staged stays behind, whatever stopped the run
+            shutil.rmtree(stage, ignore_errors=True)
+            if isinstance(exc, PrepareError) or not isinstance(exc, Exception):
+                raise
+            names = ", ".join(src.name for src, _ in todo)
+            raise PrepareError(f"prepare of {names} failed: {_first_line(exc)}") from None
+        crash_point("prepare:after-manifest")
         _sweep(lake, new_manifest)
+        _warn_rejected(rejected)
         changed_days: dict[str, set[str]] = {}
-        replaced = [known[src.name] for src, _, _ in todo if src.name in known]
-        for seg in added + replaced + [known[n] for n in dropped]:
+        kept = {seg["source"]["file"] for seg in keep}
+        for seg in [e.to_json() for e in added] + [old for name, old in known.items() if name not in kept]:
             for t, days in seg["days"].items():
                 changed_days.setdefault(t, set()).update(days)
         return {"changed": True, "lake_version": new_manifest["lake_version"],
-                "added": [e["source"]["file"] for e in added], "dropped": dropped,
+                "added": [e.source["file"] for e in added], "dropped": dropped,
+                "rejected": new_manifest["rejected"],
                 "changed_days": {t: sorted(d) for t, d in changed_days.items()},
                 "seconds": time.perf_counter() - started, "totals": new_manifest["totals"]}
+
+
+def _stage(todo: list[tuple[Path, dict[str, Any]]], stage: Path, rejected: list[RejectedPart],
+           engine: Ingester | None, *, row_group_size: int, progress: bool, memory_limit: str) -> list[SegmentEntry]:
+    """Ingest the parts of `todo` into `stage`; returns their entries (with `source`), in order.
+    Empty parts get an empty entry without an engine; parts the engine cannot read join `rejected`."""
+    added: list[SegmentEntry] = []
+    work = []
+    for src, source in todo:
+        seg_id = _segment_id(src.name, source["fingerprint"])
+        if source["size"] == 0:
+            log.warning("analytics prepare: %s is empty (0 bytes); counted with 0 rows", src.name)
+            entry = empty_entry(seg_id)
+            entry.source = source
+            added.append(entry)
+        else:
+            work.append((src, seg_id, source))
+    if work:
+        ingest = engine.ingest if engine is not None else partial(ingest_parts, memory_limit=memory_limit)
+        results = ingest([(src, seg_id) for src, seg_id, _ in work], stage,
+                         row_group_size=row_group_size, progress=progress)
+        for result, (_, _, source) in zip(results, work):
+            if isinstance(result, RejectedPart):
+                rejected.append(result)
+            else:
+                result.source = source
+                added.append(result)
+    rejected.sort(key=lambda r: r.file)
+    return sorted(added, key=lambda e: e.source["file"])

@@ -1,8 +1,10 @@
 """The remediation rules: which raw rows are untrustworthy and why, and how a kept row is typed.
 
-Owns `REMEDIATION_RULES` (engine-neutral SQL over the raw text, first match wins), the meaning of
-the functions they call, DuckDB's definitions of them, the `wrong_field_count` reason DuckDB's
-reader reports, and the typed lake projection. Must not read or write files.
+Owns the raw CSV format as DuckDB reads it (`RAW_CSV_COLUMNS`, `raw_csv_sql`: every column as
+text, one definition for prepare, the baseline and the guardrails), the limits on a raw line,
+`REMEDIATION_RULES` (engine-neutral SQL over the raw text, first match wins), the meaning of the
+functions they call, DuckDB's definitions of them, the reasons the reader and the raw-file
+pre-pass report, and the typed lake projection. Must not read or write files.
 """
 from __future__ import annotations
 
@@ -10,7 +12,38 @@ import re
 from typing import Callable, Mapping
 
 from analytics.core.sql import sql_string
-from analytics.query.schema import EVENT_TYPES
+from analytics.query.schema import EVENT_TYPES, RAW_HEADER
+
+# Every raw column is read as text, so a dirty file cannot derail type detection.
+RAW_CSV_COLUMNS = "{" + ", ".join(f"{sql_string(c)}: 'VARCHAR'" for c in RAW_HEADER) + "}"
+
+
+def raw_csv_sql(path: str, *, ignore_errors: bool = False, null_padding: bool = False,
+                rejects: tuple[str, str] | None = None) -> str:
+    """DuckDB's `read_csv(...)` of raw parts at `path` (a file or a glob): the header line, the
+    columns of RAW_HEADER as text, `,` between fields, `"` quoting with `""` inside quotes.
+
+    `ignore_errors` skips lines of another field count; `rejects=(table, scan)` stores them instead
+    (with the line number and text); `null_padding` reads a short line with NULLs at its end."""
+    options = [f"header = true, auto_detect = false, columns = {RAW_CSV_COLUMNS}",
+               "delim = ',', quote = '\"', escape = '\"'"]
+    if null_padding:
+        options.append("null_padding = true")
+    if ignore_errors:
+        options.append("ignore_errors = true")
+    if rejects is not None:
+        options.append(f"store_rejects = true, rejects_table = {sql_string(rejects[0])}, "
+                       f"rejects_scan = {sql_string(rejects[1])}")
+    return f"read_csv({sql_string(path)}, {', '.join(options)})"
+
+
+# A raw line longer than this (bytes, line break not counted) is quarantined as `line_too_long`
+# without being parsed: no event row comes near it, and the reader's cost must stay bounded.
+MAX_LINE_BYTES = 64 * 1024
+# A line with more commas than this is split into fields by the pre-pass (`lake.rawfile`) before
+# the reader sees it: DuckDB stores one reject per surplus field, each with a copy of the line, so
+# its time grows with fields x bytes (a line of 160,000 fields took 73 s; 6 MB of 3 million, hours).
+MAX_READER_FIELDS = 64
 
 TS_MAX_MS = 4_102_444_800_000  # 2100-01-01: anything later is a corrupt timestamp
 
@@ -94,8 +127,14 @@ def reason_case_sql(functions: Mapping[str, Callable[..., str]]) -> str:
                               for name, cond in REMEDIATION_RULES) + " END"
 
 
+# Reasons found before the rules: by the reader (a line of another field count) and by the raw-file
+# pre-pass (a line that is not UTF-8 text, a line over MAX_LINE_BYTES).
 WRONG_FIELD_COUNT = "wrong_field_count"
-REASONS: tuple[str, ...] = tuple(r for r, _ in REMEDIATION_RULES) + (WRONG_FIELD_COUNT,)
+NOT_UTF8 = "not_utf8"
+LINE_TOO_LONG = "line_too_long"
+# a row quarantined for one of these never had its fields parsed
+UNPARSED_REASONS: tuple[str, ...] = (WRONG_FIELD_COUNT, NOT_UTF8, LINE_TOO_LONG)
+REASONS: tuple[str, ...] = tuple(r for r, _ in REMEDIATION_RULES) + UNPARSED_REASONS
 
 # Typed lake columns from the raw text, all in UTC-naive time so no session zone can shift them.
 LAKE_PROJECTION = """

@@ -7,7 +7,7 @@ the router) nor run it.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from analytics.query.model import Agg, Condition, Query
 
@@ -19,32 +19,48 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def condition_sql(cond: Condition, expr: str) -> str:
-    """The predicate of one condition on `expr`, with one `?` per value."""
+def condition_sql(cond: Condition, expr: str, placeholders: Sequence[str] | None = None) -> str:
+    """The predicate of one condition on `expr`, with one `?` per value (or `placeholders`, one per
+    value, for an engine that wraps a parameter, e.g. in a cast)."""
+    ph = list(placeholders) if placeholders is not None else ["?"] * len(cond.values)
     if cond.op == "in":
-        return f"{expr} IN ({', '.join('?' for _ in cond.values)})"
+        return f"{expr} IN ({', '.join(ph)})"
     if cond.op == "between":
-        return f"{expr} BETWEEN ? AND ?"
-    return f"{expr} {_COMPARE[cond.op]} ?"
+        return f"{expr} BETWEEN {ph[0]} AND {ph[1]}"
+    return f"{expr} {_COMPARE[cond.op]} {ph[0]}"
 
 
-def where_sql(conditions: Sequence[Condition], raw_values: bool = False) -> tuple[str, list[Any]]:
-    """` WHERE ...` (or empty) and its parameters: typed values, or the analyst's text if `raw_values`."""
+Bind = Callable[[Any], tuple[str, Any]]
+
+
+def where_sql(conditions: Sequence[Condition], raw_values: bool = False,
+              bind: Bind | None = None) -> tuple[str, list[Any]]:
+    """` WHERE ...` (or empty) and its parameters: typed values, or the analyst's text if `raw_values`.
+
+    `bind` maps a value to its placeholder text and the parameter bound to it (default: `?`, itself)."""
     if not conditions:
         return "", []
     params: list[Any] = []
     parts = []
     for cond in conditions:
-        parts.append(condition_sql(cond, ident(cond.col)))
-        params.extend(cond.raw if raw_values else cond.values)
+        values = cond.raw if raw_values else cond.values
+        if bind is None:
+            parts.append(condition_sql(cond, ident(cond.col)))
+            params.extend(values)
+        else:
+            bound = [bind(v) for v in values]
+            parts.append(condition_sql(cond, ident(cond.col), [ph for ph, _ in bound]))
+            params.extend(v for _, v in bound)
     return " WHERE " + " AND ".join(parts), params
 
 
-def order_limit_sql(query: Query) -> str:
+def order_limit_sql(query: Query, nulls_last: bool = False) -> str:
+    """` ORDER BY ... LIMIT n`; `nulls_last` spells out DuckDB's default for engines whose differs."""
     sql = ""
     if query.order_by:
+        nulls = " NULLS LAST" if nulls_last else ""
         sql += " ORDER BY " + ", ".join(
-            f"{ident(o.name)} {'DESC' if o.desc else 'ASC'}" for o in query.order_by)
+            f"{ident(o.name)} {'DESC' if o.desc else 'ASC'}{nulls}" for o in query.order_by)
     if query.limit is not None:
         sql += f" LIMIT {int(query.limit)}"
     return sql
@@ -60,15 +76,17 @@ def select_item_sql(item: str | Agg, aggregate_sql: Mapping[Agg, str] | None = N
 
 
 def compile_query(query: Query, relation: str, raw_values: bool = False,
-                  aggregate_sql: Mapping[Agg, str] | None = None) -> tuple[str, list[Any]]:
+                  aggregate_sql: Mapping[Agg, str] | None = None, *, bind: Bind | None = None,
+                  nulls_last: bool = False) -> tuple[str, list[Any]]:
     """SQL and parameters answering `query` from `relation`, a table or view with the events columns.
 
     `raw_values=True` binds the values as the analyst wrote them and lets DuckDB cast them to the
     column types, the way the baseline's plain SQL does with string literals. `aggregate_sql`
     replaces each aggregate by an expression over a rollup's measures (a view's re-aggregation).
+    `bind` and `nulls_last` adapt the text to another engine's SQL (see `where_sql`, `order_limit_sql`).
     """
-    where, params = where_sql(query.where, raw_values)
+    where, params = where_sql(query.where, raw_values, bind)
     sql = f"SELECT {', '.join(select_item_sql(i, aggregate_sql) for i in query.select)} FROM {relation}{where}"
     if query.group_by:
         sql += " GROUP BY " + ", ".join(ident(g) for g in query.group_by)
-    return sql + order_limit_sql(query), params
+    return sql + order_limit_sql(query, nulls_last), params

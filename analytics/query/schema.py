@@ -38,10 +38,6 @@ class Column:
     numeric: bool = False
     derived: bool = False
 
-    @property
-    def temporal(self) -> bool:
-        return self.kind in ("timestamp", "date", "hour", "week")
-
 
 COLUMNS: dict[str, Column] = {
     c.name: c

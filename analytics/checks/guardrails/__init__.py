@@ -23,7 +23,15 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from analytics.checks.guardrails import avg, between, data_types, date_boundaries, mv_consistency, null_handling, timezone
+from analytics.checks.guardrails import (
+    avg,
+    between,
+    data_types,
+    date_boundaries,
+    mv_consistency,
+    null_handling,
+    timezone,
+)
 from analytics.checks.guardrails.context import (
     Check,
     CheckResult,

@@ -25,11 +25,10 @@ from analytics.core import db
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.core.sql import sql_string
 from analytics.lake.manifest import Lake
-from analytics.lake.rules import DUCKDB_FUNCTIONS, reason_case_sql
+from analytics.lake.rules import DUCKDB_FUNCTIONS, raw_csv_sql, reason_case_sql
 from analytics.query import compiler
 from analytics.query.model import Query, parse_query
 from analytics.query.results import compare_rows, to_rows
-from analytics.query.schema import RAW_HEADER
 from analytics.serving import router
 from analytics.views.build import lake_totals
 from analytics.views.catalog import CATALOG, MEASURE_COLUMNS, SUM_TYPE, ViewDef
@@ -203,13 +202,10 @@ class Context:
         return "lake_totals"
 
     def _raw_text(self) -> str:
-        columns = "{" + ", ".join(f"'{c}': 'VARCHAR'" for c in RAW_HEADER) + "}"
-        pattern = sql_string(str(self.raw_dir / "*.csv"))
         reason = reason_case_sql(DUCKDB_FUNCTIONS)
         # the same reader options and remediation rules as `prepare`; wrong-field-count lines are
         # skipped here (prepare quarantines them with the raw line)
-        return (f"(SELECT *, {reason} AS reason FROM read_csv({pattern}, header = true, auto_detect = false, "
-                f"columns = {columns}, delim = ',', quote = '\"', escape = '\"', ignore_errors = true))")
+        return f"(SELECT *, {reason} AS reason FROM {raw_csv_sql(str(self.raw_dir / '*.csv'), ignore_errors=True)})"
 
     def raw_summary(self) -> str | None:
         """`raw_summary`, the one pass over the raw CSVs: per type and UTC minute (the baseline's cast,

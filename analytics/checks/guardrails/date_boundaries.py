@@ -14,7 +14,6 @@ from analytics.query import compiler
 from analytics.query.model import Agg, Query, parse_query
 from analytics.views.catalog import MEASURE_COLUMNS
 
-
 LEAP_YEAR_END_PROBES: tuple[dict[str, Any], ...] = (
     {"select": ["day", "type", {"COUNT": "*"}, {"SUM": "bid_price"}], "from": "events",
      "where": [{"col": "day", "op": "between", "val": ["2024-02-28", "2024-03-01"]}], "group_by": ["day", "type"]},

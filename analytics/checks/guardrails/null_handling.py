@@ -21,7 +21,7 @@ from analytics.checks.guardrails.context import (
 )
 from analytics.checks.remediation import raw_accounting, remediation_report
 from analytics.core.sql import sql_string
-from analytics.lake.rules import WRONG_FIELD_COUNT
+from analytics.lake.rules import UNPARSED_REASONS
 from analytics.query import compiler
 from analytics.query.model import Agg, parse_query
 from analytics.query.schema import NOT_NULL_IN_LAKE
@@ -126,11 +126,12 @@ def null_keys_quarantined(ctx: Context) -> CheckResult:
             listing = ", ".join(sql_string(str(f)) for f in qfiles)
             q_nulls = one_row(ctx.con, f"""
                 SELECT count(*) AS rows, {', '.join(f'count(*) FILTER ({c} IS NULL) AS {c}' for c in KEY_COLUMNS)}
-                FROM read_parquet([{listing}], union_by_name = true) WHERE reason <> {sql_string(WRONG_FIELD_COUNT)}""")
+                FROM read_parquet([{listing}], union_by_name = true) WHERE reason NOT IN ({', '.join(map(sql_string, UNPARSED_REASONS))})""")
         else:
             q_nulls = {"rows": 0, **{c: 0 for c in KEY_COLUMNS}}
         totals = ctx.lake.manifest.get("totals", {})
-        expected_read = totals.get("rows_read", 0) - (totals.get("quarantine_by_reason") or {}).get(WRONG_FIELD_COUNT, 0)
+        by_reason = totals.get("quarantine_by_reason") or {}
+        expected_read = totals.get("rows_read", 0) - sum(by_reason.get(r, 0) for r in UNPARSED_REASONS)
         diffs = {c: {"raw": int(raw_nulls[c] or 0), "quarantined": int(q_nulls[c] or 0)} for c in KEY_COLUMNS
                  if int(raw_nulls[c] or 0) != int(q_nulls[c] or 0)}
         raw = {"compared": True, "raw_rows": int(raw_nulls["rows"] or 0), "manifest_rows_read_parsed": expected_read,
