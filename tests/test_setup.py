@@ -104,7 +104,7 @@ def test_sweep_runs_the_benchmark_per_size_then_the_sweep() -> None:
     commands = _commands(_make("-n", "sweep", "SWEEP_ROWS=1000 2000"))
     first = _index(commands, r"-m analytics benchmark .*--rows 1000 .*--json reports/benchmark-1000\.json")
     second = _index(commands, r"-m analytics benchmark .*--rows 2000 .*--json reports/benchmark-2000\.json")
-    sweep = _index(commands, r"benchmark sweep reports/benchmark-1000\.json reports/benchmark-2000\.json "
+    sweep = _index(commands, r"-m analytics\.bench sweep reports/benchmark-1000\.json reports/benchmark-2000\.json "
                              r"--out reports/sweep\.json")
     assert first < second < sweep
 
