@@ -253,22 +253,3 @@ def test_kernel_runs_this_interpreter() -> None:
     rep.ensure_kernel()
     spec = KernelSpecManager().get_kernel_spec(rep.KERNEL_NAME)
     assert os.path.abspath(spec.argv[0]) == os.path.abspath(sys.executable)
-
-
-def test_explorer_query_builder() -> None:
-    q = rep.explorer_query("click", "2024-02-01", "2024-02-29", "advertiser_id", "SUM(bid_price)")
-    assert q == {"select": ["advertiser_id", {"SUM": "bid_price"}], "from": "events",
-                 "where": [{"col": "type", "op": "eq", "val": "click"},
-                           {"col": "day", "op": "between", "val": ["2024-02-01", "2024-02-29"]}],
-                 "group_by": ["advertiser_id"],
-                 "order_by": [{"col": "SUM(bid_price)", "dir": "desc"}, {"col": "advertiser_id", "dir": "asc"}],
-                 "limit": rep.ENTITY_TOP}
-    from analytics import parse_query
-
-    for g in rep.EXPLORER_GROUPINGS:
-        for m in rep.EXPLORER_MEASURES:
-            parse_query(rep.explorer_query("serve", "2024-01-01", "2024-12-31", g, m))  # all valid queries
-    with pytest.raises(ValueError, match="grouping"):
-        rep.explorer_query("serve", "2024-01-01", "2024-01-02", "minute", "COUNT(*)")
-    with pytest.raises(ValueError, match="measure"):
-        rep.explorer_query("serve", "2024-01-01", "2024-01-02", "day", "MAX(ts)")

@@ -264,7 +264,8 @@ def figure_output(fig: Any) -> dict[str, Any]:
     import plotly.io as pio
 
     data: dict[str, Any] = {"text/plain": f"<plotly figure: {fig.layout.title.text or ''}>"}
-    for name in str(pio.renderers.default).split("+"):
+    # outside a notebook (no default renderer) the bare mimetype still renders in Jupyter
+    for name in [n for n in str(pio.renderers.default).split("+") if n] or ["plotly_mimetype"]:
         data.update(pio.renderers[name].to_mimebundle(fig.to_dict()))
     return {"output_type": "display_data", "data": data, "metadata": {}}
 
