@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,39 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return out
 
 
+@pytest.fixture(scope="module")
+def appended(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A lake prepared from one raw part and built, queried through the batch runner (telemetry on),
+    then a second part appended and prepared: every view is stale until refreshed."""
+    from analytics import Workbench
+    from analytics.batch.runner import run_workbench
+    from analytics.lake.generator import generate
+    from analytics.views.build import build
+
+    root = tmp_path_factory.mktemp("appended")
+    generate(root / "all", ROWS, seed=13, parts=2, progress=False)
+    first, second = sorted((root / "all").glob("*.csv"))
+    raw, lake = root / "raw", root / "lake"
+    raw.mkdir()
+    shutil.copy(first, raw)
+    prepare(raw, lake, progress=False)
+    build(lake, progress=False)
+    built_from = json.loads((lake / "_manifest.json").read_text())
+    queries = [{"select": ["day", {"COUNT": "*"}], "from": "events", "group_by": ["day"]},
+               {"select": ["country", {"SUM": "bid_price"}], "from": "events", "group_by": ["country"]},
+               {"select": ["country", {"SUM": "bid_price"}], "from": "events", "group_by": ["country"]},
+               {"select": ["ts"], "from": "events", "limit": 3}]
+    with Workbench(lake) as wb:
+        run = run_workbench(wb, queries, None, parallel=False)
+    shutil.copy(second, raw)
+    prepare(raw, lake, progress=False)
+    manifest = json.loads((lake / "_manifest.json").read_text())
+    return {"lake": str(lake), "routes": Counter(q["route"] for q in run.report["queries"]),
+            "built_from": built_from["lake_version"], "manifest": manifest, "second_file": second.name,
+            "new_segments": sorted(set(s["segment"] for s in manifest["segments"])
+                                   - set(s["segment"] for s in built_from["segments"]))}
+
+
 class Runs:
     """Executes a notebook once per distinct parameter set and keeps its output path."""
 
@@ -75,6 +110,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
 def test_the_five_notebooks_exist() -> None:
     assert NOTEBOOKS == ["00_explore", "01_data_remediation", "02_mv_builds", "03_batch_benchmark",
                          "04_guardrail_validation"]
+    assert [p.stem for p in rep.list_notebooks()] == NOTEBOOKS  # what `make reports` runs by default
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -148,6 +184,47 @@ def test_mv_builds_summarizes_the_lake(runs: Runs, data: dict[str, Any]) -> None
     assert s["lake_version"] == clean["manifest"]["lake_version"]
     assert s["rows_lake"] == ROWS and s["segments"] == len(clean["manifest"]["segments"]) == 1
     assert s["size_bytes"] > 0
+
+
+def test_mv_builds_registry_table(runs: Runs, data: dict[str, Any]) -> None:
+    clean = data["clean"]
+    s = runs.scraps("02_mv_builds", lake=clean["lake"])
+    registry = json.loads((Path(clean["lake"]) / "views" / "_registry.json").read_text())["views"]
+    assert [v["view"] for v in s["views"]] == list(VIEWS) and s["views_healthy"] == len(VIEWS)
+    assert s["refresh"] == []  # build_views is off by default
+    for v in s["views"]:
+        entry = registry[v["view"]]
+        assert (v["rows"], v["bytes"], v["build_s"], v["built_from"]) == (
+            entry["rows"], entry["bytes"], entry["build_seconds"], entry["lake_version"])
+        assert v["rollup"] == round(ROWS / entry["rows"], 1) and v["lake_rows"] == ROWS
+        assert v["healthy"] is True and v["health"] == "healthy" and v["mode"] == "full"
+        assert v["router_uses"] == 0  # nothing queried this lake through the runner
+
+
+def test_mv_builds_shows_stale_views_and_router_use(runs: Runs, appended: dict[str, Any]) -> None:
+    s = runs.scraps("02_mv_builds", lake=appended["lake"])
+    assert s["views_healthy"] == 0 and s["segments"] == 2
+    for v in s["views"]:
+        assert v["healthy"] is False and v["built_from"] == appended["built_from"]
+        assert v["health"] == (f"built from lake version {appended['built_from']}, "
+                               f"lake is now {appended['manifest']['lake_version']}")
+        assert v["router_uses"] == appended["routes"].get(v["view"], 0)
+    assert s["router_use"]["lake"]["queries"] == appended["routes"]["lake"] >= 1
+    assert sum(u["queries"] for u in s["router_use"].values()) == 4
+    assert sum(v["router_uses"] for v in s["views"]) == 4 - appended["routes"]["lake"] >= 2
+
+
+def test_mv_builds_refreshes_incrementally(runs: Runs, appended: dict[str, Any]) -> None:
+    runs.run("02_mv_builds", lake=appended["lake"])  # the stale state first (the test above may not have run)
+    s = runs.scraps("02_mv_builds", lake=appended["lake"], build_views=True)
+    assert s["views_healthy"] == len(VIEWS)
+    assert [c["view"] for c in s["refresh"]] == list(VIEWS)
+    for c in s["refresh"]:
+        assert (c["status"], c["mode"], c["version_before"], c["version_after"]) == ("built", "incremental", 1, 2)
+        assert c["segments_added"] == appended["new_segments"] and c["files_added"] == [appended["second_file"]]
+    for v in s["views"]:
+        assert v["mode"] == "incremental" and v["segments"] == 2
+        assert v["built_from"] == appended["manifest"]["lake_version"] and v["lake_rows"] == ROWS
 
 
 def test_benchmark_answers_match_the_baseline(runs: Runs, data: dict[str, Any]) -> None:

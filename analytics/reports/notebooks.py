@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: analytics/reports/notebooks.py
 NOTEBOOKS_DIR = ROOT / "notebooks"
 KERNEL_NAME = "analytics"
 
