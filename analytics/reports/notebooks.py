@@ -5,8 +5,8 @@ Owns how a notebook becomes a report (`reports/NN_name.ipynb`, `.html`, and the 
 notebook ran, so a failed run never leaves a report that passes for complete; the Jupyter
 kernel the reports run on (`analytics`, always this interpreter); and the small helpers the
 notebooks call so they stay thin shells (offline plotly, figures inside widgets, timed queries,
-the baseline comparison, the lake summary; the explorer is `explorer.py`). Must not hold query,
-lake or view logic: that is the rest of the package.
+the lake summary; the explorer, the view registry and the guardrail report have modules of their
+own beside this one). Must not hold query, lake or view logic: that is the rest of the package.
 
 `python -m analytics.reports.notebooks --lake LAKE [--raw RAW] [--out reports] [--only 01 ...]` is what
 `make reports` and `make benchmark` run.
@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -270,14 +269,6 @@ def figure_output(fig: Any) -> dict[str, Any]:
     return {"output_type": "display_data", "data": data, "metadata": {}}
 
 
-def route_of(wb: Any, query: Any) -> str:
-    """The route the workbench takes for `query`: a view's name or `lake`."""
-    if hasattr(wb, "plan"):
-        return wb.plan(query).route
-    first = wb.explain(query).splitlines()[0]  # `route: NAME`
-    return first.split(":", 1)[1].strip() if first.lower().startswith("route") else first
-
-
 def timed(fn: Any, *args: Any, repeats: int = 1) -> tuple[Any, list[float]]:
     """Call `fn(*args)` `repeats` times; the last result and each call's milliseconds."""
     times, result = [], None
@@ -289,54 +280,10 @@ def timed(fn: Any, *args: Any, repeats: int = 1) -> tuple[Any, list[float]]:
 
 
 def run_query(wb: Any, query: dict[str, Any]) -> dict[str, Any]:
-    """One explorer query: its table (pandas), route and compute time."""
-    if hasattr(wb, "execute"):  # answer and plan in one go: the route is the one actually taken
-        (table, plan), ms = timed(wb.execute, query)
-        route = plan.route
-    else:
-        table, ms = timed(wb.query, query)
-        route = route_of(wb, query)
-    return {"query": query, "table": table, "frame": table.to_pandas(), "route": route, "ms": ms[0],
+    """One explorer query: its table (pandas), the route actually taken and the compute time."""
+    (table, plan), ms = timed(wb.execute, query)
+    return {"query": query, "table": table, "frame": table.to_pandas(), "route": plan.route, "ms": ms[0],
             "rows": table.num_rows}
-
-
-def compare_with_baseline(wb: Any, baseline_con: Any | None, queries: Sequence[Any], *, repeats: int = 3,
-                          baseline_repeats: int = 1) -> list[dict[str, Any]]:
-    """Each query through the workbench (one warm-up, then `repeats` timed runs) and the baseline.
-
-    Returns per query: id, rows, route, workbench ms (median, min), baseline ms, speedup, and
-    `match` / `reason` from `results.compare_rows` of the printed answers. With no baseline
-    connection only the workbench side is filled in (`match` None).
-    """
-    from analytics.checks.baseline import baseline_query
-    from analytics.query.model import QueryError, parse_query
-    from analytics.query.results import compare_rows, to_rows
-
-    out = []
-    for i, raw in enumerate(queries, start=1):
-        row: dict[str, Any] = {"id": f"q{i}", "query": json.dumps(raw, separators=(",", ":"))}
-        try:
-            q = parse_query(raw)
-        except QueryError as exc:
-            row.update(match=False, reason=f"invalid query: {exc}")
-            out.append(row)
-            continue
-        wb.query(q)  # warm-up: file metadata, views loaded, as a served workbench would have them
-        table, wb_ms = timed(wb.query, q, repeats=repeats)
-        med = statistics.median(wb_ms)
-        row.update(rows=table.num_rows, route=route_of(wb, q), workbench_ms=round(med, 3),
-                   workbench_min_ms=round(min(wb_ms), 3))
-        if baseline_con is None:
-            row.update(match=None, reason="no baseline")
-            out.append(row)
-            continue
-        base, base_ms = timed(baseline_query, baseline_con, q, repeats=baseline_repeats)
-        reason = compare_rows(q, to_rows(q, base), to_rows(q, table))
-        base_med = statistics.median(base_ms)
-        row.update(baseline_rows=base.num_rows, baseline_ms=round(base_med, 3),
-                   speedup=round(base_med / med, 1) if med > 0 else None, match=reason is None, reason=reason or "")
-        out.append(row)
-    return out
 
 
 def lake_summary(lake_dir: str | os.PathLike) -> dict[str, Any]:

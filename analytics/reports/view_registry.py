@@ -88,7 +88,6 @@ def refresh(lake_root: str | os.PathLike, **options: Any) -> dict[str, Any]:
 
 def size_figure(table: list[dict[str, Any]], lake_bytes: int) -> Any:
     """Each view's rows and bytes next to the lake's (log scale), coloured by health."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     built = [r for r in table if r["rows"]]
