@@ -48,6 +48,15 @@ def test_make_lab_opens_jupyterlab_on_the_notebooks() -> None:
                                                     text=True, timeout=60).stdout, re.M)
 
 
+def test_setup_installs_jupyterlab_and_playwright_pinned() -> None:
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(re.fullmatch(r"jupyterlab==[\d.]+", r) for r in extras["notebooks"])
+    assert any(re.fullmatch(r"playwright==[\d.]+", r) for r in extras["dev"])
+    assert "analytics[notebooks,bench,spark]" in extras["dev"]  # `make setup` installs [dev]
+
+
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from analytics.lake.generator import generate

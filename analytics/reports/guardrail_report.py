@@ -105,9 +105,11 @@ def checks_html(report: dict[str, Any], highlight: set[str] | None = None) -> st
     """The checks as an HTML table grouped by category: verdict, id, what it guards, the evidence's
     summary and (folded) the whole evidence; failed rows in red, `highlight` ids marked."""
     highlight = highlight or set()
+    # inline: the notebook's table style right-aligns every cell and beats a <style> block
+    td = '<td style="text-align:left;vertical-align:top">'
     rows = []
     for cat in category_counts(report):
-        rows.append(f'<tr><th colspan="5" style="background:#eceff1">{html.escape(cat["category"])} '
+        rows.append(f'<tr><th colspan="5" style="text-align:left;background:#eceff1">{html.escape(cat["category"])} '
                     f'({cat["passed"]}/{cat["passed"] + cat["failed"]} pass)</th></tr>')
         for c in (c for c in report["checks"] if c["category"] == cat["category"]):
             evidence = c["evidence"]
@@ -115,15 +117,13 @@ def checks_html(report: dict[str, Any], highlight: set[str] | None = None) -> st
             mark = " &larr; caught the fault" if c["id"] in highlight else ""
             rows.append(
                 f'<tr style="{"" if c["passed"] else FAIL_STYLE}">'
-                f'<td>{"PASS" if c["passed"] else "FAIL"}</td><td><code>{html.escape(c["id"])}</code>{mark}</td>'
-                f'<td>{html.escape(c["description"])}</td>'
-                f'<td>{html.escape(str(evidence.get("summary", "")))}'
+                f'{td}{"PASS" if c["passed"] else "FAIL"}</td>{td}<code>{html.escape(c["id"])}</code>{mark}</td>'
+                f'{td}{html.escape(c["description"])}</td>'
+                f'{td}{html.escape(str(evidence.get("summary", "")))}'
                 f'<details><summary>evidence</summary><pre style="white-space:pre-wrap;max-height:20em;overflow:auto">'
-                f'{html.escape(details)}</pre></details></td><td>{c["seconds"]:.2f}s</td></tr>')
-    head = "<tr><th>verdict</th><th>check</th><th>guards</th><th>evidence</th><th>time</th></tr>"
-    # left-aligned and top-aligned: the notebook's table style right-aligns every cell
-    style = "<style>table.guardrails td, table.guardrails th {text-align:left; vertical-align:top}</style>"
-    return f'{style}<table class="guardrails">{head}{"".join(rows)}</table>'
+                f'{html.escape(details)}</pre></details></td>{td}{c["seconds"]:.2f}s</td></tr>')
+    head = "".join(f'<th style="text-align:left">{h}</th>' for h in ("verdict", "check", "guards", "evidence", "time"))
+    return f'<table class="guardrails"><tr>{head}</tr>{"".join(rows)}</table>'
 
 
 def pass_fail_figure(report: dict[str, Any], title: str) -> Any:
