@@ -1,8 +1,9 @@
 """The notebooks, run by papermill on small generated data: what they compute, and that their reports render.
 
-Each notebook runs once per module (a few seconds each) with parameters pointing at a tmp lake;
-the tests assert on the values it glued with scrapbook, not only that it ran. One report is
-opened in real headless Chromium, offline, and must show a drawn plotly chart.
+Each notebook runs once per parameter set (a few seconds each) with parameters pointing at a tmp
+lake; the tests assert on the values it glued with scrapbook, not only that it ran. Every report is
+opened in real headless Chromium, offline, and must show its plotly charts drawn. No notebook's
+prose may promise what it does not do yet ("filled in when X lands").
 """
 from __future__ import annotations
 
