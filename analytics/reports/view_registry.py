@@ -87,26 +87,23 @@ def refresh(lake_root: str | os.PathLike, **options: Any) -> dict[str, Any]:
 
 
 def size_figure(table: list[dict[str, Any]], lake_bytes: int) -> Any:
-    """Each view's rows and bytes next to the lake's (log scale), coloured by health."""
+    """Each view's rows and bytes beside the lake's own (grey bar first; log scale), coloured by health."""
     from plotly.subplots import make_subplots
 
     built = [r for r in table if r["rows"]]
-    names = [r["view"] for r in built]
-    colors = ["#2e7d32" if r["healthy"] else "#c62828" for r in built]
+    lake_rows = max((r["lake_rows"] for r in table), default=0)
+    names = ["lake"] + [r["view"] for r in built]
+    colors = ["#757575"] + ["#2e7d32" if r["healthy"] else "#c62828" for r in built]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("rows", "bytes on disk"))
-    fig.add_bar(x=names, y=[r["rows"] for r in built], marker_color=colors, name="view rows",
-                customdata=[r["rollup"] for r in built], hovertemplate="%{x}: %{y:,} rows, rollup %{customdata}x",
+    fig.add_bar(x=names, y=[lake_rows] + [r["rows"] for r in built], marker_color=colors, name="rows",
+                customdata=[1.0] + [r["rollup"] for r in built], hovertemplate="%{x}: %{y:,} rows, rollup %{customdata}x",
                 row=1, col=1)
-    fig.add_bar(x=names, y=[r["bytes"] for r in built], marker_color=colors, name="view bytes", row=1, col=2)
-    if built:
-        lake_rows = max(r["lake_rows"] for r in built)
-        fig.add_hline(y=lake_rows, line_dash="dash", annotation_text=f"lake: {lake_rows:,} rows",
-                      annotation_position="bottom right", row=1, col=1)
-        fig.add_hline(y=lake_bytes, line_dash="dash", annotation_text=f"lake: {format_bytes(lake_bytes)}",
-                      annotation_position="bottom right", row=1, col=2)
+    fig.add_bar(x=names, y=[lake_bytes] + [r["bytes"] for r in built], marker_color=colors, name="bytes",
+                customdata=[format_bytes(lake_bytes)] + [format_bytes(r["bytes"]) for r in built],
+                hovertemplate="%{x}: %{customdata}", row=1, col=2)
     fig.update_yaxes(type="log")
-    fig.update_layout(title={"text": "View size against the lake (log scale; red: unhealthy)"}, showlegend=False,
-                      height=520)
+    fig.update_layout(title={"text": "View size against the lake (log scale; grey: the lake, red: unhealthy views)"},
+                      showlegend=False, height=540)
     return fig
 
 
