@@ -43,13 +43,13 @@ NBVAL_DIR := data/nbval
 NBVAL_STAMP := $(NBVAL_DIR)/.ready
 NBVAL_ROWS := 5000
 
-.PHONY: help setup kernel test test-py test-nbval nbval-data data lake views benchmark sweep reports strip clean
+.PHONY: help setup kernel lab test test-py test-nbval nbval-data data lake views benchmark sweep reports strip clean
 
 help: ## list the targets (the default goal)
 	@echo "usage: make TARGET [VAR=value ...]"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "variables: ROWS=$(ROWS) SCALE=full (ROWS=245000000) DIRTY=$(DIRTY) SEED=$(SEED) LAKE=path RAW=path"
-	@echo "           SWEEP_ROWS='$(SWEEP_ROWS)' MEMORY_LIMIT=$(MEMORY_LIMIT) PYTEST_ARGS='...'"
+	@echo "           SWEEP_ROWS='$(SWEEP_ROWS)' MEMORY_LIMIT=$(MEMORY_LIMIT) PYTEST_ARGS='...' LAB_ARGS='...'"
 
 setup: $(STAMP) kernel ## create .venv, install the package with pinned [dev] extras, register the `analytics` Jupyter kernel
 
@@ -62,6 +62,14 @@ $(STAMP): pyproject.toml
 
 kernel: $(STAMP) ## (re)register the Jupyter kernel `analytics` when it does not run .venv's python
 	@$(PY) -c 'from analytics.reports.notebooks import register_kernel; print("kernel analytics:", "registered" if register_kernel() else "up to date")'
+
+# JupyterLab on notebooks/ (kernel `analytics`, ipywidgets and plotly included); the notebooks'
+# defaults point at the nbval data set, made first. Jupyter refuses root without --allow-root (CI
+# and these machines run as root). LAB_ARGS are passed on, e.g. LAB_ARGS='--port 9999'.
+LAB_ARGS ?=
+lab: setup nbval-data ## open JupyterLab on notebooks/ (00_explore is the explorer), LAB_ARGS='--port 9999 ...'
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) \
+		$(LAB_ARGS)
 
 test: setup nbval-data ## run pytest on tests/ (2 workers), then nbval on the notebooks
 	@rc=0; \

@@ -4,9 +4,9 @@ Owns how a notebook becomes a report (`reports/NN_name.ipynb`, `.html`, and the 
 `.results.html`), written under temporary names and renamed into place only when the whole
 notebook ran, so a failed run never leaves a report that passes for complete; the Jupyter
 kernel the reports run on (`analytics`, always this interpreter); and the small helpers the
-notebooks call so they stay thin shells (offline plotly, the explorer's query builder, timed
-queries, the lake summary). Must not hold query, lake or view logic:
-that is the rest of the package.
+notebooks call so they stay thin shells (offline plotly, figures inside widgets, timed queries,
+the lake summary; the explorer, the view registry and the guardrail report have modules of their
+own beside this one). Must not hold query, lake or view logic: that is the rest of the package.
 
 `python -m analytics.reports.notebooks --lake LAKE [--raw RAW] [--out reports] [--only 01 ...]` is what
 `make reports` and `make benchmark` run.
@@ -14,7 +14,6 @@ that is the rest of the package.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
 import os
@@ -26,7 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository: analytics/reports/notebooks.py
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: analytics/reports/notebooks.py
 NOTEBOOKS_DIR = ROOT / "notebooks"
 KERNEL_NAME = "analytics"
 
@@ -255,41 +254,6 @@ def resolve(path: str | os.PathLike | None) -> Path | None:
     return None if path in (None, "") else Path(path).expanduser().resolve()
 
 
-EXPLORER_GROUPINGS: tuple[str, ...] = ("day", "week", "hour", "country", "advertiser_id", "publisher_id")
-EXPLORER_MEASURES: tuple[str, ...] = ("COUNT(*)", "SUM(bid_price)", "AVG(bid_price)", "SUM(total_price)",
-                                      "AVG(total_price)")
-TIME_GROUPINGS = frozenset({"day", "week", "hour"})
-ENTITY_TOP = 50
-
-
-def explorer_query(event_type: str, start: str | dt.date, end: str | dt.date, grouping: str, measure: str,
-                   top: int = ENTITY_TOP) -> dict[str, Any]:
-    """The contract JSON query for one explorer selection.
-
-    Time groupings come in time order; entity groupings are ranked by the measure (largest
-    first), advertisers and publishers cut to the `top` ones.
-    """
-    if grouping not in EXPLORER_GROUPINGS:
-        raise ValueError(f"grouping must be one of {', '.join(EXPLORER_GROUPINGS)}, got {grouping!r}")
-    if measure not in EXPLORER_MEASURES:
-        raise ValueError(f"measure must be one of {', '.join(EXPLORER_MEASURES)}, got {measure!r}")
-    func, col = measure[:-1].split("(")
-    q: dict[str, Any] = {
-        "select": [grouping, {func: col}],
-        "from": "events",
-        "where": [{"col": "type", "op": "eq", "val": event_type},
-                  {"col": "day", "op": "between", "val": [str(start), str(end)]}],
-        "group_by": [grouping],
-    }
-    if grouping in TIME_GROUPINGS:
-        q["order_by"] = [{"col": grouping, "dir": "asc"}]
-    else:
-        q["order_by"] = [{"col": measure, "dir": "desc"}, {"col": grouping, "dir": "asc"}]
-        if grouping != "country":
-            q["limit"] = top
-    return q
-
-
 def figure_output(fig: Any) -> dict[str, Any]:
     """A plotly figure as a notebook `display_data` output for the default renderers.
 
@@ -299,24 +263,10 @@ def figure_output(fig: Any) -> dict[str, Any]:
     import plotly.io as pio
 
     data: dict[str, Any] = {"text/plain": f"<plotly figure: {fig.layout.title.text or ''}>"}
-    for name in str(pio.renderers.default).split("+"):
+    # outside a notebook (no default renderer) the bare mimetype still renders in Jupyter
+    for name in [n for n in str(pio.renderers.default).split("+") if n] or ["plotly_mimetype"]:
         data.update(pio.renderers[name].to_mimebundle(fig.to_dict()))
     return {"output_type": "display_data", "data": data, "metadata": {}}
-
-
-def explorer_figure(frame: Any, grouping: str, measure: str, event_type: str) -> Any:
-    """A line over time for time groupings, bars for entities (ids as categories)."""
-    import plotly.express as px
-    import plotly.graph_objects as go
-
-    title = f"{measure} of {event_type} events by {grouping}"
-    if len(frame) == 0:
-        return go.Figure(layout={"title": {"text": title + " (no rows)"}})
-    if grouping in TIME_GROUPINGS:
-        return px.line(frame, x=grouping, y=measure, markers=len(frame) <= 60, title=title)
-    fig = px.bar(frame, x=frame[grouping].astype(str), y=measure, labels={"x": grouping}, title=title)
-    fig.update_xaxes(type="category")
-    return fig
 
 
 def timed(fn: Any, *args: Any, repeats: int = 1) -> tuple[Any, list[float]]:
@@ -330,8 +280,8 @@ def timed(fn: Any, *args: Any, repeats: int = 1) -> tuple[Any, list[float]]:
 
 
 def run_query(wb: Any, query: dict[str, Any]) -> dict[str, Any]:
-    """One explorer query: its table (pandas), route and compute time."""
-    (table, plan), ms = timed(wb.execute, query)  # answer and plan in one go: the route actually taken
+    """One explorer query: its table (pandas), the route actually taken and the compute time."""
+    (table, plan), ms = timed(wb.execute, query)
     return {"query": query, "table": table, "frame": table.to_pandas(), "route": plan.route, "ms": ms[0],
             "rows": table.num_rows}
 

@@ -1,0 +1,138 @@
+"""The guardrails as notebook 04 shows them, and the demonstration that they catch a fault.
+
+Owns the guardrail report's presentation (a table by category with each check's evidence,
+failures in red; a pass/fail chart by category) and the demonstration: the lake is copied to a
+temporary directory, one named fault is injected into the copy (never into the lake given),
+all guardrails run on the copy, and the checks that fail there but passed on the real lake are
+the ones that caught it. Must not hold checks (that is `analytics.checks.guardrails`, used only
+through `run_guardrails` and its report) nor write anywhere but the temporary copy.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from analytics.checks.guardrails import run_guardrails
+from analytics.core.files import write_atomic
+from analytics.lake.manifest import MANIFEST
+from analytics.serving.workbench import Workbench
+from analytics.views.registry import load_registry
+
+FAIL_STYLE = "background:#ffebee;color:#b71c1c;font-weight:bold"
+DEMO_VIEW = "mv_day_type_wide"  # the view a view-file fault damages
+
+
+def _stale_views(lake: Path) -> str:
+    path = lake / MANIFEST
+    manifest = json.loads(path.read_text())
+    old = manifest["lake_version"]
+    manifest["lake_version"] = "f" * len(old)
+    write_atomic(path, json.dumps(manifest, indent=1))
+    return f"{MANIFEST}: lake_version {old} -> {manifest['lake_version']}, as if `prepare` had committed new data"
+
+
+def _view_file(lake: Path) -> Path:
+    entry = load_registry(lake)["views"].get(DEMO_VIEW)
+    if entry is None or not (lake / entry["file"]).is_file():
+        raise ValueError(f"{lake}: view {DEMO_VIEW} is not built; run `analytics build` before the demonstration")
+    return lake / entry["file"]
+
+
+def _view_file_truncated(lake: Path) -> str:
+    path = _view_file(lake)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the temporary copy's own file: a torn write, on purpose
+    return f"{path.relative_to(lake)}: cut from {len(data):,} to {len(data) // 2:,} bytes"
+
+
+def _view_file_deleted(lake: Path) -> str:
+    path = _view_file(lake)
+    path.unlink()
+    return f"{path.relative_to(lake)}: deleted"
+
+
+# fault name -> (what it does, the injector, the guardrail meant to catch it)
+FAULTS: dict[str, tuple[str, Callable[[Path], str], str]] = {
+    "stale_views": ("the manifest's lake version changes after the views were built (new data committed, "
+                    "views not refreshed)", _stale_views, "mv_consistency.current_lake_version"),
+    "view_file_truncated": (f"{DEMO_VIEW}'s Parquet file is cut in half", _view_file_truncated,
+                            "mv_consistency.present_readable"),
+    "view_file_deleted": (f"{DEMO_VIEW}'s Parquet file disappears", _view_file_deleted,
+                          "mv_consistency.present_readable"),
+}
+
+
+def demonstrate(lake: str | os.PathLike, raw: str | os.PathLike | None, fault: str,
+                baseline: dict[str, Any]) -> dict[str, Any]:
+    """Inject `fault` into a temporary copy of `lake`, run every guardrail on the copy, and report
+    which checks caught it: those failing on the copy that passed in `baseline` (the real lake's report).
+
+    Also returns the workbench's view health on the copy (what serving does about the fault)."""
+    if fault not in FAULTS:
+        raise ValueError(f"unknown fault {fault!r}; allowed: {', '.join(FAULTS)}")
+    description, inject, expected = FAULTS[fault]
+    source = Path(lake).resolve()
+    passed_before = {c["id"] for c in baseline["checks"] if c["passed"]}
+    with tempfile.TemporaryDirectory(prefix="guardrail-demo-") as tmp:
+        copy = Path(tmp) / "lake"
+        # the run's telemetry and lock files are not part of the lake's state
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("_telemetry", "*.lock", ".lock"))
+        injected = inject(copy)
+        report = run_guardrails(copy, raw)
+        with Workbench(copy) as wb:
+            health = wb.warm()
+    caught = [c["id"] for c in report["checks"] if not c["passed"] and c["id"] in passed_before]
+    return {"fault": fault, "description": description, "injected": injected, "expected": expected,
+            "caught_by": caught, "report": report,
+            "views": len(health), "unhealthy_views": {name: why for name, why in health.items() if why is not None}}
+
+
+def category_counts(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per category, in the report's order: checks passed and failed."""
+    counts: dict[str, dict[str, Any]] = {}
+    for c in report["checks"]:
+        row = counts.setdefault(c["category"], {"category": c["category"], "passed": 0, "failed": 0})
+        row["passed" if c["passed"] else "failed"] += 1
+    return list(counts.values())
+
+
+def checks_html(report: dict[str, Any], highlight: set[str] | None = None) -> str:
+    """The checks as an HTML table grouped by category: verdict, id, what it guards, the evidence's
+    summary and (folded) the whole evidence; failed rows in red, `highlight` ids marked."""
+    highlight = highlight or set()
+    # inline: the notebook's table style right-aligns every cell and beats a <style> block
+    td = '<td style="text-align:left;vertical-align:top">'
+    rows = []
+    for cat in category_counts(report):
+        rows.append(f'<tr><th colspan="5" style="text-align:left;background:#eceff1">{html.escape(cat["category"])} '
+                    f'({cat["passed"]}/{cat["passed"] + cat["failed"]} pass)</th></tr>')
+        for c in (c for c in report["checks"] if c["category"] == cat["category"]):
+            evidence = c["evidence"]
+            details = json.dumps({k: v for k, v in evidence.items() if k != "summary"}, indent=1, default=str)
+            mark = " &larr; caught the fault" if c["id"] in highlight else ""
+            rows.append(
+                f'<tr style="{"" if c["passed"] else FAIL_STYLE}">'
+                f'{td}{"PASS" if c["passed"] else "FAIL"}</td>{td}<code>{html.escape(c["id"])}</code>{mark}</td>'
+                f'{td}{html.escape(c["description"])}</td>'
+                f'{td}{html.escape(str(evidence.get("summary", "")))}'
+                f'<details><summary>evidence</summary><pre style="white-space:pre-wrap;max-height:20em;overflow:auto">'
+                f'{html.escape(details)}</pre></details></td>{td}{c["seconds"]:.2f}s</td></tr>')
+    head = "".join(f'<th style="text-align:left">{h}</th>' for h in ("verdict", "check", "guards", "evidence", "time"))
+    return f'<table class="guardrails"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def pass_fail_figure(report: dict[str, Any], title: str) -> Any:
+    """Stacked bars per category: checks passed (green) and failed (red)."""
+    import plotly.graph_objects as go
+
+    counts = category_counts(report)
+    cats = [c["category"] for c in counts]
+    fig = go.Figure([go.Bar(name="passed", x=cats, y=[c["passed"] for c in counts], marker_color="#2e7d32"),
+                     go.Bar(name="failed", x=cats, y=[c["failed"] for c in counts], marker_color="#c62828")])
+    fig.update_layout(barmode="stack", title={"text": title}, yaxis_title="checks", height=420)
+    return fig

@@ -1,0 +1,119 @@
+"""The materialized views as notebook 02 shows them: the registry, each view's health and how often it served.
+
+Owns the registry table (per catalog view: rows, bytes, rollup ratio against the lake, build
+time, the lake version it was built from, refresh mode, health with its reason, and the
+router's use of it from the query telemetry), the record of what one refresh changed
+(versions, mode, segments merged) and the two charts. Health is what the caller's
+`Workbench.health` says (the registry's `staleness` rule, plus files it could not load); use
+is what `analytics.batch.telemetry` recorded. Must not decide health or routes itself, nor
+build views other than through `analytics.views.build.build`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from analytics.batch.telemetry import read_events, stats
+from analytics.core.files import format_bytes
+from analytics.lake.manifest import Lake
+from analytics.views.build import build
+from analytics.views.catalog import CATALOG
+from analytics.views.registry import load_registry
+
+
+def router_use(lake_root: str | os.PathLike) -> dict[str, Any]:
+    """From LAKE/_telemetry: answered queries per route (view name or `lake`), of them cache hits,
+    and `telemetry.stats` over every event."""
+    events = list(read_events(lake_root))
+    routes: dict[str, dict[str, int]] = {}
+    for ev in events:
+        if ev.get("error"):
+            continue
+        use = routes.setdefault(ev.get("route") or "?", {"queries": 0, "cache_hits": 0})
+        use["queries"] += 1
+        use["cache_hits"] += bool(ev.get("cache"))
+    return {"routes": routes, "stats": stats(events)}
+
+
+def registry_table(lake_root: str | os.PathLike, health: Mapping[str, str | None]) -> list[dict[str, Any]]:
+    """One row per catalog view, in catalog order (see the module docstring); `health` is
+    `Workbench.health` (view name -> None when healthy, else why not)."""
+    lake = Lake.open(lake_root)
+    registry = load_registry(lake.root)["views"]
+    by_type = (lake.manifest.get("totals") or {}).get("lake_by_type", {})
+    use = router_use(lake.root)["routes"]
+    rows = []
+    for view in CATALOG:
+        entry = registry.get(view.name) or {}
+        lake_rows = sum(by_type.get(t, 0) for t in view.types)
+        why = health.get(view.name, "not known to the workbench")
+        served = use.get(view.name, {"queries": 0, "cache_hits": 0})
+        rows.append({
+            "view": view.name, "grain": view.grain, "dims": ", ".join(view.dims) or "-",
+            "version": entry.get("version"), "rows": entry.get("rows"), "bytes": entry.get("bytes"),
+            "lake_rows": lake_rows,
+            "rollup": round(lake_rows / entry["rows"], 1) if entry.get("rows") else None,
+            "build_s": entry.get("build_seconds"), "built_at": entry.get("built_at"),
+            "built_from": entry.get("lake_version"), "mode": entry.get("mode"),
+            "segments": len(entry.get("segments", [])),
+            "healthy": why is None, "health": "healthy" if why is None else why,
+            "router_uses": served["queries"], "cache_hits": served["cache_hits"],
+        })
+    return rows
+
+
+def refresh(lake_root: str | os.PathLike, **options: Any) -> dict[str, Any]:
+    """`build` the stale views (incrementally where only parts were appended) and say what changed:
+    per view its status, versions before and after, mode and the segments merged (with their raw files)."""
+    root = Path(lake_root)
+    before = load_registry(root)["views"]
+    summary = build(root, progress=False, **options)
+    after = load_registry(root)["views"]
+    sources = {s["segment"]: s.get("source", {}).get("file") for s in Lake.open(root).manifest["segments"]}
+    status = {**{n: "up to date" for n in summary["up_to_date"]}, **{n: "built" for n in summary["built"]},
+              **{n: f"FAILED: {why}" for n, why in summary["failed"].items()}}
+    changes = []
+    for view in CATALOG:
+        old, new = before.get(view.name) or {}, after.get(view.name) or {}
+        added = sorted(set(new.get("segments", [])) - set(old.get("segments", []))) if status.get(view.name) == "built" else []
+        changes.append({"view": view.name, "status": status.get(view.name, "not selected"),
+                        "version_before": old.get("version"), "version_after": new.get("version"),
+                        "mode": new.get("mode") if status.get(view.name) == "built" else None,
+                        "segments_added": added, "files_added": [sources.get(s) for s in added],
+                        "build_s": new.get("build_seconds") if status.get(view.name) == "built" else None})
+    return {"lake_version": summary["lake_version"], "seconds": summary["seconds"], "changes": changes,
+            "failed": summary["failed"]}
+
+
+def size_figure(table: list[dict[str, Any]], lake_bytes: int) -> Any:
+    """Each view's rows and bytes beside the lake's own (grey bar first; log scale), coloured by health."""
+    from plotly.subplots import make_subplots
+
+    built = [r for r in table if r["rows"]]
+    lake_rows = max((r["lake_rows"] for r in table), default=0)
+    names = ["lake"] + [r["view"] for r in built]
+    colors = ["#757575"] + ["#2e7d32" if r["healthy"] else "#c62828" for r in built]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("rows", "bytes on disk"))
+    fig.add_bar(x=names, y=[lake_rows] + [r["rows"] for r in built], marker_color=colors, name="rows",
+                customdata=[1.0] + [r["rollup"] for r in built], hovertemplate="%{x}: %{y:,} rows, rollup %{customdata}x",
+                row=1, col=1)
+    fig.add_bar(x=names, y=[lake_bytes] + [r["bytes"] for r in built], marker_color=colors, name="bytes",
+                customdata=[format_bytes(lake_bytes)] + [format_bytes(r["bytes"]) for r in built],
+                hovertemplate="%{x}: %{customdata}", row=1, col=2)
+    fig.update_yaxes(type="log")
+    fig.update_layout(title={"text": "View size against the lake (log scale; grey: the lake, red: unhealthy views)"},
+                      showlegend=False, height=540)
+    return fig
+
+
+def build_time_figure(table: list[dict[str, Any]]) -> Any:
+    """Seconds each view's current version took to build, coloured by refresh mode."""
+    import plotly.express as px
+
+    built = [r for r in table if r["build_s"] is not None]
+    fig = px.bar(built, x="view", y="build_s", color="mode", labels={"build_s": "build seconds"},
+                 title="Build time per view (current version)",
+                 color_discrete_map={"full": "#1565c0", "incremental": "#ef6c00"})
+    fig.update_layout(height=460)
+    return fig
