@@ -126,7 +126,7 @@ def _load_queries(path: str) -> list[Any]:
 def cmd_run(args: argparse.Namespace) -> int:
     import duckdb
 
-    from analytics.batch.runner import run_workbench
+    from analytics.batch.simple import run_workbench
     from analytics.serving.workbench import Workbench
 
     queries = _load_queries(args.queries)
@@ -158,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_on_engine(args: argparse.Namespace, wb: Any, queries: list[Any]) -> int:
     """`run --engine spark`: views answered by DuckDB as always, lake-routed queries by Spark."""
-    from analytics.engines import run_on_engine
+    from analytics.batch.simple import run_on_engine
 
     try:
         engine = _engine(args)
@@ -199,7 +199,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from analytics.batch.runner import run_queries
+    from analytics.batch.simple import run_queries
     from analytics.checks.baseline import baseline_query, connect_baseline
 
     queries = _load_queries(args.queries)

@@ -16,7 +16,7 @@ import pytest
 from querygen import random_queries
 from test_batching import tables_match
 
-import analytics.batch.runner as runner_mod
+import analytics.batch.items as items_mod
 from analytics.batch.runner import SafeBatchRunner
 from analytics.core.memory import parse_size, split_memory
 from analytics.query.model import parse_query
@@ -110,13 +110,13 @@ def test_cli_memory_limit_and_exit_code(lake_copy, tmp_path):
 
 def test_run_json_and_timing_excludes_writing(lake_copy, tmp_path, monkeypatch):
     lake = fresh(lake_copy)
-    real = runner_mod.to_csv_text
+    real = items_mod.to_csv_text
 
     def slow(q, table):  # writing is slow: it must not show in ms
         time.sleep(0.25)
         return real(q, table)
 
-    monkeypatch.setattr(runner_mod, "to_csv_text", slow)
+    monkeypatch.setattr(items_mod, "to_csv_text", slow)
     lake_q = {"select": ["user_id", {"COUNT": "*"}], "from": "events", "group_by": ["user_id"],
               "where": [{"col": "type", "op": "eq", "val": "click"}]}
     with Workbench(lake) as wb:
