@@ -7,11 +7,21 @@ the router) nor run it.
 """
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Mapping, Sequence
 
 from analytics.query.model import Agg, Condition, Query
+from analytics.query.schema import COLUMNS
 
 _COMPARE = {"eq": "=", "neq": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+
+# An `in` list longer than this is bound as ONE list parameter and matched by a semi-join on its
+# unnested values: one `?` per value costs DuckDB ~5 KB each to parse, bind and plan (a 1M-value
+# list took gigabytes), a list parameter ~100 bytes and a hash table.
+INLINE_IN_VALUES = 100
+# the DuckDB type of a list of coerced values, by their Python type (see model.Value)
+_LIST_TYPES: dict[type, str] = {int: "BIGINT", float: "DOUBLE", str: "VARCHAR", dt.date: "DATE",
+                                dt.datetime: "TIMESTAMP"}
 
 
 def ident(name: str) -> str:
@@ -20,12 +30,24 @@ def ident(name: str) -> str:
 
 
 def condition_sql(cond: Condition, expr: str) -> str:
-    """The predicate of one condition on `expr`, with one `?` per value."""
+    """The predicate of one condition on `expr`, with one `?` per value (`predicate` binds long lists as one)."""
     if cond.op == "in":
         return f"{expr} IN ({', '.join('?' for _ in cond.values)})"
     if cond.op == "between":
         return f"{expr} BETWEEN ? AND ?"
     return f"{expr} {_COMPARE[cond.op]} ?"
+
+
+def predicate(cond: Condition, expr: str, raw_values: bool = False) -> tuple[str, list[Any]]:
+    """The predicate of one condition on `expr` and its parameters (typed values, or the analyst's
+    text if `raw_values`); a long `in` list becomes one list parameter (`INLINE_IN_VALUES`)."""
+    values = cond.raw if raw_values else cond.values
+    if cond.op == "in" and len(values) > INLINE_IN_VALUES:
+        # the analyst's text is cast to the column's baseline type, as DuckDB casts a string literal
+        types = {COLUMNS[cond.col].baseline_type} if raw_values else {_LIST_TYPES.get(type(v)) for v in values}
+        if len(types) == 1 and None not in types:
+            return f"{expr} IN (SELECT unnest(CAST(? AS {types.pop()}[])))", [list(values)]
+    return condition_sql(cond, expr), list(values)
 
 
 def where_sql(conditions: Sequence[Condition], raw_values: bool = False) -> tuple[str, list[Any]]:
@@ -35,8 +57,9 @@ def where_sql(conditions: Sequence[Condition], raw_values: bool = False) -> tupl
     params: list[Any] = []
     parts = []
     for cond in conditions:
-        parts.append(condition_sql(cond, ident(cond.col)))
-        params.extend(cond.raw if raw_values else cond.values)
+        sql, values = predicate(cond, ident(cond.col), raw_values)
+        parts.append(sql)
+        params.extend(values)
     return " WHERE " + " AND ".join(parts), params
 
 
