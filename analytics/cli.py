@@ -1,19 +1,36 @@
 """The `analytics` command line: one subcommand per contract command, each a thin call into the package.
 
-Owns argument parsing, one-line error messages and exit codes (0 ok, 1 a check failed or a
-query errored, 2 bad usage or input). Must not hold logic a test cannot reach through the
-package.
+Owns argument parsing, one-line error messages and the exit codes (`EXIT_CODES`, printed in
+`--help`): no input, however bad, gets a traceback. Must not hold logic a test cannot reach
+through the package.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from analytics import __version__
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT, parse_size
+
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_FAILED: "the command ran but something failed: a query errored (its run.json entry says why), a check or "
+                 "guardrail failed, answers differ, a view failed to build",
+    EXIT_BAD_INPUT: "bad usage or bad input: an argument, a path, a query file, a raw file or a lake that cannot be "
+                    "used; one line on stderr names the file, where in it, and what is allowed",
+    EXIT_INTERNAL: "an internal error (a bug) or out of memory: one line on stderr; set ANALYTICS_TRACEBACK=1 to see "
+                   "the traceback",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+TRACEBACK_ENV = "ANALYTICS_TRACEBACK"
+MAX_ROWS = 10**10  # 40x the full data set; past this a typo, not a plan
 
 
 class CliError(Exception):
@@ -29,13 +46,30 @@ def _memory_size(text: str) -> str:
     return text
 
 
-def _positive_int(text: str) -> int:
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from `low` to `high`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip().replace("_", "")) if len(text) <= 40 else None
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low:,} to {high:,}, got {text[:40]!r}")
+        return value
+    return parse
+
+
+_positive_int = _int_in(1, 1_000_000)
+_threads = _int_in(1, 1024)
+
+
+def _fraction(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text[:40]!r}")
     return value
 
 
@@ -44,15 +78,40 @@ def _rows(text: str) -> int:
     t = text.strip().lower().replace("_", "")
     mult = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}.get(t[-1:], 1)
     try:
-        value = int(float(t[:-1]) * mult) if mult > 1 else int(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a row count like 15000000 or 15M, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive row count, got {text!r}")
+        value = int(float(t[:-1]) * mult) if mult > 1 else int(t[:40])
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"expected a row count like 15000000 or 15M, got {text[:40]!r}") from None
+    if not 0 < value <= MAX_ROWS:
+        raise argparse.ArgumentTypeError(f"expected a row count from 1 to {MAX_ROWS:,}, got {text[:40]!r}")
     return value
 
 
+def _open_lake(path: str) -> None:
+    """Refuse a `--lake` that is not a readable prepared lake before any work starts."""
+    from analytics.lake.manifest import MANIFEST, Lake
+
+    try:
+        lake = Lake.open(path)
+        lake.version, lake.segment_ids  # the fields every command reads first
+    except (FileNotFoundError, NotADirectoryError):
+        raise CliError(f"{path} is not a prepared lake (no {MANIFEST}); run `analytics prepare` first") from None
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+        raise CliError(f"{os.path.join(path, MANIFEST)} is damaged ({type(exc).__name__}: {_first_line(exc)}); "
+                       f"prepare the lake again into a new directory") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _out_dir(path: str, flag: str = "--out") -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CliError(f"{flag}: {path} exists and is not a directory")
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    _out_dir(args.out)
     from analytics.lake.generator import generate
 
     summary = generate(args.out, args.rows, seed=args.seed, parts=args.parts, dirty=args.dirty,
@@ -98,7 +157,12 @@ def _add_engine_args(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from analytics.lake.manifest import MANIFEST
     from analytics.lake.prepare import prepare
+
+    _out_dir(args.lake, "--lake")
+    if os.path.exists(os.path.join(args.lake, MANIFEST)):
+        _open_lake(args.lake)  # a damaged manifest: stop before adding to a lake of unknown state
 
     summary = prepare(args.raw, args.lake, progress=not args.quiet, memory_limit=args.memory_limit,
                       engine=_engine(args))
@@ -130,6 +194,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from analytics.serving.workbench import Workbench
 
     queries = _load_queries(args.queries)
+    _open_lake(args.lake)
+    _out_dir(args.out)
+    if args.engine == "duckdb":
+        _engine(args)  # refuses the Spark-only flags
     try:
         wb = Workbench(args.lake, memory_limit=args.memory_limit, use_views=not args.no_views)
     except duckdb.Error as exc:
@@ -203,6 +271,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from analytics.checks.baseline import baseline_query, connect_baseline
 
     queries = _load_queries(args.queries)
+    _out_dir(args.out)
     try:
         con = connect_baseline(args.raw)
     except FileNotFoundError as exc:
@@ -225,7 +294,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from analytics.query.compare import compare_dirs
 
     queries = _load_queries(args.queries)
-    outcome = compare_dirs(queries, args.expected, args.actual)
+    for flag, path in (("expected", args.expected), ("actual", args.actual)):
+        if not os.path.isdir(path):
+            raise CliError(f"{flag}: result directory {path!r} does not exist or is not a directory")
+    try:
+        outcome = compare_dirs(queries, args.expected, args.actual)
+    except (UnicodeDecodeError, ValueError) as exc:  # a q{i}.csv that is not the contract's CSV
+        raise CliError(f"cannot read the answers in {args.expected} or {args.actual}: {_first_line(exc)}") from None
     for row in outcome:
         print(f"{row['id']}: {'match' if row['match'] else 'MISMATCH'}{'' if row['match'] else ' - ' + row['reason']}")
     bad = sum(1 for r in outcome if not r["match"])
@@ -236,6 +311,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from analytics.views.build import build
 
+    _open_lake(args.lake)
     summary = build(args.lake, args.views or None, jobs=args.jobs, force=args.force, progress=not args.quiet,
                     memory_limit=args.memory_limit, engine=_engine(args))
     if not summary["built"] and not summary["failed"]:
@@ -258,6 +334,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from analytics.serving.workbench import Workbench
 
     queries = _load_queries(args.queries)
+    _open_lake(args.lake)
     wb = Workbench(args.lake)
     failed = 0
     for i, raw in enumerate(queries, start=1):
@@ -273,6 +350,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_remediation(args: argparse.Namespace) -> int:
     from analytics.checks.remediation import format_report, remediation_report
 
+    _open_lake(args.lake)
     try:
         report = remediation_report(args.lake, samples=args.samples)
     except ValueError as exc:
@@ -286,6 +364,7 @@ def cmd_remediation(args: argparse.Namespace) -> int:
 def cmd_guardrails(args: argparse.Namespace) -> int:
     from analytics.checks.guardrails import GuardrailError, format_table, run_guardrails
 
+    _open_lake(args.lake)
     try:
         report = run_guardrails(args.lake, args.raw, args.only, memory_limit=args.memory_limit)
     except GuardrailError as exc:
@@ -300,10 +379,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from analytics.bench.benchmark import DEFAULT_WORKLOADS, run_benchmark, summary_table
 
     for path in args.workload or []:
-        if not Path(path).is_file():
-            raise CliError(f"--workload: query file {path!r} does not exist")
+        _load_queries(path)  # a bad workload fails now, not after the baseline's minutes
     if not Path(args.raw).is_dir():
-        raise CliError(f"--raw: raw directory {args.raw!r} does not exist")
+        raise CliError(f"--raw: raw directory {args.raw!r} does not exist or is not a directory")
+    _open_lake(args.lake)
     try:
         result = run_benchmark(args.raw, args.lake, workloads=args.workload or DEFAULT_WORKLOADS, repeats=args.repeats,
                                out_json=args.json, phases=args.phases, rows=args.rows, progress=not args.quiet)
@@ -319,21 +398,25 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="analytics", description=(
         "Ad-event analytics workbench: JSON queries answered from a Parquet lake and materialized "
-        "views, every answer provable against the DuckDB baseline."))
+        "views, every answer provable against the DuckDB baseline."),
+        epilog="exit codes (every command):\n" + "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"analytics {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, epilog=parser.epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(func=func)
         return p
 
     p = add("generate", cmd_generate, "write realistic synthetic raw CSV parts")
     p.add_argument("--out", required=True, help="directory to write events_part_NNNNN.csv into")
     p.add_argument("--rows", required=True, type=_rows, help="total data rows, e.g. 15000000 or 15M")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    p.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=0, help="random seed; same seed, same bytes (default 0)")
     p.add_argument("--parts", type=_positive_int, default=None, help="number of CSV parts (default: one per 5M rows)")
-    p.add_argument("--dirty", type=float, default=0.0, help="fraction of rows made untrustworthy, to exercise remediation (default 0)")
+    p.add_argument("--dirty", type=_fraction, default=0.0,
+                   help="fraction of rows made untrustworthy, to exercise remediation, from 0 to 1 (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add("prepare", cmd_prepare, "remediate raw CSVs into the partitioned Parquet lake (+ quarantine, manifest)")
@@ -355,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "needs more fails with an error, the others still run")
     p.add_argument("--batch-size", type=_positive_int, default=20, help="queries per batch (default 20)")
     p.add_argument("--sequential", action="store_true", help="one query at a time instead of a thread pool")
-    p.add_argument("--workers", type=_positive_int, default=None, help="threads of the pool (default: cores)")
+    p.add_argument("--workers", type=_threads, default=None, help="threads of the pool (default: cores)")
     p.add_argument("--no-cache", action="store_true", help="compute every answer; do not read or fill the result cache")
     p.add_argument("--no-batching", action="store_true", help="one lake scan per query (no shared superset scans)")
     p.add_argument("--no-telemetry", action="store_true", help="do not append to LAKE/_telemetry/queries.jsonl")
@@ -375,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("build", cmd_build, "build or refresh materialized views (only what changed)")
     p.add_argument("--lake", required=True, help="prepared lake directory")
     p.add_argument("--views", nargs="+", metavar="NAME", help="views to build (default: the whole catalog)")
-    p.add_argument("--jobs", type=_positive_int, default=None, help="views built in parallel (default: cores)")
+    p.add_argument("--jobs", type=_threads, default=None, help="views built in parallel (default: cores)")
     p.add_argument("--force", action="store_true", help="rebuild from the lake even when up to date")
     p.add_argument("--memory-limit", type=_memory_size, default=DEFAULT_MEMORY_LIMIT,
                    help=f"DuckDB memory for the whole build, shared equally by the --jobs connections "
@@ -394,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("remediation", cmd_remediation, "what prepare quarantined and kept, per reason, type, file and day; exit 1 if the counts do not add up")
     p.add_argument("--lake", required=True, help="prepared lake directory")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the full report (checks, samples) as JSON to FILE")
-    p.add_argument("--samples", type=int, default=5, help="offending rows kept per quarantine reason (default 5)")
+    p.add_argument("--samples", type=_int_in(0, 10_000), default=5,
+                   help="offending rows kept per quarantine reason (default 5)")
 
     p = add("guardrails", cmd_guardrails, "run the 23 correctness guardrails over the lake, its views and (with --raw) "
                                           "the raw CSVs; exit 1 if any fails")
@@ -431,14 +515,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     from analytics.query.model import QueryError
     from analytics.views.build import BuildError
 
+    name = f"analytics {args.command}"
     try:
         return args.func(args)
-    except (CliError, PrepareError, QueryError, BuildError, FileNotFoundError, NotADirectoryError) as exc:
-        print(f"analytics {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except (CliError, PrepareError, QueryError, BuildError) as exc:
+        print(f"{name}: error: {_first_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a path that is missing, a directory, unreadable or unwritable
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{name}: error: {where}{exc.strerror or _first_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"analytics {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"{name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (Exception, MemoryError) as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        what = "out of memory" if isinstance(exc, MemoryError) else "internal error"
+        print(f"{name}: {what}: {type(exc).__name__}: {_first_line(exc)} (set {TRACEBACK_ENV}=1 for the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":
