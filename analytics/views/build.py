@@ -28,6 +28,7 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from analytics.core import db
+from analytics.core.faults import crash_point
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT, split_memory
 from analytics.core.sql import sql_string
 from analytics.lake.manifest import Lake
@@ -189,6 +190,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
                 bar.set_postfix_str("aggregate")
             engine.aggregate_view(view, lake, staging, base=root / entry["file"] if incremental else None,
                                   segments=new_segments if incremental else None)
+            crash_point("build:after-aggregate")
             if bar:
                 bar.update(1)
                 bar.set_postfix_str("check")
@@ -209,6 +211,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
                 bar.update(1)
                 bar.set_postfix_str("promote")
             os.replace(staging, final)  # atomic: the new version appears whole or not at all
+            crash_point("build:after-rename-before-registry")
         except BaseException:
             staging.unlink(missing_ok=True)
             raise
@@ -225,6 +228,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             "grain": view.grain, "dims": list(view.group_columns),
         }
         update_registry(root, view.name, new_entry)
+        crash_point("build:after-registry")
         if bar:
             bar.update(1)
             bar.set_postfix_str(f"v{version} {new_entry['mode']}")
