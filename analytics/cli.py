@@ -12,7 +12,8 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 from analytics import __version__
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT, parse_size
@@ -187,6 +188,18 @@ def _load_queries(path: str) -> list[Any]:
         raise CliError(str(exc)) from None
 
 
+@contextmanager
+def _progress(total: int, what: str) -> Iterator[Callable[[int], None] | None]:
+    """A tqdm bar on stderr when stderr is a terminal (never in a pipe or a log), as `progress(done)`."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, unit="query", desc=what, file=sys.stderr, mininterval=0.5) as bar:
+        yield lambda done: bar.update(done - bar.n)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import duckdb
 
@@ -205,9 +218,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.engine != "duckdb":
         return _run_on_engine(args, wb, queries)
     try:
-        result = run_workbench(wb, queries, args.out, batch_size=args.batch_size, parallel=not args.sequential,
-                               workers=args.workers, cache=not args.no_cache, persist_cache=not args.no_cache,
-                               batching=not args.no_batching, telemetry=not args.no_telemetry)
+        with _progress(len(queries), "run") as progress:
+            result = run_workbench(wb, queries, args.out, progress=progress, batch_size=args.batch_size,
+                                   parallel=not args.sequential, workers=args.workers, cache=not args.no_cache,
+                                   persist_cache=not args.no_cache, batching=not args.no_batching,
+                                   telemetry=not args.no_telemetry)
     finally:
         wb.close()
     report = result.report
@@ -231,7 +246,8 @@ def _run_on_engine(args: argparse.Namespace, wb: Any, queries: list[Any]) -> int
     try:
         engine = _engine(args)
         try:
-            report = run_on_engine(wb, engine, queries, args.out)
+            with _progress(len(queries), f"run on {engine.name}") as progress:
+                report = run_on_engine(wb, engine, queries, args.out, progress=progress)
         finally:
             engine.close()
     finally:
@@ -276,7 +292,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         con = connect_baseline(args.raw)
     except FileNotFoundError as exc:
         raise CliError(str(exc)) from None
-    report = run_queries(lambda q: (baseline_query(con, q), "baseline"), queries, args.out)
+    with _progress(len(queries), "baseline") as progress:
+        report = run_queries(lambda q: (baseline_query(con, q), "baseline"), queries, args.out, progress=progress)
     _print_run(report, args.out)
     return 1 if report["errors"] else 0
 

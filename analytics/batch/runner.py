@@ -74,6 +74,7 @@ from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
 
 DEFAULT_BATCH_SIZE = 20
+SNAPSHOT_EVERY_S = 30.0  # a long run's partial run.json is at most this old (besides the doubling rule)
 
 # cursor id -> whether DuckDB profiling is on; shared by all runners, as the cursors are (per thread)
 _PROFILING: dict[int, bool] = {}
@@ -121,11 +122,16 @@ class SafeBatchRunner:
 
     # ---- public --------------------------------------------------------------------------------
     def run(self, queries: Sequence[Any], out_dir: str | os.PathLike | None = None, *,
-            keep_tables: bool | None = None, **overrides: Any) -> RunResult:
+            keep_tables: bool | None = None, progress: Callable[[int], None] | None = None,
+            **overrides: Any) -> RunResult:
         """Answer `queries` (JSON objects or `Query`s); write `q{i}.csv` and `run.json` into `out_dir` if given.
 
         `overrides` change `batch_size`, `parallel`, `batching` or `use_cache` for this run only.
         Answers are kept in the result when `keep_tables` (default: when there is no `out_dir`).
+        `progress(done)` is called after each batch with the number of queries done so far.
+        Linear in the number of queries: each query's state lives for its batch only, and the
+        partial `run.json` of a long run is rewritten only when the queries done have doubled or
+        `SNAPSHOT_EVERY_S` passed, so rewriting it costs O(n) in all.
         """
         unknown = set(overrides) - {"batch_size", "parallel", "batching", "use_cache"}
         if unknown:
@@ -141,12 +147,14 @@ class SafeBatchRunner:
 
         started = time.perf_counter()
         run_id = uuid.uuid4().hex[:12]
-        items = [QueryItem(i, raw) for i, raw in enumerate(queries, start=1)]
-        tables: list[pa.Table | None] = [None] * len(items) if keep else []
+        n = len(queries)
+        tables: list[pa.Table | None] = [None] * n if keep else []
         batches: list[dict[str, Any]] = []
-        report: dict[str, Any] = {}
-        for b, start in enumerate(range(0, len(items), batch_size), start=1):
-            chunk = items[start:start + batch_size]
+        entries: list[dict[str, Any]] = []
+        settings = (started, batch_size, parallel, batching, use_cache)
+        snapshot_n, snapshot_t = 0, started
+        for b, start in enumerate(range(0, n, batch_size), start=1):
+            chunk = [QueryItem(i, queries[i - 1]) for i in range(start + 1, min(start + batch_size, n) + 1)]
             batches.append(self._run_batch(chunk, b, parallel=parallel, batching=batching, use_cache=use_cache,
                                            run_id=run_id))
             if out is not None:
@@ -154,11 +162,16 @@ class SafeBatchRunner:
             for it in chunk:
                 if keep:
                     tables[it.idx - 1] = it.table
-                it.table = None  # written: memory goes back before the next batch
-            report = self._report(items, batches, started, batch_size, parallel, batching, use_cache, complete=False)
-            if out is not None and start + batch_size < len(items):
+                entries.append(it.entry())
+            if progress is not None:
+                progress(len(entries))
+            now = time.perf_counter()
+            if (out is not None and len(entries) < n
+                    and (len(entries) >= 2 * snapshot_n or now - snapshot_t >= SNAPSHOT_EVERY_S)):
+                report = self._report(entries, batches, *settings, complete=False)
                 write_atomic(out / "run.json", json.dumps(report, indent=1, default=str))
-        report = self._report(items, batches, started, batch_size, parallel, batching, use_cache, complete=True)
+                snapshot_n, snapshot_t = len(entries), time.perf_counter()
+        report = self._report(entries, batches, *settings, complete=True)
         if out is not None:
             write_atomic(out / "run.json", json.dumps(report, indent=1, default=str))
         return RunResult(report, tables)
@@ -388,12 +401,11 @@ class SafeBatchRunner:
             "error": it.error,
         })
 
-    def _report(self, items: list[QueryItem], batches: list[dict[str, Any]], started: float, batch_size: int,
+    def _report(self, entries: list[dict[str, Any]], batches: list[dict[str, Any]], started: float, batch_size: int,
                 parallel: bool, batching: bool, use_cache: bool, complete: bool) -> dict[str, Any]:
-        done = items[:sum(len(b["queries"]) for b in batches)]
         return {
-            "queries": [it.entry() for it in done],
-            "errors": sum(1 for it in done if it.error is not None),
+            "queries": entries,
+            "errors": sum(b["errors"] for b in batches),
             "lake_queries": sum(b["lake_queries"] for b in batches),
             "lake_scans": sum(b["lake_scans"] for b in batches),
             "cache_hits": sum(b["cache_hits"] for b in batches),

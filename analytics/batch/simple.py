@@ -25,24 +25,28 @@ from analytics.serving.workbench import Workbench
 
 # answer(query) -> (table, route): the simple runner's contract, used by `baseline`
 Answerer = Callable[[Query], tuple[pa.Table, str]]
+# progress(queries done so far)
+Progress = Callable[[int], None]
 
 
-def run_workbench(wb: "Workbench", queries: Sequence[Any], out_dir: str | os.PathLike | None, **options: Any) -> RunResult:
-    """What `analytics run` calls: a `SafeBatchRunner` over `wb` with `options`, closed afterwards."""
+def run_workbench(wb: "Workbench", queries: Sequence[Any], out_dir: str | os.PathLike | None, *,
+                  progress: Progress | None = None, **options: Any) -> RunResult:
+    """What `analytics run` calls: a `SafeBatchRunner` over `wb` with `options`, closed afterwards;
+    `progress(done)` after each batch."""
     with SafeBatchRunner(wb, **options) as runner:
-        return runner.run(queries, out_dir)
+        return runner.run(queries, out_dir, progress=progress)
 
 
 def run_queries(answer: Answerer, queries: Sequence[Any], out_dir: str | os.PathLike,
-                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                extra: dict[str, Any] | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """The simple sequential runner for any `answer(query) -> (table, route)` (e.g. the baseline).
 
     Same files and guarantees as `SafeBatchRunner` (compute-only timing, atomic writes, failures
-    recorded), without cache, batching or threads.
+    recorded), without cache, batching or threads; `progress(done)` after each query.
     """
     out = Path(out_dir)
     prepare_out_dir(out, len(queries))
-    items: list[QueryItem] = []
+    entries = []
     for i, raw in enumerate(queries, start=1):
         it = QueryItem(i, raw)
         try:
@@ -53,22 +57,22 @@ def run_queries(answer: Answerer, queries: Sequence[Any], out_dir: str | os.Path
         except Exception as exc:  # noqa: BLE001 - an execution failure must not stop the batch
             it.error = describe_error(exc)
             it.table = None
-        items.append(it)
-    write_answers(out, items)
-    entries = []
-    for it in items:
+        write_answers(out, [it])  # now, after timing: no answer is held beyond its query
         e: dict[str, Any] = {"id": it.id}
         if it.error is not None:
             e["error"] = it.error
         else:
             e.update(ms=round(it.ms_exec, 3), route=it.route, rows=it.table.num_rows)
         entries.append(e)
+        if progress is not None:
+            progress(i)
     report = {"queries": entries, "errors": sum(1 for e in entries if "error" in e), **(extra or {})}
     write_atomic(out / "run.json", json.dumps(report, indent=1, default=str))
     return report
 
 
-def run_on_engine(wb: Workbench, engine: Engine, queries: Sequence[Any], out_dir: str | Path) -> dict[str, Any]:
+def run_on_engine(wb: Workbench, engine: Engine, queries: Sequence[Any], out_dir: str | Path,
+                  progress: Progress | None = None) -> dict[str, Any]:
     """`analytics run --engine spark`: each query is planned by `wb` (the Workbench's router and
     views, on DuckDB); a view-routed one is answered there, a lake-routed one by `engine` over the
     lake's committed files. Sequential (`run_queries`): the contract's files and run.json,
@@ -83,4 +87,4 @@ def run_on_engine(wb: Workbench, engine: Engine, queries: Sequence[Any], out_dir
         table, plan = wb.execute(query)
         return table, plan.route
 
-    return run_queries(answer, queries, out_dir, extra=extra)
+    return run_queries(answer, queries, out_dir, extra=extra, progress=progress)
