@@ -8,83 +8,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from analytics import __version__
-from analytics.core.memory import DEFAULT_MEMORY_LIMIT, parse_size
-
+from analytics.core import args as argtypes
+from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-EXIT_CODES: dict[int, str] = {
-    EXIT_OK: "success",
-    EXIT_FAILED: "the command ran but something failed: a query errored (its run.json entry says why), a check or "
-                 "guardrail failed, answers differ, a view failed to build",
-    EXIT_BAD_INPUT: "bad usage or bad input: an argument, a path, a query file, a raw file or a lake that cannot be "
-                    "used; one line on stderr names the file, where in it, and what is allowed",
-    EXIT_INTERNAL: "an internal error (a bug) or out of memory: one line on stderr; set ANALYTICS_TRACEBACK=1 to see "
-                   "the traceback",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
-}
+EXIT_CODES: dict[int, str] = {EXIT_OK: "success", EXIT_FAILED: (
+    "the command ran but something failed: a query errored (its run.json entry says why), a check or guardrail "
+    "failed, answers differ, a view failed to build"), EXIT_BAD_INPUT: (
+    "bad usage or bad input: an argument, a path, a query file, a raw file or a lake that cannot be used; one line "
+    "on stderr names the file, where in it, and what is allowed"), EXIT_INTERNAL: (
+    "an internal error (a bug) or out of memory: one line on stderr; ANALYTICS_TRACEBACK=1 shows the traceback"),
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)"}
 TRACEBACK_ENV = "ANALYTICS_TRACEBACK"
-MAX_ROWS = 10**10  # 40x the full data set; past this a typo, not a plan
 
 
 class CliError(Exception):
     """A user-facing failure: printed as one line, exit code 2."""
-
-
-def _memory_size(text: str) -> str:
-    """A `--memory-limit` value, checked as DuckDB will read it and kept as written."""
-    try:
-        parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    """An argparse type: an integer from `low` to `high`."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text.strip().replace("_", "")) if len(text) <= 40 else None
-        except ValueError:
-            value = None
-        if value is None or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected an integer from {low:,} to {high:,}, got {text[:40]!r}")
-        return value
-    return parse
-
-
-_positive_int = _int_in(1, 1_000_000)
-_threads = _int_in(1, 1024)
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text[:40]!r}")
-    return value
-
-
-def _rows(text: str) -> int:
-    """Row counts accept `15000000`, `15_000_000`, `15M`, `500k`."""
-    t = text.strip().lower().replace("_", "")
-    mult = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}.get(t[-1:], 1)
-    try:
-        value = int(float(t[:-1]) * mult) if mult > 1 else int(t[:40])
-    except (ValueError, OverflowError):
-        raise argparse.ArgumentTypeError(f"expected a row count like 15000000 or 15M, got {text[:40]!r}") from None
-    if not 0 < value <= MAX_ROWS:
-        raise argparse.ArgumentTypeError(f"expected a row count from 1 to {MAX_ROWS:,}, got {text[:40]!r}")
-    return value
 
 
 def _open_lake(path: str) -> None:
@@ -143,8 +89,7 @@ def _engine(args: argparse.Namespace) -> Any:
     except ImportError:
         raise CliError("--engine spark needs PySpark: pip install -e '.[spark]' (and Java 17+)") from None
     except Exception as exc:  # noqa: BLE001 - e.g. no Java, a master that does not answer
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CliError(f"cannot start Spark (--master {args.master or 'local[*]'}): {first}") from None
+        raise CliError(f"cannot start Spark (--master {args.master or 'local[*]'}): {_first_line(exc)}") from None
 
 
 def _add_engine_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -226,16 +171,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         wb.close()
     report = result.report
-    for e in report["queries"]:
-        if "error" in e:
-            print(f"{e['id']}: ERROR {e['error']}")
-        else:
-            how = " (cache)" if e["cache"] else (f" (shared scan {e['scan']})" if e.get("shared_scan") else "")
-            print(f"{e['id']}: {e['rows']} rows in {e['ms']:.2f} ms via {e['route']}{how}")
     print(f"{len(report['queries'])} queries in {len(report['batches'])} batch(es) of at most {report['batch_size']}: "
           f"{report['lake_queries']} lake queries took {report['lake_scans']} lake scan(s), "
-          f"{report['cache_hits']} cache hit(s), {report['errors']} error(s)")
-    print(f"results in {args.out}/")
+          f"{report['cache_hits']} cache hit(s)")
+    _print_run(report, args.out)
     return 1 if report["errors"] else 0
 
 
@@ -303,7 +242,8 @@ def _print_run(report: dict[str, Any], out: str) -> None:
         if "error" in e:
             print(f"{e['id']}: ERROR {e['error']}")
         else:
-            print(f"{e['id']}: {e['rows']} rows in {e['ms']:.2f} ms via {e['route']}")
+            how = " (cache)" if e.get("cache") else (f" (shared scan {e['scan']})" if e.get("shared_scan") else "")
+            print(f"{e['id']}: {e['rows']} rows in {e['ms']:.2f} ms via {e['route']}{how}")
     print(f"results in {out}/ ({report['errors']} error(s))")
 
 
@@ -429,17 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("generate", cmd_generate, "write realistic synthetic raw CSV parts")
     p.add_argument("--out", required=True, help="directory to write events_part_NNNNN.csv into")
-    p.add_argument("--rows", required=True, type=_rows, help="total data rows, e.g. 15000000 or 15M")
-    p.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=0, help="random seed; same seed, same bytes (default 0)")
-    p.add_argument("--parts", type=_positive_int, default=None, help="number of CSV parts (default: one per 5M rows)")
-    p.add_argument("--dirty", type=_fraction, default=0.0,
+    p.add_argument("--rows", required=True, type=argtypes.rows, help="total data rows, e.g. 15000000 or 15M")
+    p.add_argument("--seed", type=argtypes.int_in(0, 2**63 - 1), default=0, help="random seed; same seed, same bytes (default 0)")
+    p.add_argument("--parts", type=argtypes.positive_int, default=None, help="number of CSV parts (default: one per 5M rows)")
+    p.add_argument("--dirty", type=argtypes.fraction, default=0.0,
                    help="fraction of rows made untrustworthy, to exercise remediation, from 0 to 1 (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add("prepare", cmd_prepare, "remediate raw CSVs into the partitioned Parquet lake (+ quarantine, manifest)")
     p.add_argument("--raw", required=True, help="directory of raw *.csv parts")
     p.add_argument("--lake", required=True, help="lake directory (created if missing)")
-    p.add_argument("--memory-limit", type=_memory_size, default=DEFAULT_MEMORY_LIMIT,
+    p.add_argument("--memory-limit", type=argtypes.memory_size, default=DEFAULT_MEMORY_LIMIT,
                    help=f"DuckDB memory limit while preparing (default {DEFAULT_MEMORY_LIMIT})")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_engine_args(p, "remediation runs")
@@ -449,13 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", required=True, help="JSON file with a list of queries")
     p.add_argument("--out", required=True, help="directory for q{i}.csv and run.json")
     p.add_argument("--no-views", action="store_true", help="answer from the lake only")
-    p.add_argument("--memory-limit", type=_memory_size, default=DEFAULT_MEMORY_LIMIT,
+    p.add_argument("--memory-limit", type=argtypes.memory_size, default=DEFAULT_MEMORY_LIMIT,
                    help="memory limit for query execution, e.g. 512MB or 4GiB (default "
                         f"{DEFAULT_MEMORY_LIMIT}); a query that "
                         "needs more fails with an error, the others still run")
-    p.add_argument("--batch-size", type=_positive_int, default=20, help="queries per batch (default 20)")
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=20, help="queries per batch (default 20)")
     p.add_argument("--sequential", action="store_true", help="one query at a time instead of a thread pool")
-    p.add_argument("--workers", type=_threads, default=None, help="threads of the pool (default: cores)")
+    p.add_argument("--workers", type=argtypes.threads, default=None, help="threads of the pool (default: cores)")
     p.add_argument("--no-cache", action="store_true", help="compute every answer; do not read or fill the result cache")
     p.add_argument("--no-batching", action="store_true", help="one lake scan per query (no shared superset scans)")
     p.add_argument("--no-telemetry", action="store_true", help="do not append to LAKE/_telemetry/queries.jsonl")
@@ -475,9 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("build", cmd_build, "build or refresh materialized views (only what changed)")
     p.add_argument("--lake", required=True, help="prepared lake directory")
     p.add_argument("--views", nargs="+", metavar="NAME", help="views to build (default: the whole catalog)")
-    p.add_argument("--jobs", type=_threads, default=None, help="views built in parallel (default: cores)")
+    p.add_argument("--jobs", type=argtypes.threads, default=None, help="views built in parallel (default: cores)")
     p.add_argument("--force", action="store_true", help="rebuild from the lake even when up to date")
-    p.add_argument("--memory-limit", type=_memory_size, default=DEFAULT_MEMORY_LIMIT,
+    p.add_argument("--memory-limit", type=argtypes.memory_size, default=DEFAULT_MEMORY_LIMIT,
                    help=f"DuckDB memory for the whole build, shared equally by the --jobs connections "
                         f"(default {DEFAULT_MEMORY_LIMIT})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -494,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("remediation", cmd_remediation, "what prepare quarantined and kept, per reason, type, file and day; exit 1 if the counts do not add up")
     p.add_argument("--lake", required=True, help="prepared lake directory")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the full report (checks, samples) as JSON to FILE")
-    p.add_argument("--samples", type=_int_in(0, 10_000), default=5,
+    p.add_argument("--samples", type=argtypes.int_in(0, 10_000), default=5,
                    help="offending rows kept per quarantine reason (default 5)")
 
     p = add("guardrails", cmd_guardrails, "run the 23 correctness guardrails over the lake, its views and (with --raw) "
@@ -504,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report (every check with its evidence) as JSON to FILE")
     p.add_argument("--only", default=None, metavar="CATEGORY", help="run one category: timezone, between, avg, mv_consistency, "
                                                                    "data_types, null_handling, date_boundaries")
-    p.add_argument("--memory-limit", type=_memory_size, default=DEFAULT_MEMORY_LIMIT,
+    p.add_argument("--memory-limit", type=argtypes.memory_size, default=DEFAULT_MEMORY_LIMIT,
                    help=f"DuckDB memory limit (default {DEFAULT_MEMORY_LIMIT})")
 
     p = add("benchmark", cmd_benchmark, "every workload query on the baseline, DuckDB and Polars over the lake, and the "
@@ -514,12 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lake", required=True, help="prepared lake directory, views built")
     p.add_argument("--workload", action="append", default=None, metavar="FILE",
                    help="JSON query file; repeat for several (default: queries/examples.json and queries/judges.json)")
-    p.add_argument("--repeats", type=_positive_int, default=5, help="warm runs per query and engine after the cold one "
+    p.add_argument("--repeats", type=argtypes.positive_int, default=5, help="warm runs per query and engine after the cold one "
                                                                     "(default 5; the baseline runs once)")
     p.add_argument("--json", default=None, metavar="FILE", help="write every figure as JSON to FILE")
     p.add_argument("--phases", default=None, metavar="DIR", help="phase records (generate/prepare/build times and peak "
                                                                  "RSS) written by `python -m analytics.bench.benchmark phase`")
-    p.add_argument("--rows", type=_rows, default=None, help="the data set's row count, for the report (default: from the lake)")
+    p.add_argument("--rows", type=argtypes.rows, default=None, help="the data set's row count, for the report (default: from the lake)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-summary", action="store_true", help="do not print the summary table at the end")
     return parser
