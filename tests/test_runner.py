@@ -289,3 +289,17 @@ def test_progress_bar_only_on_a_terminal(lake_dir, tmp_path):
     os.close(master)
     assert proc.returncode == 0
     assert b"60/60" in shown and b"query" in shown, shown[-500:]
+
+
+def test_long_in_lists_share_a_scan_and_answer_as_alone(lake_dir):
+    advertisers = [list(range(0, 1600, 7)), list(range(0, 1600, 5)), list(range(1, 1000, 3))]  # > INLINE_IN_VALUES
+    queries = [{"select": ["country", {"COUNT": "*"}, {"SUM": "bid_price"}], "from": "events", "group_by": ["country"],
+                "where": [{"col": "advertiser_id", "op": "in", "val": ids}, {"col": "type", "op": "eq", "val": "click"}]}
+               for ids in advertisers]
+    with Workbench(lake_dir, use_views=False) as wb, \
+            SafeBatchRunner(wb, cache=False, telemetry=False, max_groups=1e12, max_group_ratio=1e9) as runner:
+        shared = runner.run(queries)
+        alone = runner.run(queries, batching=False)
+    assert [s["queries"] for s in shared.report["batches"][0]["shared_scans"] if s["ok"]] == [["q1", "q2", "q3"]]
+    for q, a, b in zip(queries, shared.tables, alone.tables):
+        assert tables_match(parse_query(q), b, a) is None
