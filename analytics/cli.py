@@ -1,58 +1,64 @@
 """The `analytics` command line: one subcommand per contract command, each a thin call into the package.
 
-Owns argument parsing, one-line error messages and exit codes (0 ok, 1 a check failed or a
-query errored, 2 bad usage or input). Must not hold logic a test cannot reach through the
-package.
+Owns argument parsing, one-line error messages and the exit codes (`EXIT_CODES`, printed in
+`--help`): no input, however bad, gets a traceback. Must not hold logic a test cannot reach
+through the package.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from analytics import __version__
-from analytics.core.memory import DEFAULT_MEMORY_LIMIT, parse_size
+from analytics.core import args as argtypes
+from analytics.core.memory import DEFAULT_MEMORY_LIMIT
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES: dict[int, str] = {EXIT_OK: "success", EXIT_FAILED: (
+    "the command ran but something failed: a query errored (its run.json entry says why), a check or guardrail "
+    "failed, answers differ, a view failed to build"), EXIT_BAD_INPUT: (
+    "bad usage or bad input: an argument, a path, a query file, a raw file or a lake that cannot be used; one line "
+    "on stderr names the file, where in it, and what is allowed"), EXIT_INTERNAL: (
+    "an internal error (a bug) or out of memory: one line on stderr; ANALYTICS_TRACEBACK=1 shows the traceback"),
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)"}
+TRACEBACK_ENV = "ANALYTICS_TRACEBACK"
 
 
 class CliError(Exception):
     """A user-facing failure: printed as one line, exit code 2."""
 
 
-def _memory_size(text: str) -> str:
-    """A `--memory-limit` value, checked as DuckDB will read it and kept as written."""
+def _open_lake(path: str) -> None:
+    """Refuse a `--lake` that is not a readable prepared lake before any work starts."""
+    from analytics.lake.manifest import MANIFEST, Lake
+
     try:
-        parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+        lake = Lake.open(path)
+        lake.version, lake.segment_ids  # the fields every command reads first
+    except (FileNotFoundError, NotADirectoryError):
+        raise CliError(f"{path} is not a prepared lake (no {MANIFEST}); run `analytics prepare` first") from None
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
+        raise CliError(f"{os.path.join(path, MANIFEST)} is damaged ({type(exc).__name__}: {_first_line(exc)}); "
+                       f"prepare the lake again into a new directory") from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def _rows(text: str) -> int:
-    """Row counts accept `15000000`, `15_000_000`, `15M`, `500k`."""
-    t = text.strip().lower().replace("_", "")
-    mult = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}.get(t[-1:], 1)
-    try:
-        value = int(float(t[:-1]) * mult) if mult > 1 else int(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a row count like 15000000 or 15M, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive row count, got {text!r}")
-    return value
+def _out_dir(path: str, flag: str = "--out") -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CliError(f"{flag}: {path} exists and is not a directory")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    _out_dir(args.out)
     from analytics.lake.generator import generate
 
     summary = generate(args.out, args.rows, seed=args.seed, parts=args.parts, dirty=args.dirty,
@@ -83,8 +89,7 @@ def _engine(args: argparse.Namespace) -> Any:
     except ImportError:
         raise CliError("--engine spark needs PySpark: pip install -e '.[spark]' (and Java 17+)") from None
     except Exception as exc:  # noqa: BLE001 - e.g. no Java, a master that does not answer
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CliError(f"cannot start Spark (--master {args.master or 'local[*]'}): {first}") from None
+        raise CliError(f"cannot start Spark (--master {args.master or 'local[*]'}): {_first_line(exc)}") from None
 
 
 def _add_engine_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -98,7 +103,12 @@ def _add_engine_args(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from analytics.lake.manifest import MANIFEST
     from analytics.lake.prepare import prepare
+
+    _out_dir(args.lake, "--lake")
+    if os.path.exists(os.path.join(args.lake, MANIFEST)):
+        _open_lake(args.lake)  # a damaged manifest: stop before adding to a lake of unknown state
 
     summary = prepare(args.raw, args.lake, progress=not args.quiet, memory_limit=args.memory_limit,
                       engine=_engine(args))
@@ -123,13 +133,29 @@ def _load_queries(path: str) -> list[Any]:
         raise CliError(str(exc)) from None
 
 
+@contextmanager
+def _progress(total: int, what: str) -> Iterator[Callable[[int], None] | None]:
+    """A tqdm bar on stderr when stderr is a terminal (never in a pipe or a log), as `progress(done)`."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, unit="query", desc=what, file=sys.stderr, mininterval=0.5) as bar:
+        yield lambda done: bar.update(done - bar.n)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import duckdb
 
-    from analytics.batch.runner import run_workbench
+    from analytics.batch.simple import run_workbench
     from analytics.serving.workbench import Workbench
 
     queries = _load_queries(args.queries)
+    _open_lake(args.lake)
+    _out_dir(args.out)
+    if args.engine == "duckdb":
+        _engine(args)  # refuses the Spark-only flags
     try:
         wb = Workbench(args.lake, memory_limit=args.memory_limit, use_views=not args.no_views)
     except duckdb.Error as exc:
@@ -137,33 +163,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.engine != "duckdb":
         return _run_on_engine(args, wb, queries)
     try:
-        result = run_workbench(wb, queries, args.out, batch_size=args.batch_size, parallel=not args.sequential,
-                               workers=args.workers, cache=not args.no_cache, persist_cache=not args.no_cache,
-                               batching=not args.no_batching, telemetry=not args.no_telemetry)
+        with _progress(len(queries), "run") as progress:
+            result = run_workbench(wb, queries, args.out, progress=progress, batch_size=args.batch_size,
+                                   parallel=not args.sequential, workers=args.workers, cache=not args.no_cache,
+                                   persist_cache=not args.no_cache, batching=not args.no_batching,
+                                   telemetry=not args.no_telemetry)
     finally:
         wb.close()
     report = result.report
-    for e in report["queries"]:
-        if "error" in e:
-            print(f"{e['id']}: ERROR {e['error']}")
-        else:
-            how = " (cache)" if e["cache"] else (f" (shared scan {e['scan']})" if e.get("shared_scan") else "")
-            print(f"{e['id']}: {e['rows']} rows in {e['ms']:.2f} ms via {e['route']}{how}")
     print(f"{len(report['queries'])} queries in {len(report['batches'])} batch(es) of at most {report['batch_size']}: "
           f"{report['lake_queries']} lake queries took {report['lake_scans']} lake scan(s), "
-          f"{report['cache_hits']} cache hit(s), {report['errors']} error(s)")
-    print(f"results in {args.out}/")
+          f"{report['cache_hits']} cache hit(s)")
+    _print_run(report, args.out)
     return 1 if report["errors"] else 0
 
 
 def _run_on_engine(args: argparse.Namespace, wb: Any, queries: list[Any]) -> int:
     """`run --engine spark`: views answered by DuckDB as always, lake-routed queries by Spark."""
-    from analytics.batch.runner import run_on_engine
+    from analytics.batch.simple import run_on_engine
 
     try:
         engine = _engine(args)
         try:
-            report = run_on_engine(wb, engine, queries, args.out)
+            with _progress(len(queries), f"run on {engine.name}") as progress:
+                report = run_on_engine(wb, engine, queries, args.out, progress=progress)
         finally:
             engine.close()
     finally:
@@ -199,15 +222,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from analytics.batch.runner import run_queries
+    from analytics.batch.simple import run_queries
     from analytics.checks.baseline import baseline_query, connect_baseline
 
     queries = _load_queries(args.queries)
+    _out_dir(args.out)
     try:
         con = connect_baseline(args.raw)
     except FileNotFoundError as exc:
         raise CliError(str(exc)) from None
-    report = run_queries(lambda q: (baseline_query(con, q), "baseline"), queries, args.out)
+    with _progress(len(queries), "baseline") as progress:
+        report = run_queries(lambda q: (baseline_query(con, q), "baseline"), queries, args.out, progress=progress)
     _print_run(report, args.out)
     return 1 if report["errors"] else 0
 
@@ -217,7 +242,8 @@ def _print_run(report: dict[str, Any], out: str) -> None:
         if "error" in e:
             print(f"{e['id']}: ERROR {e['error']}")
         else:
-            print(f"{e['id']}: {e['rows']} rows in {e['ms']:.2f} ms via {e['route']}")
+            how = " (cache)" if e.get("cache") else (f" (shared scan {e['scan']})" if e.get("shared_scan") else "")
+            print(f"{e['id']}: {e['rows']} rows in {e['ms']:.2f} ms via {e['route']}{how}")
     print(f"results in {out}/ ({report['errors']} error(s))")
 
 
@@ -225,7 +251,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from analytics.query.compare import compare_dirs
 
     queries = _load_queries(args.queries)
-    outcome = compare_dirs(queries, args.expected, args.actual)
+    for flag, path in (("expected", args.expected), ("actual", args.actual)):
+        if not os.path.isdir(path):
+            raise CliError(f"{flag}: result directory {path!r} does not exist or is not a directory")
+    try:
+        outcome = compare_dirs(queries, args.expected, args.actual)
+    except (UnicodeDecodeError, ValueError) as exc:  # a q{i}.csv that is not the contract's CSV
+        raise CliError(f"cannot read the answers in {args.expected} or {args.actual}: {_first_line(exc)}") from None
     for row in outcome:
         print(f"{row['id']}: {'match' if row['match'] else 'MISMATCH'}{'' if row['match'] else ' - ' + row['reason']}")
     bad = sum(1 for r in outcome if not r["match"])
@@ -236,6 +268,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from analytics.views.build import build
 
+    _open_lake(args.lake)
     summary = build(args.lake, args.views or None, jobs=args.jobs, force=args.force, progress=not args.quiet,
                     memory_limit=args.memory_limit, engine=_engine(args))
     if not summary["built"] and not summary["failed"]:
@@ -258,6 +291,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from analytics.serving.workbench import Workbench
 
     queries = _load_queries(args.queries)
+    _open_lake(args.lake)
     wb = Workbench(args.lake)
     failed = 0
     for i, raw in enumerate(queries, start=1):
@@ -273,6 +307,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_remediation(args: argparse.Namespace) -> int:
     from analytics.checks.remediation import format_report, remediation_report
 
+    _open_lake(args.lake)
     try:
         report = remediation_report(args.lake, samples=args.samples)
     except ValueError as exc:
@@ -286,6 +321,7 @@ def cmd_remediation(args: argparse.Namespace) -> int:
 def cmd_guardrails(args: argparse.Namespace) -> int:
     from analytics.checks.guardrails import GuardrailError, format_table, run_guardrails
 
+    _open_lake(args.lake)
     try:
         report = run_guardrails(args.lake, args.raw, args.only, memory_limit=args.memory_limit)
     except GuardrailError as exc:
@@ -302,10 +338,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from analytics.bench.workloads import DEFAULT_WORKLOADS
 
     for path in args.workload or []:
-        if not Path(path).is_file():
-            raise CliError(f"--workload: query file {path!r} does not exist")
+        _load_queries(path)  # a bad workload fails now, not after the baseline's minutes
     if not Path(args.raw).is_dir():
-        raise CliError(f"--raw: raw directory {args.raw!r} does not exist")
+        raise CliError(f"--raw: raw directory {args.raw!r} does not exist or is not a directory")
+    _open_lake(args.lake)
     try:
         result = run_benchmark(args.raw, args.lake, workloads=args.workload or DEFAULT_WORKLOADS, repeats=args.repeats,
                                out_json=args.json, phases=args.phases, rows=args.rows, progress=not args.quiet)
@@ -321,27 +357,31 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="analytics", description=(
         "Ad-event analytics workbench: JSON queries answered from a Parquet lake and materialized "
-        "views, every answer provable against the DuckDB baseline."))
+        "views, every answer provable against the DuckDB baseline."),
+        epilog="exit codes (every command):\n" + "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"analytics {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, epilog=parser.epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(func=func)
         return p
 
     p = add("generate", cmd_generate, "write realistic synthetic raw CSV parts")
     p.add_argument("--out", required=True, help="directory to write events_part_NNNNN.csv into")
-    p.add_argument("--rows", required=True, type=_rows, help="total data rows, e.g. 15000000 or 15M")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
-    p.add_argument("--parts", type=_positive_int, default=None, help="number of CSV parts (default: one per 5M rows)")
-    p.add_argument("--dirty", type=float, default=0.0, help="fraction of rows made untrustworthy, to exercise remediation (default 0)")
+    p.add_argument("--rows", required=True, type=argtypes.rows, help="total data rows, e.g. 15000000 or 15M")
+    p.add_argument("--seed", type=argtypes.int_in(0, 2**63 - 1), default=0, help="random seed; same seed, same bytes (default 0)")
+    p.add_argument("--parts", type=argtypes.positive_int, default=None, help="number of CSV parts (default: one per 5M rows)")
+    p.add_argument("--dirty", type=argtypes.fraction, default=0.0,
+                   help="fraction of rows made untrustworthy, to exercise remediation, from 0 to 1 (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add("prepare", cmd_prepare, "remediate raw CSVs into the partitioned Parquet lake (+ quarantine, manifest)")
     p.add_argument("--raw", required=True, help="directory of raw *.csv parts")
     p.add_argument("--lake", required=True, help="lake directory (created if missing)")
-    p.add_argument("--memory-limit", type=_memory_size, default=DEFAULT_MEMORY_LIMIT,
+    p.add_argument("--memory-limit", type=argtypes.memory_size, default=DEFAULT_MEMORY_LIMIT,
                    help=f"DuckDB memory limit while preparing (default {DEFAULT_MEMORY_LIMIT})")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_engine_args(p, "remediation runs")
@@ -351,13 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", required=True, help="JSON file with a list of queries")
     p.add_argument("--out", required=True, help="directory for q{i}.csv and run.json")
     p.add_argument("--no-views", action="store_true", help="answer from the lake only")
-    p.add_argument("--memory-limit", type=_memory_size, default=DEFAULT_MEMORY_LIMIT,
+    p.add_argument("--memory-limit", type=argtypes.memory_size, default=DEFAULT_MEMORY_LIMIT,
                    help="memory limit for query execution, e.g. 512MB or 4GiB (default "
                         f"{DEFAULT_MEMORY_LIMIT}); a query that "
                         "needs more fails with an error, the others still run")
-    p.add_argument("--batch-size", type=_positive_int, default=20, help="queries per batch (default 20)")
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=20, help="queries per batch (default 20)")
     p.add_argument("--sequential", action="store_true", help="one query at a time instead of a thread pool")
-    p.add_argument("--workers", type=_positive_int, default=None, help="threads of the pool (default: cores)")
+    p.add_argument("--workers", type=argtypes.threads, default=None, help="threads of the pool (default: cores)")
     p.add_argument("--no-cache", action="store_true", help="compute every answer; do not read or fill the result cache")
     p.add_argument("--no-batching", action="store_true", help="one lake scan per query (no shared superset scans)")
     p.add_argument("--no-telemetry", action="store_true", help="do not append to LAKE/_telemetry/queries.jsonl")
@@ -377,9 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("build", cmd_build, "build or refresh materialized views (only what changed)")
     p.add_argument("--lake", required=True, help="prepared lake directory")
     p.add_argument("--views", nargs="+", metavar="NAME", help="views to build (default: the whole catalog)")
-    p.add_argument("--jobs", type=_positive_int, default=None, help="views built in parallel (default: cores)")
+    p.add_argument("--jobs", type=argtypes.threads, default=None, help="views built in parallel (default: cores)")
     p.add_argument("--force", action="store_true", help="rebuild from the lake even when up to date")
-    p.add_argument("--memory-limit", type=_memory_size, default=DEFAULT_MEMORY_LIMIT,
+    p.add_argument("--memory-limit", type=argtypes.memory_size, default=DEFAULT_MEMORY_LIMIT,
                    help=f"DuckDB memory for the whole build, shared equally by the --jobs connections "
                         f"(default {DEFAULT_MEMORY_LIMIT})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -396,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("remediation", cmd_remediation, "what prepare quarantined and kept, per reason, type, file and day; exit 1 if the counts do not add up")
     p.add_argument("--lake", required=True, help="prepared lake directory")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the full report (checks, samples) as JSON to FILE")
-    p.add_argument("--samples", type=int, default=5, help="offending rows kept per quarantine reason (default 5)")
+    p.add_argument("--samples", type=argtypes.int_in(0, 10_000), default=5,
+                   help="offending rows kept per quarantine reason (default 5)")
 
     p = add("guardrails", cmd_guardrails, "run the 23 correctness guardrails over the lake, its views and (with --raw) "
                                           "the raw CSVs; exit 1 if any fails")
@@ -405,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report (every check with its evidence) as JSON to FILE")
     p.add_argument("--only", default=None, metavar="CATEGORY", help="run one category: timezone, between, avg, mv_consistency, "
                                                                    "data_types, null_handling, date_boundaries")
-    p.add_argument("--memory-limit", type=_memory_size, default=DEFAULT_MEMORY_LIMIT,
+    p.add_argument("--memory-limit", type=argtypes.memory_size, default=DEFAULT_MEMORY_LIMIT,
                    help=f"DuckDB memory limit (default {DEFAULT_MEMORY_LIMIT})")
 
     p = add("benchmark", cmd_benchmark, "every workload query on the baseline, DuckDB and Polars over the lake, and the "
@@ -415,12 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lake", required=True, help="prepared lake directory, views built")
     p.add_argument("--workload", action="append", default=None, metavar="FILE",
                    help="JSON query file; repeat for several (default: queries/examples.json and queries/judges.json)")
-    p.add_argument("--repeats", type=_positive_int, default=5, help="warm runs per query and engine after the cold one "
+    p.add_argument("--repeats", type=argtypes.positive_int, default=5, help="warm runs per query and engine after the cold one "
                                                                     "(default 5; the baseline runs once)")
     p.add_argument("--json", default=None, metavar="FILE", help="write every figure as JSON to FILE")
     p.add_argument("--phases", default=None, metavar="DIR", help="phase records (generate/prepare/build times and peak "
                                                                  "RSS) written by `python -m analytics.bench phase`")
-    p.add_argument("--rows", type=_rows, default=None, help="the data set's row count, for the report (default: from the lake)")
+    p.add_argument("--rows", type=argtypes.rows, default=None, help="the data set's row count, for the report (default: from the lake)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-summary", action="store_true", help="do not print the summary table at the end")
     return parser
@@ -433,14 +474,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     from analytics.query.model import QueryError
     from analytics.views.build import BuildError
 
+    name = f"analytics {args.command}"
     try:
         return args.func(args)
-    except (CliError, PrepareError, QueryError, BuildError, FileNotFoundError, NotADirectoryError) as exc:
-        print(f"analytics {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except (CliError, PrepareError, QueryError, BuildError) as exc:
+        print(f"{name}: error: {_first_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a path that is missing, a directory, unreadable or unwritable
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{name}: error: {where}{exc.strerror or _first_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"analytics {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"{name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (Exception, MemoryError) as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        what = "out of memory" if isinstance(exc, MemoryError) else "internal error"
+        print(f"{name}: {what}: {type(exc).__name__}: {_first_line(exc)} (set {TRACEBACK_ENV}=1 for the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def appended(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A lake prepared from one raw part and built, queried through the batch runner (telemetry on),
     then a second part appended and prepared: every view is stale until refreshed."""
     from analytics import Workbench
-    from analytics.batch.runner import run_workbench
+    from analytics.batch.simple import run_workbench
     from analytics.lake.generator import generate
     from analytics.views.build import build
 

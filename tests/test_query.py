@@ -3,10 +3,14 @@ and a hostile value stays a value."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 
-from analytics.query.model import QueryError, parse_query
+from analytics.checks.baseline import baseline_query
+from analytics.query.compiler import INLINE_IN_VALUES, compile_query
+from analytics.query.model import MAX_IN_VALUES, QueryError, load_queries, parse_query
+from analytics.query.results import compare_rows, to_rows
 
 BASE = {"select": [{"COUNT": "*"}], "from": "events"}
 
@@ -37,6 +41,18 @@ def q(**kw):
     (q(limit=-3), "limit: must be a positive integer"),
     (q(limit="10"), "limit: must be a positive integer"),
     (q(limit=2.5), "limit: must be a positive integer"),
+    (q(limit=10**30), "limit: must be a positive integer no larger than 9223372036854775807 (2^63-1), got 1000000"),
+    (q(where=[{"col": "day", "op": "in", "val": ["2024-01-01", "5877642-06-25 (BC)"] * 60}]),
+     "where[0]: value '5877642-06-25 (BC)' for column 'day' is out of range for DATE"),
+    (q(where=[{"col": "bid_price", "op": "in", "val": [str(i / 8) for i in range(300)] + ["cheap"]}]),
+     "where[0]: value 'cheap' for column 'bid_price' is not a valid DOUBLE"),
+    (q(where=[{"col": "user_id", "op": "eq", "val": 10**5000}]), "more than 4300 digits"),
+    (q(where=[{"col": "country", "op": "eq", "val": {"x": "y" * 10**6}}]), 'got {"x": "yyyyyyyyyy'),
+    (q(where=[{"col": "user_id", "op": "in", "val": list(range(MAX_IN_VALUES + 1))}]),
+     "where[0]: 'in' on 'user_id' holds 1,000,001 values; a query may hold at most 1,000,000 in all"),
+    (q(where=[{"col": "user_id", "op": "in", "val": list(range(MAX_IN_VALUES // 2))},
+              {"col": "advertiser_id", "op": "in", "val": list(range(MAX_IN_VALUES // 2 + 1))}]),
+     "where[1]: 'in' on 'advertiser_id' holds 500,001 values; a query may hold at most 1,000,000 in all"),
     ({**BASE, "from": "users"}, "unknown table 'users'"),
     ({"select": []}, "select: needs a non-empty list"),
     ({"selct": ["day"]}, "unknown key(s) ['selct']"),
@@ -90,3 +106,56 @@ def test_hostile_value_is_only_a_value(workbench):
     assert workbench.query(BASE).to_pylist()[0]["COUNT(*)"] > 0  # events is still there
     sql = workbench.plan(parsed).sql
     assert hostile not in sql and "DROP" not in sql
+
+
+def test_messages_quote_a_bounded_part_of_a_huge_value():
+    with pytest.raises(QueryError) as exc:
+        parse_query(q(select=[["day"] * 1_000_000]))
+    assert len(str(exc.value)) < 300 and "\n" not in str(exc.value)
+
+
+def test_long_in_lists_are_one_list_parameter_and_answer_like_the_baseline(workbench, baseline):
+    users = list(range(0, 1_000_000, 3))
+    days = [f"2024-{m:02d}-{d:02d}" for m in range(1, 13) for d in range(1, 29, 2)]
+    hours = [f"2024-03-{d:02d} {h:02d}:00:00+00" for d in range(1, 11) for h in range(24)]
+    prices = [str(r[0]) for r in baseline.execute(
+        "SELECT DISTINCT bid_price FROM events WHERE bid_price IS NOT NULL ORDER BY 1 LIMIT 300").fetchall()]
+    queries = [
+        {"select": ["type", {"COUNT": "*"}, {"SUM": "bid_price"}], "from": "events", "group_by": ["type"],
+         "where": [{"col": "user_id", "op": "in", "val": users}]},
+        {"select": ["day", {"COUNT": "*"}], "from": "events", "group_by": ["day"],
+         "where": [{"col": "day", "op": "in", "val": days}, {"col": "country", "op": "in", "val": ["US", "JP"] * 80}]},
+        {"select": ["hour", {"COUNT": "*"}], "from": "events", "group_by": ["hour"],
+         "where": [{"col": "hour", "op": "in", "val": hours}]},
+        {"select": [{"COUNT": "*"}, {"MAX": "bid_price"}], "from": "events",
+         "where": [{"col": "bid_price", "op": "in", "val": prices}]},
+    ]
+    for raw in queries:
+        query = parse_query(raw)
+        assert all(len(c.values) > INLINE_IN_VALUES for c in query.where)
+        for raw_values in (False, True):
+            sql, params = compile_query(query, "events", raw_values=raw_values)
+            assert sql.count("?") == len(query.where) and "unnest" in sql
+        expected = to_rows(query, baseline_query(baseline, query))
+        assert any(row[-1] not in ("0", "") for row in expected)  # the filters keep rows
+        for use_views in (True, False):
+            table, plan = workbench.execute(query, use_views=use_views)
+            reason = compare_rows(query, expected, to_rows(query, table))
+            assert reason is None, f"{plan.route}: {reason}\n{json.dumps(raw)[:200]}"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[" * 100_000, "nests JSON deeper than 100 levels at line 1 column 101"),
+    (b'[{"select": ["day"],\n "from": "ev\xffents"}]', "is not UTF-8 text: byte 0xff at line 2 column 13"),
+    (b"[" + b"7" * 5000 + b"]", "holds a number with more than 4300 digits at line 1 column 2"),
+    (b"", "is not valid JSON"),
+    (b"\xef\xbb\xbf[]", "holds no queries"),  # a byte-order mark is fine
+])
+def test_query_files_that_cannot_be_read_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "q.json"
+    path.write_bytes(content)
+    with pytest.raises(QueryError) as exc:
+        load_queries(str(path))
+    assert message in str(exc.value) and str(path) in str(exc.value)
+    with pytest.raises(QueryError, match="is a directory; expected a JSON file"):
+        load_queries(str(tmp_path))

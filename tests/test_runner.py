@@ -3,12 +3,16 @@ others answer, compute-only timing, atomic files that a killed run never leaves 
 answers equal to sequential ones, and clear errors for bad query files."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -16,6 +20,7 @@ import pytest
 from querygen import random_queries
 from test_batching import tables_match
 
+import analytics.batch.items as items_mod
 import analytics.batch.runner as runner_mod
 from analytics.batch.runner import SafeBatchRunner
 from analytics.core.memory import parse_size, split_memory
@@ -110,13 +115,13 @@ def test_cli_memory_limit_and_exit_code(lake_copy, tmp_path):
 
 def test_run_json_and_timing_excludes_writing(lake_copy, tmp_path, monkeypatch):
     lake = fresh(lake_copy)
-    real = runner_mod.to_csv_text
+    real = items_mod.to_csv_text
 
     def slow(q, table):  # writing is slow: it must not show in ms
         time.sleep(0.25)
         return real(q, table)
 
-    monkeypatch.setattr(runner_mod, "to_csv_text", slow)
+    monkeypatch.setattr(items_mod, "to_csv_text", slow)
     lake_q = {"select": ["user_id", {"COUNT": "*"}], "from": "events", "group_by": ["user_id"],
               "where": [{"col": "type", "op": "eq", "val": "click"}]}
     with Workbench(lake) as wb:
@@ -229,3 +234,72 @@ def test_runner_over_a_workbench_caches_across_runs(lake_copy):
     assert [e["cache"] for e in out.report["queries"]] == [False, False, True]
     assert again.report["queries"][0]["cache"] is True
     assert (lake / "_telemetry" / "queries.jsonl").read_text().count("\n") == 4
+
+
+def test_a_long_run_is_linear_and_reports_progress(workbench, tmp_path, monkeypatch):
+    n = 400
+    queries = [VIEW_Q, TYPE_Q, {"select": ["nope"]}, 7] * (n // 4)
+    calls = [0]
+    real_entry = items_mod.QueryItem.entry
+
+    def counting(self):
+        calls[0] += 1
+        return real_entry(self)
+
+    snapshots: list[int] = []
+    real_write = runner_mod.write_atomic
+
+    def spy(path, text):
+        if Path(path).name == "run.json":
+            snapshots.append(len(json.loads(text)["queries"]))
+        return real_write(path, text)
+
+    monkeypatch.setattr(items_mod.QueryItem, "entry", counting)
+    monkeypatch.setattr(runner_mod, "write_atomic", spy)
+    monkeypatch.setattr(runner_mod, "SNAPSHOT_EVERY_S", float("inf"))
+    seen: list[int] = []
+    with SafeBatchRunner(workbench, persist_cache=False, telemetry=False, batch_size=1) as runner:
+        out = runner.run(queries, tmp_path / "out", progress=seen.append)
+    assert calls[0] == n  # each query's entry is made once, not once per batch
+    assert seen == list(range(1, n + 1))
+    assert snapshots[-1] == n and sum(snapshots[:-1]) <= 2 * n, snapshots  # partial run.json: on doubling only
+    assert out.report == json.loads((tmp_path / "out" / "run.json").read_text()) and out.errors == n // 2
+
+
+def test_progress_bar_only_on_a_terminal(lake_dir, tmp_path):
+    qfile = tmp_path / "q.json"
+    qfile.write_text(json.dumps([VIEW_Q, TYPE_Q] * 30))
+    args = [sys.executable, "-m", "analytics", "run", "--lake", str(lake_dir), "--queries", str(qfile),
+            "--no-telemetry", "--no-cache"]
+    piped = subprocess.run([*args, "--out", str(tmp_path / "piped")], capture_output=True, text=True)
+    assert piped.returncode == 0 and piped.stderr == ""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 columns wide
+    proc = subprocess.run([*args, "--out", str(tmp_path / "tty")], stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.returncode == 0
+    assert b"60/60" in shown and b"query" in shown, shown[-500:]
+
+
+def test_long_in_lists_share_a_scan_and_answer_as_alone(lake_dir):
+    advertisers = [list(range(0, 1600, 7)), list(range(0, 1600, 5)), list(range(1, 1000, 3))]  # > INLINE_IN_VALUES
+    queries = [{"select": ["country", {"COUNT": "*"}, {"SUM": "bid_price"}], "from": "events", "group_by": ["country"],
+                "where": [{"col": "advertiser_id", "op": "in", "val": ids}, {"col": "type", "op": "eq", "val": "click"}]}
+               for ids in advertisers]
+    with Workbench(lake_dir, use_views=False) as wb, \
+            SafeBatchRunner(wb, cache=False, telemetry=False, max_groups=1e12, max_group_ratio=1e9) as runner:
+        shared = runner.run(queries)
+        alone = runner.run(queries, batching=False)
+    assert [s["queries"] for s in shared.report["batches"][0]["shared_scans"] if s["ok"]] == [["q1", "q2", "q3"]]
+    for q, a, b in zip(queries, shared.tables, alone.tables):
+        assert tables_match(parse_query(q), b, a) is None

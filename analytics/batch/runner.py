@@ -6,13 +6,13 @@ queries is executed:
 - in batches of at most `batch_size` (20) queries; each batch is parsed, looked up in the
   result cache, planned, computed, then written, and reported in `run.json["batches"]`;
 - lake-routed aggregates of a batch that scan overlapping data share one superset scan
-  (`batching.py`); `run.json` counts `lake_queries` and the `lake_scans` they needed, and lists
+  (`shared_scans.py`); `run.json` counts `lake_queries` and the `lake_scans` they needed, and lists
   each shared scan in its batch. If a superset fails, its members run on their own;
 - independent work runs on a thread pool sized to the cores, one DuckDB cursor per thread
   (`parallel=False`, `analytics run --sequential`, keeps the one-at-a-time mode);
 - a result cache (`cache.py`): a hit is answered without planning; a query repeated within a
   batch is computed once (`"same_as"`);
-- a memory guard: DuckDB's `memory_limit` plus an RSS watch (psutil) that interrupts a lake
+- a memory guard (`memory.py`): DuckDB's `memory_limit` plus an RSS watch (psutil) that interrupts a lake
   statement when the process grew by more than the limit while it ran, and a check that no
   answer is larger than the limit. A query that fails that way while others ran beside it is
   retried alone; alone, it fails with an error naming the query and the limit. The other
@@ -26,7 +26,9 @@ queries is executed:
   `"error"` and the CLI exits non-zero;
 - every query appends one telemetry event (`telemetry.py`), never blocking the query.
 
-Must not choose routes (that is the router, via `Workbench.plan/execute`) or print.
+The per-query state and the files are `items.py`; the simple sequential runners (`baseline`,
+`--engine spark`) are `simple.py`. Must not choose routes (that is the router, via
+`Workbench.plan/execute`) or print.
 """
 from __future__ import annotations
 
@@ -34,20 +36,27 @@ import itertools
 import json
 import os
 import re
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import duckdb
-import psutil
 import pyarrow as pa
 
 from analytics.batch.cache import CacheEntry, ResultCache, cache_key, content_stamp, disk_dir, query_hash
+from analytics.batch.items import QueryItem, RunResult, describe_error, prepare_out_dir, write_answers
+from analytics.batch.memory import (
+    MEMORY_ERRORS,
+    GuardTrip,
+    MemoryGuard,
+    MemoryLimitError,
+    Watch,
+    check_answer,
+    memory_error_message,
+)
 from analytics.batch.shared_scans import (
     DEFAULT_MAX_GROUP_RATIO,
     DEFAULT_MAX_GROUPS,
@@ -57,202 +66,19 @@ from analytics.batch.shared_scans import (
 )
 from analytics.batch.telemetry import TelemetryLog, telemetry_log, utc_now
 from analytics.core import db
-from analytics.core.files import format_bytes, write_atomic
+from analytics.core.files import write_atomic
 from analytics.core.memory import parse_size
-from analytics.engines import Engine
 from analytics.query.compiler import ident
-from analytics.query.model import Query, QueryError, parse_query
-from analytics.query.results import to_csv_text
-from analytics.serving.router import LAKE, Plan
+from analytics.query.model import Query, parse_query
+from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
 
 DEFAULT_BATCH_SIZE = 20
-
-# answer(query) -> (table, route): the simple runner's contract, used by `baseline`
-Answerer = Callable[[Query], tuple[pa.Table, str]]
-
-
-# ---- memory guard -------------------------------------------------------------------------------
-class MemoryLimitError(RuntimeError):
-    """A query needed more memory than the limit allows."""
-
-
-@dataclass
-class _Watch:
-    cursor: duckdb.DuckDBPyConnection
-    base: int  # process RSS when the statement started
-    tripped: int | None = None  # RSS growth in bytes when the guard fired
-    overlapped: bool = False  # another watched statement ran at the same time
-
-
-class MemoryGuard:
-    """RSS watch over the statements in flight: interrupts one when the process grew by more than
-    `limit` since it started.
-
-    Growth is counted from the RSS at each statement's start, so memory held before it (loaded
-    views, the cache, the answers of the batch so far) is not blamed on it; DuckDB's own
-    `memory_limit` bounds what its operators take. Statements that overlap share the blame: each
-    is marked `overlapped`, and the runner retries a tripped, overlapped query alone before
-    calling it too big.
-    """
-
-    def __init__(self, limit: int, poll_s: float = 0.005) -> None:
-        self.limit = limit
-        self.poll_s = poll_s
-        self._proc = psutil.Process()
-        self._lock = threading.Lock()
-        self._active: dict[int, _Watch] = {}
-        self._ids = itertools.count()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.trips = 0
-
-    def rss(self) -> int:
-        try:
-            return self._proc.memory_info().rss
-        except psutil.Error:
-            return 0
-
-    @contextmanager
-    def watch(self, cursor: duckdb.DuckDBPyConnection) -> Iterator[_Watch]:
-        w = _Watch(cursor, self.rss())
-        token = next(self._ids)
-        with self._lock:
-            if self._active:
-                w.overlapped = True
-                for other in self._active.values():
-                    other.overlapped = True
-            self._active[token] = w
-        self._ensure_thread()
-        self._wake.set()
-        try:
-            yield w
-        finally:
-            grown = self.rss() - w.base
-            with self._lock:
-                if w.tripped is None and grown > self.limit:
-                    w.tripped = grown  # a spike between two polls, or an answer too big to hold
-                    self.trips += 1
-                del self._active[token]
-
-    def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            with self._lock:
-                if self._thread is None or not self._thread.is_alive():
-                    self._thread = threading.Thread(target=self._run, name="memory-guard", daemon=True)
-                    self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                busy = bool(self._active)
-            if not busy:
-                self._wake.wait(1.0)
-                self._wake.clear()
-                continue
-            rss = self.rss()
-            with self._lock:
-                for w in self._active.values():
-                    if w.tripped is None and rss - w.base > self.limit:
-                        w.tripped = rss - w.base
-                        self.trips += 1
-                        try:
-                            w.cursor.interrupt()
-                        except Exception:  # noqa: BLE001 - a closed cursor has nothing to stop
-                            pass
-            time.sleep(self.poll_s)
-
-
-# ---- per-query state ------------------------------------------------------------------------------
-@dataclass
-class _Item:
-    idx: int  # 1-based position in the file
-    raw: Any
-    query: Query | None = None
-    qhash: str | None = None
-    key: str | None = None
-    plan: "Plan | None" = None
-    table: pa.Table | None = None
-    route: str | None = None
-    fallback: str | None = None
-    ms_pre: float = 0.0  # parse, cache lookup, plan
-    ms_exec: float = 0.0  # execution and fetch (a shared scan's share included)
-    cache: bool = False
-    same_as: "_Item | None" = None
-    scan: str | None = None  # id of the shared scan that answered it
-    scan_members: int = 0
-    bytes_read: int | None = None
-    error: str | None = None
-    retry_alone: bool = False
-    computed: bool = False  # executed now (not from the cache)
-    rows: int | None = None
-
-    @property
-    def id(self) -> str:
-        return f"q{self.idx}"
-
-    def reset(self) -> None:
-        self.table = None
-        self.ms_exec = 0.0
-        self.scan = None
-        self.scan_members = 0
-        self.bytes_read = None
-        self.error = None
-        self.retry_alone = False
-
-    def entry(self) -> dict[str, Any]:
-        e: dict[str, Any] = {"id": self.id}
-        if self.error is not None:
-            e["error"] = self.error
-            if self.qhash:
-                e["query_hash"] = self.qhash
-            return e
-        e.update(ms=round(self.ms_pre + self.ms_exec, 3), route=self.route, rows=self.rows,
-                 cache=self.cache, shared_scan=self.scan is not None)
-        if self.scan is not None:
-            e.update(scan=self.scan, scan_members=self.scan_members)
-        if self.same_as is not None:
-            e["same_as"] = self.same_as.id
-        if self.route == LAKE and self.fallback:
-            e["fallback_reason"] = self.fallback
-        if self.bytes_read is not None:
-            e["bytes_read"] = self.bytes_read
-        e["query_hash"] = self.qhash
-        return e
-
-
-@dataclass
-class RunResult:
-    """What a run produced: the `run.json` data and, when kept, each answer (None where it failed)."""
-
-    report: dict[str, Any]
-    tables: list[pa.Table | None] = field(default_factory=list)
-
-    @property
-    def errors(self) -> int:
-        return self.report["errors"]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else repr(exc)
-
-
-def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, QueryError):
-        return f"invalid query: {exc}"
-    return f"{type(exc).__name__}: {_first_line(exc)}"
-
-
-class _GuardTrip(Exception):
-    pass
-
+SNAPSHOT_EVERY_S = 30.0  # a long run's partial run.json is at most this old (besides the doubling rule)
 
 # cursor id -> whether DuckDB profiling is on; shared by all runners, as the cursors are (per thread)
 _PROFILING: dict[int, bool] = {}
 _BYTES_READ = re.compile(r'"total_bytes_read":\s*(\d+)')
-
-_MEMORY_ERRORS = (duckdb.OutOfMemoryException, MemoryError, MemoryLimitError, _GuardTrip, pa.ArrowMemoryError)
 
 
 # ---- the runner ---------------------------------------------------------------------------------
@@ -296,11 +122,16 @@ class SafeBatchRunner:
 
     # ---- public --------------------------------------------------------------------------------
     def run(self, queries: Sequence[Any], out_dir: str | os.PathLike | None = None, *,
-            keep_tables: bool | None = None, **overrides: Any) -> RunResult:
+            keep_tables: bool | None = None, progress: Callable[[int], None] | None = None,
+            **overrides: Any) -> RunResult:
         """Answer `queries` (JSON objects or `Query`s); write `q{i}.csv` and `run.json` into `out_dir` if given.
 
         `overrides` change `batch_size`, `parallel`, `batching` or `use_cache` for this run only.
         Answers are kept in the result when `keep_tables` (default: when there is no `out_dir`).
+        `progress(done)` is called after each batch with the number of queries done so far.
+        Linear in the number of queries: each query's state lives for its batch only, and the
+        partial `run.json` of a long run is rewritten only when the queries done have doubled or
+        `SNAPSHOT_EVERY_S` passed, so rewriting it costs O(n) in all.
         """
         unknown = set(overrides) - {"batch_size", "parallel", "batching", "use_cache"}
         if unknown:
@@ -312,28 +143,35 @@ class SafeBatchRunner:
         keep = out_dir is None if keep_tables is None else keep_tables
         out = Path(out_dir) if out_dir is not None else None
         if out is not None:
-            _prepare_out_dir(out, len(queries))
+            prepare_out_dir(out, len(queries))
 
         started = time.perf_counter()
         run_id = uuid.uuid4().hex[:12]
-        items = [_Item(i, raw) for i, raw in enumerate(queries, start=1)]
-        tables: list[pa.Table | None] = [None] * len(items) if keep else []
+        n = len(queries)
+        tables: list[pa.Table | None] = [None] * n if keep else []
         batches: list[dict[str, Any]] = []
-        report: dict[str, Any] = {}
-        for b, start in enumerate(range(0, len(items), batch_size), start=1):
-            chunk = items[start:start + batch_size]
+        entries: list[dict[str, Any]] = []
+        settings = (started, batch_size, parallel, batching, use_cache)
+        snapshot_n, snapshot_t = 0, started
+        for b, start in enumerate(range(0, n, batch_size), start=1):
+            chunk = [QueryItem(i, queries[i - 1]) for i in range(start + 1, min(start + batch_size, n) + 1)]
             batches.append(self._run_batch(chunk, b, parallel=parallel, batching=batching, use_cache=use_cache,
                                            run_id=run_id))
             if out is not None:
-                _write_answers(out, chunk)
+                write_answers(out, chunk)
             for it in chunk:
                 if keep:
                     tables[it.idx - 1] = it.table
-                it.table = None  # written: memory goes back before the next batch
-            report = self._report(items, batches, started, batch_size, parallel, batching, use_cache, complete=False)
-            if out is not None and start + batch_size < len(items):
+                entries.append(it.entry())
+            if progress is not None:
+                progress(len(entries))
+            now = time.perf_counter()
+            if (out is not None and len(entries) < n
+                    and (len(entries) >= 2 * snapshot_n or now - snapshot_t >= SNAPSHOT_EVERY_S)):
+                report = self._report(entries, batches, *settings, complete=False)
                 write_atomic(out / "run.json", json.dumps(report, indent=1, default=str))
-        report = self._report(items, batches, started, batch_size, parallel, batching, use_cache, complete=True)
+                snapshot_n, snapshot_t = len(entries), time.perf_counter()
+        report = self._report(entries, batches, *settings, complete=True)
         if out is not None:
             write_atomic(out / "run.json", json.dumps(report, indent=1, default=str))
         return RunResult(report, tables)
@@ -357,13 +195,13 @@ class SafeBatchRunner:
         wb.refresh()
         return content_stamp(wb.lake.version, wb.registry, wb.use_views)
 
-    def _run_batch(self, items: list[_Item], number: int, *, parallel: bool, batching: bool, use_cache: bool,
+    def _run_batch(self, items: list[QueryItem], number: int, *, parallel: bool, batching: bool, use_cache: bool,
                    run_id: str) -> dict[str, Any]:
         t_batch = time.perf_counter()
         stamp = self._stamp() if use_cache else None
         persist_stamp = stamp if (self.cache is not None and self.cache.directory is not None) else None
-        first_by_key: dict[str, _Item] = {}
-        todo: list[_Item] = []
+        first_by_key: dict[str, QueryItem] = {}
+        todo: list[QueryItem] = []
         for it in items:
             t0 = time.perf_counter()
             try:
@@ -441,11 +279,11 @@ class SafeBatchRunner:
         }
 
     @staticmethod
-    def _lake_scans(items: list[_Item], scan_reports: list[dict[str, Any]]) -> int:
+    def _lake_scans(items: list[QueryItem], scan_reports: list[dict[str, Any]]) -> int:
         singles = sum(1 for it in items if it.computed and it.scan is None and it.route == LAKE and it.error is None)
         return singles + sum(1 for s in scan_reports if s.get("ok"))
 
-    def _store(self, todo: list[_Item], stamp: str, persist_stamp: str | None) -> None:
+    def _store(self, todo: list[QueryItem], stamp: str, persist_stamp: str | None) -> None:
         if self.cache is None or not todo:
             return
         if self._stamp() != stamp:
@@ -477,51 +315,38 @@ class SafeBatchRunner:
         except Exception:  # noqa: BLE001 - telemetry only
             return None
 
-    def _memory_error(self, it: _Item, exc: BaseException | None, grown: int | None) -> str:
-        limit = f"memory limit {self.memory_limit_text} ({format_bytes(self.memory_limit)})"
-        if isinstance(exc, MemoryLimitError):
-            return f"{it.id} exceeded the {limit}: {exc}; narrow its filters, add a limit, or raise --memory-limit"
-        if grown is not None:
-            return (f"{it.id} exceeded the {limit}: the process grew by {format_bytes(grown)} while it ran, "
-                    f"so it was stopped; narrow its filters, add a limit, or raise --memory-limit")
-        return (f"{it.id} exceeded the {limit}: {_first_line(exc) if exc else 'out of memory'}; "
-                f"narrow its filters, add a limit, or raise --memory-limit")
-
-    def _check_answer(self, table: pa.Table) -> None:
-        if table.nbytes > self.memory_limit:
-            raise MemoryLimitError(f"its answer ({table.num_rows:,} rows) takes {format_bytes(table.nbytes)} in memory")
-
-    def _single(self, it: _Item, alone: bool) -> None:
+    def _single(self, it: QueryItem, alone: bool) -> None:
         on_lake = it.plan is not None and it.plan.route == LAKE
         cur = self._cursor(lake=on_lake)
         t0 = time.perf_counter()
-        w: _Watch | None = None
+        w: Watch | None = None
         try:
             # a view answer re-aggregates rows already in memory (under DuckDB's memory_limit when it
             # takes SQL): only its size is checked, sparing two RSS reads per sub-ms query
             with self.guard.watch(cur) if on_lake else nullcontext() as w:
                 table, plan = self.wb.execute(it.query, plan=it.plan)
-                self._check_answer(table)
+                check_answer(table, self.memory_limit)
             if w is not None and w.tripped is not None:
-                raise _GuardTrip()
+                raise GuardTrip()
             it.ms_exec = (time.perf_counter() - t0) * 1000
             it.table, it.route, it.fallback, it.computed = table, plan.route, plan.fallback_reason, True
             it.bytes_read = self._bytes_read(cur) if plan.route == LAKE else None
-        except (duckdb.InterruptException, *_MEMORY_ERRORS) as exc:
+        except (duckdb.InterruptException, *MEMORY_ERRORS) as exc:
             guard_hit = w is not None and w.tripped is not None
             if isinstance(exc, duckdb.InterruptException) and not guard_hit:
                 it.error = describe_error(exc)
             elif not alone and w is not None and w.overlapped:
                 it.retry_alone = True  # maybe the others' memory: decide alone
             else:
-                it.error = self._memory_error(it, None if isinstance(exc, _GuardTrip) else exc,
-                                              w.tripped if guard_hit and not isinstance(exc, MemoryLimitError) else None)
+                it.error = memory_error_message(
+                    it.id, self.memory_limit_text, self.memory_limit, None if isinstance(exc, GuardTrip) else exc,
+                    w.tripped if guard_hit and not isinstance(exc, MemoryLimitError) else None)
         except Exception as exc:  # noqa: BLE001 - the batch goes on
             it.error = describe_error(exc)
 
     def _shared(self, scan: SharedScan, batch: int, reports: list[dict[str, Any]]) -> None:
         scan_id = f"b{batch}s{next(self._scan_ids)}"
-        members: list[_Item] = [m for m, _ in scan.members]
+        members: list[QueryItem] = [m for m, _ in scan.members]
         cur = self._cursor(lake=True)
         table_name = f"__superset_{uuid.uuid4().hex[:12]}"
         rep: dict[str, Any] = {"scan": scan_id, "queries": [m.id for m in members], "dims": list(scan.dims),
@@ -529,7 +354,7 @@ class SafeBatchRunner:
         reports.append(rep)
         sql, params = scan.superset_sql("events")
         try:
-            w: _Watch | None = None
+            w: Watch | None = None
             with self.guard.watch(cur) as w:
                 t0 = time.perf_counter()
                 cur.execute(f"CREATE TEMP TABLE {ident(table_name)} AS {sql}", params)
@@ -542,7 +367,7 @@ class SafeBatchRunner:
                     try:
                         msql, mparams = scan.member_sql(k, ident(table_name))
                         table = db.fetch_arrow(cur, msql, mparams)
-                        self._check_answer(table)
+                        check_answer(table, self.memory_limit)
                     except (duckdb.Error, MemoryLimitError, MemoryError):
                         it.retry_alone = True  # derive failed: its own plan, alone, decides
                         continue
@@ -550,10 +375,10 @@ class SafeBatchRunner:
                     it.ms_exec = share + (time.perf_counter() - t1) * 1000
                     it.scan, it.scan_members, it.bytes_read = scan_id, len(members), rep["bytes_read"]
             if w.tripped is not None:
-                raise _GuardTrip()
+                raise GuardTrip()
             rep.update(ok=True, ms=round(scan_ms, 3))
         except Exception as exc:  # noqa: BLE001 - the superset failed: each member runs on its own
-            rep["error"] = describe_error(exc) if not isinstance(exc, _GuardTrip) else "memory guard"
+            rep["error"] = describe_error(exc) if not isinstance(exc, GuardTrip) else "memory guard"
             for it in members:
                 it.reset()
                 it.retry_alone = True
@@ -564,7 +389,7 @@ class SafeBatchRunner:
                 pass
 
     # ---- reporting -------------------------------------------------------------------------------
-    def _record(self, it: _Item, run_id: str) -> None:
+    def _record(self, it: QueryItem, run_id: str) -> None:
         assert self.telemetry is not None
         self.telemetry.record({
             "time": utc_now(), "run": run_id, "id": it.id, "query": it.qhash,
@@ -576,12 +401,11 @@ class SafeBatchRunner:
             "error": it.error,
         })
 
-    def _report(self, items: list[_Item], batches: list[dict[str, Any]], started: float, batch_size: int,
+    def _report(self, entries: list[dict[str, Any]], batches: list[dict[str, Any]], started: float, batch_size: int,
                 parallel: bool, batching: bool, use_cache: bool, complete: bool) -> dict[str, Any]:
-        done = items[:sum(len(b["queries"]) for b in batches)]
         return {
-            "queries": [it.entry() for it in done],
-            "errors": sum(1 for it in done if it.error is not None),
+            "queries": entries,
+            "errors": sum(b["errors"] for b in batches),
             "lake_queries": sum(b["lake_queries"] for b in batches),
             "lake_scans": sum(b["lake_scans"] for b in batches),
             "cache_hits": sum(b["cache_hits"] for b in batches),
@@ -593,83 +417,3 @@ class SafeBatchRunner:
             "wall_ms": round((time.perf_counter() - started) * 1000, 3),
             "complete": complete,
         }
-
-
-# ---- files ---------------------------------------------------------------------------------------
-_TMP_LEFTOVER = re.compile(r"^\.(q\d+\.csv|run\.json)\..*\.tmp$")
-
-
-def _prepare_out_dir(out: Path, n: int) -> None:
-    """Create `out`; remove temporary files a killed run left and answers of these indices from an earlier run."""
-    out.mkdir(parents=True, exist_ok=True)
-    for f in out.iterdir():
-        if _TMP_LEFTOVER.match(f.name):
-            f.unlink(missing_ok=True)
-    for i in range(1, n + 1):
-        (out / f"q{i}.csv").unlink(missing_ok=True)
-    (out / "run.json").unlink(missing_ok=True)
-
-
-def _write_answers(out: Path, items: Sequence[_Item]) -> None:
-    for it in items:
-        if it.error is None and it.table is not None:
-            write_atomic(out / f"{it.id}.csv", to_csv_text(it.query, it.table))
-
-
-def run_workbench(wb: "Workbench", queries: Sequence[Any], out_dir: str | os.PathLike | None, **options: Any) -> RunResult:
-    """What `analytics run` calls: a `SafeBatchRunner` over `wb` with `options`, closed afterwards."""
-    with SafeBatchRunner(wb, **options) as runner:
-        return runner.run(queries, out_dir)
-
-
-def run_queries(answer: Answerer, queries: Sequence[Any], out_dir: str | os.PathLike,
-                extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The simple sequential runner for any `answer(query) -> (table, route)` (e.g. the baseline).
-
-    Same files and guarantees as `SafeBatchRunner` (compute-only timing, atomic writes, failures
-    recorded), without cache, batching or threads.
-    """
-    out = Path(out_dir)
-    _prepare_out_dir(out, len(queries))
-    items: list[_Item] = []
-    for i, raw in enumerate(queries, start=1):
-        it = _Item(i, raw)
-        try:
-            t0 = time.perf_counter()
-            it.query = parse_query(raw)
-            it.table, it.route = answer(it.query)
-            it.ms_exec = (time.perf_counter() - t0) * 1000
-        except Exception as exc:  # noqa: BLE001 - an execution failure must not stop the batch
-            it.error = describe_error(exc)
-            it.table = None
-        items.append(it)
-    _write_answers(out, items)
-    entries = []
-    for it in items:
-        e: dict[str, Any] = {"id": it.id}
-        if it.error is not None:
-            e["error"] = it.error
-        else:
-            e.update(ms=round(it.ms_exec, 3), route=it.route, rows=it.table.num_rows)
-        entries.append(e)
-    report = {"queries": entries, "errors": sum(1 for e in entries if "error" in e), **(extra or {})}
-    write_atomic(out / "run.json", json.dumps(report, indent=1, default=str))
-    return report
-
-
-def run_on_engine(wb: Workbench, engine: Engine, queries: Sequence[Any], out_dir: str | Path) -> dict[str, Any]:
-    """`analytics run --engine spark`: each query is planned by `wb` (the Workbench's router and
-    views, on DuckDB); a view-routed one is answered there, a lake-routed one by `engine` over the
-    lake's committed files. Sequential (`run_queries`): the contract's files and run.json,
-    plus `engine`, `master` and `lake_queries`."""
-    extra: dict[str, Any] = {"engine": engine.name, "master": getattr(engine, "master", None), "lake_queries": 0}
-
-    def answer(query: Any) -> tuple[Any, str]:
-        plan = wb.plan(query)
-        if plan.route == LAKE:
-            extra["lake_queries"] += 1
-            return engine.query(wb.lake, query), LAKE
-        table, plan = wb.execute(query)
-        return table, plan.route
-
-    return run_queries(answer, queries, out_dir, extra=extra)

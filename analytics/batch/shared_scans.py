@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from analytics.query.compiler import condition_sql, ident, order_limit_sql, where_sql
+from analytics.query.compiler import ident, order_limit_sql, predicate, where_sql
 from analytics.query.model import Agg, Condition, Query, _canonical_value
 from analytics.query.schema import COUNTRIES, EVENT_TYPES, N_ADVERTISERS, N_PUBLISHERS, N_USERS
 
@@ -122,9 +122,10 @@ class SharedScan:
         if all(self.residuals):  # a member without residual wants every common row: no OR then
             ors = []
             for res in self.residuals:
-                ors.append("(" + " AND ".join(condition_sql(c, ident(c.col)) for c in res) + ")")
-                for c in res:
-                    params.extend(c.values)
+                preds = [predicate(c, ident(c.col)) for c in res]
+                ors.append("(" + " AND ".join(sql for sql, _ in preds) + ")")
+                for _, ps in preds:
+                    params.extend(ps)
             parts.append("(" + " OR ".join(ors) + ")")
         items = [ident(d) for d in self.dims] + [m.sql() for m in self.measures]
         sql = f"SELECT {', '.join(items)} FROM {relation}"

@@ -169,7 +169,7 @@ def read_events(lake_root: str | os.PathLike) -> Iterator[dict[str, Any]]:
                 for line in fh:
                     try:
                         ev = json.loads(line)
-                    except ValueError:
+                    except (ValueError, RecursionError):  # torn, foreign, or nested past the parser
                         continue
                     if isinstance(ev, dict):
                         yield ev
@@ -202,7 +202,7 @@ def stats(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
             errors += 1
             continue
         answered += 1
-        route = ev.get("route") or "?"
+        route = ev.get("route") if isinstance(ev.get("route"), str) and ev.get("route") else "?"
         if route != "lake":
             view_hits += 1
         else:

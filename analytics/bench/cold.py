@@ -152,7 +152,7 @@ def cold_pass(lake_dir: str | os.PathLike, items: Sequence[dict[str, Any]], answ
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The child for DuckDB or Polars over the lake: every query of a file once, `q{i}.csv` and `run.json` into OUT."""
-    from analytics.batch.runner import run_queries
+    from analytics.batch.simple import run_queries
 
     parser = argparse.ArgumentParser(prog="python -m analytics.bench.cold", description=(
         "answer every query of a file once with a peer engine over the lake, as `analytics run` does "

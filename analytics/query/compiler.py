@@ -7,11 +7,21 @@ the router) nor run it.
 """
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Callable, Mapping, Sequence
 
 from analytics.query.model import Agg, Condition, Query
+from analytics.query.schema import COLUMNS
 
 _COMPARE = {"eq": "=", "neq": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+
+# An `in` list longer than this is bound as ONE list parameter and matched by a semi-join on its
+# unnested values: one `?` per value costs DuckDB ~5 KB each to parse, bind and plan (a 1M-value
+# list took gigabytes), a list parameter ~100 bytes and a hash table.
+INLINE_IN_VALUES = 100
+# the DuckDB type of a list of coerced values, by their Python type (see model.Value)
+_LIST_TYPES: dict[type, str] = {int: "BIGINT", float: "DOUBLE", str: "VARCHAR", dt.date: "DATE",
+                                dt.datetime: "TIMESTAMP"}
 
 
 def ident(name: str) -> str:
@@ -21,7 +31,7 @@ def ident(name: str) -> str:
 
 def condition_sql(cond: Condition, expr: str, placeholders: Sequence[str] | None = None) -> str:
     """The predicate of one condition on `expr`, with one `?` per value (or `placeholders`, one per
-    value, for an engine that wraps a parameter, e.g. in a cast)."""
+    value, for an engine that wraps a parameter, e.g. in a cast); `predicate` binds long lists as one."""
     ph = list(placeholders) if placeholders is not None else ["?"] * len(cond.values)
     if cond.op == "in":
         return f"{expr} IN ({', '.join(ph)})"
@@ -33,24 +43,35 @@ def condition_sql(cond: Condition, expr: str, placeholders: Sequence[str] | None
 Bind = Callable[[Any], tuple[str, Any]]
 
 
-def where_sql(conditions: Sequence[Condition], raw_values: bool = False,
-              bind: Bind | None = None) -> tuple[str, list[Any]]:
-    """` WHERE ...` (or empty) and its parameters: typed values, or the analyst's text if `raw_values`.
+def predicate(cond: Condition, expr: str, raw_values: bool = False, bind: Bind | None = None) -> tuple[str, list[Any]]:
+    """The predicate of one condition on `expr` and its parameters (typed values, or the analyst's
+    text if `raw_values`); a long `in` list becomes one list parameter (`INLINE_IN_VALUES`).
 
     `bind` maps a value to its placeholder text and the parameter bound to it (default: `?`, itself)."""
+    values = cond.raw if raw_values else cond.values
+    if bind is not None:
+        bound = [bind(v) for v in values]
+        return condition_sql(cond, expr, [ph for ph, _ in bound]), [v for _, v in bound]
+    if cond.op == "in" and len(values) > INLINE_IN_VALUES:
+        # the analyst's text is cast to the column's baseline type, as DuckDB casts a string literal
+        types = {COLUMNS[cond.col].baseline_type} if raw_values else {_LIST_TYPES.get(type(v)) for v in values}
+        if len(types) == 1 and None not in types:
+            return f"{expr} IN (SELECT unnest(CAST(? AS {types.pop()}[])))", [list(values)]
+    return condition_sql(cond, expr), list(values)
+
+
+def where_sql(conditions: Sequence[Condition], raw_values: bool = False,
+              bind: Bind | None = None) -> tuple[str, list[Any]]:
+    """` WHERE ...` (or empty) and its parameters: typed values, or the analyst's text if `raw_values`;
+    `bind` as in `predicate`."""
     if not conditions:
         return "", []
     params: list[Any] = []
     parts = []
     for cond in conditions:
-        values = cond.raw if raw_values else cond.values
-        if bind is None:
-            parts.append(condition_sql(cond, ident(cond.col)))
-            params.extend(values)
-        else:
-            bound = [bind(v) for v in values]
-            parts.append(condition_sql(cond, ident(cond.col), [ph for ph, _ in bound]))
-            params.extend(v for _, v in bound)
+        sql, values = predicate(cond, ident(cond.col), raw_values, bind)
+        parts.append(sql)
+        params.extend(values)
     return " WHERE " + " AND ".join(parts), params
 
 

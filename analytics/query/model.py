@@ -4,11 +4,14 @@ Owns the grammar (select / from / where / group_by / order_by / limit), every va
 message, the coercion of values to each column's baseline type (exactly as DuckDB casts a
 string literal, in UTC), and the canonical form used as a cache key. Everything downstream
 (compiler, router, runner) trusts a `Query` and never re-validates. Must not build SQL or
-touch data: the only DuckDB it uses is an in-memory connection that casts literal values.
+touch data: the only DuckDB it uses is an in-memory connection that casts literal values (a
+whole `in` list in one statement). Bounds what one query may ask for: at most `MAX_IN_VALUES`
+values, a `limit` within BIGINT, error messages that quote at most `_SHOW` characters of a value.
 """
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import re
 import threading
@@ -21,6 +24,14 @@ import duckdb
 from analytics.query.schema import AGGREGATES, COLUMNS, Column
 
 OPS: tuple[str, ...] = ("eq", "neq", "in", "between", "lt", "lte", "gt", "gte")
+# Values one query may hold in its `in` lists, all conditions together: a 1M-value list is parsed,
+# coerced and executed in a few hundred MB (compiler.predicate binds it as one list); past this the
+# analyst is asked to split the query rather than the machine asked to hold it.
+MAX_IN_VALUES = 1_000_000
+MAX_LIMIT = 2**63 - 1  # DuckDB's LIMIT is a BIGINT
+MAX_DEPTH = 100  # JSON nesting a query file may have (a query needs 5 levels)
+_SHOW = 80  # characters of an offending value quoted in a message
+_CAST_CHUNK = 65_536  # values cast by DuckDB per statement
 QUERY_KEYS: tuple[str, ...] = ("select", "from", "where", "group_by", "order_by", "limit")
 Value = Union[int, float, str, dt.date, dt.datetime]
 
@@ -100,9 +111,18 @@ def _allowed(names: Any) -> str:
     return ", ".join(names)
 
 
+def _show(value: Any, as_json: bool = False) -> str:
+    """`value` for a one-line message, cut to `_SHOW` characters (a query may hold megabytes)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False) if as_json else repr(value)
+    except (ValueError, TypeError, RecursionError):  # an int too long to print, a deep nest
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= _SHOW else text[:_SHOW - 3] + "..."
+
+
 def _column(name: Any, where: str) -> Column:
     if not isinstance(name, str) or name not in COLUMNS:
-        raise QueryError(f"{where}: unknown column {name!r}; allowed: {_allowed(COLUMNS)}")
+        raise QueryError(f"{where}: unknown column {_show(name)}; allowed: {_allowed(COLUMNS)}")
     return COLUMNS[name]
 
 
@@ -112,11 +132,12 @@ def _parse_select_item(item: Any, pos: int) -> SelectItem:
         _column(item, where)
         return item
     if not isinstance(item, dict) or len(item) != 1:
-        raise QueryError(f"{where}: expected a column name or an aggregate like {{\"SUM\": \"bid_price\"}}, got {item!r}")
+        raise QueryError(f"{where}: expected a column name or an aggregate like {{\"SUM\": \"bid_price\"}}, "
+                         f"got {_show(item)}")
     (func, col), = item.items()
     func_u = func.upper() if isinstance(func, str) else func
     if func_u not in AGGREGATES:
-        raise QueryError(f"{where}: unknown aggregate {func!r}; allowed: {_allowed(AGGREGATES)}")
+        raise QueryError(f"{where}: unknown aggregate {_show(func)}; allowed: {_allowed(AGGREGATES)}")
     if col == "*":
         if func_u != "COUNT":
             raise QueryError(f"{where}: {func_u}(*) is not allowed; only COUNT takes '*'")
@@ -124,62 +145,113 @@ def _parse_select_item(item: Any, pos: int) -> SelectItem:
     column = _column(col, where)
     if func_u in ("SUM", "AVG") and not column.numeric:
         numeric = [c.name for c in COLUMNS.values() if c.numeric]
-        raise QueryError(f"{where}: {func_u} needs a numeric column, {col!r} is not; numeric columns: {_allowed(numeric)}")
+        raise QueryError(f"{where}: {func_u} needs a numeric column, {col!r} is not; "
+                         f"numeric columns: {_allowed(numeric)}")
     return Agg(func_u, col)
 
 
 _cast_lock = threading.Lock()
 _cast_con: duckdb.DuckDBPyConnection | None = None
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_SMALL_INT = re.compile(r"-?\d{1,9}")
 
 
-def _duckdb_cast(type_name: str, text: str) -> Any:
-    """Cast `text` as DuckDB casts a string literal to `type_name`, in a UTC session."""
+def _duckdb_cast(type_name: str, texts: list[str]) -> list[Any]:
+    """Cast each text as DuckDB casts a string literal to `type_name`, in a UTC session, in one
+    statement; None where it is not a valid `type_name`."""
     global _cast_con
     with _cast_lock:
         if _cast_con is None:
             _cast_con = duckdb.connect(":memory:")
             _cast_con.execute("SET TimeZone = 'UTC'")
+            _cast_con.execute("SET threads = 1")  # one thread: rows come back in the list's order
         # the target type comes from the allow-list in schema.COLUMNS, never from the query
-        return _cast_con.execute(f"SELECT TRY_CAST(CAST(? AS VARCHAR) AS {type_name})", [text]).fetchone()[0]
+        rows = _cast_con.execute(f"SELECT TRY_CAST(v AS {type_name}) FROM (SELECT unnest(CAST(? AS VARCHAR[])) AS v)",
+                                 [texts]).fetchall()
+    return [r[0] for r in rows]
 
 
-@lru_cache(maxsize=65536)
-def _coerce_text(col: str, text: str) -> Value:
-    column = COLUMNS[col]
+def _plain_value(column: Column, text: str) -> Value | None:
+    """The value of a plainly written `text` (any text for a text column, an ISO date, an integer of
+    up to 9 digits) without asking DuckDB; None when DuckDB must decide."""
     if column.kind in ("str", "minute"):
         return text
     if column.kind == "date" and _ISO_DATE.fullmatch(text):
         try:
             return dt.date.fromisoformat(text)
         except ValueError:
-            pass  # let DuckDB decide and word the error the same way as for any other text
-    if column.kind == "int" and re.fullmatch(r"-?\d{1,9}", text):
+            return None  # let DuckDB decide and word the error the same way as for any other text
+    if column.kind == "int" and _SMALL_INT.fullmatch(text):
         return int(text)
-    try:
-        value = _duckdb_cast(column.baseline_type, text)
-    except (duckdb.Error, ValueError, OverflowError) as exc:  # e.g. a date Python cannot hold
-        raise QueryError(f"value {text!r} for column {col!r} is out of range for {column.baseline_type}: {exc}") from None
+    return None
+
+
+# what DuckDB hands back for each baseline type; anything else (DuckDB renders a date Python cannot
+# hold, such as one BC, as text) is out of range
+_PY_TYPES: dict[str, type] = {"DATE": dt.date, "TIMESTAMPTZ": dt.datetime, "INTEGER": int, "BIGINT": int,
+                              "DOUBLE": float}
+
+
+def _checked(column: Column, text: str, value: Any) -> Value:
     if value is None:
-        raise QueryError(f"value {text!r} for column {col!r} is not a valid {column.baseline_type}")
+        raise QueryError(f"value {_show(text)} for column {column.name!r} is not a valid {column.baseline_type}")
+    if not isinstance(value, _PY_TYPES[column.baseline_type]):
+        raise QueryError(f"value {_show(text)} for column {column.name!r} is out of range for {column.baseline_type}")
     if isinstance(value, dt.datetime) and value.tzinfo is not None:
         # lake and views store UTC-naive timestamps
         value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
     return value
 
 
+def _cast_one(column: Column, text: str) -> Any:
+    try:
+        return _duckdb_cast(column.baseline_type, [text])[0]
+    except (duckdb.Error, ValueError, OverflowError) as exc:  # e.g. a date Python cannot hold
+        raise QueryError(f"value {_show(text)} for column {column.name!r} is out of range for "
+                         f"{column.baseline_type}: {_show(str(exc))}") from None
+
+
+def _coerce_all(col: str, texts: tuple[str, ...]) -> tuple[Value, ...]:
+    """Every text of a condition as a value of the column, exactly as DuckDB casts a string literal;
+    the texts DuckDB must decide are cast together, `_CAST_CHUNK` per statement."""
+    column = COLUMNS[col]
+    values: list[Any] = [_plain_value(column, t) for t in texts]
+    pending = [i for i, v in enumerate(values) if v is None]
+    for start in range(0, len(pending), _CAST_CHUNK):
+        chunk = pending[start:start + _CAST_CHUNK]
+        try:
+            cast = _duckdb_cast(column.baseline_type, [texts[i] for i in chunk])
+        except (duckdb.Error, ValueError, OverflowError):
+            cast = [_cast_one(column, texts[i]) for i in chunk]  # one by one, to name the value at fault
+        for i, v in zip(chunk, cast):
+            values[i] = _checked(column, texts[i], v)
+    return tuple(values)
+
+
+@lru_cache(maxsize=65536)
+def _coerce_text(col: str, text: str) -> Value:
+    """One value, remembered: the same few values recur across a file of queries."""
+    return _coerce_all(col, (text,))[0]
+
+
 def _value_text(value: Any, where: str) -> str:
-    if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
-        raise QueryError(f"{where}: a value must be a string or a number, got {json.dumps(value)}")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise QueryError(f"{where}: a value must be a string or a number, got {_show(value, as_json=True)}")
     if isinstance(value, float) and value != value:
         raise QueryError(f"{where}: NaN is not a value")
-    return value if isinstance(value, str) else str(value)
+    try:
+        return str(value)
+    except ValueError:  # an integer past Python's 4300-digit printing limit: no column holds it
+        raise QueryError(f"{where}: a number with more than 4300 digits is out of range for every column") from None
 
 
-def _parse_condition(cond: Any, pos: int) -> Condition:
+def _parse_condition(cond: Any, pos: int, budget: int) -> Condition:
+    """Condition `pos` of `where`; it may hold at most `budget` values (what `MAX_IN_VALUES` leaves)."""
     where = f"where[{pos}]"
     if not isinstance(cond, dict):
-        raise QueryError(f"{where}: expected an object {{\"col\", \"op\", \"val\"}}, got {cond!r}")
+        raise QueryError(f"{where}: expected an object {{\"col\", \"op\", \"val\"}}, got {_show(cond)}")
     extra = set(cond) - {"col", "op", "val"}
     missing = {"col", "op", "val"} - set(cond)
     if extra or missing:
@@ -187,15 +259,20 @@ def _parse_condition(cond: Any, pos: int) -> Condition:
     column = _column(cond["col"], where)
     op = cond["op"]
     if op not in OPS:
-        raise QueryError(f"{where}: unknown op {op!r} for column {column.name!r}; allowed: {_allowed(OPS)}")
+        raise QueryError(f"{where}: unknown op {_show(op)} for column {column.name!r}; allowed: {_allowed(OPS)}")
     val = cond["val"]
     if op == "in":
         if not isinstance(val, list) or not val:
-            raise QueryError(f"{where}: 'in' on {column.name!r} needs a non-empty list of values, got {json.dumps(val)}")
+            raise QueryError(f"{where}: 'in' on {column.name!r} needs a non-empty list of values, "
+                             f"got {_show(val, as_json=True)}")
+        if len(val) > budget:
+            raise QueryError(f"{where}: 'in' on {column.name!r} holds {len(val):,} values; a query may hold at most "
+                             f"{MAX_IN_VALUES:,} in all (split it into several queries)")
         items = val
     elif op == "between":
         if not isinstance(val, list) or len(val) != 2:
-            raise QueryError(f"{where}: 'between' on {column.name!r} needs exactly two values [low, high], got {json.dumps(val)}")
+            raise QueryError(f"{where}: 'between' on {column.name!r} needs exactly two values [low, high], "
+                             f"got {_show(val, as_json=True)}")
         items = val
     else:
         if isinstance(val, list):
@@ -203,7 +280,8 @@ def _parse_condition(cond: Any, pos: int) -> Condition:
         items = [val]
     raw = tuple(_value_text(v, f"{where} ({column.name})") for v in items)
     try:
-        values = tuple(_coerce_text(column.name, t) for t in raw)
+        values = (tuple(_coerce_text(column.name, t) for t in raw) if len(raw) <= 2
+                  else _coerce_all(column.name, raw))
     except QueryError as exc:
         raise QueryError(f"{where}: {exc}") from None
     return Condition(column.name, op, values, raw)
@@ -214,14 +292,16 @@ def _parse_order_item(item: Any, pos: int, outputs: dict[str, str]) -> OrderItem
     if isinstance(item, str):
         item = {"col": item}
     if not isinstance(item, dict) or "col" not in item or set(item) - {"col", "dir"}:
-        raise QueryError(f"{where}: expected {{\"col\": <selected name>, \"dir\": \"asc\"|\"desc\"}}, got {item!r}")
+        raise QueryError(f"{where}: expected {{\"col\": <selected name>, \"dir\": \"asc\"|\"desc\"}}, "
+                         f"got {_show(item)}")
     name = item["col"]
     key = _output_key(name) if isinstance(name, str) else None
     if key not in outputs:
-        raise QueryError(f"{where}: {name!r} is not in the select list; order_by can use: {_allowed(outputs.values())}")
+        raise QueryError(f"{where}: {_show(name)} is not in the select list; "
+                         f"order_by can use: {_allowed(outputs.values())}")
     direction = item.get("dir", "asc")
     if not isinstance(direction, str) or direction.lower() not in ("asc", "desc"):
-        raise QueryError(f"{where}: dir must be 'asc' or 'desc', got {direction!r}")
+        raise QueryError(f"{where}: dir must be 'asc' or 'desc', got {_show(direction)}")
     return OrderItem(outputs[key], direction.lower() == "desc")
 
 
@@ -241,9 +321,9 @@ def parse_query(obj: Any) -> Query:
         raise QueryError(f"a query must be a JSON object, got {type(obj).__name__}")
     unknown = set(obj) - set(QUERY_KEYS)
     if unknown:
-        raise QueryError(f"unknown key(s) {sorted(unknown)}; allowed: {_allowed(QUERY_KEYS)}")
+        raise QueryError(f"unknown key(s) {_show(sorted(unknown))}; allowed: {_allowed(QUERY_KEYS)}")
     if obj.get("from", "events") != "events":
-        raise QueryError(f"from: unknown table {obj['from']!r}; the only table is 'events'")
+        raise QueryError(f"from: unknown table {_show(obj['from'])}; the only table is 'events'")
 
     select_raw = obj.get("select")
     if not isinstance(select_raw, list) or not select_raw:
@@ -259,7 +339,12 @@ def parse_query(obj: Any) -> Query:
         where_raw = []
     if not isinstance(where_raw, list):
         raise QueryError(f"where: expected a list of conditions, got {type(where_raw).__name__}")
-    where = tuple(_parse_condition(c, i) for i, c in enumerate(where_raw))
+    conditions = []
+    budget = MAX_IN_VALUES
+    for i, c in enumerate(where_raw):
+        conditions.append(_parse_condition(c, i, budget))
+        budget -= len(conditions[-1].values)
+    where = tuple(conditions)
 
     group_raw = obj.get("group_by", [])
     if group_raw is None:
@@ -287,25 +372,78 @@ def parse_query(obj: Any) -> Query:
     order_by = tuple(_parse_order_item(o, i, outputs) for i, o in enumerate(order_raw))
 
     limit = obj.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
-        raise QueryError(f"limit: must be a positive integer, got {json.dumps(limit)}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_LIMIT):
+        raise QueryError(f"limit: must be a positive integer no larger than {MAX_LIMIT} (2^63-1), "
+                         f"got {_show(limit, as_json=True)}")
 
     return Query(select=select, where=where, group_by=group_by, order_by=order_by, limit=limit)
 
 
+def _line_col(text: str | bytes, offset: int) -> str:
+    nl = "\n" if isinstance(text, str) else b"\n"
+    line = text.count(nl, 0, offset) + 1
+    return f"line {line} column {offset - (text.rfind(nl, 0, offset) + 1) + 1}"
+
+
+_BRACKETS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _too_deep(text: str) -> int | None:
+    """Offset of the first bracket nested deeper than `MAX_DEPTH` (strings skipped), if any."""
+    depth = 0
+    for m in _BRACKETS.finditer(text):
+        tok = m.group()
+        if tok in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return m.start()
+        elif tok in "]}":
+            depth -= 1
+    return None
+
+
 def load_queries(path: str) -> list[Any]:
-    """Read a query file: a JSON list of queries (or one query object). Raises QueryError."""
+    """Read a query file: a JSON list of queries (or one query object), UTF-8. Raises QueryError naming
+    the file, where in it, and what is allowed."""
+    where = f"query file {str(path)!r}"
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+        with open(path, "rb") as fh:
+            data = fh.read()
     except FileNotFoundError:
-        raise QueryError(f"query file {path!r} does not exist") from None
+        raise QueryError(f"{where} does not exist") from None
+    except IsADirectoryError:
+        raise QueryError(f"{where} is a directory; expected a JSON file holding a list of queries") from None
+    except OSError as exc:
+        raise QueryError(f"{where} cannot be read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise QueryError(f"{where} is not UTF-8 text: byte 0x{data[exc.start]:02x} at {_line_col(data, exc.start)} "
+                         f"(offset {exc.start}); save it as UTF-8") from None
+    del data
+    collecting = gc.isenabled()
+    gc.disable()  # JSON builds no cycles; collecting while it builds 500K queries made loading superlinear
+    try:
+        parsed = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise QueryError(f"query file {path!r} is not valid JSON: {exc}") from None
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list):
-        raise QueryError(f"query file {path!r} must hold a JSON list of queries, got {type(data).__name__}")
-    if not data:
-        raise QueryError(f"query file {path!r} holds no queries")
-    return data
+        raise QueryError(f"{where} is not valid JSON: {exc}") from None
+    except RecursionError:
+        at = _too_deep(text)
+        pos = f" at {_line_col(text, at)}" if at is not None else ""
+        raise QueryError(f"{where} nests JSON deeper than {MAX_DEPTH} levels{pos}; a query needs at most 5") from None
+    except ValueError:  # Python reads integers of at most 4300 digits
+        m = re.search(r"\d{4301,}", text)
+        pos = f" at {_line_col(text, m.start())}" if m else ""
+        raise QueryError(f"{where} holds a number with more than 4300 digits{pos}; no column holds one") from None
+    except MemoryError:
+        raise QueryError(f"{where} ({len(text):,} characters) does not fit in memory as JSON") from None
+    finally:
+        if collecting:
+            gc.enable()
+    if isinstance(parsed, dict):
+        parsed = [parsed]
+    if not isinstance(parsed, list):
+        raise QueryError(f"{where} must hold a JSON list of queries, got {type(parsed).__name__}")
+    if not parsed:
+        raise QueryError(f"{where} holds no queries")
+    return parsed
