@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterable, Protocol
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
@@ -39,6 +41,11 @@ from analytics.views.registry import (
     load_registry,
     update_registry,
 )
+from analytics.views.serving_copy import SUFFIX as SERVING_SUFFIX
+from analytics.views.serving_copy import ServingError, scaled_sums, write_serving_copy
+
+
+ROW_GROUP_ROWS = 122_880  # DuckDB's row group size: zone maps per group of this many rows
 
 
 class Aggregator(Protocol):
@@ -66,17 +73,31 @@ class DuckDBAggregator:
 
     def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, base: Path | None = None,
                        segments: set[str] | None = None) -> None:
-        if base is not None:
-            fresh = view.aggregate_sql(lake.relation_sql(segments=segments))
-            source = f"(SELECT * FROM read_parquet({sql_string(base)}) UNION ALL BY NAME {fresh})"
-            select = view.reaggregate_sql(source)
-        else:
-            select = view.aggregate_sql(lake.relation_sql(segments=segments))
         con = db.connect(memory_limit=self.memory_limit)
         try:
             con.execute("SET preserve_insertion_order = true")
-            con.execute(f"COPY ({select} ORDER BY {', '.join(view.sort_columns)}) TO {sql_string(out)} "
-                        "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)")
+            # One type at a time, appended to one file: each piece's hash table and sort hold one
+            # type only, and the pieces in type order are the file's type-then-time order.
+            writer = None
+            try:
+                for t in sorted(view.types):
+                    where = f"type = {sql_string(t)}"
+                    fresh = view.aggregate_sql(lake.relation_sql(segments=segments), where=where)
+                    if base is not None:
+                        old = f"SELECT * FROM read_parquet({sql_string(base)}) WHERE {where}"
+                        select = view.reaggregate_sql(f"({old} UNION ALL BY NAME {fresh})")
+                    else:
+                        select = fresh
+                    reader = con.sql(f"{select} ORDER BY {', '.join(view.sort_columns[1:])}"
+                                     ).to_arrow_reader(ROW_GROUP_ROWS)
+                    if writer is None:
+                        writer = pq.ParquetWriter(out, reader.schema, compression="zstd")
+                    for batch in reader:
+                        if batch.num_rows:
+                            writer.write_batch(batch, row_group_size=ROW_GROUP_ROWS)
+            finally:
+                if writer is not None:
+                    writer.close()
         finally:
             con.close()
 
@@ -141,10 +162,16 @@ def _sweep_view_dir(vdir: Path, keep: Iterable[str]) -> None:
     keep = set(keep)
     for f in vdir.glob(".staging-*"):
         f.unlink(missing_ok=True)
-    versions = sorted((f for f in vdir.glob("v*.parquet")), key=lambda f: f.stat().st_mtime)
-    for f in versions[:-2]:  # the previous version stays for readers that still hold it
-        if f.name not in keep:
-            f.unlink(missing_ok=True)
+    for suffix in (".parquet", SERVING_SUFFIX):
+        versions = sorted((f for f in vdir.glob(f"v*{suffix}")), key=lambda f: f.stat().st_mtime)
+        for f in versions[:-2]:  # the previous version stays for readers that still hold it
+            if f.name not in keep:
+                f.unlink(missing_ok=True)
+
+
+def _files(entry: dict[str, Any]) -> list[str]:
+    """The file names of a registered version: its Parquet and its serving copy."""
+    return [Path(entry["file"]).name] + ([Path(entry["serving"]["file"]).name] if entry.get("serving") else [])
 
 
 def _sweep_idle(vdir: Path, entry: dict[str, Any]) -> None:
@@ -152,7 +179,7 @@ def _sweep_idle(vdir: Path, entry: dict[str, Any]) -> None:
     lock = FileLock(str(vdir / ".lock"))
     try:
         with lock.acquire(timeout=0):
-            _sweep_view_dir(vdir, keep=[Path(entry["file"]).name])
+            _sweep_view_dir(vdir, keep=_files(entry))
     except Timeout:
         pass
 
@@ -171,7 +198,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
         entry = load_registry(root)["views"].get(view.name)
         current = entry is not None and (root / entry["file"]).is_file()
         same_def = current and entry["definition"] == view.definition_hash()
-        _sweep_view_dir(vdir, keep=[Path(entry["file"]).name] if current else [])
+        _sweep_view_dir(vdir, keep=_files(entry) if current else [])
         if is_current(view, lake, entry) and not force:
             if bar:
                 bar.update(bar.total - bar.n)
@@ -209,6 +236,12 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
                 bar.update(1)
                 bar.set_postfix_str("promote")
             os.replace(staging, final)  # atomic: the new version appears whole or not at all
+            if bar:
+                bar.set_postfix_str("serving copy")
+            serving = write_serving_copy(con, view, final, final.with_suffix(SERVING_SUFFIX), rows_by_type,
+                                         scaled_sums(totals()))
+            lake_rows = pc.sum(pc.filter(totals().column("cnt"),
+                                         pc.is_in(totals().column("type"), pa.array(view.types)))).as_py() or 0
         except BaseException:
             staging.unlink(missing_ok=True)
             raise
@@ -223,6 +256,9 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             "lake_version": lake.version, "segments": sorted(lake.segment_ids),
             "definition": view.definition_hash(), "mode": "incremental" if incremental else "full",
             "grain": view.grain, "dims": list(view.group_columns),
+            "serving": {**serving, "file": (vdir / serving["file"]).relative_to(root).as_posix()},
+            # lake rows per view row: how much a query served from the view saves over the lake
+            "rollup": round(lake_rows / max(1, sum(rows_by_type.values())), 2),
         }
         update_registry(root, view.name, new_entry)
         if bar:
@@ -272,7 +308,7 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
             try:
                 res = build_view(VIEWS[name], lake, totals, force=force, memory_limit=memory_limit, bar=bar,
                                  engine=engine)
-            except (BuildError, duckdb.Error, OSError, *engine.errors) as exc:
+            except (BuildError, ServingError, duckdb.Error, OSError, *engine.errors) as exc:
                 with lock:
                     failures[name] = str(exc).splitlines()[0]
                 return
