@@ -149,8 +149,8 @@ class ArrowView:
     def from_table(cls, view: ViewDef, table: pa.Table, scaled: Iterable[str] = ()) -> "ArrowView":
         """A view over an in-memory table in any row order: each type's rows made one slice, sorted
         by time if they are not (binary search needs time order)."""
-        table = contiguous_table(table)
-        types = pc.cast(table.column("type"), pa.string())
+        table = contiguous_table(cls._decoded(table))
+        types = table.column("type")
         time_cols = [c for c in view.time_columns if c in _TIME_KINDS]
         text_cols = [c for c in view.time_columns if c in _TEXT_TIMES]
         pieces = {}
