@@ -95,13 +95,18 @@ class _Times:
     def ascending(self) -> bool:
         return bool(np.all(self.values[1:] >= self.values[:-1]))
 
+    def _key(self, value: int) -> np.integer:
+        # of the column's own dtype: a wider key makes numpy cast (copy, so read) the whole column
+        info = np.iinfo(self.values.dtype)
+        return self.values.dtype.type(min(max(value, info.min), info.max))
+
     def left(self, us: int) -> int:
         """First row at or after `us`."""
-        return int(np.searchsorted(self.values, -(-us // self.unit), "left"))
+        return int(np.searchsorted(self.values, self._key(-(-us // self.unit)), "left"))
 
     def right(self, us: int) -> int:
         """First row after `us`."""
-        return int(np.searchsorted(self.values, us // self.unit, "right"))
+        return int(np.searchsorted(self.values, self._key(us // self.unit), "right"))
 
     def mask(self, lo: int, hi: int, cond: Condition) -> np.ndarray:
         """Rows [lo, hi) kept by an `in` or `neq` condition."""

@@ -76,6 +76,7 @@ class DuckDBAggregator:
         con = db.connect(memory_limit=self.memory_limit)
         try:
             con.execute("SET preserve_insertion_order = true")
+            con.execute("SET enable_progress_bar = false")  # streamed results would draw one per type
             # One type at a time, appended to one file: each piece's hash table and sort hold one
             # type only, and the pieces in type order are the file's type-then-time order.
             writer = None
@@ -211,6 +212,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
         final = vdir / f"v{version}.parquet"
         engine = engine or DuckDBAggregator(memory_limit)
         con = db.connect(memory_limit=memory_limit)
+        con.execute("SET enable_progress_bar = false")
         try:
             if bar:
                 bar.set_postfix_str("aggregate")

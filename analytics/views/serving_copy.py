@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import duckdb
 import numpy as np
@@ -64,6 +64,23 @@ def _encode(batch: pa.RecordBatch, dictionaries: Mapping[str, pa.Array]) -> pa.R
     return pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
 
 
+def _rebatch(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.RecordBatch]:
+    """The reader's rows as batches of `rows` rows (the last one shorter): few, large batches keep
+    a type's binary searches to a few pieces (DuckDB hands out one Parquet row group at a time)."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for batch in reader:
+        held.append(batch)
+        count += batch.num_rows
+        while count >= rows:
+            table = pa.Table.from_batches(held)
+            yield table.slice(0, rows).combine_chunks().to_batches()[0]
+            held = table.slice(rows).to_batches()
+            count -= rows
+    if count:
+        yield pa.Table.from_batches(held).combine_chunks().to_batches()[0]
+
+
 def write_serving_copy(con: duckdb.DuckDBPyConnection, view: ViewDef, parquet: Path, out: Path,
                        rows_by_type: Mapping[str, int], scaled: list[str]) -> dict[str, Any]:
     """Write the serving copy of the Parquet version `parquet` to `out`; returns its registry record
@@ -91,9 +108,7 @@ def write_serving_copy(con: duckdb.DuckDBPyConnection, view: ViewDef, parquet: P
                 if writer is None:  # from the schema, so a view without rows still gets its (empty) copy
                     empty = _encode(pa.RecordBatch.from_pylist([], schema=reader.schema), dictionaries)
                     writer = ipc.new_file(sink, empty.schema)
-                for batch in reader:
-                    if not batch.num_rows:
-                        continue
+                for batch in _rebatch(reader, BATCH_ROWS):
                     if sort_key is not None:
                         keys = batch.column(sort_key)
                         keys = keys.view(pa.int32() if pa.types.is_date32(keys.type) else pa.int64()).to_numpy() \
