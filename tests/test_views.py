@@ -55,9 +55,16 @@ def test_registry_records_every_view(lake_dir):
         assert entry["build_seconds"] >= 0 and entry["built_at"]
         assert (lake_dir / entry["file"]).is_file()
         serving = entry["serving"]
-        assert (lake_dir / serving["file"]).stat().st_size == serving["bytes"]
-        assert set(serving["types"]) == set(entry["rows_by_type"])
+        files = [(lake_dir / entry["file"]).parent / r["file"] for r in serving["types"].values()]
+        assert sum(f.stat().st_size for f in files) == serving["bytes"]
+        assert set(serving["types"]) == {t for t, n in entry["rows_by_type"].items() if n}
         assert serving["scaled"] == ["sum_bid_price", "sum_total_price"]  # small data: far below the bound
+        # each type's file holds only the prices the type has
+        assert {t: r["dropped"] for t, r in serving["types"].items()} == {
+            "serve": [f"{p}_{m}" for m in ("bid_price", "total_price") for p in ("nn", "sum", "min", "max")],
+            "click": [f"{p}_{m}" for m in ("bid_price", "total_price") for p in ("nn", "sum", "min", "max")],
+            "impression": [f"{p}_total_price" for p in ("nn", "sum", "min", "max")],
+            "purchase": [f"{p}_bid_price" for p in ("nn", "sum", "min", "max")]}, name
         assert entry["rollup"] >= 1.0
 
 
@@ -124,8 +131,7 @@ def test_plans_are_remembered_until_the_registry_or_a_views_health_changes(lake_
     assert again is not first and "mv_day_type_wide__v2" in again.sql
     assert _same(wb, q, expected).route == "mv_day_type_wide"
     # the file breaks after planning: the remembered plan still names it until execution finds out
-    entry = load_registry(lake_copy)["views"]["mv_day_type_wide"]
-    _overwrite_same_size(lake_copy / entry["serving"]["file"])
+    _overwrite_same_size(_serving_file(lake_copy, "mv_day_type_wide", "impression"))
     wb2 = Workbench(lake_copy)
     assert wb2.plan(q).route == "mv_day_type_wide"
     plan = _same(wb2, q, expected)
@@ -158,6 +164,12 @@ def _overwrite_same_size(path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _serving_file(lake: Path, name: str, t: str) -> Path:
+    """The serving copy file holding type `t` of view `name`."""
+    entry = load_registry(lake)["views"][name]
+    return (lake / entry["file"]).parent / entry["serving"]["types"][t]["file"]
+
+
 def _only_view(lake: Path, name: str) -> None:
     """Remove every view but `name` from the registry, so covered queries can only go to it or the lake."""
     import json
@@ -172,7 +184,7 @@ def _only_view(lake: Path, name: str) -> None:
 def test_damaged_serving_copy_makes_the_view_unhealthy_and_the_lake_answers(lake_copy, baseline, damage):
     q, expected = _expect(baseline, ADV_Q)
     _only_view(lake_copy, "mv_all_adv_type_counts")
-    path = lake_copy / load_registry(lake_copy)["views"]["mv_all_adv_type_counts"]["serving"]["file"]
+    path = _serving_file(lake_copy, "mv_all_adv_type_counts", "click")
     if damage == "garbage":
         _overwrite_same_size(path)
     elif damage == "truncated":
@@ -194,8 +206,7 @@ def test_serving_copy_whose_schema_differs_from_registry_is_unhealthy(lake_copy,
 
     q, expected = _expect(baseline, ADV_Q)
     _only_view(lake_copy, "mv_all_adv_type_counts")
-    entry = load_registry(lake_copy)["views"]["mv_all_adv_type_counts"]
-    path = lake_copy / entry["serving"]["file"]
+    path = _serving_file(lake_copy, "mv_all_adv_type_counts", "purchase")
     table = ipc.open_file(pa.memory_map(str(path))).read_all().drop_columns(["max_total_price"])
     tmp = path.with_name("other.arrow")
     with ipc.new_file(str(tmp), table.schema) as writer:
@@ -206,7 +217,7 @@ def test_serving_copy_whose_schema_differs_from_registry_is_unhealthy(lake_copy,
 
     from analytics.views.registry import registry_path
     reg = load_registry(lake_copy)
-    reg["views"]["mv_all_adv_type_counts"]["serving"]["bytes"] = path.stat().st_size
+    reg["views"]["mv_all_adv_type_counts"]["serving"]["types"]["purchase"]["bytes"] = path.stat().st_size
     registry_path(lake_copy).write_text(json.dumps(reg))
     wb = Workbench(lake_copy)
     assert _same(wb, q, expected).route == LAKE

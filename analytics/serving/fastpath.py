@@ -178,7 +178,7 @@ class ArrowView:
     @property
     def table(self) -> pa.Table:
         """All rows as one (chunked, zero-copy) table."""
-        parts = [p.table for ps in self.slices.values() for p in ps]
+        parts = [self._project(p.table, self.schema.names) for ps in self.slices.values() for p in ps]
         return pa.concat_tables(parts) if parts else self.schema.empty_table()
 
     # ---- filtering ---------------------------------------------------------------------------
@@ -247,7 +247,7 @@ class ArrowView:
                 if part is NotImplemented:
                     return None
                 if part is not None:
-                    parts.append(part.select(columns))
+                    parts.append(self._project(part, columns))
         if not parts:
             return self._decoded(self.schema.empty_table().select(columns))
         return self._decoded(pa.concat_tables(parts) if len(parts) > 1 else parts[0])
@@ -287,6 +287,14 @@ class ArrowView:
                     return NotImplemented
             mask = m if mask is None else pc.and_(mask, m)
         return part if mask is None else part.filter(mask)
+
+    def _project(self, part: pa.Table, columns: list[str]) -> pa.Table:
+        """`columns` of `part`; a price column its type's file leaves out is all NULL there."""
+        names = set(part.schema.names)
+        if all(c in names for c in columns):
+            return part.select(columns)
+        arrays = [part.column(c) if c in names else pa.nulls(part.num_rows, self.schema.field(c).type) for c in columns]
+        return pa.table(arrays, schema=pa.schema([self.schema.field(c) for c in columns]))
 
     @staticmethod
     def _decoded(table: pa.Table) -> pa.Table:

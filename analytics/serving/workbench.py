@@ -120,7 +120,7 @@ class Workbench:
             if table in self._ready_tables:
                 return True
             try:
-                pieces, schema = open_serving_copy(self.root / entry["serving"]["file"], entry)
+                pieces, schema = open_serving_copy((self.root / entry["file"]).parent, entry)
                 view = ArrowView(VIEWS[name], pieces, schema, scaled=entry["serving"]["scaled"])
             except ServingError as exc:
                 with self._lock:

@@ -42,7 +42,7 @@ from analytics.views.registry import (
     update_registry,
 )
 from analytics.views.serving_copy import SUFFIX as SERVING_SUFFIX
-from analytics.views.serving_copy import ServingError, scaled_sums, write_serving_copy
+from analytics.views.serving_copy import ServingError, scaled_sums, serving_files, write_serving_copy
 
 
 ROW_GROUP_ROWS = 122_880  # DuckDB's row group size: zone maps per group of this many rows
@@ -163,16 +163,23 @@ def _sweep_view_dir(vdir: Path, keep: Iterable[str]) -> None:
     keep = set(keep)
     for f in vdir.glob(".staging-*"):
         f.unlink(missing_ok=True)
-    for suffix in (".parquet", SERVING_SUFFIX):
-        versions = sorted((f for f in vdir.glob(f"v*{suffix}")), key=lambda f: f.stat().st_mtime)
-        for f in versions[:-2]:  # the previous version stays for readers that still hold it
-            if f.name not in keep:
-                f.unlink(missing_ok=True)
+    files = [f for f in vdir.glob("v*") if f.suffix in (".parquet", SERVING_SUFFIX)]
+    versions = sorted({_version(f) for f in files})
+    for f in files:
+        # the previous version stays for readers that still hold it
+        if _version(f) not in versions[-2:] and f.name not in keep:
+            f.unlink(missing_ok=True)
+
+
+def _version(f: Path) -> int:
+    """The version of a view file: `v12.parquet`, `v12.click.arrow` -> 12."""
+    head = f.name.split(".", 1)[0][1:]
+    return int(head) if head.isdigit() else 0
 
 
 def _files(entry: dict[str, Any]) -> list[str]:
     """The file names of a registered version: its Parquet and its serving copy."""
-    return [Path(entry["file"]).name] + ([Path(entry["serving"]["file"]).name] if entry.get("serving") else [])
+    return [Path(entry["file"]).name] + (serving_files(entry["serving"]) if entry.get("serving") else [])
 
 
 def _sweep_idle(vdir: Path, entry: dict[str, Any]) -> None:
@@ -240,8 +247,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             os.replace(staging, final)  # atomic: the new version appears whole or not at all
             if bar:
                 bar.set_postfix_str("serving copy")
-            serving = write_serving_copy(con, view, final, final.with_suffix(SERVING_SUFFIX), rows_by_type,
-                                         scaled_sums(totals()))
+            serving = write_serving_copy(con, view, final, final.with_suffix(""), rows_by_type, scaled_sums(totals()))
             lake_rows = pc.sum(pc.filter(totals().column("cnt"),
                                          pc.is_in(totals().column("type"), pa.array(view.types)))).as_py() or 0
         except BaseException:
@@ -258,7 +264,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             "lake_version": lake.version, "segments": sorted(lake.segment_ids),
             "definition": view.definition_hash(), "mode": "incremental" if incremental else "full",
             "grain": view.grain, "dims": list(view.group_columns),
-            "serving": {**serving, "file": (vdir / serving["file"]).relative_to(root).as_posix()},
+            "serving": serving,  # its files beside the Parquet version
             # lake rows per view row: how much a query served from the view saves over the lake
             "rollup": round(lake_rows / max(1, sum(rows_by_type.values())), 2),
         }

@@ -56,8 +56,10 @@ def staleness(view: ViewDef, lake: Lake, entry: dict[str, Any] | None) -> str | 
         return f"file missing: {entry['file']}"
     if not entry.get("serving"):
         return "no serving copy (built before serving copies)"
-    if not (lake.root / entry["serving"]["file"]).is_file():
-        return f"file missing: {entry['serving']['file']}"
+    vdir = (lake.root / entry["file"]).parent
+    for rec in entry["serving"]["types"].values():
+        if not (vdir / rec["file"]).is_file():
+            return f"file missing: {rec['file']}"
     return None
 
 

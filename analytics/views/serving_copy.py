@@ -1,9 +1,10 @@
 """The serving copy of a view version: an uncompressed Arrow IPC file that readers memory-map.
 
-Owns writing it from the promoted Parquet version (one event type after another, each type a
-run of record batches in time order, so a type's slice is found from the registry without a
-scan), in a compact exact encoding: price sums as int64 scaled by 10^PRICE_SCALE where the bound
-below holds, `type` and `country` as int8 dictionary codes. Written to a temp name, fsynced,
+Owns writing it from the promoted Parquet version: one file per event type (found from the
+registry without a scan), its rows as record batches in time order, in a compact exact encoding:
+price sums as int64 scaled by 10^PRICE_SCALE where the bound below holds, `type` and `country`
+as int8 dictionary codes, and only the prices the type holds (bid_price on impressions,
+total_price on purchases in this data: the other types' four columns of a price are all NULL). Written to a temp name, fsynced,
 renamed atomically: a file, once named, is never changed, so a reader's mapping stays valid
 while a newer version is promoted. Owns opening it too: memory map, check it against its
 registry entry (size, schema, rows per type), and hand out each type's batches as zero-copy
@@ -12,6 +13,7 @@ registry, or answer queries.
 """
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from pathlib import Path
@@ -81,10 +83,27 @@ def _rebatch(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.RecordBatch
         yield pa.Table.from_batches(held).combine_chunks().to_batches()[0]
 
 
-def write_serving_copy(con: duckdb.DuckDBPyConnection, view: ViewDef, parquet: Path, out: Path,
+def _absent_measures(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, list[str]]:
+    """Per type, the prices it never holds (no non-NULL value in any group): their four columns are
+    all NULL (0 for the count) in that type, so its file leaves them out."""
+    sums = ", ".join(f"sum(nn_{m})" for m in MEASURE_COLUMNS)
+    out = {}
+    for t, *nn in con.execute(f"SELECT type, {sums} FROM {source} GROUP BY type").fetchall():
+        out[t] = [m for m, n in zip(MEASURE_COLUMNS, nn) if not n]
+    return out
+
+
+def _sorted_keys(column: pa.Array) -> np.ndarray:
+    if pa.types.is_string(column.type):
+        return np.array(column.to_pylist(), dtype=object)
+    return column.view(pa.int32() if pa.types.is_date32(column.type) else pa.int64()).to_numpy()
+
+
+def write_serving_copy(con: duckdb.DuckDBPyConnection, view: ViewDef, parquet: Path, prefix: Path,
                        rows_by_type: Mapping[str, int], scaled: list[str]) -> dict[str, Any]:
-    """Write the serving copy of the Parquet version `parquet` to `out`; returns its registry record
-    (file name, bytes, columns, scaled sums, and per type its [first batch, batches])."""
+    """Write the serving copy of the Parquet version `parquet`, one file `{prefix}.{type}.arrow` per
+    event type with rows; returns its registry record: the scaled sums, the full schema (IPC bytes,
+    base64), total bytes, and per type its file, bytes, batches and the measure columns it leaves out."""
     source = f"read_parquet({sql_string(parquet)})"
     dictionaries = {"type": pa.array(sorted(set(EVENT_TYPES) | set(rows_by_type)), pa.string())}
     if "country" in view.group_columns:
@@ -93,70 +112,87 @@ def write_serving_copy(con: duckdb.DuckDBPyConnection, view: ViewDef, parquet: P
     if any(len(d) > 127 for d in dictionaries.values()):
         raise ServingError(f"{view.name}: more distinct values than int8 codes hold")
     items = [f"CAST({c} * {SCALE} AS BIGINT) AS {c}" if c in scaled else c for c, _ in view.schema()]
-    select = f"SELECT {', '.join(items)} FROM {source} WHERE type = ?"
+    select = f"SELECT {', '.join(items)} FROM {source}"
+    full = _encode(pa.RecordBatch.from_pylist([], schema=con.sql(f"{select} LIMIT 0").to_arrow_table().schema),
+                   dictionaries).schema
+    absent = _absent_measures(con, source)
     sort_key = view.time_columns[0] if view.time_columns else None
-    tmp = out.with_name(f".staging-{uuid.uuid4().hex}{SUFFIX}")
-    types: dict[str, list[int]] = {}
-    n_batches = 0
+    types: dict[str, dict[str, Any]] = {}
+    written: list[Path] = []
     try:
-        with open(tmp, "wb") as sink:
-            writer = None
-            for t in sorted(set(rows_by_type) | set(view.types)):
-                first, last = n_batches, None
-                # the Parquet version is sorted by type then time: read in file order, one batch at a time
-                reader = con.sql(select, params=[t]).to_arrow_reader(BATCH_ROWS)
-                if writer is None:  # from the schema, so a view without rows still gets its (empty) copy
-                    empty = _encode(pa.RecordBatch.from_pylist([], schema=reader.schema), dictionaries)
-                    writer = ipc.new_file(sink, empty.schema)
-                for batch in _rebatch(reader, BATCH_ROWS):
-                    if sort_key is not None:
-                        keys = batch.column(sort_key)
-                        keys = keys.view(pa.int32() if pa.types.is_date32(keys.type) else pa.int64()).to_numpy() \
-                            if not pa.types.is_string(keys.type) else np.array(keys.to_pylist(), dtype=object)
-                        if (last is not None and keys[0] < last) or bool(np.any(keys[1:] < keys[:-1])):
-                            raise ServingError(f"{view.name}: {parquet.name} is not sorted by type then {sort_key}")
-                        last = keys[-1]
-                    writer.write_batch(_encode(batch, dictionaries))
-                    n_batches += 1
-                types[t] = [first, n_batches - first]
-            writer.close()
-            sink.flush()
-            os.fsync(sink.fileno())
-        schema = ipc.open_file(str(tmp)).schema
-        os.replace(tmp, out)
+        for t in sorted(t for t, n in rows_by_type.items() if n):
+            dropped = [f"{p}_{m}" for m in absent.get(t, []) for p in ("nn", "sum", "min", "max")]
+            schema = _without(full, dropped)
+            out = prefix.with_name(f"{prefix.name}.{t}{SUFFIX}")
+            tmp = out.with_name(f".staging-{uuid.uuid4().hex}{SUFFIX}")
+            written.append(tmp)
+            batches, last = 0, None
+            keep = ", ".join(f.name for f in schema)
+            # the Parquet version is sorted by type then time: read in file order, a batch at a time
+            reader = con.sql(f"SELECT {keep} FROM ({select}) WHERE type = ?", params=[t]).to_arrow_reader(BATCH_ROWS)
+            with open(tmp, "wb") as sink:
+                with ipc.new_file(sink, schema) as writer:
+                    for batch in _rebatch(reader, BATCH_ROWS):
+                        if sort_key is not None:
+                            keys = _sorted_keys(batch.column(sort_key))
+                            if (last is not None and keys[0] < last) or bool(np.any(keys[1:] < keys[:-1])):
+                                raise ServingError(f"{view.name}: {parquet.name} is not sorted by type then {sort_key}")
+                            last = keys[-1]
+                        writer.write_batch(_encode(batch, dictionaries))
+                        batches += 1
+                sink.flush()
+                os.fsync(sink.fileno())
+            os.replace(tmp, out)  # a new name: a file once named is never rewritten
+            types[t] = {"file": out.name, "bytes": out.stat().st_size, "batches": batches, "dropped": dropped}
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for tmp in written:
+            tmp.unlink(missing_ok=True)
         raise
-    return {"file": out.name, "bytes": out.stat().st_size, "scaled": list(scaled), "types": types,
-            "columns": [[f.name, str(f.type)] for f in schema]}
+    return {"scaled": list(scaled), "schema": base64.b64encode(full.serialize().to_pybytes()).decode(),
+            "bytes": sum(r["bytes"] for r in types.values()), "types": types}
 
 
-def open_serving_copy(path: Path, entry: Mapping[str, Any]) -> tuple[dict[str, list[pa.Table]], pa.Schema]:
-    """Memory-map the serving copy of registry `entry` at `path`, checked against the entry: each
-    type's batches as single-chunk tables (no data page read yet), and the file's schema."""
+def _without(schema: pa.Schema, names: list[str]) -> pa.Schema:
+    return pa.schema([f for f in schema if f.name not in names])
+
+
+def serving_files(record: Mapping[str, Any]) -> list[str]:
+    """The file names of a serving copy's record."""
+    return [r["file"] for r in record["types"].values()]
+
+
+def open_serving_copy(vdir: Path, entry: Mapping[str, Any]) -> tuple[dict[str, list[pa.Table]], pa.Schema]:
+    """Memory-map the serving copy of registry `entry` (files in `vdir`), checked against the entry:
+    each type's batches as single-chunk tables (no data page read yet), and the full schema."""
     record = entry.get("serving")
     if not record:
         raise ServingError("no serving copy recorded (built before serving copies): rebuild the view")
+    expected_types = {t for t, n in entry["rows_by_type"].items() if n}
+    if set(record["types"]) != expected_types:
+        raise ServingError(f"serving copy holds types {sorted(record['types'])}, the view {sorted(expected_types)}")
+    pieces: dict[str, list[pa.Table]] = {}
     try:
-        size = path.stat().st_size
-        if size != record["bytes"]:
-            raise ServingError(f"{path.name} is {size} bytes, the registry says {record['bytes']}")
-        reader = ipc.open_file(pa.memory_map(str(path), "r"))
-        columns = [[f.name, str(f.type)] for f in reader.schema]
-        if columns != record["columns"]:
-            raise ServingError(f"{path.name}: schema differs from the registry: {columns} vs {record['columns']}")
-        pieces: dict[str, list[pa.Table]] = {}
-        for t, (first, count) in record["types"].items():
-            batches = [reader.get_batch(i) for i in range(first, first + count)]
+        full = ipc.read_schema(pa.py_buffer(base64.b64decode(record["schema"])))
+        for t, rec in record["types"].items():
+            path = vdir / rec["file"]
+            size = path.stat().st_size
+            if size != rec["bytes"]:
+                raise ServingError(f"{rec['file']} is {size} bytes, the registry says {rec['bytes']}")
+            reader = ipc.open_file(pa.memory_map(str(path), "r"))
+            if not reader.schema.equals(_without(full, rec["dropped"])):
+                raise ServingError(f"{rec['file']}: schema differs from the registry: {reader.schema} vs "
+                                   f"{_without(full, rec['dropped'])}")
+            if reader.num_record_batches != rec["batches"]:
+                raise ServingError(f"{rec['file']}: {reader.num_record_batches} batches, the registry says {rec['batches']}")
+            batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
             for b in batches:
                 b.validate()  # buffer sizes agree with the lengths: no read past the mapping
             rows = sum(b.num_rows for b in batches)
-            if rows != entry["rows_by_type"].get(t):
-                raise ServingError(f"{path.name}: {rows} rows of type {t}, the registry says {entry['rows_by_type'].get(t)}")
+            if rows != entry["rows_by_type"][t]:
+                raise ServingError(f"{rec['file']}: {rows} rows, the registry says {entry['rows_by_type'][t]}")
             pieces[t] = [pa.Table.from_batches([b]) for b in batches]
-        if sum(c for _, c in record["types"].values()) != reader.num_record_batches:
-            raise ServingError(f"{path.name}: {reader.num_record_batches} batches, the registry lists "
-                               f"{sum(c for _, c in record['types'].values())}")
-    except (OSError, pa.ArrowException) as exc:
-        raise ServingError(f"{path.name}: {str(exc).splitlines()[0]}") from exc
-    return pieces, reader.schema
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        if isinstance(exc, ServingError):
+            raise
+        raise ServingError(str(exc).splitlines()[0]) from exc
+    return pieces, full
