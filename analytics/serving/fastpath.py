@@ -1,9 +1,11 @@
-"""The view fast path: answer a covered query from an in-memory Arrow copy of a view, without SQL.
+"""The view fast path: answer a covered query from a view's Arrow data, without SQL.
 
-Owns `ArrowView`: a view's rows split by event type, each slice sorted by time, whose time
-columns are searched in place (DATE as days, TIMESTAMP as microseconds, the minute as text, no
-copies), so time filters become two binary searches instead of a scan; the remaining filters
-are Arrow compute masks, the re-aggregation an Arrow group-by (skipped when each group is one
+Owns `ArrowView`: a view's rows split by event type (typically the memory-mapped batches of its
+serving copy), each slice sorted by time, whose time columns are searched in place (DATE as
+days, TIMESTAMP as microseconds, the minute as text, no copies), so time filters become two
+binary searches touching O(log n) pages instead of a scan; the remaining filters are Arrow
+compute masks over the rows the searches keep (dictionary columns compared by code), the
+re-aggregation an Arrow group-by following `query.aggregates` (skipped when each group is one
 view row), an `order_by` with a `limit` a top-k selection.
 A view answer is a few hundred rows re-aggregated, where DuckDB's fixed cost of parsing and
 planning a statement dominates; this path skips it. Semantics follow DuckDB's: a DATE

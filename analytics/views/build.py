@@ -2,12 +2,14 @@
 
 Owns `build` and `LAKE/views/_registry.json`. A view is aggregated by DuckDB (or by Spark, see
 `analytics.engines`) into a hidden staging file, checked (schema, and totals per type and day
-reconciled with the lake), then promoted by an atomic rename to a new versioned file, and only
-then recorded in the registry:
+reconciled with the lake), then promoted by an atomic rename to a new versioned file, then its
+serving copy written (`serving_copy`: memory-mappable Arrow files), and only then recorded in
+the registry with its rollup (lake rows per view row):
 a reader never sees a half-built view, and a build killed at any point leaves the previous
 version in force; the next build sweeps its leftovers. One file lock per view means two
 builds of the same view never both write; different views build in parallel, one DuckDB
-connection per thread. After `prepare` only appended parts, a view is refreshed by merging
+connection per thread, each aggregating one event type at a time (bounded pieces appended to
+one file, in type-then-time order without a global sort). After `prepare` only appended parts, a view is refreshed by merging
 the aggregate of the new parts into the old version instead of rescanning the lake.
 Must not decide routes or answer queries.
 """
