@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
@@ -93,10 +92,11 @@ def _absent_measures(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, l
     return out
 
 
-def _sorted_keys(column: pa.Array) -> np.ndarray:
-    if pa.types.is_string(column.type):
-        return np.array(column.to_pylist(), dtype=object)
-    return column.view(pa.int32() if pa.types.is_date32(column.type) else pa.int64()).to_numpy()
+def _in_order(keys: pa.Array, last: pa.Scalar | None) -> bool:
+    """Whether `keys` ascend and start at or after `last` (the previous batch's last key)."""
+    if last is not None and pc.less(keys[0], last).as_py():
+        return False
+    return len(keys) < 2 or bool(pc.all(pc.less_equal(keys[:-1], keys[1:])).as_py())
 
 
 def write_serving_copy(con: duckdb.DuckDBPyConnection, view: ViewDef, parquet: Path, prefix: Path,
@@ -134,8 +134,8 @@ def write_serving_copy(con: duckdb.DuckDBPyConnection, view: ViewDef, parquet: P
                 with ipc.new_file(sink, schema) as writer:
                     for batch in _rebatch(reader, BATCH_ROWS):
                         if sort_key is not None:
-                            keys = _sorted_keys(batch.column(sort_key))
-                            if (last is not None and keys[0] < last) or bool(np.any(keys[1:] < keys[:-1])):
+                            keys = batch.column(sort_key)
+                            if not _in_order(keys, last):
                                 raise ServingError(f"{view.name}: {parquet.name} is not sorted by type then {sort_key}")
                             last = keys[-1]
                         writer.write_batch(_encode(batch, dictionaries))
