@@ -119,3 +119,19 @@ def test_serving_copy_holds_each_type_as_time_sorted_batches(lake_dir, name):
         assert [f.name for f in reader.schema if f.name.startswith("sum_")] == ([f"sum_{price}"] if price else [])
         if price:
             assert reader.schema.field(f"sum_{price}").type == pa.int64()
+
+
+def test_a_parquet_version_out_of_time_order_gets_no_serving_copy(lake_dir, tmp_path):
+    import duckdb
+
+    from analytics.views.catalog import VIEWS
+    from analytics.views.serving_copy import ServingError, write_serving_copy
+
+    entry = load_registry(lake_dir)["views"]["mv_hour_type_wide"]
+    shuffled = tmp_path / "v9.parquet"
+    con = duckdb.connect()
+    con.execute(f"COPY (SELECT * FROM read_parquet('{lake_dir / entry['file']}') ORDER BY type, hour DESC) "
+                f"TO '{shuffled}' (FORMAT parquet)")
+    with pytest.raises(ServingError, match="not sorted by type then hour"):
+        write_serving_copy(con, VIEWS["mv_hour_type_wide"], shuffled, tmp_path / "v9", entry["rows_by_type"], [])
+    assert not list(tmp_path.glob("*.arrow")) and not list(tmp_path.glob(".staging-*"))
