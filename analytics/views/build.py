@@ -9,8 +9,9 @@ a reader never sees a half-built view, and a build killed at any point leaves th
 version in force; the next build sweeps its leftovers. One file lock per view means two
 builds of the same view never both write; different views build in parallel, one DuckDB
 connection per thread, each aggregating one event type at a time (bounded pieces appended to
-one file, in type-then-time order without a global sort). After `prepare` only appended parts, a view is refreshed by merging
-the aggregate of the new parts into the old version instead of rescanning the lake.
+one file, in type-then-time order without a global sort). After `prepare` only appended parts,
+a view is refreshed by merging the aggregate of the new parts into the old version instead of
+rescanning the lake.
 Must not decide routes or answer queries.
 """
 from __future__ import annotations

@@ -1,12 +1,12 @@
-"""The serving copy of a view version: an uncompressed Arrow IPC file that readers memory-map.
+"""The serving copy of a view version: uncompressed Arrow IPC files that readers memory-map.
 
 Owns writing it from the promoted Parquet version: one file per event type (found from the
 registry without a scan), its rows as record batches in time order, in a compact exact encoding:
 price sums as int64 scaled by 10^PRICE_SCALE where the bound below holds, `type` and `country`
 as int8 dictionary codes, and only the prices the type holds (bid_price on impressions,
-total_price on purchases in this data: the other types' four columns of a price are all NULL). Written to a temp name, fsynced,
-renamed atomically: a file, once named, is never changed, so a reader's mapping stays valid
-while a newer version is promoted. Owns opening it too: memory map, check it against its
+total_price on purchases in this data: the other types' four columns of a price are all NULL).
+Each file is written to a temp name, fsynced, renamed atomically: a file, once named, is never
+changed, so a reader's mapping stays valid while a newer version is promoted. Owns opening it too: memory map, check it against its
 registry entry (size, schema, rows per type), and hand out each type's batches as zero-copy
 tables; pages no query touches are never read. Must not build the Parquet version, update the
 registry, or answer queries.
@@ -183,7 +183,8 @@ def open_serving_copy(vdir: Path, entry: Mapping[str, Any]) -> tuple[dict[str, l
                 raise ServingError(f"{rec['file']}: schema differs from the registry: {reader.schema} vs "
                                    f"{_without(full, rec['dropped'])}")
             if reader.num_record_batches != rec["batches"]:
-                raise ServingError(f"{rec['file']}: {reader.num_record_batches} batches, the registry says {rec['batches']}")
+                raise ServingError(f"{rec['file']}: {reader.num_record_batches} batches, "
+                                   f"the registry says {rec['batches']}")
             batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
             for b in batches:
                 b.validate()  # buffer sizes agree with the lengths: no read past the mapping
