@@ -106,11 +106,22 @@ class _Times:
 
     def left(self, us: int) -> int:
         """First row at or after `us`."""
-        return int(np.searchsorted(self.values, self._key(-(-us // self.unit)), "left"))
+        key, values = self._key(-(-us // self.unit)), self.values
+        # the ends first: a piece wholly before or after the key is settled without a search
+        if not len(values) or key <= values[0]:
+            return 0
+        if key > values[-1]:
+            return len(values)
+        return int(np.searchsorted(values, key, "left"))
 
     def right(self, us: int) -> int:
         """First row after `us`."""
-        return int(np.searchsorted(self.values, self._key(us // self.unit), "right"))
+        key, values = self._key(us // self.unit), self.values
+        if not len(values) or key < values[0]:
+            return 0
+        if key >= values[-1]:
+            return len(values)
+        return int(np.searchsorted(values, key, "right"))
 
     def mask(self, lo: int, hi: int, cond: Condition) -> np.ndarray:
         """Rows [lo, hi) kept by an `in` or `neq` condition."""
