@@ -49,8 +49,9 @@ def test_fast_path_answers_from_a_view_whose_rows_lost_their_order(baseline, wor
     checked = Counter()
     for name in ("mv_hour_type_wide", "mv_minute_type_wide", "mv_day_country_wide"):
         workbench._ensure_loaded(name)
-        table = workbench._arrow[workbench.table_name(name)].table
-        shuffled = ArrowView(VIEWS[name], table.take(rng.permutation(table.num_rows)))
+        mapped = workbench._arrow[workbench.table_name(name)]
+        table = mapped.table
+        shuffled = ArrowView.from_table(VIEWS[name], table.take(rng.permutation(table.num_rows)), mapped.scaled)
         for raw in random_queries(240, seed=41, view_shaped=True):
             q = parse_query(raw)
             if coverage(VIEWS[name], q) is not None or not q.where:

@@ -54,6 +54,18 @@ def test_registry_records_every_view(lake_dir):
         assert entry["rows"] == sum(entry["rows_by_type"].values()) > 0
         assert entry["build_seconds"] >= 0 and entry["built_at"]
         assert (lake_dir / entry["file"]).is_file()
+        serving = entry["serving"]
+        files = [(lake_dir / entry["file"]).parent / r["file"] for r in serving["types"].values()]
+        assert sum(f.stat().st_size for f in files) == serving["bytes"]
+        assert set(serving["types"]) == {t for t, n in entry["rows_by_type"].items() if n}
+        assert serving["scaled"] == ["sum_bid_price", "sum_total_price"]  # small data: far below the bound
+        # each type's file holds only the prices the type has
+        assert {t: r["dropped"] for t, r in serving["types"].items()} == {
+            "serve": [f"{p}_{m}" for m in ("bid_price", "total_price") for p in ("nn", "sum", "min", "max")],
+            "click": [f"{p}_{m}" for m in ("bid_price", "total_price") for p in ("nn", "sum", "min", "max")],
+            "impression": [f"{p}_total_price" for p in ("nn", "sum", "min", "max")],
+            "purchase": [f"{p}_bid_price" for p in ("nn", "sum", "min", "max")]}, name
+        assert entry["rollup"] >= 1.0
 
 
 def test_build_with_nothing_to_do_says_so(lake_dir):
@@ -119,8 +131,7 @@ def test_plans_are_remembered_until_the_registry_or_a_views_health_changes(lake_
     assert again is not first and "mv_day_type_wide__v2" in again.sql
     assert _same(wb, q, expected).route == "mv_day_type_wide"
     # the file breaks after planning: the remembered plan still names it until execution finds out
-    entry = load_registry(lake_copy)["views"]["mv_day_type_wide"]
-    (lake_copy / entry["file"]).write_bytes(b"PAR1 this is not parquet")
+    _overwrite_same_size(_serving_file(lake_copy, "mv_day_type_wide", "impression"))
     wb2 = Workbench(lake_copy)
     assert wb2.plan(q).route == "mv_day_type_wide"
     plan = _same(wb2, q, expected)
@@ -145,24 +156,82 @@ def test_deleted_view_file_falls_back_to_the_lake(lake_copy, baseline):
     assert plan.route == LAKE and "file missing" in plan.fallback_reason
 
 
-def test_corrupt_view_file_falls_back(lake_copy, baseline):
+def _overwrite_same_size(path: Path) -> None:
+    """Garbage of the file's own size, written to a new file renamed over it (a mapping of the old
+    file elsewhere stays valid)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(b"\x00garbage" * (path.stat().st_size // 8) + b"\x00" * (path.stat().st_size % 8))
+    os.replace(tmp, path)
+
+
+def _serving_file(lake: Path, name: str, t: str) -> Path:
+    """The serving copy file holding type `t` of view `name`."""
+    entry = load_registry(lake)["views"][name]
+    return (lake / entry["file"]).parent / entry["serving"]["types"][t]["file"]
+
+
+def _only_view(lake: Path, name: str) -> None:
+    """Remove every view but `name` from the registry, so covered queries can only go to it or the lake."""
+    import json
+
+    from analytics.views.registry import registry_path
+    reg = load_registry(lake)
+    reg["views"] = {name: reg["views"][name]}
+    registry_path(lake).write_text(json.dumps(reg))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing"])
+def test_damaged_serving_copy_makes_the_view_unhealthy_and_the_lake_answers(lake_copy, baseline, damage):
     q, expected = _expect(baseline, ADV_Q)
-    entry = load_registry(lake_copy)["views"]["mv_all_adv_type_counts"]
-    (lake_copy / entry["file"]).write_bytes(b"PAR1 this is not parquet")
+    _only_view(lake_copy, "mv_all_adv_type_counts")
+    path = _serving_file(lake_copy, "mv_all_adv_type_counts", "click")
+    if damage == "garbage":
+        _overwrite_same_size(path)
+    elif damage == "truncated":
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size // 2)
+    else:
+        path.unlink()
     wb = Workbench(lake_copy)
     plan = _same(wb, q, expected)
-    assert plan.route != "mv_all_adv_type_counts"
-    assert wb.health["mv_all_adv_type_counts"].startswith("unreadable")
+    assert plan.route == LAKE
+    why = wb.health["mv_all_adv_type_counts"]
+    assert ("file missing" if damage == "missing" else "serving copy unusable") in why, why
+    assert "mv_all_adv_type_counts" in plan.fallback_reason
 
 
-def test_view_whose_schema_differs_from_registry_is_unhealthy(lake_copy, baseline):
+def test_serving_copy_whose_schema_differs_from_registry_is_unhealthy(lake_copy, baseline):
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    q, expected = _expect(baseline, ADV_Q)
+    _only_view(lake_copy, "mv_all_adv_type_counts")
+    path = _serving_file(lake_copy, "mv_all_adv_type_counts", "purchase")
+    table = ipc.open_file(pa.memory_map(str(path))).read_all().drop_columns(["max_total_price"])
+    tmp = path.with_name("other.arrow")
+    with ipc.new_file(str(tmp), table.schema) as writer:
+        writer.write_table(table)
+    os.replace(tmp, path)
+    # the registry's size agrees with the new file: only the schema tells them apart
+    import json
+
+    from analytics.views.registry import registry_path
+    reg = load_registry(lake_copy)
+    reg["views"]["mv_all_adv_type_counts"]["serving"]["types"]["purchase"]["bytes"] = path.stat().st_size
+    registry_path(lake_copy).write_text(json.dumps(reg))
+    wb = Workbench(lake_copy)
+    assert _same(wb, q, expected).route == LAKE
+    assert "schema differs" in wb.health["mv_all_adv_type_counts"]
+
+
+def test_view_parquet_whose_schema_differs_from_registry_is_unhealthy_for_sql(lake_copy, baseline):
     q, expected = _expect(baseline, ADV_Q)
     entry = load_registry(lake_copy)["views"]["mv_all_adv_type_counts"]
     path = lake_copy / entry["file"]
     con = duckdb.connect()
     con.execute(f"COPY (SELECT * EXCLUDE (max_total_price) FROM read_parquet('{path}')) TO '{path}.tmp' (FORMAT parquet)")
     os.replace(f"{path}.tmp", path)
-    wb = Workbench(lake_copy)
+    wb = Workbench(lake_copy, fast_path=False)  # the shapes the fast path leaves to SQL read the Parquet
     assert _same(wb, q, expected).route != "mv_all_adv_type_counts"
     assert "schema differs" in wb.health["mv_all_adv_type_counts"]
 

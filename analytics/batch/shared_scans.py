@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
+from analytics.query.aggregates import FROM_ROWS, RULES, combine_sql
 from analytics.query.compiler import ident, order_limit_sql, predicate, where_sql
 from analytics.query.model import Agg, Condition, Query, _canonical_value
 from analytics.query.schema import COUNTRIES, EVENT_TYPES, N_ADVERTISERS, N_PUBLISHERS, N_USERS
@@ -76,23 +77,16 @@ class Measure:
 
 
 def measures_for(agg: Agg) -> tuple[Measure, ...]:
-    if agg.func == "COUNT":
-        return (Measure("count", agg.col),)
-    if agg.func == "AVG":
-        return (Measure("sum", agg.col), Measure("count", agg.col))
-    return (Measure(agg.func.lower(), agg.col),)
+    """The partial measures the superset computes for `agg` (the rules of `query.aggregates`; the
+    column stays the member's, so COUNT(x) counts x even where the lake never holds NULL)."""
+    return tuple(Measure(FROM_ROWS[k], agg.col) for k in RULES[agg.func])
 
 
 def derive_sql(agg: Agg) -> str:
-    """The member's aggregate over the superset's partial measures, typed as the unbatched one."""
-    if agg.func == "COUNT":
-        return f"COALESCE(sum({ident(Measure('count', agg.col).alias)}), 0)::BIGINT"
-    if agg.func == "SUM":
-        return f"sum({ident(Measure('sum', agg.col).alias)})"
-    if agg.func == "AVG":
-        s, n = ident(Measure("sum", agg.col).alias), ident(Measure("count", agg.col).alias)
-        return f"CAST(sum({s}) AS DOUBLE) / NULLIF(sum({n}), 0)"
-    return f"{agg.func.lower()}({ident(Measure(agg.func.lower(), agg.col).alias)})"
+    """The member's aggregate over the superset's partial measures, typed as the unbatched one
+    (a SUM re-sums in the column's own type: DOUBLE stays DOUBLE, integer sums HUGEINT)."""
+    cols = [ident(m.alias) for m in measures_for(agg)]
+    return combine_sql(agg.func, cols, sum_as_double=False)
 
 
 @dataclass

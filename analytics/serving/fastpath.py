@@ -1,9 +1,11 @@
-"""The view fast path: answer a covered query from an in-memory Arrow copy of a view, without SQL.
+"""The view fast path: answer a covered query from a view's Arrow data, without SQL.
 
-Owns `ArrowView`: a view's rows split by event type, each slice sorted by time, whose time
-columns are searched in place (DATE as days, TIMESTAMP as microseconds, the minute as text, no
-copies), so time filters become two binary searches instead of a scan; the remaining filters
-are Arrow compute masks, the re-aggregation an Arrow group-by (skipped when each group is one
+Owns `ArrowView`: a view's rows split by event type (typically the memory-mapped batches of its
+serving copy), each slice sorted by time, whose time columns are searched in place (DATE as
+days, TIMESTAMP as microseconds, the minute as text, no copies), so time filters become two
+binary searches touching O(log n) pages instead of a scan; the remaining filters are Arrow
+compute masks over the rows the searches keep (dictionary columns compared by code), the
+re-aggregation an Arrow group-by following `query.aggregates` (skipped when each group is one
 view row), an `order_by` with a `limit` a top-k selection.
 A view answer is a few hundred rows re-aggregated, where DuckDB's fixed cost of parsing and
 planning a statement dominates; this path skips it. Semantics follow DuckDB's: a DATE
@@ -14,15 +16,15 @@ None and the caller runs the plan's SQL. Must not choose views or touch files.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from analytics.query.model import Condition, Query
-from analytics.query.schema import EVENT_TYPES, NOT_NULL_IN_LAKE
-from analytics.views.catalog import MEASURE_COLUMNS, ViewDef
+from analytics.query.schema import EVENT_TYPES, PRICE_SCALE
+from analytics.views.catalog import ViewDef, partial_columns
 
 _EPOCH = dt.datetime(1970, 1, 1)
 _DAY_US = 86_400_000_000
@@ -83,11 +85,13 @@ class _Times:
     def __init__(self, column: pa.ChunkedArray | pa.Array) -> None:
         arr = _contiguous(column)
         if pa.types.is_date32(arr.type):
-            self.values, self.unit = arr.view(pa.int32()).to_numpy(), _DAY_US
+            dtype, self.unit = np.dtype(np.int32), _DAY_US
         elif pa.types.is_timestamp(arr.type) and arr.type.unit in _UNIT_US:
-            self.values, self.unit = arr.view(pa.int64()).to_numpy(), _UNIT_US[arr.type.unit]
+            dtype, self.unit = np.dtype(np.int64), _UNIT_US[arr.type.unit]
         else:
             raise ValueError(f"no time index for a {arr.type} column")
+        # numpy straight over the data buffer (Array.to_numpy would import pandas: ~0.25 s cold)
+        self.values = np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -95,13 +99,29 @@ class _Times:
     def ascending(self) -> bool:
         return bool(np.all(self.values[1:] >= self.values[:-1]))
 
+    def _key(self, value: int) -> np.integer:
+        # of the column's own dtype: a wider key makes numpy cast (copy, so read) the whole column
+        info = np.iinfo(self.values.dtype)
+        return self.values.dtype.type(min(max(value, info.min), info.max))
+
     def left(self, us: int) -> int:
         """First row at or after `us`."""
-        return int(np.searchsorted(self.values, -(-us // self.unit), "left"))
+        key, values = self._key(-(-us // self.unit)), self.values
+        # the ends first: a piece wholly before or after the key is settled without a search
+        if not len(values) or key <= values[0]:
+            return 0
+        if key > values[-1]:
+            return len(values)
+        return int(np.searchsorted(values, key, "left"))
 
     def right(self, us: int) -> int:
         """First row after `us`."""
-        return int(np.searchsorted(self.values, us // self.unit, "right"))
+        key, values = self._key(us // self.unit), self.values
+        if not len(values) or key < values[0]:
+            return 0
+        if key >= values[-1]:
+            return len(values)
+        return int(np.searchsorted(values, key, "right"))
 
     def mask(self, lo: int, hi: int, cond: Condition) -> np.ndarray:
         """Rows [lo, hi) kept by an `in` or `neq` condition."""
@@ -116,19 +136,44 @@ def _ascending(column: pa.ChunkedArray) -> bool:
     return len(column) < 2 or pc.all(pc.less_equal(column[:-1], column[1:])).as_py()
 
 
-class ArrowView:
-    """One view version in memory, ready to answer the queries the router sends to it."""
+class _Piece(NamedTuple):
+    """Rows of one type in time order, with its time columns ready for binary search."""
 
-    def __init__(self, view: ViewDef, table: pa.Table) -> None:
+    table: pa.Table
+    times: dict[str, _Times]
+    texts: dict[str, pa.StringArray]
+
+
+class ArrowView:
+    """One view version, ready to answer the queries the router sends to it: per event type, its
+    rows as pieces (single-chunk tables, in time order within and across pieces), e.g. the record
+    batches of a memory-mapped serving copy. Nothing here reads a piece whole: time filters are
+    binary searches, masks run on the rows the searches keep. `scaled` names sum columns stored as
+    int64 times 10^PRICE_SCALE; dictionary columns are compared by code and decoded on output."""
+
+    def __init__(self, view: ViewDef, pieces: dict[str, list[pa.Table]], schema: pa.Schema,
+                 scaled: Iterable[str] = ()) -> None:
         self.view = view
-        self.table = table
-        self.slices: dict[str, pa.Table] = {}
-        self.times: dict[str, dict[str, _Times]] = {}
-        self.texts: dict[str, dict[str, pa.StringArray]] = {}
-        # a view file is sorted by type first: each type is one contiguous, zero-copy slice
+        self.schema = schema
+        self.scaled = frozenset(scaled)
+        time_cols = [c for c in view.time_columns if c in _TIME_KINDS]
+        text_cols = [c for c in view.time_columns if c in _TEXT_TIMES]
+        self.slices: dict[str, list[_Piece]] = {}
+        for t, parts in pieces.items():
+            kept = [_Piece(p, {c: _Times(p.column(c)) for c in time_cols},
+                           {c: _contiguous(p.column(c)) for c in text_cols}) for p in parts if p.num_rows]
+            if kept:
+                self.slices[t] = kept
+
+    @classmethod
+    def from_table(cls, view: ViewDef, table: pa.Table, scaled: Iterable[str] = ()) -> "ArrowView":
+        """A view over an in-memory table in any row order: each type's rows made one slice, sorted
+        by time if they are not (binary search needs time order)."""
+        table = contiguous_table(cls._decoded(table))
         types = table.column("type")
         time_cols = [c for c in view.time_columns if c in _TIME_KINDS]
         text_cols = [c for c in view.time_columns if c in _TEXT_TIMES]
+        pieces = {}
         for t in EVENT_TYPES:
             is_t = pc.equal(types, t)  # a bitmap: no per-row index array for a view of 30M rows
             n = pc.sum(is_t).as_py() or 0
@@ -137,15 +182,17 @@ class ArrowView:
             lo = pc.index(types, t).as_py()
             contiguous = pc.all(is_t.slice(lo, n)).as_py()
             part = table.slice(lo, n) if contiguous else table.filter(is_t)
-            times = {c: _Times(part.column(c)) for c in time_cols}
-            if not all(ts.ascending() for ts in times.values()) or not all(
+            if not all(_Times(part.column(c)).ascending() for c in time_cols) or not all(
                     _ascending(part.column(c)) for c in text_cols):
-                # binary search needs time order: restore it if a file lost it
-                part = part.sort_by([(c, "ascending") for c in view.sort_columns[1:]])
-                times = {c: _Times(part.column(c)) for c in time_cols}
-            self.slices[t] = part
-            self.times[t] = times
-            self.texts[t] = {c: _contiguous(part.column(c)) for c in text_cols}
+                part = contiguous_table(part.sort_by([(c, "ascending") for c in view.sort_columns[1:]]))
+            pieces[t] = [part]
+        return cls(view, pieces, table.schema, scaled)
+
+    @property
+    def table(self) -> pa.Table:
+        """All rows as one (chunked, zero-copy) table."""
+        parts = [self._project(p.table, self.schema.names) for ps in self.slices.values() for p in ps]
+        return pa.concat_tables(parts) if parts else self.schema.empty_table()
 
     # ---- filtering ---------------------------------------------------------------------------
     def _types(self, where: tuple[Condition, ...]) -> set[str] | None:
@@ -179,6 +226,15 @@ class ArrowView:
     @staticmethod
     def _mask(column: pa.Array, cond: Condition) -> pa.Array:
         vals = list(cond.values)
+        if pa.types.is_dictionary(column.type):
+            if cond.op not in ("eq", "in", "neq"):
+                column = column.dictionary_decode()  # an ordering comparison: compare the text
+            else:
+                # compare codes, not text: a value missing from the dictionary matches no row
+                codes = {v: i for i, v in enumerate(column.dictionary.to_pylist())}
+                wanted = pa.array([codes[v] for v in map(str, vals) if v in codes], type=column.indices.type)
+                kept = pc.is_in(column.indices, value_set=wanted)
+                return pc.invert(kept) if cond.op == "neq" else kept
         if pa.types.is_integer(column.type) or pa.types.is_string(column.type):
             scalars = [pa.scalar(v, type=column.type) for v in vals]
         else:
@@ -191,61 +247,80 @@ class ArrowView:
               "gt": pc.greater, "gte": pc.greater_equal}[cond.op]
         return fn(column, scalars[0])
 
-    def _filtered(self, query: Query) -> pa.Table | None:
+    def _filtered(self, query: Query, columns: list[str]) -> pa.Table | None:
+        """The view rows `query` keeps, with only `columns`, dictionary columns decoded; None when a
+        filter is left to SQL."""
         types = self._types(query.where)
         if types is None:
             return None
         parts = []
         for t in sorted(types):
-            part, times = self.slices[t], self.times[t]
-            lo, hi = 0, part.num_rows
-            rest = []
-            texts = self.texts[t]
-            for c in query.where:
-                if c.col == "type":
-                    continue
-                if c.col in times:
-                    ts = times[c.col]
-                    b = self._bounds(len(ts), c, ts.left, ts.right, [_us(x) for x in c.values])
-                elif c.col in texts:
-                    col = texts[c.col]
-                    b = self._bounds(len(col), c, lambda x: _bisect(col, x, False), lambda x: _bisect(col, x, True),
-                                     [str(x) for x in c.values])
-                else:
-                    b = None
-                if b is None:
-                    rest.append(c)
-                else:
-                    lo, hi = max(lo, b[0]), min(hi, b[1])
-            if hi <= lo:
-                continue
-            part = part.slice(lo, hi - lo)
-            mask = None
-            for c in rest:
-                if c.col in times:  # only `in` / `neq` are left on a time column
-                    m = pa.array(times[c.col].mask(lo, hi, c))
-                else:
-                    try:
-                        m = self._mask(_contiguous(part.column(c.col)), c)
-                    except NotImplementedError:
-                        return None
-                mask = m if mask is None else pc.and_(mask, m)
-            parts.append(part if mask is None else part.filter(mask))
+            for piece in self.slices.get(t, ()):
+                part = self._filter_piece(piece, query)
+                if part is NotImplemented:
+                    return None
+                if part is not None:
+                    parts.append(self._project(part, columns))
         if not parts:
-            return self.table.schema.empty_table()
-        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+            return self._decoded(self.schema.empty_table().select(columns))
+        return self._decoded(pa.concat_tables(parts) if len(parts) > 1 else parts[0])
+
+    def _filter_piece(self, piece: _Piece, query: Query) -> Any:
+        """Rows of one piece kept by the query's filters (None if none; NotImplemented for SQL)."""
+        times, texts = piece.times, piece.texts
+        lo, hi = 0, piece.table.num_rows
+        rest = []
+        for c in query.where:
+            if c.col == "type":
+                continue
+            if c.col in times:
+                ts = times[c.col]
+                b = self._bounds(len(ts), c, ts.left, ts.right, [_us(x) for x in c.values])
+            elif c.col in texts:
+                col = texts[c.col]
+                b = self._bounds(len(col), c, lambda x: _bisect(col, x, False), lambda x: _bisect(col, x, True),
+                                 [str(x) for x in c.values])
+            else:
+                b = None
+            if b is None:
+                rest.append(c)
+            else:
+                lo, hi = max(lo, b[0]), min(hi, b[1])
+        if hi <= lo:
+            return None
+        part = piece.table.slice(lo, hi - lo)
+        mask = None
+        for c in rest:
+            if c.col in times:  # only `in` / `neq` are left on a time column
+                m = pa.array(times[c.col].mask(lo, hi, c))
+            else:
+                try:
+                    m = self._mask(_contiguous(part.column(c.col)), c)
+                except NotImplementedError:
+                    return NotImplemented
+            mask = m if mask is None else pc.and_(mask, m)
+        return part if mask is None else part.filter(mask)
+
+    def _project(self, part: pa.Table, columns: list[str]) -> pa.Table:
+        """`columns` of `part`; a price column its type's file leaves out is all NULL there."""
+        names = set(part.schema.names)
+        if all(c in names for c in columns):
+            return part.select(columns)
+        arrays = [part.column(c) if c in names else pa.nulls(part.num_rows, self.schema.field(c).type) for c in columns]
+        return pa.table(arrays, schema=pa.schema([self.schema.field(c) for c in columns]))
+
+    @staticmethod
+    def _decoded(table: pa.Table) -> pa.Table:
+        for i, field in enumerate(table.schema):
+            if pa.types.is_dictionary(field.type):
+                table = table.set_column(i, field.name, pc.cast(table.column(i), field.type.value_type))
+        return table
 
     # ---- aggregation -------------------------------------------------------------------------
-    @staticmethod
-    def _needs(func: str, col: str) -> list[tuple[str, str]]:
-        """The (view column, Arrow aggregation) pairs an aggregate re-aggregates from."""
-        if col == "*" or (func == "COUNT" and col in NOT_NULL_IN_LAKE):
-            return [("cnt", "sum")]
-        if col in MEASURE_COLUMNS:
-            return {"COUNT": [(f"nn_{col}", "sum")], "SUM": [(f"sum_{col}", "sum")],
-                    "AVG": [(f"sum_{col}", "sum"), (f"nn_{col}", "sum")],
-                    "MIN": [(f"min_{col}", "min")], "MAX": [(f"max_{col}", "max")]}[func]
-        return [(col, func.lower())]  # MIN/MAX of a view dimension
+    def _needs(self, func: str, col: str) -> list[tuple[str, str]]:
+        """The (view column, Arrow aggregation) pairs an aggregate re-aggregates from (the rules of
+        `query.aggregates`; the router sends only aggregates the view covers)."""
+        return partial_columns(func, col, self.view)
 
     def _one_row_per_group(self, query: Query) -> bool:
         """Whether the query's groups are the view's own rows, so re-aggregating is the identity:
@@ -257,13 +332,19 @@ class ArrowView:
             key.add("type")
         return key <= set(query.group_by)
 
+    def _price_sum(self, column: str, values: Any) -> Any:
+        """Summed partial sums as DOUBLE (a scaled int64 sum divided back by 10^PRICE_SCALE)."""
+        doubles = pc.cast(values, pa.float64())
+        return pc.divide(doubles, float(10 ** PRICE_SCALE)) if column in self.scaled else doubles
+
     def answer(self, query: Query) -> pa.Table | None:
         """The answer, or None when this shape is left to SQL."""
-        rows = self._filtered(query)
-        if rows is None:
-            return None
         aggs = query.aggregates
         needed = sorted({pair for a in aggs for pair in self._needs(a.func, a.col)})
+        columns = list(dict.fromkeys([*query.group_by, *(c for c, _ in needed)]))
+        rows = self._filtered(query, columns)
+        if rows is None:
+            return None
         if query.group_by and self._one_row_per_group(query):
             grouped = rows  # keys are unique in a view: each row is a group, its measures the group's
             got = {pair: rows.column(pair[0]) for pair in needed}
@@ -287,10 +368,10 @@ class ArrowView:
             if item.func == "COUNT":
                 out[item.name] = pc.cast(pc.fill_null(first, 0), pa.int64())
             elif item.func == "SUM":
-                out[item.name] = pc.cast(first, pa.float64())
+                out[item.name] = self._price_sum(pairs[0][0], first)
             elif item.func == "AVG":
                 nn = pc.cast(got[pairs[1]], pa.float64())
-                out[item.name] = pc.divide(pc.cast(first, pa.float64()), pc.if_else(pc.equal(nn, 0), None, nn))
+                out[item.name] = pc.divide(self._price_sum(pairs[0][0], first), pc.if_else(pc.equal(nn, 0), None, nn))
             else:
                 out[item.name] = first
         table = pa.table(out)

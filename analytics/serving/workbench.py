@@ -1,10 +1,13 @@
 """`Workbench`: the Python face of the product, what notebooks and the CLI call.
 
 Owns the warm serving state over one lake: a DuckDB database holding the `events` view over
-the lake's committed files, a second, single-threaded one holding each view's current version
-as an in-memory table (loaded on first use: a view answer is a small scan that gains nothing
-from parallel workers and loses to their scheduling on a busy machine), one cursor per thread
-on each, the health of every view, and the plan of each query seen (a repeated query is not
+the lake's committed files, each view's current version opened on first use by memory-mapping
+its serving copy (`views.serving_copy`: opening reads no data page, a query touches only the
+pages of the rows it keeps, so a cold process pays for what it reads, not for whole views), a
+second, single-threaded DuckDB database where a view's Parquet file becomes a SQL table for the
+shapes the fast path leaves to SQL (a view answer is a small scan that gains nothing from
+parallel workers), one cursor per thread on each, the health of every view, and the plan of
+each query seen (a repeated query is not
 routed again while nothing changed). Each query stats the lake manifest and the view registry
 (no file is opened) and reloads state, forgetting the plans, when either changed, so a
 `prepare` or `build` by another process is picked up at once. Must stay a shell: validation
@@ -22,13 +25,15 @@ import pyarrow as pa
 
 from analytics.core import db
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
+from analytics.core.sql import sql_string
 from analytics.lake.manifest import MANIFEST, Lake
 from analytics.query.compiler import ident
 from analytics.query.model import Query, parse_query
-from analytics.serving.fastpath import ArrowView, contiguous_table
+from analytics.serving.fastpath import ArrowView
 from analytics.serving.router import LAKE, Plan, Router
 from analytics.views.catalog import VIEWS
 from analytics.views.registry import load_registry, registry_path, staleness
+from analytics.views.serving_copy import ServingError, open_serving_copy
 
 # Plans remembered per workbench; past this many distinct queries the memo starts afresh.
 PLAN_MEMO_SIZE = 4096
@@ -60,7 +65,9 @@ class Workbench:
         self._local = threading.local()
         self._lock = threading.RLock()
         self._stamp: tuple[int | None, int | None] | None = None
-        self._ready_tables: set[str] = set()
+        self._ready_tables: set[str] = set()  # versions opened for the fast path
+        self._sql_tables: set[str] = set()  # versions made SQL tables (over their Parquet)
+        self._open_locks: dict[str, threading.Lock] = {}  # table name -> lock held while opening it
         self._load_errors: dict[str, str] = {}  # table name -> why it could not be loaded
         self._arrow: dict[str, ArrowView] = {}  # table name -> the view's fast path
         self._plans: dict[tuple[Query, bool], Plan] = {}
@@ -98,35 +105,61 @@ class Workbench:
         return {n: self.table_name(n) for n in self.registry if n in VIEWS}
 
     def _ensure_loaded(self, name: str) -> bool:
-        """Load the view's current version into memory once; on failure mark it unhealthy."""
+        """Open the view's current version once (memory-map its serving copy; no data page is read);
+        on failure mark it unhealthy. Each version has its own lock, so opening one view never
+        waits for another, and nothing is held while a query reads a view."""
         table = self.table_name(name)
         if table in self._ready_tables:
             return True
+        if table in self._load_errors:
+            return False
         with self._lock:
+            lock = self._open_locks.setdefault(table, threading.Lock())
+            entry = self.registry[name]
+        with lock:
             if table in self._ready_tables:
                 return True
-            entry = self.registry[name]
-            path = str(self.root / entry["file"]).replace("'", "''")
             try:
-                con = self._views_con
-                arrow = contiguous_table(con.sql(f"SELECT * FROM read_parquet('{path}')").to_arrow_table())
-                con.register(table, arrow)  # zero-copy: SQL over the same memory as the fast path
-                schema = [[r[0], r[1]] for r in con.execute(f"DESCRIBE {ident(table)}").fetchall()]
-                if schema != entry["columns"]:
-                    con.unregister(table)
-                    raise ValueError(f"schema differs from the registry: {schema} vs {entry['columns']}")
-                self._arrow[table] = ArrowView(VIEWS[name], arrow)
-            except (duckdb.Error, ValueError) as exc:
+                pieces, schema = open_serving_copy((self.root / entry["file"]).parent, entry)
+                view = ArrowView(VIEWS[name], pieces, schema, scaled=entry["serving"]["scaled"])
+            except ServingError as exc:
+                with self._lock:
+                    self._load_errors[table] = f"serving copy unusable: {str(exc).splitlines()[0]}"
+                    self.health[name] = self._load_errors[table]
+                    self._plans = {}  # plans made while it looked healthy may route to it
+                return False
+            with self._lock:
+                for old in [t for t in self._ready_tables if t.startswith(f"{name}__v")]:
+                    self._arrow.pop(old, None)
+                    self._ready_tables.discard(old)
+                    self._sql_tables.discard(old)
+                self._arrow[table] = view
+                self._ready_tables.add(table)
+            return True
+
+    def _ensure_sql(self, name: str, cur: duckdb.DuckDBPyConnection) -> bool:
+        """Make the view's current version a SQL table (over its Parquet file, whose zone maps prune
+        by type and time) for the query shapes the fast path leaves to SQL; checked against the
+        registry's schema on first use."""
+        table = self.table_name(name)
+        if table in self._sql_tables:
+            return True
+        entry = self.registry[name]
+        try:
+            cur.execute(f"CREATE OR REPLACE VIEW {ident(table)} AS SELECT * FROM read_parquet("
+                        f"{sql_string(self.root / entry['file'])})")
+            schema = [[r[0], r[1]] for r in cur.execute(f"DESCRIBE {ident(table)}").fetchall()]
+            if schema != entry["columns"]:
+                raise ValueError(f"schema differs from the registry: {schema} vs {entry['columns']}")
+        except (duckdb.Error, ValueError) as exc:
+            with self._lock:
                 self._load_errors[table] = f"unreadable: {str(exc).splitlines()[0]}"
                 self.health[name] = self._load_errors[table]
-                self._plans = {}  # plans made while it looked healthy may route to it
-                return False
-            for old in [t for t in self._ready_tables if t.startswith(f"{name}__v")]:
-                self._views_con.unregister(old)
-                self._arrow.pop(old, None)
-                self._ready_tables.discard(old)
-            self._ready_tables.add(table)
-            return True
+                self._plans = {}
+            return False
+        with self._lock:
+            self._sql_tables.add(table)
+        return True
 
     def warm(self) -> dict[str, str | None]:
         """Load every healthy view now instead of on first use; returns the health of each."""
@@ -188,9 +221,8 @@ class Workbench:
                     return table, plan
             cur = self.cursor(plan.route == LAKE)
             try:
-                if view is not None:
-                    # Arrow registrations are per connection: make this version visible to this cursor
-                    cur.register(self.table_name(plan.route), view.table)
+                if view is not None and not self._ensure_sql(plan.route, cur):
+                    continue  # now marked unhealthy: plan again
                 return db.fetch_arrow(cur, plan.sql, plan.params), plan
             except duckdb.CatalogException:
                 if plan.route == LAKE:

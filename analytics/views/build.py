@@ -2,13 +2,16 @@
 
 Owns `build` and `LAKE/views/_registry.json`. A view is aggregated by DuckDB (or by Spark, see
 `analytics.engines`) into a hidden staging file, checked (schema, and totals per type and day
-reconciled with the lake), then promoted by an atomic rename to a new versioned file, and only
-then recorded in the registry:
+reconciled with the lake), then promoted by an atomic rename to a new versioned file, then its
+serving copy written (`serving_copy`: memory-mappable Arrow files), and only then recorded in
+the registry with its rollup (lake rows per view row):
 a reader never sees a half-built view, and a build killed at any point leaves the previous
 version in force; the next build sweeps its leftovers. One file lock per view means two
 builds of the same view never both write; different views build in parallel, one DuckDB
-connection per thread. After `prepare` only appended parts, a view is refreshed by merging
-the aggregate of the new parts into the old version instead of rescanning the lake.
+connection per thread, each aggregating one event type at a time (bounded pieces appended to
+one file, in type-then-time order without a global sort). After `prepare` only appended parts,
+a view is refreshed by merging the aggregate of the new parts into the old version instead of
+rescanning the lake.
 Must not decide routes or answer queries.
 """
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any, Callable, Iterable, Protocol
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
@@ -40,6 +45,10 @@ from analytics.views.registry import (
     load_registry,
     update_registry,
 )
+from analytics.views.serving_copy import SUFFIX as SERVING_SUFFIX
+from analytics.views.serving_copy import ServingError, scaled_sums, serving_files, write_serving_copy
+
+ROW_GROUP_ROWS = 122_880  # DuckDB's row group size: zone maps per group of this many rows
 
 
 class Aggregator(Protocol):
@@ -67,17 +76,32 @@ class DuckDBAggregator:
 
     def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, base: Path | None = None,
                        segments: set[str] | None = None) -> None:
-        if base is not None:
-            fresh = view.aggregate_sql(lake.relation_sql(segments=segments))
-            source = f"(SELECT * FROM read_parquet({sql_string(base)}) UNION ALL BY NAME {fresh})"
-            select = view.reaggregate_sql(source)
-        else:
-            select = view.aggregate_sql(lake.relation_sql(segments=segments))
         con = db.connect(memory_limit=self.memory_limit)
         try:
             con.execute("SET preserve_insertion_order = true")
-            con.execute(f"COPY ({select} ORDER BY {', '.join(view.sort_columns)}) TO {sql_string(out)} "
-                        "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)")
+            con.execute("SET enable_progress_bar = false")  # streamed results would draw one per type
+            # One type at a time, appended to one file: each piece's hash table and sort hold one
+            # type only, and the pieces in type order are the file's type-then-time order.
+            writer = None
+            try:
+                for t in sorted(view.types):
+                    where = f"type = {sql_string(t)}"
+                    fresh = view.aggregate_sql(lake.relation_sql(segments=segments), where=where)
+                    if base is not None:
+                        old = f"SELECT * FROM read_parquet({sql_string(base)}) WHERE {where}"
+                        select = view.reaggregate_sql(f"({old} UNION ALL BY NAME {fresh})")
+                    else:
+                        select = fresh
+                    reader = con.sql(f"{select} ORDER BY {', '.join(view.sort_columns[1:])}"
+                                     ).to_arrow_reader(ROW_GROUP_ROWS)
+                    if writer is None:
+                        writer = pq.ParquetWriter(out, reader.schema, compression="zstd")
+                    for batch in reader:
+                        if batch.num_rows:
+                            writer.write_batch(batch, row_group_size=ROW_GROUP_ROWS)
+            finally:
+                if writer is not None:
+                    writer.close()
         finally:
             con.close()
 
@@ -142,10 +166,23 @@ def _sweep_view_dir(vdir: Path, keep: Iterable[str]) -> None:
     keep = set(keep)
     for f in vdir.glob(".staging-*"):
         f.unlink(missing_ok=True)
-    versions = sorted((f for f in vdir.glob("v*.parquet")), key=lambda f: f.stat().st_mtime)
-    for f in versions[:-2]:  # the previous version stays for readers that still hold it
-        if f.name not in keep:
+    files = [f for f in vdir.glob("v*") if f.suffix in (".parquet", SERVING_SUFFIX)]
+    versions = sorted({_version(f) for f in files})
+    for f in files:
+        # the previous version stays for readers that still hold it
+        if _version(f) not in versions[-2:] and f.name not in keep:
             f.unlink(missing_ok=True)
+
+
+def _version(f: Path) -> int:
+    """The version of a view file: `v12.parquet`, `v12.click.arrow` -> 12."""
+    head = f.name.split(".", 1)[0][1:]
+    return int(head) if head.isdigit() else 0
+
+
+def _files(entry: dict[str, Any]) -> list[str]:
+    """The file names of a registered version: its Parquet and its serving copy."""
+    return [Path(entry["file"]).name] + (serving_files(entry["serving"]) if entry.get("serving") else [])
 
 
 def _sweep_idle(vdir: Path, entry: dict[str, Any]) -> None:
@@ -153,7 +190,7 @@ def _sweep_idle(vdir: Path, entry: dict[str, Any]) -> None:
     lock = FileLock(str(vdir / ".lock"))
     try:
         with lock.acquire(timeout=0):
-            _sweep_view_dir(vdir, keep=[Path(entry["file"]).name])
+            _sweep_view_dir(vdir, keep=_files(entry))
     except Timeout:
         pass
 
@@ -172,7 +209,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
         entry = load_registry(root)["views"].get(view.name)
         current = entry is not None and (root / entry["file"]).is_file()
         same_def = current and entry["definition"] == view.definition_hash()
-        _sweep_view_dir(vdir, keep=[Path(entry["file"]).name] if current else [])
+        _sweep_view_dir(vdir, keep=_files(entry) if current else [])
         if is_current(view, lake, entry) and not force:
             if bar:
                 bar.update(bar.total - bar.n)
@@ -185,6 +222,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
         final = vdir / f"v{version}.parquet"
         engine = engine or DuckDBAggregator(memory_limit)
         con = db.connect(memory_limit=memory_limit)
+        con.execute("SET enable_progress_bar = false")
         try:
             if bar:
                 bar.set_postfix_str("aggregate")
@@ -211,6 +249,11 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
                 bar.update(1)
                 bar.set_postfix_str("promote")
             os.replace(staging, final)  # atomic: the new version appears whole or not at all
+            if bar:
+                bar.set_postfix_str("serving copy")
+            serving = write_serving_copy(con, view, final, final.with_suffix(""), rows_by_type, scaled_sums(totals()))
+            lake_rows = pc.sum(pc.filter(totals().column("cnt"),
+                                         pc.is_in(totals().column("type"), pa.array(view.types)))).as_py() or 0
             crash_point("build:after-rename-before-registry")
         except BaseException:
             staging.unlink(missing_ok=True)
@@ -226,6 +269,9 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             "lake_version": lake.version, "segments": sorted(lake.segment_ids),
             "definition": view.definition_hash(), "mode": "incremental" if incremental else "full",
             "grain": view.grain, "dims": list(view.group_columns),
+            "serving": serving,  # its files beside the Parquet version
+            # lake rows per view row: how much a query served from the view saves over the lake
+            "rollup": round(lake_rows / max(1, sum(rows_by_type.values())), 2),
         }
         update_registry(root, view.name, new_entry)
         crash_point("build:after-registry")
@@ -276,7 +322,7 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
             try:
                 res = build_view(VIEWS[name], lake, totals, force=force, memory_limit=memory_limit, bar=bar,
                                  engine=engine)
-            except (BuildError, duckdb.Error, OSError, *engine.errors) as exc:
+            except (BuildError, ServingError, duckdb.Error, OSError, *engine.errors) as exc:
                 with lock:
                     failures[name] = str(exc).splitlines()[0]
                 return

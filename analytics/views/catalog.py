@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Optional
 
-from analytics.query.schema import EVENT_TYPES, LAKE_TYPES, NOT_NULL_IN_LAKE, PRICE_SCALE
+from analytics.query.aggregates import COMBINE, combine_sql, merge_sql, partials
+from analytics.query.schema import EVENT_TYPES, LAKE_TYPES, PRICE_SCALE
 
 MEASURE_COLUMNS: tuple[str, ...] = ("bid_price", "total_price")
 TIME_GRAINS: tuple[str, ...] = ("minute", "hour", "day", "all")
@@ -84,10 +84,10 @@ class ViewDef:
 
     def reaggregate_sql(self, source: str) -> str:
         """Merge rows of this view's shape (e.g. old view + new data) into one row per key."""
-        items = list(self.group_columns) + ["sum(cnt)::BIGINT AS cnt"]
+        items = list(self.group_columns) + [f"{merge_sql('cnt', 'cnt')} AS cnt"]
         for m in MEASURE_COLUMNS:
-            items += [f"sum(nn_{m})::BIGINT AS nn_{m}", f"sum(sum_{m})::{SUM_TYPE} AS sum_{m}",
-                      f"min(min_{m}) AS min_{m}", f"max(max_{m}) AS max_{m}"]
+            items += [f"{merge_sql('nn', f'nn_{m}')} AS nn_{m}", f"{merge_sql('sum', f'sum_{m}')}::{SUM_TYPE} AS sum_{m}",
+                      f"{merge_sql('min', f'min_{m}')} AS min_{m}", f"{merge_sql('max', f'max_{m}')} AS max_{m}"]
         return f"SELECT {', '.join(items)} FROM {source} GROUP BY {', '.join(self.group_columns)}"
 
     @property
@@ -122,19 +122,21 @@ CATALOG: tuple[ViewDef, ...] = (
 VIEWS: dict[str, ViewDef] = {v.name: v for v in CATALOG}
 
 
-def measure_expr(func: str, col: str, view: ViewDef) -> Optional[str]:
+def measure_expr(func: str, col: str, view: ViewDef) -> str | None:
     """SQL over the view's columns for aggregate `func(col)`, or None if the view cannot answer it."""
-    if col == "*" or (func == "COUNT" and col in NOT_NULL_IN_LAKE):
-        return "COALESCE(sum(cnt), 0)::BIGINT" if func == "COUNT" else None
+    cols = partial_columns(func, col, view)
+    return None if cols is None else combine_sql(func, [c for c, _ in cols])
+
+
+def partial_columns(func: str, col: str, view: ViewDef) -> list[tuple[str, str]] | None:
+    """The (view column, how it combines over rows) pairs `func(col)` derives from, in the order
+    `aggregates.combine_sql` takes them, or None if the view holds no partials for it."""
+    kinds = partials(func, col)
+    if kinds == ("cnt",):
+        return [("cnt", COMBINE["cnt"])]
     if col in MEASURE_COLUMNS:
-        return {
-            "COUNT": f"COALESCE(sum(nn_{col}), 0)::BIGINT",
-            "SUM": f"CAST(sum(sum_{col}) AS DOUBLE)",
-            "AVG": f"CAST(sum(sum_{col}) AS DOUBLE) / NULLIF(sum(nn_{col}), 0)",
-            "MIN": f"min(min_{col})",
-            "MAX": f"max(max_{col})",
-        }[func]
+        return [(f"{k}_{col}", COMBINE[k]) for k in kinds]
     if func in ("MIN", "MAX") and col in view.group_columns:
-        return f"{func.lower()}({col})"
+        return [(col, func.lower())]  # MIN/MAX of a dimension: the dimension's own values
     return None
 

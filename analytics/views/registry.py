@@ -2,7 +2,7 @@
 
 Owns the registry's location, reading it, recording a promoted version in it (atomically), and
 `staleness`: why a view's registered version must not answer for the lake as it is now (not
-built, built from another definition or lake version, file gone), or None. The workbench, the
+built, built from another definition or lake version, its Parquet or serving copy gone), or None. The workbench, the
 build and the guardrails all ask this one function. Must not build or load views.
 """
 from __future__ import annotations
@@ -54,6 +54,12 @@ def staleness(view: ViewDef, lake: Lake, entry: dict[str, Any] | None) -> str | 
         return f"built from lake version {entry['lake_version']}, lake is now {lake.version}"
     if not (lake.root / entry["file"]).is_file():
         return f"file missing: {entry['file']}"
+    if not entry.get("serving"):
+        return "no serving copy (built before serving copies)"
+    vdir = (lake.root / entry["file"]).parent
+    for rec in entry["serving"]["types"].values():
+        if not (vdir / rec["file"]).is_file():
+            return f"file missing: {rec['file']}"
     return None
 
 

@@ -1,0 +1,199 @@
+"""The serving copy of a view version: uncompressed Arrow IPC files that readers memory-map.
+
+Owns writing it from the promoted Parquet version: one file per event type (found from the
+registry without a scan), its rows as record batches in time order, in a compact exact encoding:
+price sums as int64 scaled by 10^PRICE_SCALE where the bound below holds, `type` and `country`
+as int8 dictionary codes, and only the prices the type holds (bid_price on impressions,
+total_price on purchases in this data: the other types' four columns of a price are all NULL).
+Each file is written to a temp name, fsynced, renamed atomically: a file, once named, is never
+changed, so a reader's mapping stays valid while a newer version is promoted. Owns opening it too: memory map, check it against its
+registry entry (size, schema, rows per type), and hand out each type's batches as zero-copy
+tables; pages no query touches are never read. Must not build the Parquet version, update the
+registry, or answer queries.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+from analytics.core.sql import sql_string
+from analytics.query.schema import EVENT_TYPES, PRICE_SCALE
+from analytics.views.catalog import MEASURE_COLUMNS, ViewDef
+
+SUFFIX = ".arrow"
+BATCH_ROWS = 1 << 20  # a type is written in batches of at most this many rows: the build holds one
+SCALE = 10 ** PRICE_SCALE
+# A price sum is stored as int64 `sum * 10^4` when the lake's total of that price, times 10^4,
+# is below 2^63 (the build checks it per version). Prices are never negative (prepare quarantines
+# them), so no group's sum, nor any re-aggregation of groups, exceeds that total: every value and
+# every sum of values fits. 2^63 / 10^4 ~ 9.2e14 price units: at the largest supported scale
+# (245M rows) this holds while the mean price stays below ~3.7M; past it the column stays DECIMAL.
+INT64_MAX = 2**63 - 1
+DICTIONARY_COLUMNS = ("type", "country")
+_CODES = pa.int8()
+
+
+class ServingError(ValueError):
+    """A serving copy that cannot be used: missing, truncated, or not what its registry entry says."""
+
+
+def scaled_sums(lake_totals: pa.Table) -> list[str]:
+    """The sum columns that may be stored as scaled int64 for a lake with these totals."""
+    out = []
+    for m in MEASURE_COLUMNS:
+        total = lake_totals.column(f"sum_{m}").to_pylist()
+        if sum(v for v in total if v is not None) * SCALE <= INT64_MAX:
+            out.append(f"sum_{m}")
+    return out
+
+
+def _encode(batch: pa.RecordBatch, dictionaries: Mapping[str, pa.Array]) -> pa.RecordBatch:
+    cols = []
+    for name, col in zip(batch.schema.names, batch.columns):
+        if name in dictionaries:
+            codes = pc.index_in(col, value_set=dictionaries[name]).cast(_CODES)
+            col = pa.DictionaryArray.from_arrays(codes, dictionaries[name])
+        cols.append(col)
+    return pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
+
+
+def _rebatch(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.RecordBatch]:
+    """The reader's rows as batches of `rows` rows (the last one shorter): few, large batches keep
+    a type's binary searches to a few pieces (DuckDB hands out one Parquet row group at a time)."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for batch in reader:
+        held.append(batch)
+        count += batch.num_rows
+        while count >= rows:
+            table = pa.Table.from_batches(held)
+            yield table.slice(0, rows).combine_chunks().to_batches()[0]
+            held = table.slice(rows).to_batches()
+            count -= rows
+    if count:
+        yield pa.Table.from_batches(held).combine_chunks().to_batches()[0]
+
+
+def _absent_measures(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, list[str]]:
+    """Per type, the prices it never holds (no non-NULL value in any group): their four columns are
+    all NULL (0 for the count) in that type, so its file leaves them out."""
+    sums = ", ".join(f"sum(nn_{m})" for m in MEASURE_COLUMNS)
+    out = {}
+    for t, *nn in con.execute(f"SELECT type, {sums} FROM {source} GROUP BY type").fetchall():
+        out[t] = [m for m, n in zip(MEASURE_COLUMNS, nn) if not n]
+    return out
+
+
+def _in_order(keys: pa.Array, last: pa.Scalar | None) -> bool:
+    """Whether `keys` ascend and start at or after `last` (the previous batch's last key)."""
+    if last is not None and pc.less(keys[0], last).as_py():
+        return False
+    return len(keys) < 2 or bool(pc.all(pc.less_equal(keys[:-1], keys[1:])).as_py())
+
+
+def write_serving_copy(con: duckdb.DuckDBPyConnection, view: ViewDef, parquet: Path, prefix: Path,
+                       rows_by_type: Mapping[str, int], scaled: list[str]) -> dict[str, Any]:
+    """Write the serving copy of the Parquet version `parquet`, one file `{prefix}.{type}.arrow` per
+    event type with rows; returns its registry record: the scaled sums, the full schema (IPC bytes,
+    base64), total bytes, and per type its file, bytes, batches and the measure columns it leaves out."""
+    source = f"read_parquet({sql_string(parquet)})"
+    dictionaries = {"type": pa.array(sorted(set(EVENT_TYPES) | set(rows_by_type)), pa.string())}
+    if "country" in view.group_columns:
+        countries = [r[0] for r in con.execute(f"SELECT DISTINCT country FROM {source} ORDER BY 1").fetchall()]
+        dictionaries["country"] = pa.array(countries, pa.string())
+    if any(len(d) > 127 for d in dictionaries.values()):
+        raise ServingError(f"{view.name}: more distinct values than int8 codes hold")
+    items = [f"CAST({c} * {SCALE} AS BIGINT) AS {c}" if c in scaled else c for c, _ in view.schema()]
+    select = f"SELECT {', '.join(items)} FROM {source}"
+    full = _encode(pa.RecordBatch.from_pylist([], schema=con.sql(f"{select} LIMIT 0").to_arrow_table().schema),
+                   dictionaries).schema
+    absent = _absent_measures(con, source)
+    sort_key = view.time_columns[0] if view.time_columns else None
+    types: dict[str, dict[str, Any]] = {}
+    written: list[Path] = []
+    try:
+        for t in sorted(t for t, n in rows_by_type.items() if n):
+            dropped = [f"{p}_{m}" for m in absent.get(t, []) for p in ("nn", "sum", "min", "max")]
+            schema = _without(full, dropped)
+            out = prefix.with_name(f"{prefix.name}.{t}{SUFFIX}")
+            tmp = out.with_name(f".staging-{uuid.uuid4().hex}{SUFFIX}")
+            written.append(tmp)
+            batches, last = 0, None
+            keep = ", ".join(f.name for f in schema)
+            # the Parquet version is sorted by type then time: read in file order, a batch at a time
+            reader = con.sql(f"SELECT {keep} FROM ({select}) WHERE type = ?", params=[t]).to_arrow_reader(BATCH_ROWS)
+            with open(tmp, "wb") as sink:
+                with ipc.new_file(sink, schema) as writer:
+                    for batch in _rebatch(reader, BATCH_ROWS):
+                        if sort_key is not None:
+                            keys = batch.column(sort_key)
+                            if not _in_order(keys, last):
+                                raise ServingError(f"{view.name}: {parquet.name} is not sorted by type then {sort_key}")
+                            last = keys[-1]
+                        writer.write_batch(_encode(batch, dictionaries))
+                        batches += 1
+                sink.flush()
+                os.fsync(sink.fileno())
+            os.replace(tmp, out)  # a new name: a file once named is never rewritten
+            types[t] = {"file": out.name, "bytes": out.stat().st_size, "batches": batches, "dropped": dropped}
+    except BaseException:
+        for tmp in written:
+            tmp.unlink(missing_ok=True)
+        raise
+    return {"scaled": list(scaled), "schema": base64.b64encode(full.serialize().to_pybytes()).decode(),
+            "bytes": sum(r["bytes"] for r in types.values()), "types": types}
+
+
+def _without(schema: pa.Schema, names: list[str]) -> pa.Schema:
+    return pa.schema([f for f in schema if f.name not in names])
+
+
+def serving_files(record: Mapping[str, Any]) -> list[str]:
+    """The file names of a serving copy's record."""
+    return [r["file"] for r in record["types"].values()]
+
+
+def open_serving_copy(vdir: Path, entry: Mapping[str, Any]) -> tuple[dict[str, list[pa.Table]], pa.Schema]:
+    """Memory-map the serving copy of registry `entry` (files in `vdir`), checked against the entry:
+    each type's batches as single-chunk tables (no data page read yet), and the full schema."""
+    record = entry.get("serving")
+    if not record:
+        raise ServingError("no serving copy recorded (built before serving copies): rebuild the view")
+    expected_types = {t for t, n in entry["rows_by_type"].items() if n}
+    if set(record["types"]) != expected_types:
+        raise ServingError(f"serving copy holds types {sorted(record['types'])}, the view {sorted(expected_types)}")
+    pieces: dict[str, list[pa.Table]] = {}
+    try:
+        full = ipc.read_schema(pa.py_buffer(base64.b64decode(record["schema"])))
+        for t, rec in record["types"].items():
+            path = vdir / rec["file"]
+            size = path.stat().st_size
+            if size != rec["bytes"]:
+                raise ServingError(f"{rec['file']} is {size} bytes, the registry says {rec['bytes']}")
+            reader = ipc.open_file(pa.memory_map(str(path), "r"))
+            if not reader.schema.equals(_without(full, rec["dropped"])):
+                raise ServingError(f"{rec['file']}: schema differs from the registry: {reader.schema} vs "
+                                   f"{_without(full, rec['dropped'])}")
+            if reader.num_record_batches != rec["batches"]:
+                raise ServingError(f"{rec['file']}: {reader.num_record_batches} batches, "
+                                   f"the registry says {rec['batches']}")
+            batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+            for b in batches:
+                b.validate()  # buffer sizes agree with the lengths: no read past the mapping
+            rows = sum(b.num_rows for b in batches)
+            if rows != entry["rows_by_type"][t]:
+                raise ServingError(f"{rec['file']}: {rows} rows, the registry says {entry['rows_by_type'][t]}")
+            pieces[t] = [pa.Table.from_batches([b]) for b in batches]
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        if isinstance(exc, ServingError):
+            raise
+        raise ServingError(str(exc).splitlines()[0]) from exc
+    return pieces, full
