@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from analytics import __version__
 from analytics.core import args as argtypes
+from analytics.core.files import write_atomic
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -48,8 +49,7 @@ def _open_lake(path: str) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def _out_dir(path: str, flag: str = "--out") -> None:
@@ -198,8 +198,6 @@ def _run_on_engine(args: argparse.Namespace, wb: Any, queries: list[Any]) -> int
 
 def _write_json(path: str, data: dict[str, Any], label: str) -> None:
     """Write a command's `--json` file atomically and say where it is."""
-    from analytics.core.files import write_atomic
-
     try:
         write_atomic(path, json.dumps(data, indent=1, default=str))
     except OSError as exc:
@@ -304,6 +302,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _report(args: argparse.Namespace, report: dict[str, Any], text: str, ok: bool) -> int:
+    """Print a report, write it as JSON when asked; exit 0 when it holds, 1 when it does not."""
+    print(text)
+    if args.json:
+        _write_json(args.json, report, "report")
+    return 0 if ok else 1
+
+
 def cmd_remediation(args: argparse.Namespace) -> int:
     from analytics.checks.remediation import format_report, remediation_report
 
@@ -312,10 +318,7 @@ def cmd_remediation(args: argparse.Namespace) -> int:
         report = remediation_report(args.lake, samples=args.samples)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    print(format_report(report))
-    if args.json:
-        _write_json(args.json, report, "report")
-    return 0 if report["ok"] else 1
+    return _report(args, report, format_report(report), report["ok"])
 
 
 def cmd_guardrails(args: argparse.Namespace) -> int:
@@ -326,10 +329,7 @@ def cmd_guardrails(args: argparse.Namespace) -> int:
         report = run_guardrails(args.lake, args.raw, args.only, memory_limit=args.memory_limit)
     except GuardrailError as exc:
         raise CliError(str(exc)) from None
-    print(format_table(report))
-    if args.json:
-        _write_json(args.json, report, "report")
-    return 1 if report["failed"] else 0
+    return _report(args, report, format_table(report), not report["failed"])
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:

@@ -97,6 +97,13 @@ DIRTY_KINDS: tuple[str, ...] = (
     "wrong_field_count",
 )
 
+# the kinds that set one field of the line: (field index, new text)
+_BLANKED: dict[str, tuple[int, bytes]] = {
+    "ts_missing": (0, b""), "ts_unparseable": (0, b"abc"), "type_invalid": (1, b"bogus"),
+    "auction_id_missing": (2, b""), "advertiser_id_missing": (3, b""), "publisher_id_missing": (4, b""),
+    "country_missing": (8, b""),
+}
+
 _HEADER = (",".join(RAW_HEADER) + "\n").encode()
 _WRITE_OPTIONS = pa_csv.WriteOptions(include_header=False, quoting_style="none", batch_size=8192)
 _TYPE_DICT = pa.array(EVENT_TYPES)
@@ -402,20 +409,9 @@ def _spoil(data: pa.Buffer, rows_at: np.ndarray, ordinal0: int) -> bytes:
         fields = bytes(view[start:end]).split(b",")
         ordinal = ordinal0 + i
         kind = DIRTY_KINDS[ordinal % len(DIRTY_KINDS)]
-        if kind == "ts_missing":
-            fields[0] = b""
-        elif kind == "ts_unparseable":
-            fields[0] = b"abc"
-        elif kind == "type_invalid":
-            fields[1] = b"bogus"
-        elif kind == "auction_id_missing":
-            fields[2] = b""
-        elif kind == "advertiser_id_missing":
-            fields[3] = b""
-        elif kind == "publisher_id_missing":
-            fields[4] = b""
-        elif kind == "country_missing":
-            fields[8] = b""
+        if kind in _BLANKED:
+            field, value = _BLANKED[kind]
+            fields[field] = value
         elif kind == "bid_price_negative":
             fields[1], fields[7] = b"impression", b""
             fields[5] = b"-" + (fields[5] or b"1.0000")
