@@ -235,12 +235,11 @@ class ArrowView:
                 wanted = pa.array([codes[v] for v in map(str, vals) if v in codes], type=column.indices.type)
                 kept = pc.is_in(column.indices, value_set=wanted)
                 return pc.invert(kept) if cond.op == "neq" else kept
-        if pa.types.is_integer(column.type) or pa.types.is_string(column.type):
-            scalars = [pa.scalar(v, type=column.type) for v in vals]
-        else:
+        if not (pa.types.is_integer(column.type) or pa.types.is_string(column.type)):
             raise NotImplementedError(column.type)
         if cond.op == "in":
             return pc.is_in(column, value_set=pa.array(vals, type=column.type))
+        scalars = [pa.scalar(v, type=column.type) for v in vals]  # one or two: never an `in` list
         if cond.op == "between":
             return pc.and_(pc.greater_equal(column, scalars[0]), pc.less_equal(column, scalars[1]))
         fn = {"eq": pc.equal, "neq": pc.not_equal, "lt": pc.less, "lte": pc.less_equal,

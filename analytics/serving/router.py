@@ -49,7 +49,7 @@ class Plan:
                 mark = "*" if c.view == self.route else " "
                 lines.append(f" {mark}candidate {c.view}: est. {c.cost:,.0f} rows scanned")
         lines.append(f"sql: {self.sql}")
-        lines.append(f"params: {list(self.params)!r}")
+        lines.append(f"params: {_shown(self.params)}")
         return "\n".join(lines)
 
 
@@ -160,3 +160,8 @@ class Router:
 def _by_name(catalog: tuple[ViewDef, ...], name: str) -> ViewDef:
     return next(v for v in catalog if v.name == name)
 
+
+def _shown(params: Any, most: int = 20) -> str:
+    """Parameters as `explain` prints them: a long `in` list shows its first values and its length."""
+    out = [p if not isinstance(p, list) or len(p) <= most else p[:most] + [f"... {len(p):,} values"] for p in params]
+    return repr(out)
