@@ -268,7 +268,7 @@ def test_guardrails_all_pass_and_the_demonstration_catches_stale_views(runs: Run
         {p: b for p, b in before.items() if "_telemetry" not in p.parts}
 
 
-@pytest.mark.parametrize("fault, unhealthy", [("view_file_truncated", "unreadable"), ("view_file_deleted", "file missing")])
+@pytest.mark.parametrize("fault, unhealthy", [("view_file_truncated", "serving copy unusable"), ("view_file_deleted", "file missing")])
 def test_guardrail_demonstration_faults(runs: Runs, data: dict[str, Any], fault: str, unhealthy: str) -> None:
     clean = data["clean"]
     s = runs.scraps("04_guardrail_validation", lake=clean["lake"], raw=clean["raw"], fault=fault)

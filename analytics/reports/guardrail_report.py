@@ -22,6 +22,7 @@ from analytics.core.files import write_atomic
 from analytics.lake.manifest import MANIFEST
 from analytics.serving.workbench import Workbench
 from analytics.views.registry import load_registry
+from analytics.views.serving_copy import serving_files
 
 FAIL_STYLE = "background:#ffebee;color:#b71c1c;font-weight:bold"
 DEMO_VIEW = "mv_day_type_wide"  # the view a view-file fault damages
@@ -44,10 +45,16 @@ def _view_file(lake: Path) -> Path:
 
 
 def _view_file_truncated(lake: Path) -> str:
+    """The version's Parquet file and its serving copy cut in half: a torn write on the temporary copy."""
     path = _view_file(lake)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])  # the temporary copy's own file: a torn write, on purpose
-    return f"{path.relative_to(lake)}: cut from {len(data):,} to {len(data) // 2:,} bytes"
+    entry = load_registry(lake)["views"][DEMO_VIEW]
+    cut = []
+    serving = serving_files(entry["serving"]) if entry.get("serving") else []
+    for f in [path] + [path.parent / name for name in serving]:
+        data = f.read_bytes()
+        f.write_bytes(data[: len(data) // 2])
+        cut.append(f"{f.relative_to(lake)}: {len(data):,} -> {len(data) // 2:,} bytes")
+    return "cut in half: " + "; ".join(cut)
 
 
 def _view_file_deleted(lake: Path) -> str:
@@ -60,7 +67,7 @@ def _view_file_deleted(lake: Path) -> str:
 FAULTS: dict[str, tuple[str, Callable[[Path], str], str]] = {
     "stale_views": ("the manifest's lake version changes after the views were built (new data committed, "
                     "views not refreshed)", _stale_views, "mv_consistency.current_lake_version"),
-    "view_file_truncated": (f"{DEMO_VIEW}'s Parquet file is cut in half", _view_file_truncated,
+    "view_file_truncated": (f"{DEMO_VIEW}'s Parquet file and its serving copy are cut in half", _view_file_truncated,
                             "mv_consistency.present_readable"),
     "view_file_deleted": (f"{DEMO_VIEW}'s Parquet file disappears", _view_file_deleted,
                           "mv_consistency.present_readable"),
