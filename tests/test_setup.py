@@ -60,7 +60,8 @@ def test_help_is_the_default_goal_and_every_listed_target_exists() -> None:
 
 
 def test_test_runs_pytest_on_two_workers_then_nbval() -> None:
-    commands = _commands(_make("-n", "test"))
+    # -W: as if the lake code changed, so the notebooks' small data set is due whether or not it exists
+    commands = _commands(_make("-n", "test", "-W", "analytics/lake/prepare.py"))
     pytest_run = _index(commands, r"-m pytest -n 2 --dist loadfile\s+tests$")
     nbval_run = _index(commands, r"-m pytest .*--nbval-lax .*notebooks$")
     data = _index(commands, r"-m analytics prepare --raw data/nbval/clean/raw --lake data/nbval/clean/lake")
