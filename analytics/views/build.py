@@ -236,7 +236,8 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             expected = [[c, t] for c, t in view.schema()]
             if schema != expected:
                 raise BuildError(f"{view.name}: built schema {schema} differs from the catalog's {expected}")
-            con.register("lake_totals", totals())
+            lake_totals_table = totals()
+            con.register("lake_totals", lake_totals_table)
             staged = f"read_parquet({sql_string(staging)})"
             bad = reconcile(con, view, staged, "lake_totals")
             if bad:
@@ -251,9 +252,10 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             os.replace(staging, final)  # atomic: the new version appears whole or not at all
             if bar:
                 bar.set_postfix_str("serving copy")
-            serving = write_serving_copy(con, view, final, final.with_suffix(""), rows_by_type, scaled_sums(totals()))
-            lake_rows = pc.sum(pc.filter(totals().column("cnt"),
-                                         pc.is_in(totals().column("type"), pa.array(view.types)))).as_py() or 0
+            serving = write_serving_copy(con, view, final, final.with_suffix(""), rows_by_type,
+                                         scaled_sums(lake_totals_table))
+            lake_rows = pc.sum(pc.filter(lake_totals_table.column("cnt"),
+                                         pc.is_in(lake_totals_table.column("type"), pa.array(view.types)))).as_py() or 0
             crash_point("build:after-rename-before-registry")
         except BaseException:
             staging.unlink(missing_ok=True)
