@@ -13,7 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "analytics"
 # The rooms in data-flow order: a module may import its own room and the rooms before it.
 ROOMS = ("core", "query", "lake", "views", "engines", "serving", "batch", "checks", "bench", "reports")
-TOP = len(ROOMS)  # analytics/__init__.py, __main__.py and cli.py: the shells over everything
+TOP = len(ROOMS)  # analytics/__init__.py, __main__.py and the cli package: the shells over everything
 MAX_LINES = 500
 # one concept that reads best whole (the reason is in each module's docstring)
 LONG_MODULES: set[str] = set()
@@ -98,7 +98,8 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_every_module_sits_in_a_room() -> None:
-    loose = [n for n in graph() if rank(n) == TOP and n not in ("analytics", "analytics.__main__", "analytics.cli")]
+    loose = [n for n in graph() if rank(n) == TOP and n not in ("analytics", "analytics.__main__")
+             and n.split(".")[:2] != ["analytics", "cli"]]
     assert not loose, f"modules outside the rooms {ROOMS}: {loose}"
 
 

@@ -2,7 +2,7 @@
 
 Owns the command line of those helpers: time a command as a phase, print a benchmark JSON's
 summary table (exit 1 on any mismatch), combine benchmark JSONs of several sizes. Must not run
-the benchmark itself: `analytics benchmark` (cli.py) does.
+the benchmark itself: `analytics benchmark` (cli/checks.py) does.
 """
 from __future__ import annotations
 

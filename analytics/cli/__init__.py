@@ -1,0 +1,81 @@
+"""The `analytics` command line: one subcommand per contract command, each a thin call into the package.
+
+Owns the parser (the commands are registered here, in the order `--help` lists them) and `main`,
+which turns every failure into one line and an exit code (`common.EXIT_CODES`): no input, however
+bad, gets a traceback. The commands live in the modules beside this one, one per stage of the data
+flow. Must not hold logic a test cannot reach through the package.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from analytics import __version__
+from analytics.cli import checks, data, queries, views
+from analytics.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_CODES,
+    EXIT_FAILED,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    TRACEBACK_ENV,
+    CliError,
+    first_line,
+)
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_CODES", "EXIT_FAILED", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "CliError",
+           "build_parser", "main"]
+# the command modules in the order of the data flow; each registers its subcommands
+COMMAND_MODULES = (data, queries, views, checks)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="analytics", description=(
+        "Ad-event analytics workbench: JSON queries answered from a Parquet lake and materialized "
+        "views, every answer provable against the DuckDB baseline."),
+        epilog="exit codes (every command):\n" + "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"analytics {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, epilog=parser.epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    for module in COMMAND_MODULES:
+        module.register(add)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from analytics.lake.prepare import PrepareError
+    from analytics.query.model import QueryError
+    from analytics.views.build import BuildError
+
+    name = f"analytics {args.command}"
+    try:
+        return args.func(args)
+    except (CliError, PrepareError, QueryError, BuildError) as exc:
+        print(f"{name}: error: {first_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a path that is missing, a directory, unreadable or unwritable
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{name}: error: {where}{exc.strerror or first_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (Exception, MemoryError) as exc:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        what = "out of memory" if isinstance(exc, MemoryError) else "internal error"
+        print(f"{name}: {what}: {type(exc).__name__}: {first_line(exc)} (set {TRACEBACK_ENV}=1 for the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL

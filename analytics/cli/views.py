@@ -1,0 +1,51 @@
+"""`analytics build`: materialized views built or refreshed from the lake.
+
+Must not hold logic a test cannot reach through the package: the command is a thin call.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from analytics.cli.common import (
+    AddCommand,
+    add_engine_args,
+    engine_from_args,
+    open_lake,
+)
+from analytics.core import args as argtypes
+from analytics.core.memory import DEFAULT_MEMORY_LIMIT
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from analytics.views.build import build
+
+    open_lake(args.lake)
+    summary = build(args.lake, args.views or None, jobs=args.jobs, force=args.force, progress=not args.quiet,
+                    memory_limit=args.memory_limit, engine=engine_from_args(args))
+    if not summary["built"] and not summary["failed"]:
+        print(f"all {len(summary['up_to_date'])} view(s) are up to date with lake version {summary['lake_version']}; nothing to do")
+        return 0
+    for r in summary["views"]:
+        if r["status"] == "built":
+            print(f"{r['view']}: built v{r['version']} ({r['mode']}) {r['rows']:,} rows in {r['seconds']:.1f}s")
+        else:
+            print(f"{r['view']}: up to date (v{r['version']})")
+    for name, why in summary["failed"].items():
+        print(f"{name}: FAILED - {why}", file=sys.stderr)
+    print(f"{len(summary['built'])} built, {len(summary['up_to_date'])} up to date, {len(summary['failed'])} failed "
+          f"in {summary['seconds']:.1f}s")
+    return 1 if summary["failed"] else 0
+
+
+def register(add: AddCommand) -> None:
+    p = add("build", cmd_build, "build or refresh materialized views (only what changed)")
+    p.add_argument("--lake", required=True, help="prepared lake directory")
+    p.add_argument("--views", nargs="+", metavar="NAME", help="views to build (default: the whole catalog)")
+    p.add_argument("--jobs", type=argtypes.threads, default=None, help="views built in parallel (default: cores)")
+    p.add_argument("--force", action="store_true", help="rebuild from the lake even when up to date")
+    p.add_argument("--memory-limit", type=argtypes.memory_size, default=DEFAULT_MEMORY_LIMIT,
+                   help=f"DuckDB memory for the whole build, shared equally by the --jobs connections "
+                        f"(default {DEFAULT_MEMORY_LIMIT})")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_engine_args(p, "views are aggregated (their checks and registry are the same for both)")
