@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import duckdb
 import pytest
 
 from analytics.checks.baseline import baseline_query
 from analytics.query.compiler import INLINE_IN_VALUES, compile_query
-from analytics.query.model import MAX_IN_VALUES, QueryError, load_queries, parse_query
+from analytics.query.model import MAX_IN_VALUES, QueryError, _plain_value, load_queries, parse_query
+from analytics.query.schema import COLUMNS
 from analytics.query.results import compare_rows, to_rows
 
 BASE = {"select": [{"COUNT": "*"}], "from": "events"}
@@ -80,6 +82,27 @@ def test_values_coerce_like_duckdb_string_literals():
     assert day.values == (dt.date(2024, 1, 1), dt.date(2024, 1, 5))
     assert hour.values == (dt.datetime(2024, 3, 1, 12, 0),)  # TIMESTAMPTZ literal, read in UTC
     assert country.values == ("7",)
+
+
+@pytest.mark.parametrize("text", [
+    "2024-03-04", "2024-03-04 00:00:00", "2024-03-04T23:59:59", "2024-02-29 12:30", "2024-12-31 23:59:59",
+    "2023-02-29", "2024-04-31", "2024-03-04 24:00:00", "2024-03-04 23:59:60", "2024-03-04 25:00", "0000-01-01",
+    "9999-12-31 23:59:59", "0001-01-01", "2024-13-01", "2024-00-10"])
+def test_timestamps_read_without_duckdb_equal_duckdb_casts(text):
+    """A plainly written timestamp is read by Python; DuckDB's own cast in a UTC session is the oracle."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    expected = con.execute("SELECT TRY_CAST(? AS TIMESTAMPTZ)", [text]).fetchone()[0]
+    # DuckDB renders a timestamp Python cannot hold (year 0) as text: out of range for the product
+    expected = expected.astimezone(dt.timezone.utc).replace(tzinfo=None) if isinstance(expected, dt.datetime) else None
+    plain = _plain_value(COLUMNS["week"], text)
+    assert plain is None or plain == expected, (text, plain, expected)
+    try:
+        (parsed,) = parse_query(q(where=[{"col": "week", "op": "eq", "val": text}])).where
+    except QueryError:
+        assert expected is None
+    else:
+        assert parsed.values == (expected,)
 
 
 def test_canonical_form_ignores_where_order_and_value_spelling():

@@ -153,6 +153,7 @@ def _parse_select_item(item: Any, pos: int) -> SelectItem:
 _cast_lock = threading.Lock()
 _cast_con: duckdb.DuckDBPyConnection | None = None
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_ISO_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2})?)?")
 _SMALL_INT = re.compile(r"-?\d{1,9}")
 
 
@@ -172,10 +173,17 @@ def _duckdb_cast(type_name: str, texts: list[str]) -> list[Any]:
 
 
 def _plain_value(column: Column, text: str) -> Value | None:
-    """The value of a plainly written `text` (any text for a text column, an ISO date, an integer of
-    up to 9 digits) without asking DuckDB; None when DuckDB must decide."""
+    """The value of a plainly written `text` (any text for a text column, an ISO date, an ISO
+    timestamp without fraction or zone, read as UTC like the baseline's session, an integer of up to 9
+    digits) without asking DuckDB: the first query of a process need not open a connection to read
+    a week. None when DuckDB must decide."""
     if column.kind in ("str", "minute"):
         return text
+    if column.baseline_type == "TIMESTAMPTZ" and _ISO_TIMESTAMP.fullmatch(text):
+        try:
+            return dt.datetime.fromisoformat(text)
+        except ValueError:
+            return None  # e.g. 24:00:00 or Feb 30: DuckDB decides and words the error
     if column.kind == "date" and _ISO_DATE.fullmatch(text):
         try:
             return dt.date.fromisoformat(text)
