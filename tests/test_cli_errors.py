@@ -88,6 +88,7 @@ CASES: list[tuple[str, int, str]] = [
     ("build --lake {L} --jobs -1", BAD, "--jobs"),
     ("build --lake {L} --jobs " + "9" * 12, BAD, "--jobs"),
     ("build --lake {L} --memory-limit 5XB", BAD, "--memory-limit"),
+    ("build --lake {L} --memory-limit 200MB --jobs 2", BAD, "--memory-limit: memory limit 200MB is too small: 2 job(s) need at least"),
     # run: query files that cannot be read
     *[(f"{RUN} {{C}}/{name}", BAD, name) for name in (
         "empty.json", "blank.json", "latin1.json", "utf16.json", "deep_list.json", "deep_object.json",

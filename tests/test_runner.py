@@ -51,6 +51,10 @@ def test_parse_and_split_memory_sizes():
     assert split_memory("4GiB", 2) == "2048MiB" and split_memory("6GB", 12) == "476MiB"
     with pytest.raises(ValueError, match="'lots'"):
         split_memory("lots", 2)
+    # what is held outside DuckDB comes off the top before the jobs share the rest
+    assert split_memory("4GiB", 2, reserve=2**30) == "1536MiB"
+    with pytest.raises(ValueError, match=r"2 job\(s\) need at least 1152MiB \(1024MiB outside DuckDB"):
+        split_memory("1GiB", 2, reserve=2**30)
 
 
 def test_more_than_20_queries_are_split_into_reported_batches(workbench):

@@ -28,6 +28,16 @@ def parse_size(text: str) -> int:
     return size
 
 
-def split_memory(limit: str, parts: int) -> str:
-    """One of `parts` equal shares of the memory size `limit`, as a DuckDB size (whole MiB)."""
-    return f"{max(1, parse_size(limit) // max(1, parts) // 2**20)}MiB"
+MIN_SHARE = 64 * 2**20  # below this a DuckDB connection spills on every aggregation
+
+
+def split_memory(limit: str, parts: int, reserve: int = 0) -> str:
+    """One of `parts` equal shares of the memory size `limit` after `reserve` bytes are set aside for
+    what is held outside DuckDB, as a DuckDB size (whole MiB). A ValueError when a share would be
+    below `MIN_SHARE`, naming the smallest limit that works."""
+    share = (parse_size(limit) - reserve) // max(1, parts)
+    if reserve and share < MIN_SHARE:
+        least = -(-(reserve + MIN_SHARE * max(1, parts)) // 2**20)
+        raise ValueError(f"memory limit {limit} is too small: {max(1, parts)} job(s) need at least {least}MiB "
+                         f"({reserve // 2**20}MiB outside DuckDB + {MIN_SHARE // 2**20}MiB per job)")
+    return f"{max(1, share // 2**20)}MiB"

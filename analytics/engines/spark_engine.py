@@ -338,7 +338,8 @@ class SparkEngine:
 
     # ---- views ---------------------------------------------------------------------------------
     def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, base: Path | None = None,
-                       segments: set[str] | None = None) -> None:
+                       segments: set[str] | None = None, totals: pa.Table | None = None) -> None:
+        del totals  # Spark partitions the aggregation and spills by itself
         for leftover in out.parent.glob(".spark-*"):  # a killed build's; the caller holds the view lock
             shutil.rmtree(leftover, ignore_errors=True)
         work = out.parent / f".spark-{uuid.uuid4().hex}"

@@ -46,8 +46,12 @@ from analytics.views.registry import (
     update_registry,
 )
 from analytics.views.serving_copy import SUFFIX as SERVING_SUFFIX
-from analytics.views.serving_copy import ServingError, scaled_sums, serving_files, write_serving_copy
+from analytics.views.pieces import Piece, cut
+from analytics.views.serving_copy import WRITER_MEMORY, ServingError, scaled_sums, serving_files, write_serving_copy
 
+# the interpreter, DuckDB's and Arrow's libraries and the lake totals (measured: 160 MiB before any
+# query), held outside DuckDB's buffer pools
+PROCESS_MEMORY = 192 * 2**20
 ROW_GROUP_ROWS = 122_880  # DuckDB's row group size: zone maps per group of this many rows
 
 
@@ -58,9 +62,10 @@ class Aggregator(Protocol):
     errors: tuple[type[BaseException], ...]
 
     def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, base: Path | None = None,
-                       segments: set[str] | None = None) -> None:
+                       segments: set[str] | None = None, totals: pa.Table | None = None) -> None:
         """Write `view` as one Parquet file `out`, sorted by `view.sort_columns`: aggregated from the
-        whole lake, or, with `base`, the previous version merged with the aggregate of `segments`."""
+        whole lake, or, with `base`, the previous version merged with the aggregate of `segments`.
+        `totals` (the lake's rows per type and day) lets an engine cut the work to fit its memory."""
 
     def lake_totals(self, lake: Lake) -> pa.Table:
         """`lake_totals_sql` over the committed lake, as Arrow."""
@@ -75,17 +80,18 @@ class DuckDBAggregator:
         self.memory_limit = memory_limit
 
     def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, base: Path | None = None,
-                       segments: set[str] | None = None) -> None:
+                       segments: set[str] | None = None, totals: pa.Table | None = None) -> None:
         con = db.connect(memory_limit=self.memory_limit)
         try:
             con.execute("SET preserve_insertion_order = true")
             con.execute("SET enable_progress_bar = false")  # streamed results would draw one per type
-            # One type at a time, appended to one file: each piece's hash table and sort hold one
-            # type only, and the pieces in type order are the file's type-then-time order.
+            # One piece at a time (a type, or a range of its days: `pieces`), appended to one file:
+            # each piece's hash table and sort fit the connection's share, and the pieces in order
+            # are the file's type-then-time order.
             writer = None
             try:
-                for t in sorted(view.types):
-                    where = f"type = {sql_string(t)}"
+                for piece in cut(view, totals, self.memory_limit):
+                    where = piece.where()
                     fresh = view.aggregate_sql(lake.relation_sql(segments=segments), where=where)
                     if base is not None:
                         old = f"SELECT * FROM read_parquet({sql_string(base)}) WHERE {where}"
@@ -107,6 +113,7 @@ class DuckDBAggregator:
 
     def lake_totals(self, lake: Lake) -> pa.Table:
         con = db.connect(memory_limit=self.memory_limit)
+        con.execute("SET enable_progress_bar = false")  # the build's own bars say where it is
         try:
             return lake_totals(con, lake)
         finally:
@@ -151,9 +158,17 @@ def reconcile(con: duckdb.DuckDBPyConnection, view: ViewDef, relation: str, tota
     return table.to_pylist()
 
 
-def duplicate_keys(con: duckdb.DuckDBPyConnection, view: ViewDef, relation: str) -> int:
+def duplicate_keys(con: duckdb.DuckDBPyConnection, view: ViewDef, relation: str,
+                   pieces: Iterable[Piece] = (None,)) -> int:
+    """Keys held by more than one row, counted piece by piece (`pieces.cut`: a key lies in one
+    piece, so each group-by holds one piece's keys); by default over the whole relation."""
     keys = ", ".join(view.group_columns)
-    return con.execute(f"SELECT count(*) FROM (SELECT {keys} FROM {relation} GROUP BY ALL HAVING count(*) > 1)").fetchone()[0]
+    total = 0
+    for piece in pieces:
+        where = f"WHERE {piece.where()}" if piece else ""
+        total += con.execute(f"SELECT count(*) FROM (SELECT {keys} FROM {relation} {where} GROUP BY ALL "
+                             f"HAVING count(*) > 1)").fetchone()[0]
+    return total
 
 
 def file_schema(con: duckdb.DuckDBPyConnection, path: Path) -> list[list[str]]:
@@ -227,7 +242,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             if bar:
                 bar.set_postfix_str("aggregate")
             engine.aggregate_view(view, lake, staging, base=root / entry["file"] if incremental else None,
-                                  segments=new_segments if incremental else None)
+                                  segments=new_segments if incremental else None, totals=totals())
             crash_point("build:after-aggregate")
             if bar:
                 bar.update(1)
@@ -242,7 +257,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             bad = reconcile(con, view, staged, "lake_totals")
             if bad:
                 raise BuildError(f"{view.name}: totals do not reconcile with the lake, e.g. {bad[0]}")
-            dupes = duplicate_keys(con, view, staged)
+            dupes = duplicate_keys(con, view, staged, cut(view, lake_totals_table, memory_limit))
             if dupes:
                 raise BuildError(f"{view.name}: {dupes} duplicate group keys")
             rows_by_type = dict(con.execute(f"SELECT type, count(*) FROM {staged} GROUP BY type ORDER BY type").fetchall())
@@ -297,7 +312,12 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
         raise BuildError(f"unknown view(s) {', '.join(unknown)}; the catalog has: {', '.join(VIEWS)}")
     started = time.perf_counter()
     jobs = jobs or min(len(selected), os.cpu_count() or 1)
-    memory_limit = split_memory(memory_limit, jobs)
+    try:
+        # the budget is the process's: the interpreter and libraries, and per job the serving-copy
+        # writer's Arrow batches, are set aside before DuckDB's connections share the rest
+        memory_limit = split_memory(memory_limit, jobs, reserve=PROCESS_MEMORY + jobs * WRITER_MEMORY)
+    except ValueError as exc:
+        raise BuildError(f"--memory-limit: {exc}; or build with fewer --jobs") from None
     registry = load_registry(lake.root)["views"]
     if not force and all(is_current(VIEWS[n], lake, registry.get(n)) for n in selected):
         for name in selected:

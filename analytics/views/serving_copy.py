@@ -30,6 +30,10 @@ from analytics.views.catalog import MEASURE_COLUMNS, ViewDef
 
 SUFFIX = ".arrow"
 BATCH_ROWS = 1 << 20  # a type is written in batches of at most this many rows: the build holds one
+# What the writer holds outside DuckDB: a batch being re-batched and its encoded copy, at ~100
+# bytes a row for the widest view (measured: 1.43 GB peak RSS for a 1 GB budget at 245M rows,
+# two jobs, before the build set this aside).
+WRITER_MEMORY = 2 * BATCH_ROWS * 100
 SCALE = 10 ** PRICE_SCALE
 # A price sum is stored as int64 `sum * 10^4` when the lake's total of that price, times 10^4,
 # is below 2^63 (the build checks it per version). Prices are never negative (prepare quarantines
