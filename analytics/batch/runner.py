@@ -8,8 +8,10 @@ queries is executed:
 - lake-routed aggregates of a batch that scan overlapping data share one superset scan
   (`shared_scans.py`); `run.json` counts `lake_queries` and the `lake_scans` they needed, and lists
   each shared scan in its batch. If a superset fails, its members run on their own;
-- independent work runs on a thread pool sized to the cores, one DuckDB cursor per thread
-  (`parallel=False`, `analytics run --sequential`, keeps the one-at-a-time mode);
+- lake work runs on a thread pool sized to the cores, one DuckDB cursor per thread, while the
+  view-routed answers run one after another on the calling thread (they hold the GIL: threads
+  would only make them wait for each other); `parallel=False`, `analytics run --sequential`,
+  keeps the one-at-a-time mode;
 - a result cache (`cache.py`): a hit is answered without planning; a query repeated within a
   batch is computed once (`"same_as"`);
 - a memory guard (`memory.py`): DuckDB's `memory_limit` plus an RSS watch (psutil) that interrupts a lake
@@ -238,17 +240,23 @@ class SafeBatchRunner:
                     singles.append(g.members[0][0])
                 else:
                     scans.append(g)
-        # longest first: lake work starts before the quick view lookups fill the pool
-        singles.sort(key=lambda it: (it.plan.route != LAKE, it.idx))
+        # Lake statements run in DuckDB without the GIL: they take the pool. View answers are
+        # sub-millisecond interpreter work that threads would only make wait for each other's GIL
+        # (doubling each one's time on 2 cores): they run here, one after another, beside the pool.
         scan_reports: list[dict[str, Any]] = []
-        tasks: list[Callable[[], None]] = [lambda g=g: self._shared(g, number, scan_reports) for g in scans]
-        tasks += [lambda it=it: self._single(it, alone=not parallel) for it in singles]
-        if parallel and len(tasks) > 1:
+        lake_tasks: list[Callable[[], None]] = [lambda g=g: self._shared(g, number, scan_reports) for g in scans]
+        lake_tasks += [lambda it=it: self._single(it, alone=not parallel) for it in singles if it.plan.route == LAKE]
+        view_tasks = [lambda it=it: self._single(it, alone=not parallel) for it in singles if it.plan.route != LAKE]
+        if parallel and lake_tasks:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="query")
-            list(self._pool.map(lambda task: task(), tasks))
+            running = [self._pool.submit(task) for task in lake_tasks]
+            for task in view_tasks:
+                task()
+            for future in running:
+                future.result()
         else:
-            for task in tasks:
+            for task in lake_tasks + view_tasks:
                 task()
         for it in todo:  # failed beside others (memory) or in a failed shared scan: once more, alone
             if it.retry_alone:
