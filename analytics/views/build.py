@@ -23,7 +23,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -62,10 +62,10 @@ class Aggregator(Protocol):
     errors: tuple[type[BaseException], ...]
 
     def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, base: Path | None = None,
-                       segments: set[str] | None = None, totals: pa.Table | None = None) -> None:
+                       segments: set[str] | None = None, pieces: Sequence[Piece] | None = None) -> None:
         """Write `view` as one Parquet file `out`, sorted by `view.sort_columns`: aggregated from the
         whole lake, or, with `base`, the previous version merged with the aggregate of `segments`.
-        `totals` (the lake's rows per type and day) lets an engine cut the work to fit its memory."""
+        `pieces` (`views.pieces.cut`) is how to cut the work to fit the memory; None: a type at a time."""
 
     def lake_totals(self, lake: Lake) -> pa.Table:
         """`lake_totals_sql` over the committed lake, as Arrow."""
@@ -80,7 +80,7 @@ class DuckDBAggregator:
         self.memory_limit = memory_limit
 
     def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, base: Path | None = None,
-                       segments: set[str] | None = None, totals: pa.Table | None = None) -> None:
+                       segments: set[str] | None = None, pieces: Sequence[Piece] | None = None) -> None:
         con = db.connect(memory_limit=self.memory_limit)
         try:
             con.execute("SET preserve_insertion_order = true")
@@ -90,7 +90,7 @@ class DuckDBAggregator:
             # are the file's type-then-time order.
             writer = None
             try:
-                for piece in cut(view, totals, self.memory_limit):
+                for piece in pieces or cut(view, None, self.memory_limit):
                     where = piece.where()
                     fresh = view.aggregate_sql(lake.relation_sql(segments=segments), where=where)
                     if base is not None:
@@ -131,6 +131,12 @@ def lake_totals_sql(relation: str) -> str:
     for m in MEASURE_COLUMNS:
         items += [f"count({m})::BIGINT AS nn_{m}", f"sum(CAST({m} AS {SUM_TYPE})) AS sum_{m}"]
     return f"SELECT {', '.join(items)} FROM {relation} GROUP BY type, day"
+
+
+def lake_distinct(con: duckdb.DuckDBPyConnection, lake: Lake, columns: Sequence[str]) -> dict[str, int]:
+    """Distinct values of each of `columns` (from the allow-list) in the whole lake: one scan."""
+    items = ", ".join(f"count(DISTINCT {c})" for c in columns)
+    return dict(zip(columns, con.execute(f"SELECT {items} FROM {lake.relation_sql()}").fetchone()))
 
 
 def lake_totals(con: duckdb.DuckDBPyConnection, lake: Lake) -> pa.Table:
@@ -211,11 +217,13 @@ def _sweep_idle(vdir: Path, entry: dict[str, Any]) -> None:
 
 
 def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, force: bool = False,
-               memory_limit: str = DEFAULT_MEMORY_LIMIT, bar: tqdm | None = None, engine: Aggregator | None = None) -> dict[str, Any]:
+               memory_limit: str = DEFAULT_MEMORY_LIMIT, bar: tqdm | None = None, engine: Aggregator | None = None,
+               distinct: Callable[[Sequence[str]], Mapping[str, int]] | None = None) -> dict[str, Any]:
     """Build one view if it is stale; returns what happened (`status`: built | up-to-date).
 
     `engine` aggregates the staged file (default DuckDB); the checks, promotion and registry here
-    are the same whichever engine wrote it."""
+    are the same whichever engine wrote it. `totals` and `distinct` (the lake's distinct values of
+    some columns; default: counted now) are the build's shared facts about the lake."""
     root = lake.root
     vdir = root / VIEWS_DIR / view.name
     vdir.mkdir(parents=True, exist_ok=True)
@@ -241,8 +249,9 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
         try:
             if bar:
                 bar.set_postfix_str("aggregate")
+            pieces = cut(view, totals(), memory_limit, distinct or (lambda cols: lake_distinct(con, lake, cols)))
             engine.aggregate_view(view, lake, staging, base=root / entry["file"] if incremental else None,
-                                  segments=new_segments if incremental else None, totals=totals())
+                                  segments=new_segments if incremental else None, pieces=pieces)
             crash_point("build:after-aggregate")
             if bar:
                 bar.update(1)
@@ -257,7 +266,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             bad = reconcile(con, view, staged, "lake_totals")
             if bad:
                 raise BuildError(f"{view.name}: totals do not reconcile with the lake, e.g. {bad[0]}")
-            dupes = duplicate_keys(con, view, staged, cut(view, lake_totals_table, memory_limit))
+            dupes = duplicate_keys(con, view, staged, pieces)
             if dupes:
                 raise BuildError(f"{view.name}: {dupes} duplicate group keys")
             rows_by_type = dict(con.execute(f"SELECT type, count(*) FROM {staged} GROUP BY type ORDER BY type").fetchall())
@@ -335,6 +344,21 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
                 totals_cache.append(engine.lake_totals(lake))
             return totals_cache[0]
 
+    counted: dict[str, int] = {}
+
+    def distinct(columns: Sequence[str]) -> Mapping[str, int]:
+        # counted when a view first needs them (a view whose types fit needs none), once per build
+        with lock:
+            missing = [c for c in columns if c not in counted]
+            if missing:
+                con = db.connect(memory_limit=memory_limit)
+                try:
+                    con.execute("SET enable_progress_bar = false")
+                    counted.update(lake_distinct(con, lake, missing))
+                finally:
+                    con.close()
+            return {c: counted[c] for c in columns}
+
     results: list[dict[str, Any]] = []
     failures: dict[str, str] = {}
 
@@ -343,7 +367,7 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
         with tqdm(total=3, desc=name, position=i, leave=True, disable=not progress, unit="step") as bar:
             try:
                 res = build_view(VIEWS[name], lake, totals, force=force, memory_limit=memory_limit, bar=bar,
-                                 engine=engine)
+                                 engine=engine, distinct=distinct)
             except (BuildError, ServingError, duckdb.Error, OSError, *engine.errors) as exc:
                 with lock:
                     failures[name] = str(exc).splitlines()[0]

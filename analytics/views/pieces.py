@@ -11,7 +11,8 @@ rendering a piece's filter.
 from __future__ import annotations
 
 import datetime as dt
-from typing import NamedTuple
+import math
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,10 +45,13 @@ class Piece(NamedTuple):
         return sql
 
 
-def cut(view: ViewDef, totals: pa.Table | None, memory_limit: str) -> list[Piece]:
+def cut(view: ViewDef, totals: pa.Table | None, memory_limit: str,
+        distinct: Callable[[Sequence[str]], Mapping[str, int]] | None = None) -> list[Piece]:
     """The pieces of `view`, in file order (type, then time), for a connection of `memory_limit`;
     `totals` has the lake's rows per `type` and `day` (`cnt`), None when unknown (one piece a type).
-    A day's rows bound its groups from above, so a piece's groups never exceed the budget."""
+    A day's groups are at most its rows, and at most its time units times the distinct values of
+    each dimension (`distinct(columns)`, asked only when the rows alone do not fit), so a piece's
+    groups never exceed the budget."""
     budget = max(1, parse_size(memory_limit) // PIECE_SHARE // GROUP_BYTES)
     pieces: list[Piece] = []
     for t in sorted(view.types):
@@ -56,8 +60,10 @@ def cut(view: ViewDef, totals: pa.Table | None, memory_limit: str) -> list[Piece
             continue
         mine = totals.filter(pc.equal(totals.column("type"), t)).sort_by("day")
         days, rows = mine.column("day").to_pylist(), mine.column("cnt").to_pylist()
-        if not view.dims:  # groups are bounded by the time units, not by the rows
-            rows = [min(n, UNITS_PER_DAY[view.grain]) for n in rows]
+        if sum(rows) > budget and (distinct is not None or not view.dims):
+            counts = distinct(view.dims) if view.dims else {}
+            per_day = UNITS_PER_DAY[view.grain] * math.prod(counts.values())
+            rows = [min(n, per_day) for n in rows]
         if sum(rows) <= budget:
             pieces.append(Piece(t, None))
             continue
