@@ -57,6 +57,7 @@ from analytics.query.compiler import compile_query
 from analytics.query.model import Query
 from analytics.query.schema import EVENT_TYPES, LAKE_TYPES, RAW_HEADER
 from analytics.views.catalog import ViewDef
+from analytics.views.pieces import Piece
 
 DEFAULT_MASTER = "local[*]"
 # Settings the engine's semantics depend on; a user's --spark-conf cannot turn these off.
@@ -338,8 +339,8 @@ class SparkEngine:
 
     # ---- views ---------------------------------------------------------------------------------
     def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, base: Path | None = None,
-                       segments: set[str] | None = None, totals: pa.Table | None = None) -> None:
-        del totals  # Spark partitions the aggregation and spills by itself
+                       segments: set[str] | None = None, pieces: Sequence[Piece] | None = None) -> None:
+        del pieces  # Spark partitions the aggregation and spills by itself
         for leftover in out.parent.glob(".spark-*"):  # a killed build's; the caller holds the view lock
             shutil.rmtree(leftover, ignore_errors=True)
         work = out.parent / f".spark-{uuid.uuid4().hex}"
