@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from pathlib import Path
 
@@ -83,6 +84,25 @@ def test_parallel_vs_sequential_identical(workbench):
         why = tables_match(parse_query(r), seq.tables[i], par.tables[i])
         assert why is None, f"q{i + 1}: {why}\n{json.dumps(r)}"
     assert sum(1 for e in par.report["queries"] if "error" not in e) >= 180
+
+
+def test_lake_work_takes_the_pool_and_view_answers_the_calling_thread(workbench, monkeypatch):
+    raw = random_queries(30, seed=43) + random_queries(30, seed=44, view_shaped=True)
+    seen: list[tuple[str, str]] = []
+    real = workbench.execute
+
+    def spy(query, plan=None):
+        seen.append((plan.route if plan is not None else "?", threading.current_thread().name))
+        return real(query, plan=plan)
+    monkeypatch.setattr(workbench, "execute", spy)
+    runner = SafeBatchRunner(workbench, cache=False, telemetry=False, batching=False, parallel=True)
+    runner.run(raw)
+    runner.close()
+    me = threading.current_thread().name
+    on_lake = {name for route, name in seen if route == LAKE}
+    on_views = {name for route, name in seen if route != LAKE}
+    assert on_lake and on_views, seen
+    assert on_views == {me} and me not in on_lake and all(n.startswith("query") for n in on_lake), seen
 
 
 @pytest.mark.parametrize("parallel", [True, False])
