@@ -60,6 +60,8 @@ def _bisect(column: pa.StringArray, value: str, right: bool) -> int:
 
 
 _UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
+# a time unit of the finest time column a view sorts by, in microseconds (minute is text: no runs)
+_STEP_US = {"day": _DAY_US, "hour": 3_600_000_000}
 
 
 def _contiguous(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -135,6 +137,30 @@ class _Times:
         if cond.op == "in":
             return np.isin(rows, exact)
         return rows != exact[0] if exact else np.ones(len(rows), dtype=bool)
+
+
+def _sorted_codes(column: pa.ChunkedArray | pa.Array, values: Iterable[Any]) -> tuple[np.ndarray, list[Any]] | None:
+    """An integer column as numpy over its buffer and the wanted values as its keys, sorted; for a
+    dictionary column its codes, when the dictionary is sorted (so code order is value order) and
+    the wanted values are keys of it. None for anything else (text, nulls)."""
+    arr = _contiguous(column)
+    if arr.null_count:
+        return None
+    if pa.types.is_dictionary(arr.type):
+        words = arr.dictionary.to_pylist()
+        if words != sorted(words):
+            return None
+        index = {w: i for i, w in enumerate(words)}
+        wanted = sorted(index[v] for v in {str(v) for v in values} if v in index)
+        arr = arr.indices
+    elif pa.types.is_integer(arr.type):
+        wanted = sorted({int(v) for v in values})
+    else:
+        return None
+    dtype = np.dtype(f"{'int' if pa.types.is_signed_integer(arr.type) else 'uint'}{arr.type.bit_width}")
+    info = np.iinfo(dtype)
+    wanted = [dtype.type(v) for v in wanted if info.min <= v <= info.max]
+    return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize), wanted
 
 
 def _ascending(column: pa.ChunkedArray) -> bool:
@@ -292,7 +318,15 @@ class ArrowView:
                 lo, hi = max(lo, b[0]), min(hi, b[1])
         if hi <= lo:
             return None
-        part = piece.table.slice(lo, hi - lo)
+        runs = self._dim_runs(piece, lo, hi, rest)
+        if runs is not None:
+            cond, rows = runs
+            if not len(rows):
+                return None
+            rest = [c for c in rest if c is not cond]
+            part = piece.table.take(rows)
+        else:
+            part = piece.table.slice(lo, hi - lo)
         mask = None
         for c in rest:
             if c.col in times:  # only `in` / `neq` are left on a time column
@@ -304,6 +338,50 @@ class ArrowView:
                     return NotImplemented
             mask = m if mask is None else pc.and_(mask, m)
         return part if mask is None else part.filter(mask)
+
+    # A search costs ~5 µs of interpreter and numpy calls, a masked row ~2.5 ns: runs pay only when
+    # the searches number under 1/2000 of the rows (measured at 15M: 366 days x 3 values over a
+    # 20K-row slice took 1.26 ms by search, 0.23 ms by mask)
+    _ROWS_PER_SEARCH = 2000
+
+    def _dim_runs(self, piece: _Piece, lo: int, hi: int, rest: list[Condition]
+                  ) -> tuple[Condition, np.ndarray] | None:
+        """The `eq`/`in` condition on the view's first dimension and the row numbers in [lo, hi) it
+        keeps, found by binary search instead of a mask: rows are sorted by the finest time column
+        then that dimension, so within each time unit its values form runs. None when that does not
+        apply (no such condition, a time filter left to a mask, a text or unsorted-dictionary
+        column, or more searches than the rows repay: `_ROWS_PER_SEARCH`)."""
+        dims = self.view.dims
+        cond = next((c for c in rest if dims and c.col == dims[0] and c.op in ("eq", "in")), None)
+        if cond is None or any(c.col in piece.times or c.col in piece.texts for c in rest):
+            return None
+        codes = _sorted_codes(piece.table.column(cond.col), cond.values)
+        if codes is None:
+            return None
+        values, wanted = codes
+        starts, ends = np.array([lo]), np.array([hi])
+        if len(wanted) * self._ROWS_PER_SEARCH > hi - lo:
+            return None
+        if self.view.time_columns:
+            time0 = self.view.time_columns[0]
+            if time0 not in _STEP_US or time0 not in piece.times:
+                return None
+            times = piece.times[time0]
+            step = _STEP_US[time0] // times.unit
+            within = times.values[lo:hi]
+            units = np.arange(within[0], within[-1] + step, step, dtype=within.dtype)
+            if len(units) * len(wanted) * self._ROWS_PER_SEARCH > hi - lo:
+                return None
+            starts = np.searchsorted(within, units, "left") + lo
+            ends = np.append(starts[1:], hi)
+        runs = []
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            seg = values[a:b]
+            for w in wanted:
+                left, right = np.searchsorted(seg, w, "left"), np.searchsorted(seg, w, "right")
+                if right > left:
+                    runs.append(np.arange(a + left, a + right))
+        return cond, (np.concatenate(runs) if runs else np.empty(0, dtype=np.int64))
 
     def _project(self, part: pa.Table, columns: list[str]) -> pa.Table:
         """`columns` of `part`; a price column its type's file leaves out is all NULL there."""
