@@ -35,6 +35,8 @@ TARGETS: dict[str, float] = {
     "cold_wall_ms_max": 1000.0,
     "cold_view_median_ms_max": 1.0,
     "cold_peak_rss_bytes_max": float(parse_size("400MB")),
+    # stated for 245M rows: the view-routed queries of that cold run together
+    "cold_view_sum_ms_max": 100.0,
 }
 
 
@@ -176,9 +178,10 @@ def _cold_summary(cold: Mapping[str, Any], queries: list[dict[str, Any]]) -> dic
         for proc in run["processes"]:
             w = proc["workload"]
             wq = [q for q in queries if q["workload"] == w and (q.get("cold_pass_ms") or {}).get(e) is not None]
+            view_ms = [q["cold_pass_ms"][e] for q in wq if _is_view(q["cold_pass_route"].get(e))]
             workloads[w] = {**proc, "median_ms": rounded(median(q["cold_pass_ms"][e] for q in wq)),
-                            "view_median_ms": rounded(median(q["cold_pass_ms"][e] for q in wq
-                                                             if _is_view(q["cold_pass_route"].get(e))))}
+                            "view_median_ms": rounded(median(view_ms)),
+                            "view_sum_ms": rounded(sum(view_ms)) if view_ms else None}
         ms = [q["cold_pass_ms"][e] for q in queries if (q.get("cold_pass_ms") or {}).get(e) is not None]
         procs = run["processes"]
         walls = [p["wall_ms"] for p in procs]
@@ -295,8 +298,11 @@ def _cold_targets(result: Mapping[str, Any]) -> list[tuple[str, str, Any, bool |
     judges = (runs.get("product") or {}).get("workloads", {}).get(JUDGES, {})
     no_views = (runs.get("product_no_views") or {}).get("workloads", {}).get(JUDGES, {})
     wall, wall_nv = judges.get("wall_ms"), no_views.get("wall_ms")
-    view, rss = judges.get("view_median_ms"), judges.get("peak_rss_bytes")
+    view, rss, view_sum = judges.get("view_median_ms"), judges.get("peak_rss_bytes"), judges.get("view_sum_ms")
     return [
+        ("cold judges run: view-routed queries summed (target stated at 245M rows)",
+         f"<= {format_ms(TARGETS['cold_view_sum_ms_max'])}", view_sum,
+         None if view_sum is None else view_sum <= TARGETS["cold_view_sum_ms_max"], format_ms(view_sum)),
         ("cold judges run: wall of one new process", f"<= {format_ms(TARGETS['cold_wall_ms_max'])}", wall,
          None if wall is None else wall <= TARGETS["cold_wall_ms_max"], format_ms(wall)),
         ("cold judges run: wall against the same run with --no-views",
