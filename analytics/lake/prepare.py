@@ -208,6 +208,7 @@ def ingest_parts(parts: Sequence[tuple[Path, str]], stage: Path, *, row_group_si
     try:
         con.execute("SET temp_directory = ?", [str(stage / "spill")])
         con.execute("SET preserve_insertion_order = false")
+        con.execute(f"SET enable_progress_bar = {'true' if progress else 'false'}")
         entries: list[SegmentEntry | RejectedPart] = []
         bar = tqdm(parts, desc="prepare", unit="part", disable=not progress)
         for src, seg_id in bar:

@@ -9,9 +9,10 @@ a reader never sees a half-built view, and a build killed at any point leaves th
 version in force; the next build sweeps its leftovers. One file lock per view means two
 builds of the same view never both write; different views build in parallel, one DuckDB
 connection per thread, each aggregating one event type at a time (bounded pieces appended to
-one file, in type-then-time order without a global sort). After `prepare` only appended parts,
-a view is refreshed by merging the aggregate of the new parts into the old version instead of
-rescanning the lake.
+one file, in type-then-time order without a global sort). A view of the same definition is
+refreshed at the cost of what changed (`views.delta`): appended parts become a delta beside the
+version, dropped or replaced ones have the days they covered recomputed; `compact_due` merges
+the deltas of a view that holds COMPACT_AT of them into a new base.
 Must not decide routes or answer queries.
 """
 from __future__ import annotations
@@ -67,10 +68,9 @@ class Aggregator(Protocol):
     # exceptions that mean "this step failed" (reported per view, not a crash)
     errors: tuple[type[BaseException], ...]
 
-    def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, base: Path | None = None,
-                       segments: set[str] | None = None) -> None:
+    def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, segments: set[str] | None = None) -> None:
         """Write `view` as one Parquet file `out`, sorted by `view.sort_columns`: aggregated from the
-        whole lake, or, with `base`, the previous version merged with the aggregate of `segments`."""
+        whole lake, or from only `segments` (a delta, `views.delta`)."""
 
     def lake_totals(self, lake: Lake) -> pa.Table:
         """`lake_totals_sql` over the committed lake, as Arrow."""
@@ -84,8 +84,7 @@ class DuckDBAggregator:
     def __init__(self, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> None:
         self.memory_limit = memory_limit
 
-    def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, base: Path | None = None,
-                       segments: set[str] | None = None) -> None:
+    def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, segments: set[str] | None = None) -> None:
         con = db.connect(memory_limit=self.memory_limit)
         try:
             con.execute("SET preserve_insertion_order = true")
@@ -95,13 +94,7 @@ class DuckDBAggregator:
             writer = None
             try:
                 for t in sorted(view.types):
-                    where = f"type = {sql_string(t)}"
-                    fresh = view.aggregate_sql(lake.relation_sql(segments=segments), where=where)
-                    if base is not None:
-                        old = f"SELECT * FROM read_parquet({sql_string(base)}) WHERE {where}"
-                        select = view.reaggregate_sql(f"({old} UNION ALL BY NAME {fresh})")
-                    else:
-                        select = fresh
+                    select = view.aggregate_sql(lake.relation_sql(segments=segments), where=f"type = {sql_string(t)}")
                     reader = con.sql(f"{select} ORDER BY {', '.join(view.sort_columns[1:])}"
                                      ).to_arrow_reader(ROW_GROUP_ROWS)
                     if writer is None:
