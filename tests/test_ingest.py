@@ -7,6 +7,9 @@ baseline of its state reads the clean part and the lake must quarantine exactly 
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -264,3 +267,35 @@ def test_a_part_still_settling_is_not_read(parts, tmp_path):
     assert scan.scan(now=108.0) == ([], 1)  # changed at 104: settles at 109
     changes, settling = scan.scan(now=109.5)
     assert [c.name for c in changes] == [name_of("p0")] and settling == 0
+
+
+def test_ctrl_c_stops_the_watcher_between_steps(parts, tmp_path):
+    """SIGINT while a part is being ingested: the step ends (the lake and every view at one version),
+    the command exits 130, and a rerun finishes with each part counted once."""
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    landing.mkdir()
+    put(landing, parts["p0"], name_of("p0"))
+    proc = subprocess.Popen([sys.executable, "-m", "analytics", "ingest", "--raw", str(landing), "--lake", str(lake),
+                             "--watch", "--interval", "0.05", "--settle", "0", "--jobs", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_caught_up(lake, landing)
+        put(landing, parts["p1"], name_of("p1"))
+        deadline = time.monotonic() + 60
+        while name_of("p1") not in {s["source"]["file"] for s in Lake.open(lake).manifest["segments"]}:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)  # the manifest has the part; its view refresh is under way
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "stopping after the current step" in err
+    version = Lake.open(lake).version
+    assert all(e["lake_version"] == version for e in load_registry(lake)["views"].values())  # the step finished
+    ingest(landing, lake, settle=0)
+    q = parse_query(FIXED[0])
+    exp = expected_answers(with_name(parts, ["p0", "p1"], True, tmp_path), [FIXED[0]], tmp_path)[0]
+    with Workbench(lake) as wb:
+        table, plan = wb.execute(q)
+        assert plan.route != LAKE and compare_rows(q, exp, to_rows(q, table)) is None

@@ -99,7 +99,9 @@ def _pending(lake: Path) -> int:
 
 
 def measure_freshness(lake_src: str | os.PathLike, raw_src: str | os.PathLike, part: str | os.PathLike,
-                      work: str | os.PathLike, *, small_rows: int = 20_000) -> dict[str, Any]:
+                      work: str | os.PathLike, *, small_rows: int = 20_000, deltas: bool = True) -> dict[str, Any]:
+    """The figures of one lake size (see the module's docstring); without `deltas`, only the
+    ingest of `part` (no small parts, no compaction)."""
     lake_src, raw_src, part, work = Path(lake_src), Path(raw_src), Path(part), Path(work)
     lake, landing = work / "lake", work / "landing"
     shutil.rmtree(work, ignore_errors=True)
@@ -148,6 +150,9 @@ def measure_freshness(lake_src: str | os.PathLike, raw_src: str | os.PathLike, p
     out["prepare_seconds"] = steps[0]["prepare_seconds"]
     out["refresh_seconds"] = steps[0]["refresh_seconds"]
     out["refresh_modes"] = sorted(set(steps[0]["views"].values()))
+    if not deltas:
+        wb.close()
+        return out
 
     small = work / "small"
     generate(small, small_rows * 9, seed=99, parts=9, progress=False)
@@ -174,8 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--part", required=True, help="the CSV part to ingest (e.g. 1M rows, another seed)")
     parser.add_argument("--work", required=True, help="scratch directory (emptied first)")
     parser.add_argument("--json", default=None, help="write the figures here too")
+    parser.add_argument("--no-deltas", action="store_true",
+                        help="only the ingest of --part (no pending-delta query times, no compaction)")
     args = parser.parse_args(argv)
-    result = measure_freshness(args.lake, args.raw, args.part, args.work)
+    result = measure_freshness(args.lake, args.raw, args.part, args.work, deltas=not args.no_deltas)
     print(json.dumps(result, indent=1))
     if args.json:
         write_atomic(args.json, json.dumps(result, indent=1))
