@@ -7,7 +7,8 @@ polls a view-shaped query; it reports the prepare and view-refresh seconds of th
 freshness: seconds from the rename to the first answer served by a view that includes the part.
 Then it adds small parts until views hold 5 and 10 pending deltas and reports the view-routed
 median query time at 0, 5 and 10 deltas, and the seconds of compacting them.
-Run as `python -m analytics.bench.freshness --lake L --raw R --part P --work DIR [--json OUT]`.
+Run as `python -m analytics.bench.freshness measure --lake L --raw R --part P --work DIR [--json OUT]`;
+`... chart JSON... --out chart.html` draws refresh time against lake size (`refresh_chart`).
 Must not write into `--lake` or `--raw`, nor change the benchmark of `bench/run.py`.
 """
 from __future__ import annotations
@@ -171,17 +172,43 @@ def measure_freshness(lake_src: str | os.PathLike, raw_src: str | os.PathLike, p
     return out
 
 
+def refresh_chart(results: list[dict[str, Any]]) -> Any:
+    """A plotly chart of prepare and view-refresh seconds (and freshness) against lake size, one
+    point per result of `measure_freshness` (the same part size in each)."""
+    import plotly.graph_objects as go
+
+    results = sorted(results, key=lambda r: r["lake_rows"])
+    sizes = [f"{r['lake_rows'] / 1e6:g}M" for r in results]
+    fig = go.Figure()
+    for key, label in (("prepare_seconds", "prepare"), ("refresh_seconds", "view refresh (all views)"),
+                       ("freshness_seconds", "freshness (rename -> first view answer)")):
+        fig.add_bar(x=sizes, y=[r[key] for r in results], name=label)
+    rows = {r["part_rows"] for r in results}
+    fig.update_layout(title=f"ingest of a {', '.join(f'{n:,}' for n in sorted(rows))}-row part against lake size",
+                      xaxis_title="lake rows", yaxis_title="seconds", barmode="group")
+    return fig
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analytics.bench.freshness", description=(
         "freshness and refresh cost of ingesting one part into a copy of a built lake; query cost of pending deltas"))
-    parser.add_argument("--lake", required=True, help="a built lake (read only: a hard-linked copy is used)")
-    parser.add_argument("--raw", required=True, help="the lake's raw parts (read only: hard-linked)")
-    parser.add_argument("--part", required=True, help="the CSV part to ingest (e.g. 1M rows, another seed)")
-    parser.add_argument("--work", required=True, help="scratch directory (emptied first)")
-    parser.add_argument("--json", default=None, help="write the figures here too")
-    parser.add_argument("--no-deltas", action="store_true",
-                        help="only the ingest of --part (no pending-delta query times, no compaction)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("measure", help="measure one lake size")
+    p.add_argument("--lake", required=True, help="a built lake (read only: a hard-linked copy is used)")
+    p.add_argument("--raw", required=True, help="the lake's raw parts (read only: hard-linked)")
+    p.add_argument("--part", required=True, help="the CSV part to ingest (e.g. 1M rows, another seed)")
+    p.add_argument("--work", required=True, help="scratch directory (emptied first)")
+    p.add_argument("--json", default=None, help="write the figures here too")
+    p.add_argument("--no-deltas", action="store_true",
+                   help="only the ingest of --part (no pending-delta query times, no compaction)")
+    p = sub.add_parser("chart", help="chart refresh time against lake size from measure's JSON files")
+    p.add_argument("jsons", nargs="+", help="JSON files written by measure --json (one part size)")
+    p.add_argument("--out", required=True, help="the chart, as HTML")
     args = parser.parse_args(argv)
+    if args.command == "chart":
+        refresh_chart([json.loads(Path(f).read_text()) for f in args.jsons]).write_html(args.out)
+        print(f"chart in {args.out}")
+        return 0
     result = measure_freshness(args.lake, args.raw, args.part, args.work, deltas=not args.no_deltas)
     print(json.dumps(result, indent=1))
     if args.json:
