@@ -299,3 +299,23 @@ def test_ctrl_c_stops_the_watcher_between_steps(parts, tmp_path):
     with Workbench(lake) as wb:
         table, plan = wb.execute(q)
         assert plan.route != LAKE and compare_rows(q, exp, to_rows(q, table)) is None
+
+
+def test_the_watcher_compacts_in_the_background_and_stays_exact(parts, tmp_path, monkeypatch):
+    monkeypatch.setattr("analytics.views.ingest.COMPACT_AT", 2)
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    landing.mkdir()
+    for key in ("p0", "p1", "p2", "p3"):
+        put(landing, parts[key], name_of(key))
+    counts = ingest(landing, lake, settle=0)
+    assert counts["taken"] == 4 and counts["compacted"], counts
+    reg = load_registry(lake)["views"]
+    for name in counts["compacted"]:  # a new base (later parts may have added deltas to it since)
+        assert reg[name]["file"] != f"views/{name}/v1.parquet" and len(reg[name]["deltas"]) < 3, reg[name]
+    queries = FIXED + random_queries(60, seed=29, view_shaped=True)
+    expected = expected_answers(with_name(parts, ["p0", "p1", "p2", "p3"], True, tmp_path), queries, tmp_path)
+    with Workbench(lake) as wb:
+        for q, rows in zip(queries, expected):
+            pq = parse_query(q)
+            table, plan = wb.execute(pq)
+            assert compare_rows(pq, rows, to_rows(pq, table)) is None, (plan.route, q)

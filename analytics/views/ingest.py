@@ -68,7 +68,7 @@ class _Compactor:
 
     def _run(self) -> None:
         try:
-            done = compact_due(self.lake, memory_limit=self.memory_limit)
+            done = compact_due(self.lake, at=COMPACT_AT, memory_limit=self.memory_limit)
         except Exception as exc:  # noqa: BLE001 - a failed compaction leaves the deltas serving; retried later
             log.warning("ingest: compaction failed (the deltas keep serving): %s", str(exc).splitlines()[0])
             return
