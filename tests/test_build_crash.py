@@ -2,8 +2,8 @@
 served with exact answers, the next build completes, and nothing is counted twice.
 
 The lake is prepared from three of the four raw parts and built, then the fourth part is
-prepared in, so every view has an incremental refresh pending (the step where a merge could
-count the old rows twice). `analytics build` then runs in a subprocess with
+prepared in, so every view has an incremental refresh pending (the step where a delta could
+count the old rows twice, or the new rows twice once registered). `analytics build` then runs in a subprocess with
 `ANALYTICS_CRASH_AT=<point>` and `--jobs 1`, so the first view of the catalog dies at that step.
 Answers are checked against the baseline over the four raw parts (the session's `baseline`).
 """
@@ -103,7 +103,8 @@ def test_a_build_killed_at_each_commit_step(point, pending_lake, baseline, tmp_p
         if point == "build:after-aggregate":
             assert list(vdir.glob(".staging-*"))  # killed with the new version staged, nothing promoted
         else:
-            assert (vdir / f"v{before[FIRST]['version'] + 1}.parquet").is_file()  # renamed, not registered
+            # the refresh's delta renamed into place, not registered
+            assert (vdir / f"d{before[FIRST]['version'] + 1}.parquet").is_file()
 
     # what is served now: exact, from the lake while a view is stale, from the new version once registered
     with Workbench(lake) as wb:

@@ -79,6 +79,13 @@ CASES: list[tuple[str, int, str]] = [
     ("prepare --raw {R} --lake {O}/l --memory-limit 0MB", BAD, "--memory-limit"),
     ("prepare --raw {R} --lake {O}/l --memory-limit -1GB", BAD, "--memory-limit"),
     # build
+    ("ingest --raw {C}/nope --lake {O}/l", BAD, "nope does not exist"),
+    ("ingest --raw {C}/afile.txt --lake {O}/l", BAD, "afile.txt"),
+    ("ingest --raw {R} --lake {C}/afile.txt", BAD, "afile.txt exists and is not a directory"),
+    ("ingest --raw {R} --lake {C}/badlake", BAD, "badlake/_manifest.json is damaged"),
+    ("ingest --raw {R} --lake {O}/l --interval -1", BAD, "--interval"),
+    ("ingest --raw {R} --lake {O}/l --settle lots", BAD, "--settle"),
+    ("ingest --raw {C}/alienland --lake {O}/l --settle 0", FAILED, "refused 1 (alien.csv)"),
     ("build --lake {C}/nope", BAD, "nope is not a prepared lake"),
     ("build --lake {C}/emptydir", BAD, "emptydir is not a prepared lake"),
     ("build --lake {C}/afile.txt", BAD, "afile.txt is not a prepared lake"),
@@ -173,6 +180,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for d in ("adir", "emptydir", "badlake", "listlake", "badanswers", "badtelemetry/_telemetry"):
         (c / d).mkdir(parents=True)
     (c / "afile.txt").write_text("not a directory\n")
+    (c / "alienland").mkdir()
+    (c / "alienland" / "alien.csv").write_text("a,b,c\n1,2,3\n")
     (c / "badlake" / "_manifest.json").write_text("{not json")
     (c / "listlake" / "_manifest.json").write_text("[1, 2]")
     (c / "answers.json").write_text(json.dumps([COUNT]))

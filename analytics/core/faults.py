@@ -22,6 +22,7 @@ POINTS: dict[str, str] = {
     "build:after-aggregate": "a view version is staged under a hidden name; nothing is checked or promoted",
     "build:after-rename-before-registry": "the new version file is in place; the registry still names the old one",
     "build:after-registry": "the registry names the new version; old versions are not yet swept",
+    "ingest:after-take": "a landing part is linked into the lake's taken parts; prepare has not read it",
 }
 
 

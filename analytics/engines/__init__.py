@@ -8,8 +8,8 @@ An engine only *executes* four things, always producing the same files:
 
 - `ingest`: remediate raw CSV parts into staged Parquet (one file per segment and type, one
   quarantine file per segment) and return each segment's manifest entry;
-- `aggregate_view`: write one view version (one Parquet file) from the lake, or merge new
-  segments into the previous version;
+- `aggregate_view`: write one view version (one Parquet file) from the lake, or a delta from
+  only some segments (`views.delta`);
 - `lake_totals`: the per type and day totals the view checks reconcile against;
 - `query`: answer a `Query` over the lake's committed files.
 

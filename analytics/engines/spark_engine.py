@@ -15,7 +15,7 @@ record them the same way and the router and DuckDB serve them unchanged:
 - lake files: one Parquet file per segment and type (gathered by a shuffle on (segment, type),
   sorted by `ts`, ZSTD, the same row group size), UTC-naive TIMESTAMP_NTZ / DATE / INT / BIGINT /
   DOUBLE / STRING columns in the lake's order; the part files Spark writes are moved into place.
-- views: `ViewDef.aggregate_sql` / `reaggregate_sql` run as Spark SQL; one file per version.
+- views: `ViewDef.aggregate_sql` runs as Spark SQL; one file per version (deltas are the same SQL over new segments).
 - queries: the `Query` compiled by `compiler.compile_query` to Spark SQL over a temp view of the
   committed files; every value is a bound `?` parameter (times bound as ISO text and cast to the
   lake's type, so no process or JVM time zone can shift them); NULLs sort last as in DuckDB.
@@ -338,8 +338,8 @@ class SparkEngine:
         return entries
 
     # ---- views ---------------------------------------------------------------------------------
-    def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, base: Path | None = None,
-                       segments: set[str] | None = None, pieces: Sequence[Piece] | None = None) -> None:
+    def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, segments: set[str] | None = None,
+                       pieces: Sequence[Piece] | None = None) -> None:
         del pieces  # Spark partitions the aggregation and spills by itself
         for leftover in out.parent.glob(".spark-*"):  # a killed build's; the caller holds the view lock
             shutil.rmtree(leftover, ignore_errors=True)
@@ -348,10 +348,6 @@ class SparkEngine:
         temps = [source]
         try:
             frame = self.spark.sql(view.aggregate_sql(source))
-            if base is not None:
-                merged = self._temp_view(self.spark.read.parquet(_uri(base)).unionByName(frame))
-                temps.append(merged)
-                frame = self.spark.sql(view.reaggregate_sql(merged))
             (frame.select(*[c for c, _ in view.schema()]).repartition(1)
              .sortWithinPartitions(*view.sort_columns)
              .write.option(ROW_GROUP_ROWS, str(VIEW_ROW_GROUP_SIZE)).option("compression", "zstd")

@@ -143,6 +143,20 @@ class Lake:
                 out[t].update(days)
         return out
 
+    def segment_days(self, segments: Iterable[str]) -> dict[str, set[str]] | None:
+        """Per type, the days `segments` cover, whether in the lake or dropped from it (their days are
+        in the manifest's history of the last 50 runs); None if a segment is in neither."""
+        known = {seg["segment"]: seg["days"] for seg in self.manifest["segments"]}
+        for run in self.manifest.get("history") or ():
+            known.update(run.get("dropped_days") or {})
+        out: dict[str, set[str]] = {}
+        for seg in segments:
+            if seg not in known:
+                return None
+            for t, days in known[seg].items():
+                out.setdefault(t, set()).update(days)
+        return out
+
     def relation_sql(self, types: Iterable[str] | None = None, segments: Iterable[str] | None = None) -> str:
         """A `read_parquet` over exactly the committed files (optionally some segments), `type` from the Hive path."""
         files = self.event_files(types, segments)

@@ -208,6 +208,7 @@ def ingest_parts(parts: Sequence[tuple[Path, str]], stage: Path, *, row_group_si
     try:
         con.execute("SET temp_directory = ?", [str(stage / "spill")])
         con.execute("SET preserve_insertion_order = false")
+        con.execute(f"SET enable_progress_bar = {'true' if progress else 'false'}")
         entries: list[SegmentEntry | RejectedPart] = []
         bar = tqdm(parts, desc="prepare", unit="part", disable=not progress)
         for src, seg_id in bar:
@@ -330,6 +331,9 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
             segments = sorted(keep + [e.to_json() for e in added], key=lambda s: s["source"]["file"])
             now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             dropped = sorted(set(known) - {seg["source"]["file"] for seg in segments})
+            live = {seg["segment"] for seg in segments}
+            # the days each segment leaving the lake covered: what a view refresh must recompute
+            gone = {seg["segment"]: seg["days"] for seg in manifest["segments"] if seg["segment"] not in live}
             new_manifest = {
                 "schema_version": SCHEMA_VERSION,
                 "lake_version": _lake_version(segments),
@@ -340,7 +344,8 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
                 "segments": segments,
                 "totals": _totals(segments),
                 "history": (manifest.get("history") or [])[-49:] + [
-                    {"at": now, "added": [e.source["file"] for e in added], "dropped": dropped}],
+                    {"at": now, "added": [e.source["file"] for e in added], "dropped": dropped,
+                     "dropped_days": gone}],
                 "rejected": [r.to_json() for r in rejected],
             }
             write_atomic(lake / MANIFEST, json.dumps(new_manifest, indent=1))

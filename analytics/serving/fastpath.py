@@ -177,14 +177,16 @@ class _Piece(NamedTuple):
 
 class ArrowView:
     """One view version, ready to answer the queries the router sends to it: per event type, its
-    rows as pieces (single-chunk tables, in time order within and across pieces), e.g. the record
-    batches of a memory-mapped serving copy. Nothing here reads a piece whole: time filters are
+    rows as pieces (single-chunk tables, each in time order), e.g. the record batches of a
+    memory-mapped serving copy, then those of its deltas (with `unique_keys=False`: a key may
+    then appear in several pieces, and every answer re-aggregates). Nothing here reads a piece whole: time filters are
     binary searches, masks run on the rows the searches keep. `scaled` names sum columns stored as
     int64 times 10^PRICE_SCALE; dictionary columns are compared by code and decoded on output."""
 
     def __init__(self, view: ViewDef, pieces: dict[str, list[pa.Table]], schema: pa.Schema,
-                 scaled: Iterable[str] = ()) -> None:
+                 scaled: Iterable[str] = (), unique_keys: bool = True) -> None:
         self.view = view
+        self.unique_keys = unique_keys  # False when a key may repeat across pieces (a base and its deltas)
         self.schema = schema
         self.scaled = frozenset(scaled)
         time_cols = [c for c in view.time_columns if c in _TIME_KINDS]
@@ -407,7 +409,10 @@ class ArrowView:
     def _one_row_per_group(self, query: Query) -> bool:
         """Whether the query's groups are the view's own rows, so re-aggregating is the identity:
         it groups by the view's finest time column and every dimension, and by `type` unless the
-        filters keep a single type (coarser time columns follow from the finest)."""
+        filters keep a single type (coarser time columns follow from the finest). Never when keys
+        repeat across pieces (deltas): their rows must be re-aggregated."""
+        if not self.unique_keys:
+            return False
         key = set(self.view.time_columns[:1]) | set(self.view.dims)
         types = self._types(query.where)
         if types is None or len(types) > 1:

@@ -2,15 +2,17 @@
 
 Owns the warm serving state over one lake: a DuckDB database holding the `events` view over
 the lake's committed files, each view's current version opened on first use by memory-mapping
-its serving copy (`views.serving_copy`: opening reads no data page, a query touches only the
-pages of the rows it keeps, so a cold process pays for what it reads, not for whole views), a
+its serving copy and those of its deltas (`views.serving_copy`, `views.delta`: opening reads no
+data page, a query touches only the pages of the rows it keeps, so a cold process pays for what
+it reads, not for whole views), a
 second, single-threaded DuckDB database where a view's Parquet file becomes a SQL table for the
 shapes the fast path leaves to SQL (a view answer is a small scan that gains nothing from
 parallel workers), one cursor per thread on each, the health of every view, and the plan of
 each query seen (a repeated query is not
 routed again while nothing changed). Each query stats the lake manifest and the view registry
 (no file is opened) and reloads state, forgetting the plans, when either changed, so a
-`prepare` or `build` by another process is picked up at once. Must stay a shell: validation
+`prepare`, `build` or `ingest` by another process is picked up at once; a query whose files a
+newer state swept meanwhile is planned again on that state. Must stay a shell: validation
 is `query.py`, SQL is `compiler.py`, the choice of source is `router.py`.
 """
 from __future__ import annotations
@@ -25,13 +27,13 @@ import pyarrow as pa
 
 from analytics.core import db
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
-from analytics.core.sql import sql_string
 from analytics.lake.manifest import MANIFEST, Lake
 from analytics.query.compiler import ident
 from analytics.query.model import Query, parse_query
 from analytics.serving.fastpath import ArrowView
 from analytics.serving.router import LAKE, Plan, Router
 from analytics.views.catalog import VIEWS
+from analytics.views.delta import version_relation
 from analytics.views.registry import load_registry, registry_path, staleness
 from analytics.views.serving_copy import ServingError, open_serving_copy
 
@@ -120,8 +122,13 @@ class Workbench:
             if table in self._ready_tables:
                 return True
             try:
-                pieces, schema = open_serving_copy((self.root / entry["file"]).parent, entry)
-                view = ArrowView(VIEWS[name], pieces, schema, scaled=entry["serving"]["scaled"])
+                vdir = (self.root / entry["file"]).parent
+                pieces, schema = open_serving_copy(vdir, entry)
+                for delta in entry.get("deltas") or ():
+                    for t, more in open_serving_copy(vdir, delta)[0].items():
+                        pieces.setdefault(t, []).extend(more)
+                view = ArrowView(VIEWS[name], pieces, schema, scaled=entry["serving"]["scaled"],
+                                 unique_keys=not entry.get("deltas"))
             except ServingError as exc:
                 with self._lock:
                     self._load_errors[table] = f"serving copy unusable: {str(exc).splitlines()[0]}"
@@ -146,8 +153,7 @@ class Workbench:
             return True
         entry = self.registry[name]
         try:
-            cur.execute(f"CREATE OR REPLACE VIEW {ident(table)} AS SELECT * FROM read_parquet("
-                        f"{sql_string(self.root / entry['file'])})")
+            cur.execute(f"CREATE OR REPLACE VIEW {ident(table)} AS SELECT * FROM {version_relation(self.root, entry)}")
             schema = [[r[0], r[1]] for r in cur.execute(f"DESCRIBE {ident(table)}").fetchall()]
             if schema != entry["columns"]:
                 raise ValueError(f"schema differs from the registry: {schema} vs {entry['columns']}")
@@ -228,6 +234,8 @@ class Workbench:
                 if plan.route == LAKE:
                     raise
                 continue  # a newer version replaced the table meanwhile: plan again
+            except duckdb.IOException:
+                continue  # a file of the state it read was swept by a newer prepare or build: plan again
         plan = self.plan(q, use_views=False)
         return db.fetch_arrow(self.cursor(), plan.sql, plan.params), plan
 

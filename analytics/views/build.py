@@ -9,9 +9,10 @@ a reader never sees a half-built view, and a build killed at any point leaves th
 version in force; the next build sweeps its leftovers. One file lock per view means two
 builds of the same view never both write; different views build in parallel, one DuckDB
 connection per thread, each aggregating one event type at a time (bounded pieces appended to
-one file, in type-then-time order without a global sort). After `prepare` only appended parts,
-a view is refreshed by merging the aggregate of the new parts into the old version instead of
-rescanning the lake.
+one file, in type-then-time order without a global sort). A view of the same definition is
+refreshed at the cost of what changed (`views.delta`): appended parts become a delta beside the
+version, dropped or replaced ones have the days they covered recomputed; `compact_due` merges
+the deltas of a view that holds COMPACT_AT of them into a new base.
 Must not decide routes or answer queries.
 """
 from __future__ import annotations
@@ -37,17 +38,27 @@ from analytics.core.faults import crash_point
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT, split_memory
 from analytics.core.sql import sql_string
 from analytics.lake.manifest import Lake
-from analytics.views.catalog import CATALOG, MEASURE_COLUMNS, SUM_TYPE, VIEWS, ViewDef
+from analytics.views.catalog import CATALOG, VIEWS, ViewDef
+from analytics.views.delta import COMPACT_AT, OutgrowsEncoding, append_delta, compact, price_totals
 from analytics.views.registry import (
     LOCK_TIMEOUT_S,
     VIEWS_DIR,
+    entry_files,
     is_current,
     load_registry,
+    sweep_view_dir,
     update_registry,
 )
-from analytics.views.serving_copy import SUFFIX as SERVING_SUFFIX
 from analytics.views.pieces import Piece, cut
-from analytics.views.serving_copy import WRITER_MEMORY, ServingError, scaled_sums, serving_files, write_serving_copy
+from analytics.views.serving_copy import WRITER_MEMORY, ServingError, scaled_sums, write_serving_copy
+from analytics.views.verify import (  # noqa: F401 - BuildError and the lake's totals are imported from here
+    BuildError,
+    duplicate_keys,
+    file_schema,
+    lake_totals,
+    lake_totals_sql,
+    reconcile,
+)
 
 # the interpreter, DuckDB's and Arrow's libraries and the lake totals (measured: 160 MiB before any
 # query), held outside DuckDB's buffer pools
@@ -61,11 +72,11 @@ class Aggregator(Protocol):
     # exceptions that mean "this step failed" (reported per view, not a crash)
     errors: tuple[type[BaseException], ...]
 
-    def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, base: Path | None = None,
-                       segments: set[str] | None = None, pieces: Sequence[Piece] | None = None) -> None:
+    def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, segments: set[str] | None = None,
+                       pieces: Sequence[Piece] | None = None) -> None:
         """Write `view` as one Parquet file `out`, sorted by `view.sort_columns`: aggregated from the
-        whole lake, or, with `base`, the previous version merged with the aggregate of `segments`.
-        `pieces` (`views.pieces.cut`) is how to cut the work to fit the memory; None: a type at a time."""
+        whole lake, or from only `segments` (a delta, `views.delta`). `pieces` (`views.pieces.cut`)
+        is how to cut the work to fit the memory; None: a type at a time."""
 
     def lake_totals(self, lake: Lake) -> pa.Table:
         """`lake_totals_sql` over the committed lake, as Arrow."""
@@ -79,8 +90,8 @@ class DuckDBAggregator:
     def __init__(self, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> None:
         self.memory_limit = memory_limit
 
-    def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, base: Path | None = None,
-                       segments: set[str] | None = None, pieces: Sequence[Piece] | None = None) -> None:
+    def aggregate_view(self, view: ViewDef, lake: Lake, out: Path, *, segments: set[str] | None = None,
+                       pieces: Sequence[Piece] | None = None) -> None:
         con = db.connect(memory_limit=self.memory_limit)
         try:
             con.execute("SET preserve_insertion_order = true")
@@ -91,13 +102,7 @@ class DuckDBAggregator:
             writer = None
             try:
                 for piece in pieces or cut(view, None, self.memory_limit):
-                    where = piece.where()
-                    fresh = view.aggregate_sql(lake.relation_sql(segments=segments), where=where)
-                    if base is not None:
-                        old = f"SELECT * FROM read_parquet({sql_string(base)}) WHERE {where}"
-                        select = view.reaggregate_sql(f"({old} UNION ALL BY NAME {fresh})")
-                    else:
-                        select = fresh
+                    select = view.aggregate_sql(lake.relation_sql(segments=segments), where=piece.where())
                     reader = con.sql(f"{select} ORDER BY {', '.join(view.sort_columns[1:])}"
                                      ).to_arrow_reader(ROW_GROUP_ROWS)
                     if writer is None:
@@ -120,90 +125,10 @@ class DuckDBAggregator:
             con.close()
 
 
-class BuildError(RuntimeError):
-    """A view failed its checks or could not be built; the previous version stays in force."""
-
-
-def lake_totals_sql(relation: str) -> str:
-    """Per type and day: rows, non-NULL counts and exact sums of the prices of `relation` (the lake);
-    plain SQL that every engine runs."""
-    items = ["type", "day", "count(*)::BIGINT AS cnt"]
-    for m in MEASURE_COLUMNS:
-        items += [f"count({m})::BIGINT AS nn_{m}", f"sum(CAST({m} AS {SUM_TYPE})) AS sum_{m}"]
-    return f"SELECT {', '.join(items)} FROM {relation} GROUP BY type, day"
-
-
 def lake_distinct(con: duckdb.DuckDBPyConnection, lake: Lake, columns: Sequence[str]) -> dict[str, int]:
     """Distinct values of each of `columns` (from the allow-list) in the whole lake: one scan."""
     items = ", ".join(f"count(DISTINCT {c})" for c in columns)
     return dict(zip(columns, con.execute(f"SELECT {items} FROM {lake.relation_sql()}").fetchone()))
-
-
-def lake_totals(con: duckdb.DuckDBPyConnection, lake: Lake) -> pa.Table:
-    """Per type and day: rows, non-NULL counts and exact sums of the prices, from the lake itself."""
-    return db.fetch_arrow(con, lake_totals_sql(lake.relation_sql()))
-
-
-def reconcile(con: duckdb.DuckDBPyConnection, view: ViewDef, relation: str, totals_relation: str) -> list[dict[str, Any]]:
-    """Groups (type[, day]) where the view's totals differ from the lake's; empty when they reconcile."""
-    keys = ["type", "day"] if "day" in view.group_columns else ["type"]
-    measures = ["cnt"] + [f"{p}_{m}" for m in MEASURE_COLUMNS for p in ("nn", "sum")]
-    agg = ", ".join(f"sum({c}) AS {c}" for c in measures)
-    type_filter = f"WHERE type IN ({', '.join(repr(t) for t in view.types)})"
-    diff = " OR ".join(f"v.{c} IS DISTINCT FROM l.{c}" for c in measures)
-    sql = f"""
-        WITH v AS (SELECT {', '.join(keys)}, {agg} FROM {relation} GROUP BY ALL),
-             l AS (SELECT {', '.join(keys)}, {agg} FROM {totals_relation} {type_filter} GROUP BY ALL)
-        SELECT {', '.join(f'coalesce(v.{k}, l.{k}) AS {k}' for k in keys)},
-               {', '.join(f'v.{c} AS view_{c}, l.{c} AS lake_{c}' for c in measures)}
-        FROM v FULL OUTER JOIN l USING ({', '.join(keys)})
-        WHERE {diff}
-        ORDER BY ALL LIMIT 20
-    """
-    table = db.fetch_arrow(con, sql)
-    return table.to_pylist()
-
-
-def duplicate_keys(con: duckdb.DuckDBPyConnection, view: ViewDef, relation: str,
-                   pieces: Iterable[Piece] = (None,)) -> int:
-    """Keys held by more than one row, counted piece by piece (`pieces.cut`: a key lies in one
-    piece, so each group-by holds one piece's keys); by default over the whole relation."""
-    keys = ", ".join(view.group_columns)
-    total = 0
-    for piece in pieces:
-        where = f"WHERE {piece.where()}" if piece else ""
-        total += con.execute(f"SELECT count(*) FROM (SELECT {keys} FROM {relation} {where} GROUP BY ALL "
-                             f"HAVING count(*) > 1)").fetchone()[0]
-    return total
-
-
-def file_schema(con: duckdb.DuckDBPyConnection, path: Path) -> list[list[str]]:
-    rows = con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_string(path)})").fetchall()
-    return [[r[0], r[1]] for r in rows]
-
-
-def _sweep_view_dir(vdir: Path, keep: Iterable[str]) -> None:
-    """Remove staging leftovers and versions older than those in `keep` (caller holds the view lock)."""
-    keep = set(keep)
-    for f in vdir.glob(".staging-*"):
-        f.unlink(missing_ok=True)
-    files = [f for f in vdir.glob("v*") if f.suffix in (".parquet", SERVING_SUFFIX)]
-    versions = sorted({_version(f) for f in files})
-    for f in files:
-        # the previous version stays for readers that still hold it
-        if _version(f) not in versions[-2:] and f.name not in keep:
-            f.unlink(missing_ok=True)
-
-
-def _version(f: Path) -> int:
-    """The version of a view file: `v12.parquet`, `v12.click.arrow` -> 12."""
-    head = f.name.split(".", 1)[0][1:]
-    return int(head) if head.isdigit() else 0
-
-
-def _files(entry: dict[str, Any]) -> list[str]:
-    """The file names of a registered version: its Parquet and its serving copy."""
-    return [Path(entry["file"]).name] + (serving_files(entry["serving"]) if entry.get("serving") else [])
 
 
 def _sweep_idle(vdir: Path, entry: dict[str, Any]) -> None:
@@ -211,9 +136,70 @@ def _sweep_idle(vdir: Path, entry: dict[str, Any]) -> None:
     lock = FileLock(str(vdir / ".lock"))
     try:
         with lock.acquire(timeout=0):
-            _sweep_view_dir(vdir, keep=_files(entry))
+            sweep_view_dir(vdir, entry)
     except Timeout:
         pass
+
+
+def _refresh_in_place(view: ViewDef, lake: Lake, entry: dict[str, Any], engine: Aggregator, memory_limit: str,
+                      bar: tqdm | None) -> dict[str, Any] | None:
+    """Refresh a version of the same definition at the cost of what changed (`views.delta`): a delta
+    for appended segments; for dropped or replaced ones, the days they covered recomputed. None
+    when only a full build can (the dropped segments' days are unknown, or the view has no days)."""
+    started = time.perf_counter()
+    covered, now = set(entry["segments"]), set(lake.segment_ids)
+    new_segments, dropped = now - covered, covered - now
+    affected = None
+    if dropped:
+        affected = lake.segment_days(dropped | new_segments) if "day" in view.group_columns else None
+        if affected is None:
+            return None
+    con = db.connect(memory_limit=memory_limit)
+    con.execute("SET enable_progress_bar = false")
+    try:
+        if bar:
+            bar.set_postfix_str("delta" if affected is None else "recompute days")
+        if affected is None:
+            try:
+                new_entry = append_delta(con, view, lake, entry, new_segments,
+                                         lambda out: engine.aggregate_view(view, lake, out, segments=new_segments))
+            except OutgrowsEncoding:
+                return None  # the new base gets the encoding the grown sums allow
+        else:
+            new_entry = compact(con, view, lake, entry, affected)
+    finally:
+        con.close()
+    if bar:
+        bar.update(bar.total - bar.n)
+        bar.set_postfix_str(f"v{new_entry['version']} {new_entry['mode']}")
+    rows = new_entry["rows"] + sum(d["rows"] for d in new_entry["deltas"])
+    return {"view": view.name, "status": "built", "mode": new_entry["mode"], "version": new_entry["version"],
+            "rows": rows, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def compact_due(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, at: int = COMPACT_AT,
+                memory_limit: str = DEFAULT_MEMORY_LIMIT) -> list[str]:
+    """Compact each named view (default: all) holding at least `at` deltas into a new base, one view
+    at a time under its lock; returns the views compacted. A view whose files are not all there is
+    left to the next build."""
+    lake = Lake.open(lake_dir)
+    done = []
+    for name in names or [v.name for v in CATALOG]:
+        vdir = lake.root / VIEWS_DIR / name
+        with FileLock(str(vdir / ".lock"), timeout=LOCK_TIMEOUT_S):
+            entry = load_registry(lake.root)["views"].get(name)
+            if (entry is None or len(entry.get("deltas") or ()) < at
+                    or entry["definition"] != VIEWS[name].definition_hash()
+                    or not all((vdir / f).is_file() for f in entry_files(entry))):
+                continue
+            sweep_view_dir(vdir, entry)
+            con = db.connect(memory_limit=memory_limit)
+            try:
+                compact(con, VIEWS[name], lake, entry)
+            finally:
+                con.close()
+            done.append(name)
+    return done
 
 
 def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, force: bool = False,
@@ -230,28 +216,28 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
     started = time.perf_counter()
     with FileLock(str(vdir / ".lock"), timeout=LOCK_TIMEOUT_S):
         entry = load_registry(root)["views"].get(view.name)
-        current = entry is not None and (root / entry["file"]).is_file()
+        current = entry is not None and all((vdir / f).is_file() for f in entry_files(entry))
         same_def = current and entry["definition"] == view.definition_hash()
-        _sweep_view_dir(vdir, keep=_files(entry) if current else [])
+        sweep_view_dir(vdir, entry if current else None)
         if is_current(view, lake, entry) and not force:
             if bar:
                 bar.update(bar.total - bar.n)
             return {"view": view.name, "status": "up-to-date", "version": entry["version"]}
-        new_segments = set(lake.segment_ids) - set(entry["segments"]) if same_def else set()
-        incremental = (same_def and not force and set(entry["segments"]) <= set(lake.segment_ids)
-                       and bool(new_segments))
+        engine = engine or DuckDBAggregator(memory_limit)
+        if same_def and not force:
+            refreshed = _refresh_in_place(view, lake, entry, engine, memory_limit, bar)
+            if refreshed is not None:
+                return refreshed
         version = (entry["version"] + 1) if entry else 1
         staging = vdir / f".staging-{uuid.uuid4().hex}.parquet"
         final = vdir / f"v{version}.parquet"
-        engine = engine or DuckDBAggregator(memory_limit)
         con = db.connect(memory_limit=memory_limit)
         con.execute("SET enable_progress_bar = false")
         try:
             if bar:
                 bar.set_postfix_str("aggregate")
             pieces = cut(view, totals(), memory_limit, distinct or (lambda cols: lake_distinct(con, lake, cols)))
-            engine.aggregate_view(view, lake, staging, base=root / entry["file"] if incremental else None,
-                                  segments=new_segments if incremental else None, pieces=pieces)
+            engine.aggregate_view(view, lake, staging, pieces=pieces)
             crash_point("build:after-aggregate")
             if bar:
                 bar.update(1)
@@ -280,6 +266,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
                                          scaled_sums(lake_totals_table))
             lake_rows = pc.sum(pc.filter(lake_totals_table.column("cnt"),
                                          pc.is_in(lake_totals_table.column("type"), pa.array(view.types)))).as_py() or 0
+            totals_of_prices = price_totals(con, f"read_parquet({sql_string(final)})")
             crash_point("build:after-rename-before-registry")
         except BaseException:
             staging.unlink(missing_ok=True)
@@ -293,9 +280,11 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             "bytes": final.stat().st_size, "built_at": built_at,
             "build_seconds": round(time.perf_counter() - started, 3),
             "lake_version": lake.version, "segments": sorted(lake.segment_ids),
-            "definition": view.definition_hash(), "mode": "incremental" if incremental else "full",
+            "definition": view.definition_hash(), "mode": "full",
             "grain": view.grain, "dims": list(view.group_columns),
             "serving": serving,  # its files beside the Parquet version
+            "deltas": [], "price_totals": totals_of_prices,
+            "previous_files": entry_files(entry) if current else [],
             # lake rows per view row: how much a query served from the view saves over the lake
             "rollup": round(lake_rows / max(1, sum(rows_by_type.values())), 2),
         }
@@ -310,10 +299,11 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
 
 def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jobs: int | None = None,
           force: bool = False, progress: bool = True, memory_limit: str = DEFAULT_MEMORY_LIMIT,
-          engine: Aggregator | None = None) -> dict[str, Any]:
+          engine: Aggregator | None = None, compact_deltas: bool = True) -> dict[str, Any]:
     """Build or refresh the named views (default: the whole catalog), `jobs` at a time, aggregated by
     `engine` (default DuckDB; see analytics.engines). `memory_limit` bounds the whole build: each of
-    the `jobs` connections gets an equal share, so more cores never means more memory."""
+    the `jobs` connections gets an equal share, so more cores never means more memory. With
+    `compact_deltas`, views holding COMPACT_AT deltas are then compacted (`compact_due`)."""
     lake = Lake.open(lake_dir)
     selected = list(names) if names else [v.name for v in CATALOG]
     unknown = [n for n in selected if n not in VIEWS]
@@ -331,8 +321,9 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
     if not force and all(is_current(VIEWS[n], lake, registry.get(n)) for n in selected):
         for name in selected:
             _sweep_idle(lake.root / VIEWS_DIR / name, registry[name])
+        compacted = compact_due(lake.root, selected, memory_limit=memory_limit) if compact_deltas else []
         return {"lake_version": lake.version, "views": [], "failed": {}, "built": [], "up_to_date": selected,
-                "seconds": round(time.perf_counter() - started, 3)}
+                "compacted": compacted, "seconds": round(time.perf_counter() - started, 3)}
     engine = engine or DuckDBAggregator(memory_limit)
     totals_cache: list[pa.Table] = []
     lock = threading.Lock()
@@ -379,7 +370,8 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
         list(pool.map(one, enumerate(selected)))
     order = {n: i for i, n in enumerate(selected)}
     results.sort(key=lambda r: order[r["view"]])
-    return {"lake_version": lake.version, "views": results, "failed": failures,
+    compacted = compact_due(lake.root, selected, memory_limit=memory_limit) if compact_deltas else []
+    return {"lake_version": lake.version, "views": results, "failed": failures, "compacted": compacted,
             "built": [r["view"] for r in results if r["status"] == "built"],
             "up_to_date": [r["view"] for r in results if r["status"] == "up-to-date"],
             "seconds": round(time.perf_counter() - started, 3)}

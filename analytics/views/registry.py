@@ -1,9 +1,11 @@
 """The view registry, `LAKE/views/_registry.json`, and the one rule of whether a registered view may serve.
 
-Owns the registry's location, reading it, recording a promoted version in it (atomically), and
-`staleness`: why a view's registered version must not answer for the lake as it is now (not
-built, built from another definition or lake version, its Parquet or serving copy gone), or None. The workbench, the
-build and the guardrails all ask this one function. Must not build or load views.
+Owns the registry's location, reading it, recording a promoted version in it (atomically), the
+files an entry names (its base version and its deltas, `views.delta`) and the sweep of the files
+no entry names, and `staleness`: why a view's registered version must not answer for the lake as
+it is now (not built, built from another definition or lake version, its Parquet or serving copy
+or a delta's gone), or None. The workbench, the build and the guardrails all ask this one
+function. Must not build or load views.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from filelock import FileLock
 from analytics.core.files import write_atomic
 from analytics.lake.manifest import Lake
 from analytics.views.catalog import ViewDef
+from analytics.views.serving_copy import SUFFIX as SERVING_SUFFIX
+from analytics.views.serving_copy import serving_files
 
 VIEWS_DIR = "views"
 REGISTRY = "_registry.json"
@@ -57,10 +61,39 @@ def staleness(view: ViewDef, lake: Lake, entry: dict[str, Any] | None) -> str | 
     if not entry.get("serving"):
         return "no serving copy (built before serving copies)"
     vdir = (lake.root / entry["file"]).parent
-    for rec in entry["serving"]["types"].values():
-        if not (vdir / rec["file"]).is_file():
-            return f"file missing: {rec['file']}"
+    for name in entry_files(entry):
+        if not (vdir / name).is_file():
+            return f"file missing: {name}"
     return None
+
+
+def entry_files(entry: dict[str, Any]) -> list[str]:
+    """The file names (in the view's directory) of a registered version: its base Parquet and
+    serving copy, then each delta's."""
+    out = [Path(entry["file"]).name] + (serving_files(entry["serving"]) if entry.get("serving") else [])
+    for delta in entry.get("deltas") or ():
+        out += [Path(delta["file"]).name] + serving_files(delta["serving"])
+    return out
+
+
+def version_of(f: Path) -> int:
+    """The version of a view file: `v12.parquet`, `v12.click.arrow`, `d12.parquet` -> 12."""
+    head = f.name.split(".", 1)[0][1:]
+    return int(head) if head.isdigit() else 0
+
+
+def sweep_view_dir(vdir: Path, entry: dict[str, Any] | None) -> None:
+    """Remove staging leftovers and the files that neither `entry` (the registered version) nor the
+    version it replaced names, keeping the two newest base versions (the caller holds the view lock)."""
+    keep = set(entry_files(entry) + (entry.get("previous_files") or [])) if entry else set()
+    for f in vdir.glob(".staging-*"):
+        f.unlink(missing_ok=True)
+    files = [f for f in [*vdir.glob("v*"), *vdir.glob("d*")] if f.suffix in (".parquet", SERVING_SUFFIX)]
+    versions = sorted({version_of(f) for f in files if f.name.startswith("v")})
+    for f in files:
+        # a previous version stays for readers that still hold it
+        if f.name not in keep and (f.name.startswith("d") or version_of(f) not in versions[-2:]):
+            f.unlink(missing_ok=True)
 
 
 def is_current(view: ViewDef, lake: Lake, entry: dict[str, Any] | None) -> bool:

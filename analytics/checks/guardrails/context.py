@@ -32,6 +32,7 @@ from analytics.query.results import compare_rows, to_rows
 from analytics.serving import router
 from analytics.views.build import lake_totals
 from analytics.views.catalog import CATALOG, MEASURE_COLUMNS, SUM_TYPE, ViewDef
+from analytics.views.delta import version_relation
 from analytics.views.registry import load_registry, staleness
 
 SAMPLES = 5  # offending rows shown per finding
@@ -103,7 +104,11 @@ class ViewHandle:
 
     @property
     def rel(self) -> str:
-        return f"read_parquet({sql_string(str(self.path))})"
+        """The version's rows: its file, or its base and deltas merged to one row per key (`views.delta`)."""
+        if not self.entry.get("deltas"):
+            return f"read_parquet({sql_string(str(self.path))})"
+        root = self.path.parents[len(Path(self.entry["file"]).parts) - 1]
+        return f"({self.view.reaggregate_sql(version_relation(root, self.entry))})"
 
 
 @dataclass
