@@ -72,6 +72,7 @@ from analytics.query.compiler import ident
 from analytics.query.model import Query, parse_query
 from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
+from analytics.views.adaptive_catalog import query_shape
 
 DEFAULT_BATCH_SIZE = 20
 SNAPSHOT_EVERY_S = 30.0  # a long run's partial run.json is at most this old (besides the doubling rule)
@@ -393,6 +394,7 @@ class SafeBatchRunner:
         assert self.telemetry is not None
         self.telemetry.record({
             "time": utc_now(), "run": run_id, "id": it.id, "query": it.qhash,
+            "shape": query_shape(it.query) if it.query is not None else None,
             "route": it.route if it.error is None else None,
             "fallback": it.fallback if it.route == LAKE else None,
             "ms": round(it.ms_pre + it.ms_exec, 3) if it.error is None else None,

@@ -14,8 +14,7 @@ from typing import Any, Mapping
 
 from analytics.query.compiler import compile_query
 from analytics.query.model import Condition, Query
-from analytics.query.schema import EVENT_TYPES
-from analytics.views.catalog import CATALOG, ViewDef, measure_expr
+from analytics.views.catalog import CATALOG, ViewDef, coverage, measure_expr, types_selected
 
 LAKE = "lake"
 DAYS_IN_DATA = 366
@@ -53,35 +52,6 @@ class Plan:
         return "\n".join(lines)
 
 
-def coverage(view: ViewDef, query: Query) -> str | None:
-    """None when `view` answers `query` exactly, else why it cannot."""
-    if not query.is_aggregate:
-        return "lists raw rows (no aggregate or group_by); only the lake has rows"
-    cols = view.group_columns
-    for cond in query.where:
-        if cond.col not in cols:
-            return f"cannot filter on {cond.col}"
-    for g in query.group_by:
-        if g not in cols:
-            return f"cannot group by {g}"
-    for agg in query.aggregates:
-        if measure_expr(agg.func, agg.col, view) is None:
-            return f"cannot derive {agg.name}"
-    if tuple(view.types) != EVENT_TYPES:
-        wanted = _types_selected(query.where)
-        if not wanted <= set(view.types):
-            return f"holds only types {', '.join(view.types)}"
-    return None
-
-
-def _types_selected(where: tuple[Condition, ...]) -> set[str]:
-    types = set(EVENT_TYPES)
-    for c in where:
-        if c.col == "type" and c.op in ("eq", "in"):
-            types &= {str(v) for v in c.values}
-    return types
-
-
 def _time_fraction(cond: Condition) -> float:
     """Rough share of the year a time condition keeps (the view is sorted by time, so it prunes)."""
     per_day = {"day": 1, "week": 1 / 7, "hour": 24, "minute": 1440}.get(cond.col)
@@ -106,7 +76,7 @@ def _as_datetime(v: dt.date) -> dt.datetime:
 
 def estimate_cost(entry: Mapping[str, Any], query: Query) -> float:
     rows_by_type = entry.get("rows_by_type") or {}
-    types = _types_selected(query.where)
+    types = types_selected(query.where)
     rows = sum(n for t, n in rows_by_type.items() if t in types)
     frac = 1.0
     for cond in query.where:
