@@ -23,11 +23,13 @@ import pyarrow as pa
 
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT, parse_size
 from analytics.lake.manifest import Lake
+from analytics.query.model import Query
 from analytics.query.schema import COUNTRIES, EVENT_TYPES, N_ADVERTISERS, N_PUBLISHERS, N_USERS
 from analytics.views.adaptive_catalog import (
     PREFIX,
     SHAPE_DIMS,
     load_adaptive,
+    query_shape,
     save_adaptive,
     shape_columns,
     shape_key,
@@ -413,3 +415,26 @@ def _sweep_retired(lake: Lake, state: dict[str, Any], now: dt.datetime) -> None:
             shutil.rmtree(lake.root / VIEWS_DIR / name, ignore_errors=True)
             rec["swept"] = _iso(now)
 
+
+
+def explain_lake(lake_root: str, query: Query) -> list[str]:
+    """For a lake-routed query: which adaptive view would cover it and why none serves it (from the
+    adaptive catalog's last advice), for `analytics explain`."""
+    state = load_adaptive(lake_root)
+    shape = query_shape(query)
+    key = shape_key(shape)
+    view, why = minimal_view(shape)
+    if view is None:
+        return [f"adaptive: no view can answer this shape: {why}"]
+    for name in sorted(state["views"]):
+        kept = view_from_entry(name, state["views"][name])
+        if kept is not None and coverage(kept, query) is None:
+            return [f"adaptive: {name} covers it but is not healthy (see `analytics build --adaptive`)"]
+    advice = state.get("advice") or {}
+    for p in advice.get("refused", []):
+        if key in p.get("shapes", []):
+            return [f"adaptive: {p['name']} would cover it; not built: {p['reason']}"]
+    if key in (advice.get("uncovered") or {}):
+        return [f"adaptive: {view.name} would cover it; not built: {advice['uncovered'][key]}"]
+    return [f"adaptive: {view.name} would cover it; not built: the shape was not in the telemetry when last "
+            f"advised ({advice.get('advised_at', 'never')})"]
