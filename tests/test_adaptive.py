@@ -29,7 +29,8 @@ from analytics.query.results import compare_rows, to_rows
 from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
 from analytics.views.adaptive import advise, build_adaptive, explain_lake, minimal_view
-from analytics.views.adaptive_catalog import PREFIX, adaptive_path, load_adaptive, query_shape
+from analytics.lake.indexes import IndexDef, usable
+from analytics.views.adaptive_catalog import PREFIX, adaptive_path, load_adaptive, query_shape, usable_indexes
 from analytics.views.registry import VIEWS_DIR, load_registry
 
 GIB = 2**30
@@ -66,15 +67,19 @@ def test_shapes_drop_literal_values_but_keep_the_type_filter():
 
 
 def test_family_b_from_adaptive_views_equals_lake_and_baseline(adaptive_lake, baseline):
-    routes = Counter()
+    routes, indexes = Counter(), Counter()
     with Workbench(adaptive_lake) as wb:
         for seed in (2, 3):
             for raw in family(seed, 40):
                 plan = _check(baseline, wb, raw)
                 routes[plan.route] += 1
+                indexes[plan.index] += 1
                 _check(baseline, wb, raw, use_views=False)
         adaptive = {r: n for r, n in routes.items() if r.startswith(PREFIX)}
         assert len(adaptive) >= 3 and sum(adaptive.values()) >= 30, routes
+        # user_id and auction_id point filters read the lake indexes (exactly, as checked above)
+        assert {i for i in indexes if i} == {ix for ix in load_adaptive(adaptive_lake)["indexes"]}, indexes
+        assert sum(n for i, n in indexes.items() if i) >= 16, indexes
         # the SQL path over the adaptive views' Parquet answers the same
     with Workbench(adaptive_lake, fast_path=False) as sql_only:
         for raw in family(4, 20):
@@ -212,4 +217,21 @@ def test_minimal_view_refuses_what_no_rollup_answers():
     view, _ = minimal_view(query_shape(parse_query(family(1, 1)[0])))
     assert view is not None and view.grain == "hour" and view.dims == ("publisher_id",)
     assert view.types == ("impression",)
-    assert LAKE == "lake"
+
+
+def test_a_lake_index_serves_only_the_lake_version_it_was_built_from(adaptive_lake, tmp_path):
+    lake = Lake.open(adaptive_lake)
+    state = load_adaptive(adaptive_lake)
+    assert len(usable_indexes(lake, state)) == len(state["indexes"]) >= 2
+    for name, record in state["indexes"].items():
+        index = IndexDef.of(name, record["key"], record["types"], record["columns"])
+        assert usable(index, lake, record) is None
+        assert record["rows_by_type"] == {t: lake.manifest["totals"]["lake_by_type"].get(t, 0) for t in index.types}
+        assert "lake version" in usable(index, lake, {**record, "lake_version": "other"})
+        assert "definition changed" in usable(index, lake, {**record, "columns": record["columns"][:1] + ["country"]})
+        assert "file missing" in usable(index, lake, {**record, "dir": "indexes/nope/v9"})
+    # a query reading a column the index does not store stays on the whole lake
+    with Workbench(adaptive_lake) as wb:
+        plan = wb.plan({"select": ["publisher_id", {"COUNT": "*"}], "from": "events", "group_by": ["publisher_id"],
+                        "where": [{"col": "user_id", "op": "eq", "val": 5}]})
+        assert plan.route == LAKE and plan.index is None

@@ -395,6 +395,7 @@ class SafeBatchRunner:
         self.telemetry.record({
             "time": utc_now(), "run": run_id, "id": it.id, "query": it.qhash,
             "shape": query_shape(it.query) if it.query is not None else None,
+            "index": it.plan.index if it.plan is not None and it.route == LAKE else None,
             "route": it.route if it.error is None else None,
             "fallback": it.fallback if it.route == LAKE else None,
             "ms": round(it.ms_pre + it.ms_exec, 3) if it.error is None else None,

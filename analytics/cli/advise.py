@@ -84,7 +84,10 @@ def cmd_advise(args: argparse.Namespace) -> int:
     for shape, why in advice["uncovered"].items():
         print(f"no view for {shape}: {why}")
     for ix in advice.get("indexes", []):
-        print(f"index   {ix['name']}: {ix['status']}{' - ' + ix['reason'] if ix.get('reason') else ''}")
+        print(f"index   {ix['name']} ({ix['status']}): {ix['key']} point filters over {', '.join(ix['types'])}, "
+              f"columns {', '.join(ix['columns'])}; ~{format_bytes(ix['est_bytes'])}; covers {ix['queries']} lake "
+              f"queries of {len(ix['shapes'])} shape(s), {ix['saved_ms']:,.1f} ms measured"
+              + (f"; {ix['reason']}" if ix.get("reason") else ""))
     if not advice["proposals"] and not advice["refused"] and not advice["uncovered"]:
         print("nothing to advise: no lake-routed query with a recorded shape")
     return 0

@@ -50,14 +50,17 @@ def _build_adaptive(args: argparse.Namespace) -> int:
         raise CliError("--adaptive builds what the telemetry advises: it takes no --views, --force or --engine")
     summary = build_adaptive(args.lake, read_workload(args.lake), budget=args.budget, retire_after_s=args.retire_after,
                              memory_limit=args.memory_limit, progress=not args.quiet, log=print)
+    for ix in summary["indexes"]:
+        print(f"{ix['index']}: lake index built, {format_bytes(ix['bytes'])} in {ix['seconds']:.1f}s")
     for name in summary["retired"]:
         print(f"{name}: retired (served no query for {args.retire_after:g} s, or over the budget)")
     for name, why in summary["failed"].items():
         print(f"{name}: FAILED - {why}", file=sys.stderr)
     for p in summary["refused"]:
         print(f"{p['name']}: refused - {p['reason']}")
-    print(f"adaptive build: {len(summary['built'])} built, {len(summary['retired'])} retired, "
-          f"{len(summary['failed'])} failed in {summary['seconds']:.1f}s; adaptive views take "
+    print(f"adaptive build: {len(summary['built'])} view(s) and {len(summary['indexes'])} index(es) built, "
+          f"{len(summary['retired'])} retired, "
+          f"{len(summary['failed'])} failed in {summary['seconds']:.1f}s; adaptive views and indexes take "
           f"{format_bytes(summary['bytes'])} of the {format_bytes(summary['budget'])} budget")
     return 1 if summary["failed"] else 0
 

@@ -31,7 +31,7 @@ from analytics.query.compiler import ident
 from analytics.query.model import Query, parse_query
 from analytics.serving.fastpath import ArrowView
 from analytics.serving.router import LAKE, Plan, Router
-from analytics.views.adaptive_catalog import adaptive_path, all_views
+from analytics.views.adaptive_catalog import adaptive_path, all_views, usable_indexes
 from analytics.views.registry import load_registry, registry_path, staleness
 from analytics.views.serving_copy import ServingError, open_serving_copy
 
@@ -92,7 +92,7 @@ class Workbench:
             self.lake.register(self._con, "events")
             self.registry = load_registry(self.root)["views"]
             self.views = all_views(self.root)
-            self.router = Router(tuple(self.views.values()))
+            self.router = Router(tuple(self.views.values()), usable_indexes(self.lake))
             self.health = {name: self._check(name) for name in self.views}
             self._plans = {}
             self._stamp = stamp

@@ -36,6 +36,7 @@ from analytics.views.adaptive_catalog import (
     shape_query,
     view_from_entry,
 )
+from analytics.views.adaptive_indexes import advise_indexes, build_indexes, index_bytes, retire_indexes
 from analytics.views.catalog import MEASURE_COLUMNS, VIEWS, ViewDef, coverage
 from analytics.views.registry import VIEWS_DIR, load_registry
 
@@ -230,11 +231,19 @@ def advise(lake: Lake, events: Iterable[dict[str, Any]], budget: int, *, window_
         scored.append(Proposal(name, view.grain, list(view.dims), list(view.types), rows, size, rollup,
                                sum(lake_shapes[k].lake_queries for k in covered),
                                round(sum(lake_shapes[k].lake_ms for k in covered), 3), covered))
-    used = kept_bytes = sum(_actual_bytes(lake, n) for n in kept)
+    used = kept_bytes = sum(_actual_bytes(lake, n) for n in kept) + index_bytes(state)
     chosen: list[Proposal] = []
     refused: list[Proposal] = []
     done: set[str] = set()
-    pool = list(scored)
+    for name, view in kept.items():  # what the kept views cover needs nothing new
+        cov = [k for k in sorted(lake_shapes) if k not in not_viewable
+               and coverage(view, shape_query(lake_shapes[k].shape)) is None]
+        rows, size, rollup = estimate(view, lake)
+        chosen.append(Proposal(name, view.grain, list(view.dims), list(view.types), rows, size, rollup,
+                               sum(lake_shapes[k].lake_queries for k in cov),
+                               round(sum(lake_shapes[k].lake_ms for k in cov), 3), cov, status="kept"))
+        done.update(cov)
+    pool = [p for p in scored if p.name not in kept]
     while pool:
         def gain(p: Proposal) -> float:
             return sum(lake_shapes[k].lake_ms + 1e-3 * lake_shapes[k].lake_queries for k in p.shapes if k not in done)
@@ -243,11 +252,6 @@ def advise(lake: Lake, events: Iterable[dict[str, Any]], budget: int, *, window_
             break
         pool.sort(key=lambda p: (-gain(p) / max(1, p.est_bytes), p.est_bytes, p.name))
         best = pool.pop(0)
-        if best.name in kept:  # built earlier, e.g. now stale: refreshed, already counted in `used`
-            best.status = "kept"
-            chosen.append(best)
-            done.update(best.shapes)
-            continue
         unpruned = [k for k in best.shapes if not _time_filtered(lake_shapes[k].shape)]
         if best.rollup < MIN_ROLLUP and unpruned:
             best.status, best.reason = "refused", (
@@ -263,6 +267,9 @@ def advise(lake: Lake, events: Iterable[dict[str, Any]], budget: int, *, window_
         used += best.est_bytes
         chosen.append(best)
         done.update(best.shapes)
+    indexes, ix_refused, ix_used = advise_indexes(lake, lake_shapes, done, budget - used, state)
+    used += ix_used
+    by_index = {k: ix["name"] for ix in indexes for k in ix["shapes"]}
     # a shape no proposal covers gets the refusal of its own minimal view (or why no view can answer it)
     uncovered = {}
     for k in sorted(lake_shapes):
@@ -271,9 +278,11 @@ def advise(lake: Lake, events: Iterable[dict[str, Any]], budget: int, *, window_
         own = next((p for p in refused if k in p.shapes and len(p.shapes) == 1), None) or \
             next((p for p in refused if k in p.shapes), None)
         uncovered[k] = not_viewable.get(k) or (own.reason if own else "no candidate")
+        if k in by_index:
+            uncovered[k] += f"; the lake index {by_index[k]} serves it instead"
     return {"since": since, "events": len(events), "shapes": len(shapes), "lake_shapes": len(lake_shapes),
             "budget": budget, "bytes_kept": kept_bytes, "bytes_used": used, "proposals": [asdict(p) for p in chosen],
-            "refused": [asdict(p) for p in refused], "uncovered": uncovered,
+            "refused": [asdict(p) for p in refused], "uncovered": uncovered, "indexes": indexes + ix_refused,
             "shape_stats": {k: {"queries": s.queries, "lake_queries": s.lake_queries, "lake_ms": round(s.lake_ms, 3),
                                 "routes": dict(sorted(s.routes.items()))} for k, s in sorted(shapes.items())},
             "kept": sorted(kept)}
@@ -293,12 +302,13 @@ def _actual_bytes(lake: Lake, name: str) -> int:
 
 
 def last_served(events: Iterable[dict[str, Any]]) -> dict[str, str]:
-    """Per route, the time of the last query it answered."""
+    """Per route (and lake index), the time of the last query it answered."""
     out: dict[str, str] = {}
     for ev in events:
-        r, t = ev.get("route"), ev.get("time")
-        if isinstance(r, str) and isinstance(t, str) and not ev.get("error") and t > out.get(r, ""):
-            out[r] = t
+        t = ev.get("time")
+        for r in (ev.get("route"), ev.get("index")):
+            if isinstance(r, str) and isinstance(t, str) and not ev.get("error") and t > out.get(r, ""):
+                out[r] = t
     return out
 
 
@@ -335,6 +345,7 @@ def build_adaptive(lake_dir: str, events: Iterable[dict[str, Any]], *, budget: i
         del kept_bytes[name]
         retired.append(name)
     _sweep_retired(lake, state, now)
+    retired += retire_indexes(lake, state, served, now, retire_after_s, _age_s, RETIRE_GRACE_S)
     advice = advise(lake, events, budget, window_s=retire_after_s, state=state)
     engine = DuckDBAggregator(memory_limit)
     totals_cache: list[pa.Table] = []
@@ -364,7 +375,7 @@ def build_adaptive(lake_dir: str, events: Iterable[dict[str, Any]], *, budget: i
             continue
         entry = load_registry(lake.root)["views"][view.name]
         actual = entry["bytes"] + entry["serving"]["bytes"]
-        if sum(_actual_bytes(lake, n) for n in state["views"]) + actual > budget:
+        if sum(_actual_bytes(lake, n) for n in state["views"]) + index_bytes(state) + actual > budget:
             # the estimate was low: unlisted at once, so it never serves; its files go with the sweep
             state["retired"][view.name] = {"retired_at": _iso(now), "reason": f"built {actual:,} bytes: over the budget",
                                            "definition": {"grain": view.grain, "dims": list(view.dims),
@@ -380,13 +391,25 @@ def build_adaptive(lake_dir: str, events: Iterable[dict[str, Any]], *, budget: i
         state["retired"].pop(view.name, None)
         built.append({"view": view.name, **state["views"][view.name]["built"]})
         log(f"{view.name}: built {entry['rows']:,} rows, {state['views'][view.name]['built']['bytes']:,} bytes")
+    ix_built, ix_failed = build_indexes(lake, [ix for ix in advice["indexes"] if ix["status"] != "refused"], state,
+                                        now, memory_limit)
+    failed.update(ix_failed)
+    for ix in sorted(ix_built, key=lambda b: -b["bytes"]):  # the estimate was low: unlisted, swept later
+        total = sum(_actual_bytes(lake, n) for n in state["views"]) + index_bytes(state)
+        if total > budget:
+            rec = state["indexes"].pop(ix["index"])
+            state["retired"][ix["index"]] = {"retired_at": _iso(now), "index": True, "definition": rec,
+                                             "reason": f"built {rec['bytes']:,} bytes: over the budget"}
+            failed[ix["index"]] = f"built {rec['bytes']:,} bytes, over the budget; not listed"
+            ix_built.remove(ix)
     state["advice"] = {k: advice[k] for k in ("since", "events", "shapes", "lake_shapes", "budget", "refused",
-                                                "uncovered")}
+                                                "uncovered", "indexes")}
     state["advice"]["advised_at"] = _iso(now)
     save_adaptive(lake.root, state)
-    return {"retired": retired, "built": built, "failed": failed, "refused": advice["refused"],
+    return {"retired": retired, "built": built, "indexes": ix_built, "failed": failed,
+            "refused": advice["refused"] + [ix for ix in advice["indexes"] if ix["status"] == "refused"],
             "uncovered": advice["uncovered"], "budget": budget,
-            "bytes": sum(v["built"]["bytes"] for v in state["views"].values() if "built" in v),
+            "bytes": sum(v["built"]["bytes"] for v in state["views"].values() if "built" in v) + index_bytes(state),
             "seconds": round(time.perf_counter() - started, 3)}
 
 
@@ -424,17 +447,19 @@ def explain_lake(lake_root: str, query: Query) -> list[str]:
     shape = query_shape(query)
     key = shape_key(shape)
     view, why = minimal_view(shape)
+    advice = state.get("advice") or {}
+    notes = [f"adaptive: lake index {ix['name']} would serve it; not built: {ix['reason']}"
+             for ix in advice.get("indexes", []) if key in ix.get("shapes", []) and ix.get("status") == "refused"]
     if view is None:
-        return [f"adaptive: no view can answer this shape: {why}"]
+        return [f"adaptive: no view can answer this shape: {why}"] + notes
     for name in sorted(state["views"]):
         kept = view_from_entry(name, state["views"][name])
         if kept is not None and coverage(kept, query) is None:
             return [f"adaptive: {name} covers it but is not healthy (see `analytics build --adaptive`)"]
-    advice = state.get("advice") or {}
     for p in advice.get("refused", []):
         if key in p.get("shapes", []):
-            return [f"adaptive: {p['name']} would cover it; not built: {p['reason']}"]
+            return [f"adaptive: {p['name']} would cover it; not built: {p['reason']}"] + notes
     if key in (advice.get("uncovered") or {}):
-        return [f"adaptive: {view.name} would cover it; not built: {advice['uncovered'][key]}"]
+        return [f"adaptive: {view.name} would cover it; not built: {advice['uncovered'][key]}"] + notes
     return [f"adaptive: {view.name} would cover it; not built: the shape was not in the telemetry when last "
             f"advised ({advice.get('advised_at', 'never')})"]

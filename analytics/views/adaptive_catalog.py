@@ -1,6 +1,7 @@
 """The adaptive catalog, `LAKE/views/_adaptive.json`: view and index definitions the workload chose.
 
-Owns the file (read tolerantly, written atomically under a lock), the `ViewDef`s it declares,
+Owns the file (read tolerantly, written atomically under a lock), the `ViewDef`s and lake
+`IndexDef`s it declares (`usable_indexes`: those that may answer for the lake now),
 `all_views` (the fixed catalog plus these: what the workbench, the router and the guardrails
 iterate), and `query_shape`, a query with its literal values dropped, which telemetry records and
 advice generalises from. Definitions are data: each carries how it was chosen (the shapes, queries
@@ -17,6 +18,8 @@ from typing import Any
 from filelock import FileLock
 
 from analytics.core.files import write_atomic
+from analytics.lake.indexes import IndexDef, index_files, usable
+from analytics.lake.manifest import Lake
 from analytics.query.model import Agg, Condition, Query
 from analytics.query.schema import EVENT_TYPES
 from analytics.views.catalog import CATALOG, TIME_GRAINS, VIEWS, ViewDef
@@ -82,6 +85,26 @@ def all_views(lake_root: str | os.PathLike, state: dict[str, Any] | None = None)
     """The fixed catalog, then the lake's adaptive views: every view that may serve this lake."""
     out = {v.name: v for v in CATALOG}
     out.update({v.name: v for v in adaptive_views(lake_root, state)})
+    return out
+
+
+def index_def(name: str, record: dict[str, Any]) -> IndexDef | None:
+    try:
+        return IndexDef.of(name, record["key"], record["types"], record["columns"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def usable_indexes(lake: Lake, state: dict[str, Any] | None = None) -> list[tuple[IndexDef, str]]:
+    """The lake indexes of the adaptive catalog that may answer for `lake` now, each with the relation
+    that reads it."""
+    state = load_adaptive(lake.root) if state is None else state
+    out = []
+    for name in sorted(state["indexes"]):
+        record = state["indexes"][name]
+        index = index_def(name, record) if isinstance(record, dict) else None
+        if index is not None and usable(index, lake, record) is None:
+            out.append((index, index.relation(index_files(lake.root, record))))
     return out
 
 
