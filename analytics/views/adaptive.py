@@ -216,10 +216,11 @@ def advise(lake: Lake, events: Iterable[dict[str, Any]], budget: int, *, window_
             candidates[view.name] = view
     minimal = set(candidates)
     base = sorted(candidates.values(), key=lambda v: v.name)
-    for i, a in enumerate(base):  # generalise: one view for two shapes when it is barely bigger
+    for i, a in enumerate(base):  # generalise: one view for two shapes of the same types when it is barely bigger
         for b in base[i + 1:]:
-            u = _union(a, b)
-            candidates.setdefault(u.name, u)
+            if a.types == b.types:
+                u = _union(a, b)
+                candidates.setdefault(u.name, u)
     scored: list[Proposal] = []
     for name in sorted(candidates):
         view = candidates[name]
