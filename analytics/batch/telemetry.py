@@ -1,5 +1,9 @@
 """Query telemetry: one JSON line per answered (or failed) query, and the statistics over them.
 
+Each line holds the query's hash and its shape (`views.adaptive_catalog.query_shape`: literal values
+dropped), its route, the lake index it read if any, time, rows, cache and error: what `analytics
+stats` summarises and `analytics advise` generalises into view and index definitions.
+
 Owns `LAKE/_telemetry/queries.jsonl` (size-rotated to `queries.jsonl.1` ... `.N`) and
 `analytics stats`. Recording never blocks or fails a query: `record` only puts the event on a
 bounded queue (dropping it, and counting the drop, if the queue is full) and one background

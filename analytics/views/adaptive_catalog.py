@@ -47,7 +47,9 @@ def load_adaptive(lake_root: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict):
         return empty_state()
     out = empty_state()
-    out.update({k: v for k, v in state.items() if k in out and isinstance(v, type(out[k]) if out[k] is not None else dict)})
+    for k in out:
+        if isinstance(state.get(k), dict):
+            out[k] = state[k]
     return out
 
 
