@@ -153,6 +153,7 @@ def column_bytes(lake: Lake, types: Any, columns: Any) -> int:
     if not files:
         return 0
     con = db.connect()
+    con.execute("SET enable_progress_bar = false")
     try:
         listing = ", ".join(sql_string(str(f)) for f in files)
         cols = list(columns)
