@@ -28,7 +28,8 @@ from analytics.query.model import parse_query
 from analytics.query.results import compare_rows, to_rows
 from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
-from analytics.views.adaptive import advise, build_adaptive, explain_lake, minimal_view
+from analytics.views.adaptive import advise, explain_lake, minimal_view
+from analytics.views.adaptive_build import build_adaptive
 from analytics.lake.indexes import IndexDef, usable
 from analytics.views.adaptive_catalog import PREFIX, adaptive_path, load_adaptive, query_shape, usable_indexes
 from analytics.views.registry import VIEWS_DIR, load_registry

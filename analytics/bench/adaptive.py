@@ -25,7 +25,8 @@ from analytics.bench.workloads import ROOT
 from analytics.query.model import load_queries, parse_query
 from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
-from analytics.views.adaptive import build_adaptive, minimal_view, parse_budget
+from analytics.views.adaptive import minimal_view, parse_budget
+from analytics.views.adaptive_build import build_adaptive
 from analytics.views.adaptive_catalog import query_shape
 
 

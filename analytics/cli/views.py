@@ -44,7 +44,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def _build_adaptive(args: argparse.Namespace) -> int:
     from analytics.core.files import format_bytes
-    from analytics.views.adaptive import build_adaptive
+    from analytics.views.adaptive_build import build_adaptive
 
     if args.views or args.force or args.engine != "duckdb":
         raise CliError("--adaptive builds what the telemetry advises: it takes no --views, --force or --engine")

@@ -3,25 +3,22 @@
 Owns advice (`advise`: the lake-routed query shapes of the telemetry generalised into candidate
 view definitions, each with its estimated rows and bytes from the lake's statistics, the queries it
 would cover and the measured lake time it would save; the cost model refusing a view that would not
-beat the lake or would break the budget) and `build_adaptive` (the best proposals built within the
-budget by the catalog's own `build_view`, the adaptive catalog file rewritten, views that served no
-query for `retire_after` retired). Advice is deterministic for a given telemetry log: windows are
-measured back from the log's last event, ties broken by name. Takes telemetry events as data: must
-not read the log (that is `batch.telemetry`) nor route queries.
+beat the lake or would break the budget; view and lake index candidates weighed together by
+measured lake time saved per byte) and `explain_lake` (for a lake-routed query, the view that would
+cover it and why none was built). Advice is deterministic for a given telemetry log: windows are
+measured back from the log's last event, ties broken by name. Building is `adaptive_build.py`.
+Takes telemetry events as data: must not read the log (that is `batch.telemetry`), build, nor route
+queries.
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import math
-import shutil
-import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
-import pyarrow as pa
-
-from analytics.core.memory import DEFAULT_MEMORY_LIMIT, parse_size
+from analytics.core.memory import parse_size
 from analytics.lake.manifest import Lake
 from analytics.query.model import Query
 from analytics.query.schema import COUNTRIES, EVENT_TYPES, N_ADVERTISERS, N_PUBLISHERS, N_USERS
@@ -30,15 +27,14 @@ from analytics.views.adaptive_catalog import (
     SHAPE_DIMS,
     load_adaptive,
     query_shape,
-    save_adaptive,
     shape_columns,
     shape_key,
     shape_query,
     view_from_entry,
 )
-from analytics.views.adaptive_indexes import advise_indexes, build_indexes, index_bytes, retire_indexes
-from analytics.views.catalog import MEASURE_COLUMNS, VIEWS, ViewDef, coverage
-from analytics.views.registry import VIEWS_DIR, load_registry
+from analytics.views.adaptive_indexes import IndexProposal, index_bytes, index_candidates
+from analytics.views.catalog import MEASURE_COLUMNS, ViewDef, coverage
+from analytics.views.registry import load_registry
 
 # A view must hold at least this many lake rows per view row, or a query reading it whole costs
 # about what the lake costs (per-user or per-auction keys): such shapes go to a lake index instead.
@@ -47,7 +43,6 @@ from analytics.views.registry import VIEWS_DIR, load_registry
 MIN_ROLLUP = 20.0
 _TIME_FILTER_OPS = ("eq", "in", "between")
 DEFAULT_RETIRE_AFTER_S = 7 * 86400  # an adaptive view that served no query for this long is retired
-RETIRE_GRACE_S = 3600  # a retired view's files stay this long for readers that planned on it
 _GRAIN_OF = {"minute": "minute", "hour": "hour", "day": "day", "week": "day"}
 _GRAIN_ORDER = ("all", "day", "hour", "minute")
 _BUCKETS_PER_DAY = {"all": 0.0, "day": 1.0, "hour": 24.0, "minute": 1440.0}
@@ -184,6 +179,14 @@ def estimate(view: ViewDef, lake: Lake) -> tuple[int, int, float]:
     return rows_i, int(rows_i * per_row), round(lake_rows / max(1, rows_i), 2)
 
 
+def _refusal(p: Proposal, shapes: dict[str, ShapeStats], by_index: dict[str, str]) -> str:
+    if p.rollup < MIN_ROLLUP and any(not _time_filtered(shapes[k].shape) for k in p.shapes):
+        return (f"rollup {p.rollup:g} lake rows per view row < {MIN_ROLLUP:g} and its shapes read it whole "
+                "(no time filter): about as large and slow as the lake it would replace")
+    served = sorted({by_index[k] for k in p.shapes if k in by_index})
+    return f"its queries are served by the lake index {', '.join(served)}" if served else "not worth its bytes"
+
+
 def _time_filtered(shape: dict[str, Any]) -> bool:
     return any(c in _GRAIN_OF and op in _TIME_FILTER_OPS for c, op, _ in shape["where"])
 
@@ -232,10 +235,12 @@ def advise(lake: Lake, events: Iterable[dict[str, Any]], budget: int, *, window_
         scored.append(Proposal(name, view.grain, list(view.dims), list(view.types), rows, size, rollup,
                                sum(lake_shapes[k].lake_queries for k in covered),
                                round(sum(lake_shapes[k].lake_ms for k in covered), 3), covered))
-    used = kept_bytes = sum(_actual_bytes(lake, n) for n in kept) + index_bytes(state)
+    used = kept_bytes = sum(actual_bytes(lake, n) for n in kept) + index_bytes(state)
     chosen: list[Proposal] = []
     refused: list[Proposal] = []
-    done: set[str] = set()
+    ix_refused: list[IndexProposal] = []
+    done: set[str] = set()  # shapes a chosen view or index serves
+    by_view: set[str] = set()
     for name, view in kept.items():  # what the kept views cover needs nothing new
         cov = [k for k in sorted(lake_shapes) if k not in not_viewable
                and coverage(view, shape_query(lake_shapes[k].shape)) is None]
@@ -244,9 +249,17 @@ def advise(lake: Lake, events: Iterable[dict[str, Any]], budget: int, *, window_
                                sum(lake_shapes[k].lake_queries for k in cov),
                                round(sum(lake_shapes[k].lake_ms for k in cov), 3), cov, status="kept"))
         done.update(cov)
-    pool = [p for p in scored if p.name not in kept]
+        by_view.update(cov)
+    indexes: list[IndexProposal] = []
+    pool: list[Proposal | IndexProposal] = [p for p in scored if p.name not in kept]
+    for ix in index_candidates(lake, lake_shapes, state):
+        if ix.status == "kept":  # built earlier: its bytes are counted in `used` already
+            indexes.append(ix)
+            done.update(ix.shapes)
+        else:
+            pool.append(ix)
     while pool:
-        def gain(p: Proposal) -> float:
+        def gain(p: Proposal | IndexProposal) -> float:
             return sum(lake_shapes[k].lake_ms + 1e-3 * lake_shapes[k].lake_queries for k in p.shapes if k not in done)
         pool = [p for p in pool if gain(p) > 0]
         if not pool:
@@ -254,7 +267,7 @@ def advise(lake: Lake, events: Iterable[dict[str, Any]], budget: int, *, window_
         pool.sort(key=lambda p: (-gain(p) / max(1, p.est_bytes), p.est_bytes, p.name))
         best = pool.pop(0)
         unpruned = [k for k in best.shapes if not _time_filtered(lake_shapes[k].shape)]
-        if best.rollup < MIN_ROLLUP and unpruned:
+        if isinstance(best, Proposal) and best.rollup < MIN_ROLLUP and unpruned:
             best.status, best.reason = "refused", (
                 f"rollup {best.rollup:g} lake rows per view row < {MIN_ROLLUP:g} and {len(unpruned)} of its shapes "
                 "read it whole (no time filter): about as large and slow as the lake it would replace")
@@ -262,19 +275,27 @@ def advise(lake: Lake, events: Iterable[dict[str, Any]], budget: int, *, window_
             best.status, best.reason = "refused", (f"needs ~{best.est_bytes:,} bytes; {max(0, budget - used):,} of the "
                                                    f"{budget:,}-byte budget left")
         if best.status == "refused":
-            if best.name in minimal:  # a refused generalisation is not news; a shape's own view is
+            if isinstance(best, IndexProposal):
+                ix_refused.append(best)
+            elif best.name in minimal:  # a refused generalisation is not news; a shape's own view is
                 refused.append(best)
             continue
         used += best.est_bytes
-        chosen.append(best)
+        (indexes if isinstance(best, IndexProposal) else chosen).append(best)
         done.update(best.shapes)
-    indexes, ix_refused, ix_used = advise_indexes(lake, lake_shapes, done, budget - used, state)
-    used += ix_used
-    by_index = {k: ix["name"] for ix in indexes for k in ix["shapes"]}
+        if isinstance(best, Proposal):
+            by_view.update(best.shapes)
+    by_index = {k: ix.name for ix in indexes for k in ix.shapes}
+    # a shape's own view that was never weighed (a chosen index served its shapes first) still says why
+    weighed = {p.name for p in chosen + refused}
+    for p in scored:
+        if p.name in minimal and p.name not in weighed and not set(p.shapes) <= by_view:
+            p.status, p.reason = "refused", _refusal(p, lake_shapes, by_index)
+            refused.append(p)
     # a shape no proposal covers gets the refusal of its own minimal view (or why no view can answer it)
     uncovered = {}
     for k in sorted(lake_shapes):
-        if k in done:
+        if k in by_view:
             continue
         own = next((p for p in refused if k in p.shapes and len(p.shapes) == 1), None) or \
             next((p for p in refused if k in p.shapes), None)
@@ -283,7 +304,7 @@ def advise(lake: Lake, events: Iterable[dict[str, Any]], budget: int, *, window_
             uncovered[k] += f"; the lake index {by_index[k]} serves it instead"
     return {"since": since, "events": len(events), "shapes": len(shapes), "lake_shapes": len(lake_shapes),
             "budget": budget, "bytes_kept": kept_bytes, "bytes_used": used, "proposals": [asdict(p) for p in chosen],
-            "refused": [asdict(p) for p in refused], "uncovered": uncovered, "indexes": indexes + ix_refused,
+            "refused": [asdict(p) for p in refused], "uncovered": uncovered, "indexes": [asdict(ix) for ix in indexes + ix_refused],
             "shape_stats": {k: {"queries": s.queries, "lake_queries": s.lake_queries, "lake_ms": round(s.lake_ms, 3),
                                 "routes": dict(sorted(s.routes.items()))} for k, s in sorted(shapes.items())},
             "kept": sorted(kept)}
@@ -297,148 +318,10 @@ def _iso_minus(iso: str, seconds: float) -> str:
     return (t - dt.timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
 
 
-def _actual_bytes(lake: Lake, name: str) -> int:
+def actual_bytes(lake: Lake, name: str) -> int:
+    """Bytes of a view's registered version: its Parquet and its serving copy."""
     entry = load_registry(lake.root)["views"].get(name) or {}
     return int(entry.get("bytes", 0)) + int((entry.get("serving") or {}).get("bytes", 0))
-
-
-def last_served(events: Iterable[dict[str, Any]]) -> dict[str, str]:
-    """Per route (and lake index), the time of the last query it answered."""
-    out: dict[str, str] = {}
-    for ev in events:
-        t = ev.get("time")
-        for r in (ev.get("route"), ev.get("index")):
-            if isinstance(r, str) and isinstance(t, str) and not ev.get("error") and t > out.get(r, ""):
-                out[r] = t
-    return out
-
-
-def build_adaptive(lake_dir: str, events: Iterable[dict[str, Any]], *, budget: int,
-                   retire_after_s: float = DEFAULT_RETIRE_AFTER_S, memory_limit: str = DEFAULT_MEMORY_LIMIT,
-                   progress: bool = True, now: dt.datetime | None = None,
-                   log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Retire idle adaptive views, then build the best proposals within `budget` with `build_view`,
-    each checked and promoted like a catalog view; returns what was retired, built, refused."""
-    from analytics.views.build import BuildError, DuckDBAggregator, build_view
-
-    started = time.perf_counter()
-    lake = Lake.open(lake_dir)
-    events = list(events)
-    now = now or dt.datetime.now(dt.timezone.utc)
-    state = load_adaptive(lake.root)
-    served = last_served(events)
-    retired = []
-    for name in sorted(state["views"]):
-        entry = state["views"][name]
-        last = max(served.get(name, ""), str(entry.get("created_at", "")))
-        if not last or _age_s(last, now) > retire_after_s:
-            state["retired"][name] = {"retired_at": _iso(now), "last_served": served.get(name),
-                                      "definition": entry}
-            del state["views"][name]
-            retired.append(name)
-    # a smaller budget than the views kept use: the largest go first
-    kept_bytes = {n: _actual_bytes(lake, n) for n in state["views"]}
-    for name in sorted(kept_bytes, key=lambda n: (-kept_bytes[n], n)):
-        if sum(kept_bytes.values()) <= budget:
-            break
-        state["retired"][name] = {"retired_at": _iso(now), "last_served": served.get(name),
-                                  "reason": "over the budget", "definition": state["views"].pop(name)}
-        del kept_bytes[name]
-        retired.append(name)
-    _sweep_retired(lake, state, now)
-    retired += retire_indexes(lake, state, served, now, retire_after_s, _age_s, RETIRE_GRACE_S)
-    advice = advise(lake, events, budget, window_s=retire_after_s, state=state)
-    engine = DuckDBAggregator(memory_limit)
-    totals_cache: list[pa.Table] = []
-
-    def totals() -> pa.Table:
-        if not totals_cache:
-            totals_cache.append(engine.lake_totals(lake))
-        return totals_cache[0]
-
-    built, failed = [], {}
-    proposed = {p["name"] for p in advice["proposals"]}
-    for name in sorted(set(state["views"]) - proposed):  # kept views follow the lake (incrementally)
-        view = view_from_entry(name, state["views"][name])
-        try:
-            if view is not None:
-                build_view(view, lake, totals, memory_limit=memory_limit, engine=engine)
-        except (BuildError, OSError, *engine.errors) as exc:
-            failed[name] = str(exc).splitlines()[0]
-    for p in advice["proposals"]:
-        view = ViewDef(p["name"], p["grain"], tuple(p["dims"]), tuple(p["types"]))
-        try:
-            res = build_view(view, lake, totals, memory_limit=memory_limit, engine=engine)
-        except (BuildError, OSError, *engine.errors) as exc:
-            failed[p["name"]] = str(exc).splitlines()[0]
-            continue
-        if p["status"] == "kept":
-            continue
-        entry = load_registry(lake.root)["views"][view.name]
-        actual = entry["bytes"] + entry["serving"]["bytes"]
-        if sum(_actual_bytes(lake, n) for n in state["views"]) + index_bytes(state) + actual > budget:
-            # the estimate was low: unlisted at once, so it never serves; its files go with the sweep
-            state["retired"][view.name] = {"retired_at": _iso(now), "reason": f"built {actual:,} bytes: over the budget",
-                                           "definition": {"grain": view.grain, "dims": list(view.dims),
-                                                          "types": list(view.types)}}
-            failed[view.name] = f"built {actual:,} bytes, over the budget; not listed"
-            continue
-        chosen = {k: p[k] for k in ("est_rows", "est_bytes", "rollup", "queries", "saved_ms", "shapes")}
-        state["views"][view.name] = {"grain": view.grain, "dims": list(view.dims), "types": list(view.types),
-                                     "created_at": _iso(now), "chosen": chosen,
-                                     "built": {"rows": entry["rows"], "bytes": entry["bytes"] + entry["serving"]["bytes"],
-                                               "seconds": res.get("seconds", 0.0), "version": entry["version"]},
-                                     "note": f"covers {p['queries']} lake queries of {len(p['shapes'])} shape(s)"}
-        state["retired"].pop(view.name, None)
-        built.append({"view": view.name, **state["views"][view.name]["built"]})
-        log(f"{view.name}: built {entry['rows']:,} rows, {state['views'][view.name]['built']['bytes']:,} bytes")
-    ix_built, ix_failed = build_indexes(lake, [ix for ix in advice["indexes"] if ix["status"] != "refused"], state,
-                                        now, memory_limit)
-    failed.update(ix_failed)
-    for ix in sorted(ix_built, key=lambda b: -b["bytes"]):  # the estimate was low: unlisted, swept later
-        total = sum(_actual_bytes(lake, n) for n in state["views"]) + index_bytes(state)
-        if total > budget:
-            rec = state["indexes"].pop(ix["index"])
-            state["retired"][ix["index"]] = {"retired_at": _iso(now), "index": True, "definition": rec,
-                                             "reason": f"built {rec['bytes']:,} bytes: over the budget"}
-            failed[ix["index"]] = f"built {rec['bytes']:,} bytes, over the budget; not listed"
-            ix_built.remove(ix)
-    state["advice"] = {k: advice[k] for k in ("since", "events", "shapes", "lake_shapes", "budget", "refused",
-                                                "uncovered", "indexes")}
-    state["advice"]["advised_at"] = _iso(now)
-    save_adaptive(lake.root, state)
-    return {"retired": retired, "built": built, "indexes": ix_built, "failed": failed,
-            "refused": advice["refused"] + [ix for ix in advice["indexes"] if ix["status"] == "refused"],
-            "uncovered": advice["uncovered"], "budget": budget,
-            "bytes": sum(v["built"]["bytes"] for v in state["views"].values() if "built" in v) + index_bytes(state),
-            "seconds": round(time.perf_counter() - started, 3)}
-
-
-def _iso(t: dt.datetime) -> str:
-    return t.isoformat(timespec="milliseconds")
-
-
-def _age_s(iso: str, now: dt.datetime) -> float:
-    try:
-        t = dt.datetime.fromisoformat(iso)
-    except ValueError:
-        return math.inf
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
-    return (now - t).total_seconds()
-
-
-def _sweep_retired(lake: Lake, state: dict[str, Any], now: dt.datetime) -> None:
-    """Delete the files of views retired longer than the grace ago (a reader that planned on one
-    before it was retired still finds its files until then)."""
-    for name in sorted(state["retired"]):
-        rec = state["retired"][name]
-        if name in state["views"] or name in VIEWS or not name.startswith(PREFIX):
-            continue
-        if _age_s(str(rec.get("retired_at", "")), now) > RETIRE_GRACE_S and not rec.get("swept"):
-            shutil.rmtree(lake.root / VIEWS_DIR / name, ignore_errors=True)
-            rec["swept"] = _iso(now)
-
 
 
 def explain_lake(lake_root: str, query: Query) -> list[str]:

@@ -1,9 +1,9 @@
 """Advice and builds of lake indexes: for the point-lookup shapes no view beats the lake on.
 
-Owns choosing lake indexes from the lake-routed query shapes that no adaptive view covers: per key
-(`user_id`, `auction_id`), the shapes with an eq/in filter on it give the index's types and columns
-(their union; time columns come from ts), its bytes are estimated from the lake's Parquet footers,
-and it is proposed if it fits what the views left of the budget, else refused with why. Owns building
+Owns the lake index candidates of the lake-routed query shapes: per key (`user_id`, `auction_id`),
+the shapes with an eq/in filter on it give the index's types and columns (their union; time columns
+come from ts), its bytes are estimated from the lake's Parquet footers; `adaptive.advise` weighs them
+against the view candidates for the same budget (measured lake time saved per byte). Owns building
 the proposals (`lake.indexes.build_index`, checked against the lake) into the adaptive catalog and
 retiring the idle ones, as `adaptive.py` does for views. Must not route queries.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import shutil
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from analytics.lake.indexes import (
@@ -42,41 +43,40 @@ def _stored(shape: dict[str, Any]) -> set[str]:
     return {("ts" if c in DERIVED_FROM_TS else c) for c in cols}
 
 
-def advise_indexes(lake: Lake, shapes: Mapping[str, Any], covered: set[str], remaining: int,
-                   state: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
-    """(proposals, refusals, bytes they take) for the lake-routed `shapes` (key -> ShapeStats) no view
-    covers; `remaining` bytes of the budget are left."""
+@dataclass
+class IndexProposal:
+    name: str
+    key: str
+    types: list[str]
+    columns: list[str]
+    est_bytes: int
+    queries: int  # lake-routed queries of the log it would serve
+    saved_ms: float  # their measured lake time
+    shapes: list[str]
+    status: str = "proposed"  # proposed | refused | kept
+    reason: str = ""
+
+
+def index_candidates(lake: Lake, shapes: Mapping[str, Any], state: dict[str, Any]) -> list[IndexProposal]:
+    """One lake index per key for the lake-routed `shapes` (key -> ShapeStats) with a point filter on
+    it: the union of their types and columns, bytes from the lake's footers (or the kept build's)."""
     by_key: dict[str, list[str]] = {}
     for k in sorted(shapes):
-        key = _key_of(shapes[k].shape) if k not in covered else None
+        key = _key_of(shapes[k].shape)
         if key is not None and _stored(shapes[k].shape) <= set(BASE_COLUMNS):
             by_key.setdefault(key, []).append(k)
-    cands = []
-    for key, keys in by_key.items():
+    out = []
+    for key, keys in sorted(by_key.items()):
         types = {t for k in keys for t in shapes[k].shape["types"]} or set(EVENT_TYPES)
         cols = set().union(*(_stored(shapes[k].shape) for k in keys)) | {key}
         digest = hashlib.blake2b(f"{key}|{sorted(types)}|{sorted(cols)}".encode(), digest_size=3).hexdigest()
         index = IndexDef.of(f"{IX_PREFIX}{key}_{digest}", key, types, cols)
         kept = state["indexes"].get(index.name)
         est = int(kept["bytes"]) if isinstance(kept, dict) and "bytes" in kept else column_bytes(lake, index.types, index.columns)
-        cands.append({"name": index.name, "key": key, "types": list(index.types), "columns": list(index.columns),
-                      "est_bytes": est, "shapes": keys, "queries": sum(shapes[k].lake_queries for k in keys),
-                      "saved_ms": round(sum(shapes[k].lake_ms for k in keys), 3), "status": "proposed", "reason": "",
-                      "kept": kept is not None})
-    cands.sort(key=lambda c: (-c["saved_ms"] / max(1, c["est_bytes"]), c["name"]))
-    chosen, refused, used = [], [], 0
-    for c in cands:
-        if c.pop("kept"):
-            c["status"] = "kept"  # its bytes are already counted as kept
-            chosen.append(c)
-        elif used + c["est_bytes"] <= remaining:
-            used += c["est_bytes"]
-            chosen.append(c)
-        else:
-            c.update(status="refused", reason=f"needs ~{c['est_bytes']:,} bytes; {max(0, remaining - used):,} of the "
-                                              "budget left after the views")
-            refused.append(c)
-    return chosen, refused, used
+        out.append(IndexProposal(index.name, key, list(index.types), list(index.columns), est,
+                                 sum(shapes[k].lake_queries for k in keys), round(sum(shapes[k].lake_ms for k in keys), 3),
+                                 keys, status="kept" if kept is not None else "proposed"))
+    return out
 
 
 def index_bytes(state: dict[str, Any]) -> int:
