@@ -96,6 +96,15 @@ CASES: list[tuple[str, int, str]] = [
     ("build --lake {L} --jobs " + "9" * 12, BAD, "--jobs"),
     ("build --lake {L} --memory-limit 5XB", BAD, "--memory-limit"),
     ("build --lake {L} --memory-limit 200MB --jobs 2", BAD, "--memory-limit: memory limit 200MB is too small: 2 job(s) need at least"),
+    ("build --lake {L} --adaptive --views mv_day_type_wide", BAD, "--adaptive builds what the telemetry advises"),
+    ("build --lake {L} --adaptive --budget lots", BAD, "--budget"),
+    ("build --lake {L} --adaptive --retire-after soon", BAD, "--retire-after"),
+    # advise
+    ("advise --lake {C}/nope", BAD, "nope is not a prepared lake"),
+    ("advise --lake {C}/badlake", BAD, "badlake/_manifest.json is damaged"),
+    ("advise --lake {L} --budget -1GB", BAD, "--budget"),
+    ("advise --lake {L} --budget " + "9" * 50, BAD, "--budget"),
+    ("advise --lake {L} --retire-after -3d", BAD, "--retire-after"),
     # run: query files that cannot be read
     *[(f"{RUN} {{C}}/{name}", BAD, name) for name in (
         "empty.json", "blank.json", "latin1.json", "utf16.json", "deep_list.json", "deep_object.json",

@@ -74,6 +74,7 @@ from analytics.query.compiler import ident
 from analytics.query.model import Query, parse_query
 from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
+from analytics.views.adaptive_catalog import query_shape
 
 DEFAULT_BATCH_SIZE = 20
 SNAPSHOT_EVERY_S = 30.0  # a long run's partial run.json is at most this old (besides the doubling rule)
@@ -229,8 +230,11 @@ class SafeBatchRunner:
                 it.error = describe_error(exc)
 
         # plan the work: shared scans for lake aggregates, single statements for the rest
-        shareable = [it for it in todo if batching and it.plan.route == LAKE and can_share(it.query)]
-        singles = [it for it in todo if not (batching and it.plan.route == LAKE and can_share(it.query))]
+        # a lake query answered through a lake index reads a few row groups: a superset scan would not
+        shareable = [it for it in todo if batching and it.plan.route == LAKE and it.plan.index is None
+                     and can_share(it.query)]
+        shared_ids = {id(it) for it in shareable}
+        singles = [it for it in todo if id(it) not in shared_ids]
         scans: list[SharedScan] = []
         if shareable:
             rows_by_type = (self.wb.lake.manifest.get("totals") or {}).get("lake_by_type")
@@ -401,6 +405,8 @@ class SafeBatchRunner:
         assert self.telemetry is not None
         self.telemetry.record({
             "time": utc_now(), "run": run_id, "id": it.id, "query": it.qhash,
+            "shape": query_shape(it.query) if it.query is not None else None,
+            "index": it.plan.index if it.plan is not None and it.route == LAKE else None,
             "route": it.route if it.error is None else None,
             "fallback": it.fallback if it.route == LAKE else None,
             "ms": round(it.ms_pre + it.ms_exec, 3) if it.error is None else None,

@@ -1,5 +1,9 @@
 """Query telemetry: one JSON line per answered (or failed) query, and the statistics over them.
 
+Each line holds the query's hash and its shape (`views.adaptive_catalog.query_shape`: literal values
+dropped), its route, the lake index it read if any, time, rows, cache and error: what `analytics
+stats` summarises and `analytics advise` generalises into view and index definitions.
+
 Owns `LAKE/_telemetry/queries.jsonl` (size-rotated to `queries.jsonl.1` ... `.N`) and
 `analytics stats`. Recording never blocks or fails a query: `record` only puts the event on a
 bounded queue (dropping it, and counting the drop, if the queue is full) and one background
@@ -16,7 +20,7 @@ import os
 import queue
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 TELEMETRY_DIR = "_telemetry"
 LOG_NAME = "queries.jsonl"
@@ -161,19 +165,27 @@ def log_files(lake_root: str | os.PathLike) -> list[Path]:
     return [p for p in rotated if p.suffix[1:].isdigit()] + ([path] if path.exists() else [])
 
 
-def read_events(lake_root: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    """Every recorded event, oldest first; a torn or foreign line is skipped."""
+def read_events(lake_root: str | os.PathLike,
+                on_bad_line: Callable[[Path, int, str], None] | None = None) -> Iterator[dict[str, Any]]:
+    """Every recorded event, oldest first; a torn or foreign line is skipped (and, with
+    `on_bad_line`, reported as file, 1-based line number, why)."""
     for f in log_files(lake_root):
         try:
             with f.open(encoding="utf-8", errors="replace") as fh:
-                for line in fh:
+                for n, line in enumerate(fh, start=1):
                     try:
                         ev = json.loads(line)
-                    except (ValueError, RecursionError):  # torn, foreign, or nested past the parser
+                    except (ValueError, RecursionError) as exc:  # torn, foreign, or nested past the parser
+                        if on_bad_line is not None and line.strip():
+                            on_bad_line(f, n, f"not JSON ({str(exc).splitlines()[0][:60]})")
                         continue
                     if isinstance(ev, dict):
                         yield ev
-        except OSError:
+                    elif on_bad_line is not None:
+                        on_bad_line(f, n, f"not an event object but {type(ev).__name__}")
+        except OSError as exc:
+            if on_bad_line is not None:
+                on_bad_line(f, 0, f"unreadable ({exc.strerror or exc})")
             continue
 
 

@@ -111,7 +111,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from analytics.query.model import QueryError
+    from analytics.serving.router import LAKE
     from analytics.serving.workbench import Workbench
+    from analytics.views.adaptive import explain_lake
 
     queries = load_queries(args.queries)
     open_lake(args.lake)
@@ -120,7 +122,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for i, raw in enumerate(queries, start=1):
         print(f"== q{i}")
         try:
-            print(wb.explain(raw))
+            plan = wb.plan(raw)
+            print(plan.describe())
+            if plan.route == LAKE and plan.fallback_reason != "views disabled (--no-views)":
+                print("\n".join(explain_lake(args.lake, wb.parse(raw))))
         except QueryError as exc:
             failed += 1
             print(f"invalid query: {exc}")

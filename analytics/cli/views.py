@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from analytics.cli.advise import add_budget_args, read_workload
 from analytics.cli.common import (
     AddCommand,
+    CliError,
     add_engine_args,
     engine_from_args,
     open_lake,
@@ -21,6 +23,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     from analytics.views.build import build
 
     open_lake(args.lake)
+    if args.adaptive:
+        return _build_adaptive(args)
     summary = build(args.lake, args.views or None, jobs=args.jobs, force=args.force, progress=not args.quiet,
                     memory_limit=args.memory_limit, engine=engine_from_args(args))
     if not summary["built"] and not summary["failed"]:
@@ -38,6 +42,29 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def _build_adaptive(args: argparse.Namespace) -> int:
+    from analytics.core.files import format_bytes
+    from analytics.views.adaptive_build import build_adaptive
+
+    if args.views or args.force or args.engine != "duckdb":
+        raise CliError("--adaptive builds what the telemetry advises: it takes no --views, --force or --engine")
+    summary = build_adaptive(args.lake, read_workload(args.lake), budget=args.budget, retire_after_s=args.retire_after,
+                             memory_limit=args.memory_limit, progress=not args.quiet, log=print)
+    for ix in summary["indexes"]:
+        print(f"{ix['index']}: lake index built, {format_bytes(ix['bytes'])} in {ix['seconds']:.1f}s")
+    for name in summary["retired"]:
+        print(f"{name}: retired (served no query for {args.retire_after:g} s, or over the budget)")
+    for name, why in summary["failed"].items():
+        print(f"{name}: FAILED - {why}", file=sys.stderr)
+    for p in summary["refused"]:
+        print(f"{p['name']}: refused - {p['reason']}")
+    print(f"adaptive build: {len(summary['built'])} view(s) and {len(summary['indexes'])} index(es) built, "
+          f"{len(summary['retired'])} retired, "
+          f"{len(summary['failed'])} failed in {summary['seconds']:.1f}s; adaptive views and indexes take "
+          f"{format_bytes(summary['bytes'])} of the {format_bytes(summary['budget'])} budget")
+    return 1 if summary["failed"] else 0
+
+
 def register(add: AddCommand) -> None:
     p = add("build", cmd_build, "build or refresh materialized views (only what changed)")
     p.add_argument("--lake", required=True, help="prepared lake directory")
@@ -49,3 +76,6 @@ def register(add: AddCommand) -> None:
                         f"(default {DEFAULT_MEMORY_LIMIT})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_engine_args(p, "views are aggregated (their checks and registry are the same for both)")
+    p.add_argument("--adaptive", action="store_true",
+                   help="build the views `analytics advise` proposes from the telemetry, within --budget; retire idle ones")
+    add_budget_args(p)

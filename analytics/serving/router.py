@@ -1,21 +1,23 @@
 """The router: pick the cheapest healthy view that covers a query, else the lake.
 
-Owns coverage (can this view answer this query exactly?), the cost model (estimated rows
-scanned: the view's rows for the query's types times the share of its time range the filters
-keep) and the resulting `Plan` with its candidates and the reasons others were rejected. It
-decides from the registry and health already in memory: it never opens a file. Must not
-execute SQL.
+Owns the choice among the views that cover a query (coverage, can this view answer this query
+exactly, is the catalog's rule), the cost model (estimated rows scanned: the view's rows for the
+query's types times the share of its time range the filters keep), on a lake route the lake index
+that answers it if one does (a point filter on its key, every column it reads stored), and the
+resulting `Plan` with its candidates and the reasons others were rejected. It decides from the
+registry, health and indexes already in memory: it never opens a file. Must not execute SQL.
 """
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+from analytics.lake.indexes import IndexDef
 from analytics.query.compiler import compile_query
 from analytics.query.model import Condition, Query
-from analytics.query.schema import EVENT_TYPES
-from analytics.views.catalog import CATALOG, ViewDef, measure_expr
+from analytics.views.adaptive_catalog import query_shape, shape_columns
+from analytics.views.catalog import CATALOG, ViewDef, coverage, measure_expr, types_selected
 
 LAKE = "lake"
 DAYS_IN_DATA = 366
@@ -37,11 +39,14 @@ class Plan:
     params: tuple[Any, ...]
     candidates: tuple[Candidate, ...] = ()
     fallback_reason: str | None = None  # why no view answered, when the route is the lake
+    index: str | None = None  # the lake index a lake route reads instead of the whole lake
 
     def describe(self) -> str:
         lines = [f"route: {self.route}"]
         if self.fallback_reason:
             lines.append(f"fallback: {self.fallback_reason}")
+        if self.index:
+            lines.append(f"index: {self.index} (a copy of the lake sorted by its key: row groups skipped)")
         for c in sorted(self.candidates, key=lambda c: (c.rejected is not None, c.cost or 0.0, c.view)):
             if c.rejected:
                 lines.append(f"  rejected {c.view}: {c.rejected}")
@@ -51,35 +56,6 @@ class Plan:
         lines.append(f"sql: {self.sql}")
         lines.append(f"params: {_shown(self.params)}")
         return "\n".join(lines)
-
-
-def coverage(view: ViewDef, query: Query) -> str | None:
-    """None when `view` answers `query` exactly, else why it cannot."""
-    if not query.is_aggregate:
-        return "lists raw rows (no aggregate or group_by); only the lake has rows"
-    cols = view.group_columns
-    for cond in query.where:
-        if cond.col not in cols:
-            return f"cannot filter on {cond.col}"
-    for g in query.group_by:
-        if g not in cols:
-            return f"cannot group by {g}"
-    for agg in query.aggregates:
-        if measure_expr(agg.func, agg.col, view) is None:
-            return f"cannot derive {agg.name}"
-    if tuple(view.types) != EVENT_TYPES:
-        wanted = _types_selected(query.where)
-        if not wanted <= set(view.types):
-            return f"holds only types {', '.join(view.types)}"
-    return None
-
-
-def _types_selected(where: tuple[Condition, ...]) -> set[str]:
-    types = set(EVENT_TYPES)
-    for c in where:
-        if c.col == "type" and c.op in ("eq", "in"):
-            types &= {str(v) for v in c.values}
-    return types
 
 
 def _time_fraction(cond: Condition) -> float:
@@ -106,7 +82,7 @@ def _as_datetime(v: dt.date) -> dt.datetime:
 
 def estimate_cost(entry: Mapping[str, Any], query: Query) -> float:
     rows_by_type = entry.get("rows_by_type") or {}
-    types = _types_selected(query.where)
+    types = types_selected(query.where)
     rows = sum(n for t, n in rows_by_type.items() if t in types)
     frac = 1.0
     for cond in query.where:
@@ -123,8 +99,11 @@ def compile_for_view(query: Query, view: ViewDef, table: str) -> tuple[str, list
 class Router:
     """Plans queries against a catalog, given registry entries and each view's health."""
 
-    def __init__(self, catalog: tuple[ViewDef, ...] = CATALOG) -> None:
+    def __init__(self, catalog: tuple[ViewDef, ...] = CATALOG,
+                 indexes: Sequence[tuple[IndexDef, str]] = ()) -> None:
+        """`indexes`: usable lake indexes, each with the relation that reads it (`IndexDef.relation`)."""
         self.catalog = catalog
+        self.indexes = tuple(sorted(indexes, key=lambda ir: ir[0].name))
 
     def plan(self, query: Query, registry: Mapping[str, Mapping[str, Any]], health: Mapping[str, str | None],
              table_names: Mapping[str, str], use_views: bool = True) -> Plan:
@@ -146,7 +125,8 @@ class Router:
             view = next(v for v in self.catalog if v.name == best.view)
             sql, params = compile_for_view(query, view, table_names[best.view])
             return Plan(best.view, sql, tuple(params), tuple(candidates))
-        sql, params = compile_query(query, "events")
+        index = self._index_for(query) if use_views else None
+        sql, params = compile_query(query, index[1] if index else "events")
         if not use_views:
             reason = "views disabled (--no-views)"
         elif not any(coverage(v, query) is None for v in self.catalog):
@@ -154,7 +134,20 @@ class Router:
         else:
             unhealthy = [c for c in candidates if c.rejected and coverage(_by_name(self.catalog, c.view), query) is None]
             reason = "; ".join(f"{c.view}: {c.rejected}" for c in unhealthy[:3])
-        return Plan(LAKE, sql, tuple(params), tuple(candidates), reason)
+        return Plan(LAKE, sql, tuple(params), tuple(candidates), reason, index[0].name if index else None)
+
+    def _index_for(self, query: Query) -> tuple[IndexDef, str] | None:
+        """The first lake index answering `query`: a point filter (eq/in) on its key, every column read
+        stored, every type selected held."""
+        if not self.indexes:
+            return None
+        cols = shape_columns(query_shape(query))
+        types = types_selected(query.where)
+        for index, relation in self.indexes:
+            if (any(c.col == index.key and c.op in ("eq", "in") for c in query.where)
+                    and cols <= index.readable() and types <= set(index.types)):
+                return index, relation
+        return None
 
 
 def _by_name(catalog: tuple[ViewDef, ...], name: str) -> ViewDef:

@@ -38,7 +38,8 @@ from analytics.core.faults import crash_point
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT, split_memory
 from analytics.core.sql import sql_string
 from analytics.lake.manifest import Lake
-from analytics.views.catalog import CATALOG, VIEWS, ViewDef
+from analytics.views.adaptive_catalog import all_views
+from analytics.views.catalog import VIEWS, ViewDef
 from analytics.views.delta import COMPACT_AT, OutgrowsEncoding, append_delta, compact, price_totals
 from analytics.views.registry import (
     LOCK_TIMEOUT_S,
@@ -183,19 +184,20 @@ def compact_due(lake_dir: str | os.PathLike, names: Iterable[str] | None = None,
     at a time under its lock; returns the views compacted. A view whose files are not all there is
     left to the next build."""
     lake = Lake.open(lake_dir)
+    defs = all_views(lake.root)
     done = []
-    for name in names or [v.name for v in CATALOG]:
+    for name in [n for n in names or defs if n in defs]:
         vdir = lake.root / VIEWS_DIR / name
         with FileLock(str(vdir / ".lock"), timeout=LOCK_TIMEOUT_S):
             entry = load_registry(lake.root)["views"].get(name)
             if (entry is None or len(entry.get("deltas") or ()) < at
-                    or entry["definition"] != VIEWS[name].definition_hash()
+                    or entry["definition"] != defs[name].definition_hash()
                     or not all((vdir / f).is_file() for f in entry_files(entry))):
                 continue
             sweep_view_dir(vdir, entry)
             con = db.connect(memory_limit=memory_limit)
             try:
-                compact(con, VIEWS[name], lake, entry)
+                compact(con, defs[name], lake, entry)
             finally:
                 con.close()
             done.append(name)
@@ -300,15 +302,19 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
 def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jobs: int | None = None,
           force: bool = False, progress: bool = True, memory_limit: str = DEFAULT_MEMORY_LIMIT,
           engine: Aggregator | None = None, compact_deltas: bool = True) -> dict[str, Any]:
-    """Build or refresh the named views (default: the whole catalog), `jobs` at a time, aggregated by
+    """Build or refresh the named views (default: the catalog and the lake's adaptive views,
+    `views.adaptive_catalog`), `jobs` at a time, aggregated by
     `engine` (default DuckDB; see analytics.engines). `memory_limit` bounds the whole build: each of
     the `jobs` connections gets an equal share, so more cores never means more memory. With
     `compact_deltas`, views holding COMPACT_AT deltas are then compacted (`compact_due`)."""
     lake = Lake.open(lake_dir)
-    selected = list(names) if names else [v.name for v in CATALOG]
-    unknown = [n for n in selected if n not in VIEWS]
+    defs = all_views(lake.root)
+    selected = list(names) if names else list(defs)
+    unknown = [n for n in selected if n not in defs]
     if unknown:
-        raise BuildError(f"unknown view(s) {', '.join(unknown)}; the catalog has: {', '.join(VIEWS)}")
+        raise BuildError(f"unknown view(s) {', '.join(unknown)}; the catalog has: {', '.join(VIEWS)}"
+                         + (f"; this lake's adaptive views: {', '.join(n for n in defs if n not in VIEWS)}"
+                            if len(defs) > len(VIEWS) else ""))
     started = time.perf_counter()
     jobs = jobs or min(len(selected), os.cpu_count() or 1)
     try:
@@ -318,7 +324,7 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
     except ValueError as exc:
         raise BuildError(f"--memory-limit: {exc}; or build with fewer --jobs") from None
     registry = load_registry(lake.root)["views"]
-    if not force and all(is_current(VIEWS[n], lake, registry.get(n)) for n in selected):
+    if not force and all(is_current(defs[n], lake, registry.get(n)) for n in selected):
         for name in selected:
             _sweep_idle(lake.root / VIEWS_DIR / name, registry[name])
         compacted = compact_due(lake.root, selected, memory_limit=memory_limit) if compact_deltas else []
@@ -357,7 +363,7 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
         i, name = i_name
         with tqdm(total=3, desc=name, position=i, leave=True, disable=not progress, unit="step") as bar:
             try:
-                res = build_view(VIEWS[name], lake, totals, force=force, memory_limit=memory_limit, bar=bar,
+                res = build_view(defs[name], lake, totals, force=force, memory_limit=memory_limit, bar=bar,
                                  engine=engine, distinct=distinct)
             except (BuildError, ServingError, duckdb.Error, OSError, *engine.errors) as exc:
                 with lock:

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 
 from analytics.query.aggregates import COMBINE, combine_sql, merge_sql, partials
+from analytics.query.model import Condition, Query
 from analytics.query.schema import EVENT_TYPES, LAKE_TYPES, PRICE_SCALE
 
 MEASURE_COLUMNS: tuple[str, ...] = ("bid_price", "total_price")
@@ -140,3 +141,31 @@ def partial_columns(func: str, col: str, view: ViewDef) -> list[tuple[str, str]]
         return [(col, func.lower())]  # MIN/MAX of a dimension: the dimension's own values
     return None
 
+
+def coverage(view: ViewDef, query: Query) -> str | None:
+    """None when `view` answers `query` exactly, else why it cannot."""
+    if not query.is_aggregate:
+        return "lists raw rows (no aggregate or group_by); only the lake has rows"
+    cols = view.group_columns
+    for cond in query.where:
+        if cond.col not in cols:
+            return f"cannot filter on {cond.col}"
+    for g in query.group_by:
+        if g not in cols:
+            return f"cannot group by {g}"
+    for agg in query.aggregates:
+        if measure_expr(agg.func, agg.col, view) is None:
+            return f"cannot derive {agg.name}"
+    if tuple(view.types) != EVENT_TYPES:
+        wanted = types_selected(query.where)
+        if not wanted <= set(view.types):
+            return f"holds only types {', '.join(view.types)}"
+    return None
+
+
+def types_selected(where: tuple[Condition, ...]) -> set[str]:
+    types = set(EVENT_TYPES)
+    for c in where:
+        if c.col == "type" and c.op in ("eq", "in"):
+            types &= {str(v) for v in c.values}
+    return types

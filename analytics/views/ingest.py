@@ -29,7 +29,7 @@ from analytics.lake.landing import Change, Landing
 from analytics.lake.manifest import MANIFEST, Lake
 from analytics.lake.prepare import PrepareError, check_header, prepare
 from analytics.views.build import build, compact_due
-from analytics.views.catalog import CATALOG
+from analytics.views.adaptive_catalog import all_views
 from analytics.views.delta import COMPACT_AT
 from analytics.views.registry import load_registry
 
@@ -84,7 +84,7 @@ def _refresh(lake: Path, jobs: int | None, memory_limit: str) -> dict[str, Any]:
     started = time.perf_counter()
     # the smallest views first: the coarse ones, which answer most queries, are fresh soonest
     rows = {n: e.get("rows", 0) for n, e in load_registry(lake)["views"].items()}
-    names = sorted((v.name for v in CATALOG), key=lambda n: (rows.get(n, 0), n))
+    names = sorted(all_views(lake), key=lambda n: (rows.get(n, 0), n))  # adaptive views follow the lake too
     summary = build(lake, names, jobs=jobs, progress=False, memory_limit=memory_limit, compact_deltas=False)
     modes = sorted({r["mode"] for r in summary["views"] if r["status"] == "built"})
     log.info("ingest: views refreshed in %.2fs: %d built (%s), %d up to date, %d failed",

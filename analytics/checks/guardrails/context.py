@@ -31,7 +31,8 @@ from analytics.query.model import Query, parse_query
 from analytics.query.results import compare_rows, to_rows
 from analytics.serving import router
 from analytics.views.build import lake_totals
-from analytics.views.catalog import CATALOG, MEASURE_COLUMNS, SUM_TYPE, ViewDef
+from analytics.views.adaptive_catalog import all_views
+from analytics.views.catalog import MEASURE_COLUMNS, SUM_TYPE, ViewDef
 from analytics.views.delta import version_relation
 from analytics.views.registry import load_registry, staleness
 
@@ -154,6 +155,8 @@ class Context:
                    type, auction_id, advertiser_id, publisher_id, bid_price, user_id, total_price, country
             FROM events""")
         self.registry: dict[str, dict[str, Any]] = load_registry(self.root)["views"]
+        # the catalog and the lake's adaptive views: the same checks hold for both
+        self.catalog: tuple[ViewDef, ...] = tuple(all_views(self.root).values())
         self._views: list[ViewHandle] | None = None
         self._skipped: dict[str, str] = {}
         self._done: set[str] = set()
@@ -166,7 +169,7 @@ class Context:
         if self._views is not None:
             return
         self._views = []
-        for view in CATALOG:
+        for view in self.catalog:
             entry = self.registry.get(view.name)
             absent = presence(view, self.lake, entry)
             if absent is not None:

@@ -16,7 +16,6 @@ from analytics.checks.guardrails.context import SAMPLES, CheckResult, Context, d
 from analytics.core.sql import sql_string
 from analytics.query import compiler
 from analytics.views import build as view_build
-from analytics.views.catalog import CATALOG
 from analytics.views.registry import staleness
 
 
@@ -44,7 +43,7 @@ def reconcile(ctx: Context) -> CheckResult:
 def current_lake_version(ctx: Context) -> CheckResult:
     per_view, fails = [], []
     segments = sorted(ctx.lake.segment_ids)
-    for view in CATALOG:
+    for view in ctx.catalog:
         entry = ctx.registry.get(view.name)
         if entry is None:
             continue  # never built: present_readable's finding
@@ -118,7 +117,7 @@ def unique_group_keys(ctx: Context) -> CheckResult:
 
 def present_readable(ctx: Context) -> CheckResult:
     per_view, fails = [], []
-    for view in CATALOG:
+    for view in ctx.catalog:
         entry = ctx.registry.get(view.name)
         absent = presence(view, ctx.lake, entry)
         if absent is not None:
@@ -136,9 +135,9 @@ def present_readable(ctx: Context) -> CheckResult:
             continue
         per_view.append({"view": view.name, "file": entry["file"], "rows": got["rows"], "registry_rows": entry.get("rows"),
                          "columns_decoded": len(cols), "bytes": path.stat().st_size})
-    stale = sorted(set(ctx.registry) - {v.name for v in CATALOG})
+    stale = sorted(set(ctx.registry) - {v.name for v in ctx.catalog})
     summary = "; ".join(fails) if fails else (
-        f"all {len(CATALOG)} catalog views registered, present and fully decoded "
+        f"all {len(ctx.catalog)} catalog and adaptive views registered, present and fully decoded "
         f"({sum(v.get('rows', 0) for v in per_view):,} rows)")
     return CheckResult(not fails, {"summary": summary, "views": per_view, "registered_not_in_catalog": stale})
 
