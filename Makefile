@@ -50,6 +50,7 @@ help: ## list the targets (the default goal)
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "variables: ROWS=$(ROWS) SCALE=full (ROWS=245000000) DIRTY=$(DIRTY) SEED=$(SEED) LAKE=path RAW=path"
 	@echo "           SWEEP_ROWS='$(SWEEP_ROWS)' MEMORY_LIMIT=$(MEMORY_LIMIT) PYTEST_ARGS='...' LAB_ARGS='...'"
+	@echo "           ADAPTIVE_BUDGET=$(ADAPTIVE_BUDGET) (the adaptive views benchmark of make benchmark)"
 
 setup: $(STAMP) kernel ## create .venv, install the package with pinned [dev] extras, register the `analytics` Jupyter kernel
 
@@ -117,6 +118,13 @@ BENCH_WORKLOADS ?= queries/examples.json queries/judges.json
 BENCH_JSON = $(REPORTS)/benchmark$(SUFFIX).json
 PHASES_DIR := data/phases-$(DATA_TAG)
 PHASE := $(PY) -m analytics.bench phase --dir $(PHASES_DIR)
+# Beside the engines: live ingest of one new part (1M rows; 5M at full scale) and the adaptive views
+# (a second workload family before and after `build --adaptive`), each on a hard-linked copy of the
+# lake in data/work, added to benchmark.json with their targets.
+FRESH_ROWS := $(if $(filter 245000000,$(ROWS)),5000000,1000000)
+FRESH_PART := data/part-$(FRESH_ROWS)-seed7/events_part_00000.csv
+ADAPTIVE_BUDGET ?= 2GiB
+WORK_DIR := data/work-$(DATA_TAG)
 
 benchmark: setup ## data + lake + views for ROWS (or SCALE=full), every engine on examples + judges, reports/03_batch_benchmark.* + benchmark.json
 	@echo "== benchmark at $(ROWS) rows: generate -> prepare -> build -> engines -> notebooks/03_batch_benchmark"
@@ -131,6 +139,14 @@ benchmark: setup ## data + lake + views for ROWS (or SCALE=full), every engine o
 	$(ANALYTICS) benchmark --raw $(RAW_DIR) --lake $(LAKE_DIR) $(addprefix --workload ,$(BENCH_WORKLOADS)) \
 		--repeats $(BENCH_REPEATS) --rows $(ROWS) --phases $(PHASES_DIR) --json $(BENCH_JSON) --no-summary || rc=$$?; \
 	if [ ! -f $(BENCH_JSON) ]; then echo "benchmark: failed (exit $$rc) before writing $(BENCH_JSON)" >&2; exit $$rc; fi; \
+	[ -f $(FRESH_PART) ] || $(ANALYTICS) generate --out $(dir $(FRESH_PART)) --rows $(FRESH_ROWS) --seed 7 --parts 1 --quiet; \
+	echo "== live ingest: one $(FRESH_ROWS)-row part into a copy of $(LAKE_DIR)"; \
+	$(PY) -m analytics.bench.freshness measure --lake $(LAKE_DIR) --raw $(RAW_DIR) --part $(FRESH_PART) \
+		--work $(WORK_DIR)/freshness --into $(BENCH_JSON) >/dev/null || rc=$$?; \
+	echo "== adaptive views: family A, then family B and judges before and after build --adaptive ($(ADAPTIVE_BUDGET))"; \
+	$(PY) -m analytics.bench.adaptive --lake $(WORK_DIR)/adaptive --copy-of $(LAKE_DIR) --budget $(ADAPTIVE_BUDGET) \
+		--into $(BENCH_JSON) || rc=$$?; \
+	rm -rf $(WORK_DIR); \
 	$(PY) -m analytics.reports.notebooks --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) --only 03_batch_benchmark \
 		--suffix '$(SUFFIX)' -p rows=$(ROWS) -p result_json=$(abspath $(BENCH_JSON)) \
 		-p 'sweep=$(abspath $(REPORTS))/benchmark-*.json' $(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT)); \

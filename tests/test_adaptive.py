@@ -101,6 +101,20 @@ def test_adaptive_views_are_checked_registered_and_carry_why(adaptive_lake):
     assert all("rollup" in why or "budget" in why for why in refused.values())
 
 
+def test_the_view_registry_report_lists_adaptive_views_with_why(adaptive_lake):
+    from analytics.reports.view_registry import registry_table
+    from analytics.views.catalog import VIEWS
+
+    state = load_adaptive(adaptive_lake)
+    with Workbench(adaptive_lake) as wb:
+        rows = {r["view"]: r for r in registry_table(adaptive_lake, wb.warm())}
+    assert set(rows) == set(VIEWS) | set(state["views"])
+    for name, entry in state["views"].items():
+        assert rows[name]["healthy"] and rows[name]["rows"] == load_registry(adaptive_lake)["views"][name]["rows"]
+        assert entry["note"] in rows[name]["origin"]
+    assert {rows[n]["origin"] for n in VIEWS} == {"catalog"}
+
+
 def test_explain_says_why_a_lake_query_has_no_adaptive_view(adaptive_lake):
     by_name = {t: q for t, q in zip(("pub", "min", "cph", "ser", "adv", "user", "users", "auction", "ts"), family(5, 9))}
     lines = explain_lake(str(adaptive_lake), parse_query(by_name["user"]))

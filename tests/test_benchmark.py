@@ -5,6 +5,7 @@ on the query model's edge cases, a mismatch failing the run, phase records, the 
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -341,3 +342,37 @@ def test_peak_rss_is_the_commands_own_not_inherited_from_this_process(tmp_path: 
     small = run_child([sys.executable, "-S", "-c", "pass"], tmp_path / "small.log")
     assert 0 < small["peak_rss_bytes"] < 64 * 2**20
     del ballast
+
+
+def test_freshness_and_adaptive_benchmarks_add_their_figures_and_targets(tiny: dict[str, Path], result: dict[str, Any],
+                                                                         tmp_path: Path) -> None:
+    """What `make benchmark` runs beside the engines: both on copies, neither touching the lake."""
+    from analytics.bench.adaptive import main as adaptive_main
+    from analytics.bench.freshness import main as freshness_main
+    from analytics.views.adaptive_catalog import ADAPTIVE
+
+    bench_json = tmp_path / "benchmark.json"
+    shutil.copy(tiny["root"] / "benchmark.json", bench_json)
+    lake_files = sorted((p.relative_to(tiny["lake"]), p.stat().st_mtime_ns) for p in tiny["lake"].rglob("*"))
+    generate(tmp_path / "part", 3_000, seed=7, parts=1, progress=False)
+    assert freshness_main(["measure", "--lake", str(tiny["lake"]), "--raw", str(tiny["raw"]),
+                           "--part", str(tmp_path / "part" / "events_part_00000.csv"),
+                           "--work", str(tmp_path / "fresh"), "--into", str(bench_json)]) == 0
+    adaptive_main(["--lake", str(tmp_path / "adaptive"), "--copy-of", str(tiny["lake"]), "--repeats", "1",
+                   "--into", str(bench_json)])
+    assert sorted((p.relative_to(tiny["lake"]), p.stat().st_mtime_ns) for p in tiny["lake"].rglob("*")) == lake_files
+    assert not (tiny["lake"] / "views" / ADAPTIVE).exists() and (tmp_path / "adaptive" / "views" / ADAPTIVE).exists()
+
+    out = json.loads(bench_json.read_text())
+    assert out["freshness"]["part_rows"] == 3_000 and out["freshness"]["freshness_seconds"] > 0
+    after = out["adaptive"]["after"]["family_b"]
+    assert after["viewable_from_views"] > out["adaptive"]["before"]["family_b"]["viewable_from_views"]
+    targets = {t["target"]: t for t in out["targets"]}
+    share = targets["adaptive: family B queries a view can answer, from views after build --adaptive"]
+    assert share["value"] == after["viewable_from_views"] / after["viewable"]
+    assert targets["freshness: a 3,000-row part, rename to first view answer including it"]["value"] == \
+        out["freshness"]["freshness_seconds"]
+    assert {"view-routed median with 10 pending deltas", "adaptive: family B lake-routed p95, before / after",
+            "adaptive: judges workload warm total (target stated at 245M rows)"} <= set(targets)
+    text = summary_table(out)
+    assert "adaptive: family B" in text and "freshness:" in text

@@ -117,6 +117,7 @@ def lab(tmp_path: Path, lake: Path) -> Iterator[dict[str, Any]]:
                 pass
             assert time.monotonic() < deadline, f"jupyter lab not up in {SERVER_START_S}s"
             time.sleep(0.5)
+        _start_session(base, token, deadline + CELL_RUN_MS / 1000)
         yield {"url": f"{base}/lab/tree/00_explore.ipynb?token={token}", "log": tmp_path / "server.log"}
     finally:
         proc.send_signal(signal.SIGTERM)  # the server shuts its kernels down on SIGTERM
@@ -126,6 +127,24 @@ def lab(tmp_path: Path, lake: Path) -> Iterator[dict[str, Any]]:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         log.close()
+
+
+def _start_session(base: str, token: str, deadline: float) -> None:
+    """The notebook's session with its `analytics` kernel, started through the REST API and idle
+    before the page opens: JupyterLab then joins it instead of choosing a kernel itself, which on a
+    busy machine meant a "Select Kernel" dialog and kernels started and shut down in a row."""
+    body = json.dumps({"path": "00_explore.ipynb", "name": "00_explore.ipynb", "type": "notebook",
+                       "kernel": {"name": "analytics"}}).encode()
+    req = urllib.request.Request(f"{base}/api/sessions?token={token}", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        kernel = json.loads(resp.read())["kernel"]["id"]
+    while True:
+        with urllib.request.urlopen(f"{base}/api/kernels/{kernel}?token={token}", timeout=30) as resp:
+            if json.loads(resp.read()).get("execution_state") == "idle":
+                return
+        assert time.monotonic() < deadline, "the analytics kernel did not start"
+        time.sleep(0.5)
 
 
 def _expected_click_counts(lake: Path) -> dict[str, int]:
@@ -147,12 +166,23 @@ def _run_all_cells(page: Any) -> None:
     `analytics` kernel is preselected) and Run All clicked again, within CELL_RUN_MS."""
     deadline = time.monotonic() + CELL_RUN_MS / 1000
     clicked_at = None
+    disconnected_since = None
     while True:
         assert time.monotonic() < deadline, f"the notebook did not run in {CELL_RUN_MS / 1000:.0f}s"
         dialog = page.locator(".jp-Dialog")
         if dialog.count():
             dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+            dialog.wait_for(state="detached")
             clicked_at = None
+        # a page whose kernel connection dropped (it shows "Disconnected") reconnects on a reload
+        if "Disconnected" in " ".join(page.locator(".jp-StatusBar-Widget").all_inner_texts()):
+            disconnected_since = disconnected_since or time.monotonic()
+            if time.monotonic() - disconnected_since > 15:
+                page.reload()
+                page.wait_for_selector(".jp-NotebookPanel .jp-Cell")
+                disconnected_since = clicked_at = None
+        else:
+            disconnected_since = None
         idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
         ran = "row(s) via route" in (page.locator(".explorer .explorer-status").all_inner_texts() or [""])[0]
         if ran:

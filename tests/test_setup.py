@@ -78,12 +78,18 @@ def test_benchmark_full_scale_runs_every_phase_on_245m_rows_in_order() -> None:
     report = _index(commands, r"-m analytics\.reports\.notebooks --lake data/lake-245000000 --raw data/raw-245000000 "
                               r".*--only 03_batch_benchmark")
     assert gen < prep < build < bench <= report
+    fresh = _index(commands, r"-m analytics\.bench\.freshness measure --lake data/lake-245000000 --raw data/raw-245000000 "
+                             r"--part data/part-5000000-seed7/events_part_00000\.csv .*--into reports/benchmark\.json")
+    adaptive = _index(commands, r"-m analytics\.bench\.adaptive --lake data/work-245000000/adaptive "
+                                r"--copy-of data/lake-245000000 --budget 2GiB --into reports/benchmark\.json")
+    assert bench <= fresh <= adaptive <= report
 
 
 def test_benchmark_defaults_to_15m_rows() -> None:
     commands = _commands(_make("-n", "benchmark"))
     _index(commands, r"-m analytics prepare --raw data/raw-15000000 --lake data/lake-15000000 ")
     _index(commands, r"-p rows=15000000 ")
+    _index(commands, r"-m analytics generate --out data/part-1000000-seed7/ --rows 1000000 --seed 7 --parts 1")
 
 
 def test_reports_on_an_existing_lake_generates_nothing() -> None:

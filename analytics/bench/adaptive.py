@@ -5,14 +5,16 @@ Owns the measurement: family A (seed 1) is run once through the batch runner wit
 judges-style workload are timed warm before the adaptive build, `build_adaptive` runs within the
 budget, and the same are timed again. Per pass: the share of queries answered from views (of all,
 and of those a view can exactly answer), the lake-routed p50/p95, the total; the build's seconds
-and bytes. `python -m analytics.bench.adaptive --lake L [--budget 2GiB] [--out F.json]` on a lake
-it may write (a copy: the build adds views and indexes to it). Must not check answers (the
+and bytes. `python -m analytics.bench.adaptive --lake L [--copy-of BUILT] [--budget 2GiB] [--out F.json]
+[--into BENCHMARK_JSON]` on a lake it may write (the build adds views and indexes to it): with
+`--copy-of`, L is first made a hard-linked copy of that built lake, which stays untouched. Must not check answers (the
 differential tests do).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -20,6 +22,8 @@ from typing import Any
 
 from analytics.batch.runner import SafeBatchRunner
 from analytics.batch.telemetry import percentile, read_events
+from analytics.bench.freshness import link_copy
+from analytics.bench.summary import attach
 from analytics.bench.workload_family import family
 from analytics.bench.workloads import ROOT
 from analytics.query.model import load_queries, parse_query
@@ -102,16 +106,23 @@ def summary(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="adaptive views benchmark (writes views and indexes into --lake)")
-    p.add_argument("--lake", required=True)
+    p.add_argument("--lake", required=True, help="the lake to measure on; it gains views and indexes")
+    p.add_argument("--copy-of", default=None, help="first empty --lake and make it a hard-linked copy of this built lake")
     p.add_argument("--budget", default="2GiB")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--after-only", action="store_true", help="reuse the telemetry already there; no before pass")
-    p.add_argument("--out")
+    p.add_argument("--out", help="write the figures here")
+    p.add_argument("--into", help="add the figures to this benchmark JSON (key `adaptive`, targets re-evaluated)")
     args = p.parse_args(argv)
+    if args.copy_of:
+        shutil.rmtree(args.lake, ignore_errors=True)
+        link_copy(Path(args.copy_of), Path(args.lake))
     res = run(args.lake, parse_budget(args.budget), args.repeats, after_only=args.after_only)
     print(summary(res))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1, default=str))
+    if args.into:
+        attach(args.into, "adaptive", res)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ polls a view-shaped query; it reports the prepare and view-refresh seconds of th
 freshness: seconds from the rename to the first answer served by a view that includes the part.
 Then it adds small parts until views hold 5 and 10 pending deltas and reports the view-routed
 median query time at 0, 5 and 10 deltas, and the seconds of compacting them.
-Run as `python -m analytics.bench.freshness measure --lake L --raw R --part P --work DIR [--json OUT]`;
+Run as `python -m analytics.bench.freshness measure --lake L --raw R --part P --work DIR [--json OUT]
+[--into BENCHMARK_JSON]`;
 `... chart JSON... --out chart.html` draws refresh time against lake size (`refresh_chart`).
 Must not write into `--lake` or `--raw`, nor change the benchmark of `bench/run.py`.
 """
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from analytics.bench.summary import attach
 from analytics.core.files import write_atomic
 from analytics.lake.generator import generate
 from analytics.lake.manifest import Lake
@@ -59,13 +61,14 @@ WORKLOAD = [
 
 
 def link_copy(src: Path, dst: Path) -> None:
-    """`dst` as a copy of `src` whose data files are hard links and whose small state files (JSON,
-    locks) are real copies: everything the lake rewrites is replaced by a rename, never in place."""
+    """`dst` as a copy of `src` whose data files are hard links and whose state files (JSON, the
+    telemetry's JSON lines, locks) are real copies: everything else the lake rewrites is replaced by
+    a rename, never written in place."""
     for root, _, files in os.walk(src):
         out = dst / Path(root).relative_to(src)
         out.mkdir(parents=True, exist_ok=True)
         for name in files:
-            if name.startswith(".") or name.endswith(".json"):
+            if name.startswith(".") or name.endswith((".json", ".jsonl")):
                 if not name.endswith(".lock"):
                     shutil.copy2(Path(root) / name, out / name)
             else:
@@ -199,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--part", required=True, help="the CSV part to ingest (e.g. 1M rows, another seed)")
     p.add_argument("--work", required=True, help="scratch directory (emptied first)")
     p.add_argument("--json", default=None, help="write the figures here too")
+    p.add_argument("--into", default=None, help="add the figures to this benchmark JSON (key `freshness`, targets re-evaluated)")
     p.add_argument("--no-deltas", action="store_true",
                    help="only the ingest of --part (no pending-delta query times, no compaction)")
     p = sub.add_parser("chart", help="chart refresh time against lake size from measure's JSON files")
@@ -213,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(result, indent=1))
     if args.json:
         write_atomic(args.json, json.dumps(result, indent=1))
+    if args.into:
+        attach(args.into, "freshness", result)
     return 0
 
 

@@ -1,8 +1,9 @@
 """The materialized views as notebook 02 shows them: the registry, each view's health and how often it served.
 
-Owns the registry table (per catalog view: rows, bytes, rollup ratio against the lake, build
-time, the lake version it was built from, refresh mode, health with its reason, and the
-router's use of it from the query telemetry), the record of what one refresh changed
+Owns the registry table (per view, the catalog's then the lake's adaptive ones: where it comes
+from and, for an adaptive view, why it was chosen; rows, bytes, rollup ratio against the lake,
+build time, the lake version it was built from, refresh mode, pending deltas, health with its
+reason, and the router's use of it from the query telemetry), the record of what one refresh changed
 (versions, mode, segments merged) and the two charts. Health is what the caller's
 `Workbench.health` says (the registry's `staleness` rule, plus files it could not load); use
 is what `analytics.batch.telemetry` recorded. Must not decide health or routes itself, nor
@@ -18,7 +19,8 @@ from analytics.batch.telemetry import read_events, stats
 from analytics.core.files import format_bytes
 from analytics.lake.manifest import Lake
 from analytics.views.build import build
-from analytics.views.catalog import CATALOG
+from analytics.views.adaptive_catalog import all_views
+from analytics.views.catalog import VIEWS
 from analytics.views.registry import load_registry
 
 
@@ -37,26 +39,27 @@ def router_use(lake_root: str | os.PathLike) -> dict[str, Any]:
 
 
 def registry_table(lake_root: str | os.PathLike, health: Mapping[str, str | None]) -> list[dict[str, Any]]:
-    """One row per catalog view, in catalog order (see the module docstring); `health` is
-    `Workbench.health` (view name -> None when healthy, else why not)."""
+    """One row per view, the catalog's in catalog order then the adaptive ones (see the module
+    docstring); `health` is `Workbench.health` (view name -> None when healthy, else why not)."""
     lake = Lake.open(lake_root)
     registry = load_registry(lake.root)["views"]
     by_type = (lake.manifest.get("totals") or {}).get("lake_by_type", {})
     use = router_use(lake.root)["routes"]
     rows = []
-    for view in CATALOG:
+    for view in all_views(lake.root).values():
         entry = registry.get(view.name) or {}
         lake_rows = sum(by_type.get(t, 0) for t in view.types)
         why = health.get(view.name, "not known to the workbench")
         served = use.get(view.name, {"queries": 0, "cache_hits": 0})
         rows.append({
-            "view": view.name, "grain": view.grain, "dims": ", ".join(view.dims) or "-",
+            "view": view.name, "origin": "catalog" if view.name in VIEWS else view.note,
+            "grain": view.grain, "dims": ", ".join(view.dims) or "-",
             "version": entry.get("version"), "rows": entry.get("rows"), "bytes": entry.get("bytes"),
             "lake_rows": lake_rows,
             "rollup": round(lake_rows / entry["rows"], 1) if entry.get("rows") else None,
             "build_s": entry.get("build_seconds"), "built_at": entry.get("built_at"),
             "built_from": entry.get("lake_version"), "mode": entry.get("mode"),
-            "segments": len(entry.get("segments", [])),
+            "segments": len(entry.get("segments", [])), "deltas": len(entry.get("deltas") or ()),
             "healthy": why is None, "health": "healthy" if why is None else why,
             "router_uses": served["queries"], "cache_hits": served["cache_hits"],
         })
@@ -74,7 +77,7 @@ def refresh(lake_root: str | os.PathLike, **options: Any) -> dict[str, Any]:
     status = {**{n: "up to date" for n in summary["up_to_date"]}, **{n: "built" for n in summary["built"]},
               **{n: f"FAILED: {why}" for n, why in summary["failed"].items()}}
     changes = []
-    for view in CATALOG:
+    for view in all_views(root).values():
         old, new = before.get(view.name) or {}, after.get(view.name) or {}
         added = sorted(set(new.get("segments", [])) - set(old.get("segments", []))) if status.get(view.name) == "built" else []
         changes.append({"view": view.name, "status": status.get(view.name, "not selected"),
@@ -114,6 +117,7 @@ def build_time_figure(table: list[dict[str, Any]]) -> Any:
     built = [r for r in table if r["build_s"] is not None]
     fig = px.bar(built, x="view", y="build_s", color="mode", labels={"build_s": "build seconds"},
                  title="Build time per view (current version)",
-                 color_discrete_map={"full": "#1565c0", "incremental": "#ef6c00"})
+                 color_discrete_map={"full": "#1565c0", "incremental": "#ef6c00", "compacted": "#6a1b9a",
+                                     "recomputed": "#00838f"})
     fig.update_layout(height=460)
     return fig
