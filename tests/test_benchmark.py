@@ -16,7 +16,7 @@ import pytest
 from analytics.bench import peers
 from analytics.bench.__main__ import main as bench_main
 from analytics.bench.cold import COLD_ENGINES, cold_pass
-from analytics.bench.figures import cold_frame, figure_cold, figure_sweep
+from analytics.bench.figures import adaptive_frame, cold_frame, figure_cold, figure_sweep, freshness_frame
 from analytics.bench.peers import ENGINES, PEERS, Unsupported
 from analytics.bench.phases import load_phases, run_phase
 from analytics.bench.polars_engine import polars_condition
@@ -376,3 +376,9 @@ def test_freshness_and_adaptive_benchmarks_add_their_figures_and_targets(tiny: d
             "adaptive: judges workload warm total (target stated at 245M rows)"} <= set(targets)
     text = summary_table(out)
     assert "adaptive: family B" in text and "freshness:" in text
+    fresh = freshness_frame(out)
+    assert "view-routed median, 10 pending deltas" in set(fresh["what"])
+    adaptive = adaptive_frame(out)
+    assert list(zip(adaptive["workload"], adaptive["when"])) == [
+        ("family_b", "before"), ("family_b", "after"), ("judges", "before"), ("judges", "after")]
+    assert freshness_frame(result) is None and adaptive_frame(result) is None
