@@ -200,6 +200,7 @@ def test_mv_builds_registry_table(runs: Runs, data: dict[str, Any]) -> None:
         assert v["rollup"] == round(ROWS / entry["rows"], 1) and v["lake_rows"] == ROWS
         assert v["healthy"] is True and v["health"] == "healthy" and v["mode"] == "full"
         assert v["router_uses"] == 0  # nothing queried this lake through the runner
+        assert v["origin"] == "catalog" and v["deltas"] == 0
 
 
 def test_mv_builds_shows_stale_views_and_router_use(runs: Runs, appended: dict[str, Any]) -> None:
@@ -224,7 +225,7 @@ def test_mv_builds_refreshes_incrementally(runs: Runs, appended: dict[str, Any])
         assert (c["status"], c["mode"], c["version_before"], c["version_after"]) == ("built", "incremental", 1, 2)
         assert c["segments_added"] == appended["new_segments"] and c["files_added"] == [appended["second_file"]]
     for v in s["views"]:
-        assert v["mode"] == "incremental" and v["segments"] == 2
+        assert v["mode"] == "incremental" and v["segments"] == 2 and v["deltas"] == 1
         assert v["built_from"] == appended["manifest"]["lake_version"] and v["lake_rows"] == ROWS
 
 
