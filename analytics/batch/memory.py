@@ -128,7 +128,9 @@ def first_line(exc: BaseException) -> str:
 
 def check_answer(table: pa.Table, limit: int) -> None:
     """Refuse an answer larger than the limit: holding it would be the memory the limit forbids."""
-    if table.nbytes > limit:
+    # the buffers' whole sizes bound the bytes referenced; those (nbytes walks each slice's
+    # offsets) are counted only for an answer that might be near the limit
+    if table.get_total_buffer_size() > limit and table.nbytes > limit:
         raise MemoryLimitError(f"its answer ({table.num_rows:,} rows) takes {format_bytes(table.nbytes)} in memory")
 
 

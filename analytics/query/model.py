@@ -16,7 +16,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Union
 
 import duckdb
@@ -89,6 +89,11 @@ class Query:
 
     def canonical(self) -> str:
         """A stable text for equal queries: `where` order and value spelling do not matter."""
+        return self._canonical
+
+    @cached_property
+    def _canonical(self) -> str:
+        # computed once per query object: the runner hashes it for the cache key and the report
         where = sorted(
             json.dumps([c.col, c.op, [_canonical_value(v) for v in
                                       (sorted(set(c.values), key=_canonical_value) if c.op == "in" else c.values)]])

@@ -3,10 +3,11 @@
 Owns `ArrowView`: a view's rows split by event type (typically the memory-mapped batches of its
 serving copy), each slice sorted by time, whose time columns are searched in place (DATE as
 days, TIMESTAMP as microseconds, the minute as text, no copies), so time filters become two
-binary searches touching O(log n) pages instead of a scan; the remaining filters are Arrow
-compute masks over the rows the searches keep (dictionary columns compared by code), the
+binary searches touching O(log n) pages instead of a scan; the remaining filters are masks
+over the rows the searches keep (numpy over integer keys and dictionary codes, Arrow for text), the
 re-aggregation an Arrow group-by following `query.aggregates` (skipped when each group is one
-view row), an `order_by` with a `limit` a top-k selection.
+view row), the outputs' arithmetic numpy (`finish`), an `order_by` a sort (a top-k selection on
+many rows).
 A view answer is a few hundred rows re-aggregated, where DuckDB's fixed cost of parsing and
 planning a statement dominates; this path skips it. Semantics follow DuckDB's: a DATE
 compared with a timestamp is read as its midnight, strings compare byte-wise, NULLs sort last,
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 
 from analytics.query.model import Condition, Query
 from analytics.query.schema import EVENT_TYPES, PRICE_SCALE
+from analytics.serving import finish
 from analytics.views.catalog import ViewDef, partial_columns
 
 # pyarrow imports pandas on its first conversion of a Python value (a query's literal) and
@@ -59,6 +61,9 @@ def _bisect(column: pa.StringArray, value: str, right: bool) -> int:
     return lo
 
 
+# Top k by selection pays only on many rows: under this, one sort is cheaper (a select_k call costs
+# ~0.7 ms of set-up on this machine, a sort of a few thousand rows ~40 µs)
+_SELECT_K_ROWS = 100_000
 _UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
 # a time unit of the finest time column a view sorts by, in microseconds (minute is text: no runs)
 _STEP_US = {"day": _DAY_US, "hour": 3_600_000_000}
@@ -288,7 +293,7 @@ class ArrowView:
         parts = []
         for t in sorted(types):
             for piece in self.slices.get(t, ()):
-                part = self._filter_piece(piece, query)
+                part = self._filter_piece(piece, query, columns)
                 if part is NotImplemented:
                     return None
                 if part is not None:
@@ -297,8 +302,9 @@ class ArrowView:
             return self._decoded(self.schema.empty_table().select(columns))
         return self._decoded(pa.concat_tables(parts) if len(parts) > 1 else parts[0])
 
-    def _filter_piece(self, piece: _Piece, query: Query) -> Any:
-        """Rows of one piece kept by the query's filters (None if none; NotImplemented for SQL)."""
+    def _filter_piece(self, piece: _Piece, query: Query, columns: list[str]) -> Any:
+        """Rows of one piece kept by the query's filters, with `columns` and those the filters left to
+        masks read (None if none; NotImplemented for SQL)."""
         times, texts = piece.times, piece.texts
         lo, hi = 0, piece.table.num_rows
         rest = []
@@ -326,25 +332,42 @@ class ArrowView:
             if not len(rows):
                 return None
             rest = [c for c in rest if c is not cond]
-            part = piece.table.take(rows)
-        else:
-            part = piece.table.slice(lo, hi - lo)
-        mask = None
+        # only the columns read from here on: a take copies each column it is given
+        names = set(piece.table.schema.names)
+        table = piece.table.select([c for c in dict.fromkeys([*columns, *(c.col for c in rest)]) if c in names])
+        part = table.take(rows) if runs is not None else table.slice(lo, hi - lo)
+        # numpy masks over the columns' buffers where they apply (integer keys, dictionary codes):
+        # a few µs each, where an Arrow compute call costs tens; Arrow for text and ordering
+        masks: list[np.ndarray] = []
+        arrow_mask = None
         for c in rest:
             if c.col in times:  # only `in` / `neq` are left on a time column
-                m = pa.array(times[c.col].mask(lo, hi, c))
-            else:
-                try:
-                    m = self._mask(_contiguous(part.column(c.col)), c)
-                except NotImplementedError:
-                    return NotImplemented
-            mask = m if mask is None else pc.and_(mask, m)
-        return part if mask is None else part.filter(mask)
+                masks.append(times[c.col].mask(lo, hi, c))
+                continue
+            column = _contiguous(part.column(c.col))
+            codes = _sorted_codes(column, c.values) if c.op in ("eq", "in", "neq") else None
+            if codes is not None:
+                values, wanted = codes
+                kept = values == wanted[0] if len(wanted) == 1 else np.isin(values, wanted)
+                masks.append(~kept if c.op == "neq" else kept)
+                continue
+            try:
+                m = self._mask(column, c)
+            except NotImplementedError:
+                return NotImplemented
+            arrow_mask = m if arrow_mask is None else pc.and_(arrow_mask, m)
+        mask = (np.logical_and.reduce(masks) if len(masks) > 1 else masks[0]) if masks else None
+        if arrow_mask is None:
+            # the kept rows' numbers, then one take: cheaper than packing a bitmap for the filter
+            return part if mask is None else part.take(np.flatnonzero(mask))
+        return part.filter(arrow_mask if mask is None else pc.and_(arrow_mask, pa.array(mask)))
 
-    # A search costs ~5 µs of interpreter and numpy calls, a masked row ~2.5 ns: runs pay only when
-    # the searches number under 1/2000 of the rows (measured at 15M: 366 days x 3 values over a
-    # 20K-row slice took 1.26 ms by search, 0.23 ms by mask)
+    # A search costs ~5 µs of interpreter and numpy calls, a mask ~2.5 ns a row plus ~50 µs of calls
+    # (the mask, then the filter): runs pay only when the searches number under 1/2000 of the rows
+    # plus 20,000 (measured at 15M: 366 days x 3 values over a 20K-row slice took 1.26 ms by search,
+    # 0.23 ms by mask; 3 values over a 1,654-row slice 15 µs by search, ~100 µs by mask)
     _ROWS_PER_SEARCH = 2000
+    _MASK_FIXED_ROWS = 20_000
 
     def _dim_runs(self, piece: _Piece, lo: int, hi: int, rest: list[Condition]
                   ) -> tuple[Condition, np.ndarray] | None:
@@ -362,7 +385,7 @@ class ArrowView:
             return None
         values, wanted = codes
         starts, ends = np.array([lo]), np.array([hi])
-        if len(wanted) * self._ROWS_PER_SEARCH > hi - lo:
+        if len(wanted) * self._ROWS_PER_SEARCH > hi - lo + self._MASK_FIXED_ROWS:
             return None
         if self.view.time_columns:
             time0 = self.view.time_columns[0]
@@ -372,7 +395,7 @@ class ArrowView:
             step = _STEP_US[time0] // times.unit
             within = times.values[lo:hi]
             units = np.arange(within[0], within[-1] + step, step, dtype=within.dtype)
-            if len(units) * len(wanted) * self._ROWS_PER_SEARCH > hi - lo:
+            if len(units) * len(wanted) * self._ROWS_PER_SEARCH > hi - lo + self._MASK_FIXED_ROWS:
                 return None
             starts = np.searchsorted(within, units, "left") + lo
             ends = np.append(starts[1:], hi)
@@ -452,19 +475,28 @@ class ArrowView:
                 continue
             pairs = self._needs(item.func, item.col)
             first = got[pairs[0]]
+            scale = 10 ** PRICE_SCALE if pairs[0][0] in self.scaled else None
+            # numpy first (a few µs), Arrow compute where a NULL needs its semantics
             if item.func == "COUNT":
-                out[item.name] = pc.cast(pc.fill_null(first, 0), pa.int64())
+                out[item.name] = finish.count(first)
+                if out[item.name] is None:
+                    out[item.name] = pc.cast(pc.fill_null(first, 0), pa.int64())
             elif item.func == "SUM":
-                out[item.name] = self._price_sum(pairs[0][0], first)
+                out[item.name] = finish.scaled_sum(first, scale)
+                if out[item.name] is None:
+                    out[item.name] = self._price_sum(pairs[0][0], first)
             elif item.func == "AVG":
-                nn = pc.cast(got[pairs[1]], pa.float64())
-                out[item.name] = pc.divide(self._price_sum(pairs[0][0], first), pc.if_else(pc.equal(nn, 0), None, nn))
+                out[item.name] = finish.average(first, got[pairs[1]], scale)
+                if out[item.name] is None:
+                    nn = pc.cast(got[pairs[1]], pa.float64())
+                    out[item.name] = pc.divide(self._price_sum(pairs[0][0], first),
+                                               pc.if_else(pc.equal(nn, 0), None, nn))
             else:
                 out[item.name] = first
         table = pa.table(out)
         if query.order_by:
             keys = [(o.name, "descending" if o.desc else "ascending", "at_end") for o in query.order_by]
-            if (query.limit is not None and query.limit < table.num_rows
+            if (query.limit is not None and query.limit < table.num_rows and table.num_rows > _SELECT_K_ROWS
                     and not any(table.column(o.name).null_count for o in query.order_by)):
                 # top k without sorting every row; rows tied at the cut-off may be any of the ties,
                 # as in DuckDB (select_k places NULLs differently, hence only without NULL keys)
