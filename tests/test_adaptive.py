@@ -30,8 +30,17 @@ from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
 from analytics.views.adaptive import advise, explain_lake, minimal_view
 from analytics.views.adaptive_build import build_adaptive
-from analytics.lake.indexes import IndexDef, usable
-from analytics.views.adaptive_catalog import PREFIX, adaptive_path, load_adaptive, query_shape, usable_indexes
+from analytics.core import db
+from analytics.lake.indexes import usable
+from analytics.lake.keyfilter import META_FILE, KeyFilter, key_hashes
+from analytics.views.adaptive_catalog import (
+    PREFIX,
+    adaptive_path,
+    index_def,
+    load_adaptive,
+    query_shape,
+    usable_indexes,
+)
 from analytics.views.registry import VIEWS_DIR, load_registry
 
 GIB = 2**30
@@ -239,7 +248,7 @@ def test_a_lake_index_serves_only_the_lake_version_it_was_built_from(adaptive_la
     state = load_adaptive(adaptive_lake)
     assert len(usable_indexes(lake, state)) == len(state["indexes"]) >= 2
     for name, record in state["indexes"].items():
-        index = IndexDef.of(name, record["key"], record["types"], record["columns"])
+        index = index_def(name, record)
         assert usable(index, lake, record) is None
         assert record["rows_by_type"] == {t: lake.manifest["totals"]["lake_by_type"].get(t, 0) for t in index.types}
         assert "lake version" in usable(index, lake, {**record, "lake_version": "other"})
@@ -250,3 +259,81 @@ def test_a_lake_index_serves_only_the_lake_version_it_was_built_from(adaptive_la
         plan = wb.plan({"select": ["publisher_id", {"COUNT": "*"}], "from": "events", "group_by": ["publisher_id"],
                         "where": [{"col": "user_id", "op": "eq", "val": 5}]})
         assert plan.route == LAKE and plan.index is None
+
+
+def _auction_filter(lake: Path) -> tuple[str, dict]:
+    state = load_adaptive(lake)
+    name, record = next((n, r) for n, r in state["indexes"].items() if r["key"] == "auction_id")
+    return name, record
+
+
+def test_the_auction_filter_finds_every_row_group_of_a_key(adaptive_lake):
+    """Ground truth read from the lake's files with pyarrow: for keys of every row group, the filter
+    names every row group holding the key (a Bloom filter may add row groups, never drop one),
+    rarely one that does not, and it is a fraction of the key column it replaces."""
+    import pyarrow.parquet as pq
+
+    lake = Lake.open(adaptive_lake)
+    name, record = _auction_filter(adaptive_lake)
+    assert record["kind"] == "filter" and record["bytes"] > 0
+    kf = KeyFilter(adaptive_lake / record["dir"])
+    position = {(t, rel, rg): g for g, (t, rel, rg, _) in enumerate(kf.groups)}
+    holding: dict[str, set[int]] = {}
+    key_bytes = 0
+    for seg in lake.manifest["segments"]:
+        for t, rel in seg["files"].items():
+            pf = pq.ParquetFile(adaptive_lake / rel)
+            for rg in range(pf.metadata.num_row_groups):
+                col = pf.schema_arrow.names.index("auction_id")
+                key_bytes += pf.metadata.row_group(rg).column(col).total_compressed_size
+                for key in pf.read_row_group(rg, columns=["auction_id"]).column(0).to_pylist():
+                    holding.setdefault(key, set()).add(position[(t, rel, rg)])
+    assert len(position) == len(kf.groups) >= 8
+    sample = sorted(holding)[:: max(1, len(holding) // 2000)]
+    con = db.connect()
+    false_positives = 0
+    for key, h in zip(sample, key_hashes(con, sample)):
+        found = set(kf.candidates(h.reshape(1)).tolist())
+        assert holding[key] <= found, key
+        false_positives += len(found - holding[key])
+    con.close()
+    assert len(sample) >= 1000
+    assert false_positives <= 0.01 * len(sample) * len(kf.groups)  # ~0.05% a row group by design
+    assert record["bytes"] < key_bytes / 2, (record["bytes"], key_bytes)
+
+
+def test_a_damaged_auction_filter_sends_its_queries_to_the_whole_lake(adaptive_lake, baseline, tmp_path):
+    lake_root = tmp_path / "lake"
+    shutil.copytree(adaptive_lake, lake_root)
+    name, record = _auction_filter(lake_root)
+    import pyarrow.parquet as pq
+
+    queries = [q for q in family(6, 40) if any(w["col"] == "auction_id" for w in q["where"])]
+    # the family's auction ids are random (no rows); these are the lake's own, some with clicks
+    seg = Lake.open(lake_root).manifest["segments"][0]
+    real = [pq.read_table(lake_root / seg["files"][t], columns=["auction_id"]).column(0)[5].as_py()
+            for t in ("serve", "impression", "click") if t in seg["files"]]
+    queries += [
+        {"select": ["type", {"COUNT": "*"}], "from": "events", "where": [{"col": "auction_id", "op": "in", "val": real}],
+         "group_by": ["type"], "order_by": [{"col": "type", "dir": "asc"}]},
+        {"select": ["day", "country", {"SUM": "bid_price"}, {"MAX": "ts"}], "from": "events",
+         "where": [{"col": "auction_id", "op": "eq", "val": real[-1]}], "group_by": ["day", "country"]},
+    ]
+    with Workbench(lake_root) as wb:  # healthy: through the filter, exactly
+        for raw in queries:
+            assert _check(baseline, wb, raw).index == name
+    bits = lake_root / record["dir"] / "bits"
+    whole = bits.read_bytes()
+    with open(bits, "r+b") as fh:  # truncated
+        fh.truncate(bits.stat().st_size // 2)
+    lake = Lake.open(lake_root)
+    assert "bytes" in usable(index_def(name, record), lake, record)
+    with Workbench(lake_root) as wb:
+        for raw in queries:
+            plan = _check(baseline, wb, raw)
+            assert plan.route == LAKE and plan.index is None
+    bits.write_bytes(whole)
+    assert usable(index_def(name, record), lake, record) is None
+    meta = lake_root / record["dir"] / META_FILE  # hashed by another DuckDB: hashes may differ
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "duckdb": "0.0.1"}))
+    assert "DuckDB 0.0.1" in usable(index_def(name, record), lake, record)

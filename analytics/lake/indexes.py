@@ -1,4 +1,5 @@
-"""Lake indexes: a narrow copy of some event types sorted by a point-lookup key, for the queries no view can beat the lake on.
+"""Lake indexes: a narrow copy of some event types sorted by a point-lookup key, or a row-group key
+filter (`keyfilter`), for the queries no view can beat the lake on.
 
 A point filter on `user_id` or `auction_id` reads the whole key column of the ts-sorted lake (every
 row group holds every key). An index is, per event type, one Parquet file of just the columns the
@@ -9,8 +10,9 @@ index of (user_id, ts, prices) in ~5-9 ms at 0.26x the lake's bytes; 4,096-row g
 (more statistics to read). DuckDB 2.0.1 writes Parquet bloom filters only for dictionary-encoded
 columns, which the lake's user_id and auction_id are not (~110K distinct values per row group).
 
-Owns `IndexDef` (key, types, columns), building one (written to a staging directory, checked
-against the lake: rows per type and an order-free hash sum of the key, then renamed into place),
+Owns `IndexDef` (key, types, columns, kind), building one (written to a staging directory, checked
+against the lake: rows per type and an order-free hash sum of the key, or for a filter the rows per
+type and a sampled key of every row group found in the written file; then renamed into place),
 whether a record is usable for the lake as it is now, and the relation a query reads it through
 (time columns derived from ts exactly as the lake's). Must not choose indexes (that is advice in
 `views.adaptive`) nor route queries.
@@ -29,6 +31,7 @@ from typing import Any, Mapping
 from analytics.core import db
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.core.sql import sql_string
+from analytics.lake import keyfilter
 from analytics.lake.manifest import Lake
 from analytics.query.schema import EVENT_TYPES
 
@@ -50,30 +53,46 @@ class IndexBuildError(RuntimeError):
     """An index failed its checks against the lake; nothing was promoted."""
 
 
+# The kind of index per key: a sorted copy for a key whose rows spread over the year (a user's
+# events fall in every row group), a row-group filter for one whose rows sit close in time (an
+# auction's few events: `lake.keyfilter`).
+KIND_OF_KEY: dict[str, str] = {"user_id": "sorted", "auction_id": "filter"}
+FILTER_ROWS = "__index_rows"  # the name a filter's rows are registered under for one statement
+
+
 @dataclass(frozen=True)
 class IndexDef:
     name: str
     key: str  # one of INDEX_KEYS
     types: tuple[str, ...]
-    columns: tuple[str, ...]  # base columns stored, the key first
+    columns: tuple[str, ...]  # base columns stored, the key first (a filter stores only the key's hashes)
+    kind: str = "sorted"  # sorted | filter (KIND_OF_KEY)
 
     @classmethod
-    def of(cls, name: str, key: str, types: Any, columns: Any) -> "IndexDef":
+    def of(cls, name: str, key: str, types: Any, columns: Any, kind: str = "sorted") -> "IndexDef":
         if key not in INDEX_KEYS:
             raise ValueError(f"index key {key!r}: allowed {', '.join(INDEX_KEYS)}")
-        cols = set(columns) | {key}
+        if kind not in ("sorted", "filter"):
+            raise ValueError(f"index {name}: kind {kind!r}: allowed sorted, filter")
+        cols = {key} if kind == "filter" else set(columns) | {key}
         bad = sorted(c for c in cols if c not in BASE_COLUMNS)
         if bad or not set(types) <= set(EVENT_TYPES) or not types:
             raise ValueError(f"index {name}: columns {bad} or types {sorted(types)} not allowed")
         return cls(name, key, tuple(t for t in EVENT_TYPES if t in set(types)),
-                   (key,) + tuple(c for c in BASE_COLUMNS if c in cols and c != key))
+                   (key,) + tuple(c for c in BASE_COLUMNS if c in cols and c != key), kind)
 
     def readable(self) -> set[str]:
-        """The query columns this index answers for: its columns, `type`, and with ts the time columns."""
+        """The query columns this index answers for: its columns, `type`, and with ts the time columns
+        (a filter reads the lake's own row groups: every column)."""
+        if self.kind == "filter":
+            return set(BASE_COLUMNS) | {"type"} | set(DERIVED_FROM_TS)
         return set(self.columns) | {"type"} | (set(DERIVED_FROM_TS) if "ts" in self.columns else set())
 
     def relation(self, files: Mapping[str, Path]) -> str:
-        """A relation with the lake's column names over this index's files (one per type)."""
+        """A relation with the lake's column names over this index's files (one per type); for a
+        filter, the rows it finds, registered for the statement under `FILTER_ROWS`."""
+        if self.kind == "filter":
+            return f"{FILTER_ROWS} AS events"
         items = ["type"] + list(self.columns) + ([f"{sql} AS {c}" for c, sql in DERIVED_FROM_TS.items()]
                                                  if "ts" in self.columns else [])
         listing = ", ".join(sql_string(str(files[t])) for t in self.types)
@@ -83,6 +102,8 @@ class IndexDef:
 
 def index_files(lake_root: str | os.PathLike, record: Mapping[str, Any]) -> dict[str, Path]:
     vdir = Path(lake_root) / record["dir"]
+    if record.get("kind") == "filter":
+        return {"bits": vdir / keyfilter.BITS_FILE, "meta": vdir / keyfilter.META_FILE}
     return {t: vdir / f"type={t}" / "part.parquet" for t in record["types"]}
 
 
@@ -92,11 +113,14 @@ def usable(index: IndexDef, lake: Lake, record: Mapping[str, Any] | None) -> str
         return "not built"
     if record.get("lake_version") != lake.version:
         return f"built from lake version {record.get('lake_version')}, lake is now {lake.version}"
-    if tuple(record.get("columns", ())) != index.columns or tuple(record.get("types", ())) != index.types:
+    if (tuple(record.get("columns", ())) != index.columns or tuple(record.get("types", ())) != index.types
+            or record.get("kind", "sorted") != index.kind):
         return "definition changed since the build"
     for t, f in index_files(lake.root, record).items():
         if not f.is_file():
             return f"file missing: {f.relative_to(lake.root)}"
+    if index.kind == "filter":
+        return keyfilter.check_files(lake.root / record["dir"])
     return None
 
 
@@ -112,6 +136,8 @@ def build_index(index: IndexDef, lake: Lake, *, version: int, memory_limit: str 
     idir.mkdir(parents=True, exist_ok=True)
     staging = idir / f".staging-{uuid.uuid4().hex}"
     final = idir / f"v{version}"
+    if index.kind == "filter":
+        return _build_filter(index, lake, staging, final, version, memory_limit, started)
     con = db.connect(memory_limit=memory_limit)
     con.execute("SET enable_progress_bar = false")
     con.execute("SET preserve_insertion_order = false")
@@ -127,11 +153,7 @@ def build_index(index: IndexDef, lake: Lake, *, version: int, memory_limit: str 
         want = _key_totals(con, lake.relation_sql(index.types), index.key)
         if built != want:
             raise IndexBuildError(f"{index.name}: rows or key hash per type differ from the lake: {built} vs {want}")
-        shutil.rmtree(final, ignore_errors=True)  # a leftover of a killed build of this version
-        os.replace(staging, final)
-        for old in idir.glob("v*"):  # the previous version stays for readers that planned on it
-            if old.name[1:].isdigit() and int(old.name[1:]) < version - 1:
-                shutil.rmtree(old, ignore_errors=True)
+        _promote(idir, staging, final, version)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -142,6 +164,38 @@ def build_index(index: IndexDef, lake: Lake, *, version: int, memory_limit: str 
             "dir": final.relative_to(lake.root).as_posix(), "lake_version": lake.version,
             "rows_by_type": {t: want.get(t, (0, 0))[0] for t in index.types},
             "bytes": sum(f.stat().st_size for f in files.values()),
+            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "build_seconds": round(time.perf_counter() - started, 3)}
+
+
+def _promote(idir: Path, staging: Path, final: Path, version: int) -> None:
+    shutil.rmtree(final, ignore_errors=True)  # a leftover of a killed build of this version
+    os.replace(staging, final)
+    for old in idir.glob("v*"):  # the previous version stays for readers that planned on it
+        if old.name[1:].isdigit() and int(old.name[1:]) < version - 1:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _build_filter(index: IndexDef, lake: Lake, staging: Path, final: Path, version: int, memory_limit: str,
+                  started: float) -> dict[str, Any]:
+    try:
+        meta = keyfilter.build(lake, index.key, index.types, staging, memory_limit)
+        rows = {t: 0 for t in index.types}
+        for t, _, _, n in meta["row_groups"]:
+            rows[t] += int(n)
+        want = (lake.manifest.get("totals") or {}).get("lake_by_type") or {}
+        if any(rows[t] != int(want.get(t, 0)) for t in index.types):
+            raise IndexBuildError(f"{index.name}: rows per type {rows} differ from the lake's {want}")
+        _promote(final.parent, staging, final, version)
+    except keyfilter.KeyFilterError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise IndexBuildError(f"{index.name}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {"key": index.key, "kind": "filter", "types": list(index.types), "columns": list(index.columns),
+            "version": version, "dir": final.relative_to(lake.root).as_posix(), "lake_version": lake.version,
+            "rows_by_type": rows, "bytes": int(meta["bytes"]), "row_groups": len(meta["row_groups"]),
             "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "build_seconds": round(time.perf_counter() - started, 3)}
 

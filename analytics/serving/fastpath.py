@@ -61,9 +61,6 @@ def _bisect(column: pa.StringArray, value: str, right: bool) -> int:
     return lo
 
 
-# Top k by selection pays only on many rows: under this, one sort is cheaper (a select_k call costs
-# ~0.7 ms of set-up on this machine, a sort of a few thousand rows ~40 µs)
-_SELECT_K_ROWS = 100_000
 _UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
 # a time unit of the finest time column a view sorts by, in microseconds (minute is text: no runs)
 _STEP_US = {"day": _DAY_US, "hour": 3_600_000_000}
@@ -442,11 +439,6 @@ class ArrowView:
             key.add("type")
         return key <= set(query.group_by)
 
-    def _price_sum(self, column: str, values: Any) -> Any:
-        """Summed partial sums as DOUBLE (a scaled int64 sum divided back by 10^PRICE_SCALE)."""
-        doubles = pc.cast(values, pa.float64())
-        return pc.divide(doubles, float(10 ** PRICE_SCALE)) if column in self.scaled else doubles
-
     def answer(self, query: Query) -> pa.Table | None:
         """The answer, or None when this shape is left to SQL."""
         aggs = query.aggregates
@@ -476,32 +468,12 @@ class ArrowView:
             pairs = self._needs(item.func, item.col)
             first = got[pairs[0]]
             scale = 10 ** PRICE_SCALE if pairs[0][0] in self.scaled else None
-            # numpy first (a few µs), Arrow compute where a NULL needs its semantics
             if item.func == "COUNT":
                 out[item.name] = finish.count(first)
-                if out[item.name] is None:
-                    out[item.name] = pc.cast(pc.fill_null(first, 0), pa.int64())
             elif item.func == "SUM":
-                out[item.name] = finish.scaled_sum(first, scale)
-                if out[item.name] is None:
-                    out[item.name] = self._price_sum(pairs[0][0], first)
+                out[item.name] = finish.total(first, scale)
             elif item.func == "AVG":
                 out[item.name] = finish.average(first, got[pairs[1]], scale)
-                if out[item.name] is None:
-                    nn = pc.cast(got[pairs[1]], pa.float64())
-                    out[item.name] = pc.divide(self._price_sum(pairs[0][0], first),
-                                               pc.if_else(pc.equal(nn, 0), None, nn))
             else:
                 out[item.name] = first
-        table = pa.table(out)
-        if query.order_by:
-            keys = [(o.name, "descending" if o.desc else "ascending", "at_end") for o in query.order_by]
-            if (query.limit is not None and query.limit < table.num_rows and table.num_rows > _SELECT_K_ROWS
-                    and not any(table.column(o.name).null_count for o in query.order_by)):
-                # top k without sorting every row; rows tied at the cut-off may be any of the ties,
-                # as in DuckDB (select_k places NULLs differently, hence only without NULL keys)
-                table = table.take(pc.select_k_unstable(table, query.limit, [k[:2] for k in keys]))
-            table = table.take(pc.sort_indices(table, sort_keys=keys))
-        if query.limit is not None:
-            table = table.slice(0, query.limit)
-        return table
+        return finish.order_and_limit(pa.table(out), query)

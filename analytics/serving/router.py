@@ -46,7 +46,7 @@ class Plan:
         if self.fallback_reason:
             lines.append(f"fallback: {self.fallback_reason}")
         if self.index:
-            lines.append(f"index: {self.index} (a copy of the lake sorted by its key: row groups skipped)")
+            lines.append(f"index: {self.index} (a lake index: only the row groups that may hold the key are read)")
         for c in sorted(self.candidates, key=lambda c: (c.rejected is not None, c.cost or 0.0, c.view)):
             if c.rejected:
                 lines.append(f"  rejected {c.view}: {c.rejected}")

@@ -27,12 +27,21 @@ import pyarrow as pa
 
 from analytics.core import db
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
+from analytics.lake.indexes import FILTER_ROWS
+from analytics.lake.keyfilter import KeyFilter
 from analytics.lake.manifest import MANIFEST, Lake
 from analytics.query.compiler import ident
 from analytics.query.model import Query, parse_query
 from analytics.serving.fastpath import ArrowView
 from analytics.serving.router import LAKE, Plan, Router
-from analytics.views.adaptive_catalog import adaptive_path, all_views, usable_indexes
+from analytics.views.adaptive_catalog import (
+    adaptive_path,
+    all_views,
+    load_adaptive,
+    query_shape,
+    shape_columns,
+    usable_indexes,
+)
 from analytics.views.delta import version_relation
 from analytics.views.registry import load_registry, registry_path, staleness
 from analytics.views.serving_copy import ServingError, open_serving_copy
@@ -75,6 +84,8 @@ class Workbench:
         self._load_errors: dict[str, str] = {}  # table name -> why it could not be loaded
         self._arrow: dict[str, ArrowView] = {}  # table name -> the view's fast path
         self._plans: dict[tuple[Query, bool], Plan] = {}
+        self._filter_dirs: dict[str, Path] = {}  # usable row-group key filters -> their directory
+        self._filters: dict[str, KeyFilter] = {}  # those opened (memory-mapped) so far
         # plain strings: refresh runs on every query, and pathlib's joins cost more than the stats
         self._watched = (str(self.root / MANIFEST), str(registry_path(self.root)), str(adaptive_path(self.root)))
         self.lake: Lake
@@ -96,7 +107,12 @@ class Workbench:
             self.lake.register(self._con, "events")
             self.registry = load_registry(self.root)["views"]
             self.views = all_views(self.root)
-            self.router = Router(tuple(self.views.values()), usable_indexes(self.lake))
+            state = load_adaptive(self.root)
+            indexes = usable_indexes(self.lake, state)
+            self.router = Router(tuple(self.views.values()), indexes)
+            self._filter_dirs = {ix.name: self.root / state["indexes"][ix.name]["dir"]
+                                 for ix, _ in indexes if ix.kind == "filter"}
+            self._filters = {}
             self.health = {name: self._check(name) for name in self.views}
             self._plans = {}
             self._stamp = stamp
@@ -236,6 +252,8 @@ class Workbench:
             try:
                 if view is not None and not self._ensure_sql(plan.route, cur):
                     continue  # now marked unhealthy: plan again
+                if plan.index in self._filter_dirs:
+                    return self._through_filter(cur, q, plan), plan
                 return db.fetch_arrow(cur, plan.sql, plan.params), plan
             except duckdb.CatalogException:
                 if plan.route == LAKE:
@@ -245,6 +263,23 @@ class Workbench:
                 continue  # a file of the state it read was swept by a newer prepare or build: plan again
         plan = self.plan(q, use_views=False)
         return db.fetch_arrow(self.cursor(), plan.sql, plan.params), plan
+
+    def _through_filter(self, cur: duckdb.DuckDBPyConnection, query: Query, plan: Plan) -> pa.Table:
+        """A lake query through a row-group key filter: the lake rows of the key's values from the
+        row groups it names, registered on this thread's cursor for the plan's own statement."""
+        kf = self._filters.get(plan.index)
+        if kf is None:
+            try:
+                kf = self._filters[plan.index] = KeyFilter(self._filter_dirs[plan.index])
+            except (OSError, ValueError, KeyError):  # changed on disk since it was checked: the lake
+                lake_plan = self.plan(query, use_views=False)
+                return db.fetch_arrow(cur, lake_plan.sql, lake_plan.params)
+        cond = next(c for c in query.where if c.col == kf.key and c.op in ("eq", "in"))
+        cur.register(FILTER_ROWS, kf.rows(self.root, cur, cond.values, shape_columns(query_shape(query))))
+        try:
+            return db.fetch_arrow(cur, plan.sql, plan.params)
+        finally:
+            cur.unregister(FILTER_ROWS)
 
     def query(self, query: dict[str, Any] | Query) -> pa.Table:
         """The answer as an Arrow table, columns named as the contract's CSV header."""

@@ -18,10 +18,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from analytics.core import db
 from analytics.core.memory import parse_size
 from analytics.lake.manifest import Lake
 from analytics.query.model import Query
-from analytics.query.schema import COUNTRIES, EVENT_TYPES, N_ADVERTISERS, N_PUBLISHERS, N_USERS
+from analytics.query.schema import EVENT_TYPES
 from analytics.views.adaptive_catalog import (
     PREFIX,
     SHAPE_DIMS,
@@ -46,8 +47,7 @@ DEFAULT_RETIRE_AFTER_S = 7 * 86400  # an adaptive view that served no query for 
 _GRAIN_OF = {"minute": "minute", "hour": "hour", "day": "day", "week": "day"}
 _GRAIN_ORDER = ("all", "day", "hour", "minute")
 _BUCKETS_PER_DAY = {"all": 0.0, "day": 1.0, "hour": 24.0, "minute": 1440.0}
-_DOMAIN = {"country": len(COUNTRIES), "advertiser_id": N_ADVERTISERS, "publisher_id": N_PUBLISHERS,
-           "user_id": N_USERS}
+_DOMAIN_COLUMNS = ("country", "advertiser_id", "publisher_id", "user_id")  # auction_id: ~one per serve, never a rollup
 
 
 def parse_budget(text: str) -> int:
@@ -152,10 +152,31 @@ def _name(grain: str, dims: Iterable[str], types: Iterable[str]) -> str:
     return f"{PREFIX}{grain}_{'_'.join(dims) if dims else 'type'}_{tag}_{digest}"
 
 
-def estimate(view: ViewDef, lake: Lake) -> tuple[int, int, float]:
+Domains = dict[str, dict[str, int]]  # type -> key column -> distinct values in the lake
+
+
+def lake_domains(lake: Lake) -> Domains:
+    """Per event type, the distinct values of each key column in the lake (DuckDB's HyperLogLog,
+    ~2% error; one scan of four narrow columns: ~1 s at 15M rows). Measured, not assumed: the
+    same code must judge rollups on data of any key distribution."""
+    files = lake.event_files()
+    if not files:
+        return {}
+    con = db.connect()
+    con.execute("SET enable_progress_bar = false")
+    try:
+        got = con.execute(f"SELECT type, {', '.join(f'approx_count_distinct({c})' for c in _DOMAIN_COLUMNS)} "
+                          f"FROM {lake.relation_sql()} GROUP BY type").fetchall()
+    finally:
+        con.close()
+    return {row[0]: {c: int(v or 0) for c, v in zip(_DOMAIN_COLUMNS, row[1:])} for row in got}
+
+
+def estimate(view: ViewDef, lake: Lake, domains: Domains) -> tuple[int, int, float]:
     """Estimated rows, bytes (Parquet + serving copy) and rollup of `view` over `lake`, from the
-    manifest's rows and days per type and each key's domain: rows thrown uniformly into the
-    view's key cells, K * (1 - exp(-n / K)) occupied (skew only makes the real view smaller)."""
+    manifest's rows and days per type and each key's measured domain (`lake_domains`): rows thrown
+    uniformly into the view's key cells, K * (1 - exp(-n / K)) occupied (skew only makes the real
+    view smaller)."""
     lake_by_type = (lake.manifest.get("totals") or {}).get("lake_by_type") or {}
     days = lake.days_by_type()
     rows = 0.0
@@ -167,7 +188,7 @@ def estimate(view: ViewDef, lake: Lake) -> tuple[int, int, float]:
             continue
         cells = max(1.0, _BUCKETS_PER_DAY[view.grain] * len(days.get(t, ())))
         for d in view.dims:
-            cells *= _DOMAIN.get(d, n)
+            cells *= max(1, (domains.get(t) or {}).get(d) or n)
         rows += cells * -math.expm1(-n / cells)
     # serving copy (fixed width: type, cnt, the time columns, the keys, a priced type's four partials)
     # plus its Parquet twin, ~30% more
@@ -224,6 +245,7 @@ def advise(lake: Lake, events: Iterable[dict[str, Any]], budget: int, *, window_
             if a.types == b.types:
                 u = _union(a, b)
                 candidates.setdefault(u.name, u)
+    domains = lake_domains(lake) if candidates or kept else {}
     scored: list[Proposal] = []
     for name in sorted(candidates):
         view = candidates[name]
@@ -231,7 +253,7 @@ def advise(lake: Lake, events: Iterable[dict[str, Any]], budget: int, *, window_
                    and coverage(view, shape_query(lake_shapes[k].shape)) is None]
         if not covered:
             continue
-        rows, size, rollup = estimate(view, lake)
+        rows, size, rollup = estimate(view, lake, domains)
         scored.append(Proposal(name, view.grain, list(view.dims), list(view.types), rows, size, rollup,
                                sum(lake_shapes[k].lake_queries for k in covered),
                                round(sum(lake_shapes[k].lake_ms for k in covered), 3), covered))
@@ -244,7 +266,7 @@ def advise(lake: Lake, events: Iterable[dict[str, Any]], budget: int, *, window_
     for name, view in kept.items():  # what the kept views cover needs nothing new
         cov = [k for k in sorted(lake_shapes) if k not in not_viewable
                and coverage(view, shape_query(lake_shapes[k].shape)) is None]
-        rows, size, rollup = estimate(view, lake)
+        rows, size, rollup = estimate(view, lake, domains)
         chosen.append(Proposal(name, view.grain, list(view.dims), list(view.types), rows, size, rollup,
                                sum(lake_shapes[k].lake_queries for k in cov),
                                round(sum(lake_shapes[k].lake_ms for k in cov), 3), cov, status="kept"))

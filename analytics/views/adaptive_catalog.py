@@ -92,7 +92,7 @@ def all_views(lake_root: str | os.PathLike, state: dict[str, Any] | None = None)
 
 def index_def(name: str, record: dict[str, Any]) -> IndexDef | None:
     try:
-        return IndexDef.of(name, record["key"], record["types"], record["columns"])
+        return IndexDef.of(name, record["key"], record["types"], record["columns"], record.get("kind", "sorted"))
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -2,7 +2,8 @@
 
 Owns the lake index candidates of the lake-routed query shapes: per key (`user_id`, `auction_id`),
 the shapes with an eq/in filter on it give the index's types and columns (their union; time columns
-come from ts), its bytes are estimated from the lake's Parquet footers; `adaptive.advise` weighs them
+come from ts) and its kind (`KIND_OF_KEY`: a sorted copy, or a row-group filter), its bytes are
+estimated from the lake's Parquet footers; `adaptive.advise` weighs them
 against the view candidates for the same budget (measured lake time saved per byte). Owns building
 the proposals (`lake.indexes.build_index`, checked against the lake) into the adaptive catalog and
 retiring the idle ones, as `adaptive.py` does for views. Must not route queries.
@@ -20,12 +21,14 @@ from analytics.lake.indexes import (
     DERIVED_FROM_TS,
     INDEX_DIR,
     INDEX_KEYS,
+    KIND_OF_KEY,
     IndexBuildError,
     IndexDef,
     build_index,
     column_bytes,
     usable,
 )
+from analytics.lake.keyfilter import estimate_bytes
 from analytics.lake.manifest import Lake
 from analytics.query.schema import EVENT_TYPES
 from analytics.views.adaptive_catalog import index_def, shape_columns
@@ -55,6 +58,7 @@ class IndexProposal:
     shapes: list[str]
     status: str = "proposed"  # proposed | refused | kept
     reason: str = ""
+    kind: str = "sorted"  # sorted | filter (`lake.indexes.KIND_OF_KEY`)
 
 
 def index_candidates(lake: Lake, shapes: Mapping[str, Any], state: dict[str, Any]) -> list[IndexProposal]:
@@ -67,15 +71,20 @@ def index_candidates(lake: Lake, shapes: Mapping[str, Any], state: dict[str, Any
             by_key.setdefault(key, []).append(k)
     out = []
     for key, keys in sorted(by_key.items()):
+        kind = KIND_OF_KEY[key]
         types = {t for k in keys for t in shapes[k].shape["types"]} or set(EVENT_TYPES)
-        cols = set().union(*(_stored(shapes[k].shape) for k in keys)) | {key}
-        digest = hashlib.blake2b(f"{key}|{sorted(types)}|{sorted(cols)}".encode(), digest_size=3).hexdigest()
-        index = IndexDef.of(f"{IX_PREFIX}{key}_{digest}", key, types, cols)
+        cols = {key} if kind == "filter" else set().union(*(_stored(shapes[k].shape) for k in keys)) | {key}
+        tag = "" if kind == "sorted" else f"|{kind}"  # a sorted index keeps the name it had before filters
+        digest = hashlib.blake2b(f"{key}|{sorted(types)}|{sorted(cols)}{tag}".encode(), digest_size=3).hexdigest()
+        index = IndexDef.of(f"{IX_PREFIX}{key}_{digest}", key, types, cols, kind)
         kept = state["indexes"].get(index.name)
-        est = int(kept["bytes"]) if isinstance(kept, dict) and "bytes" in kept else column_bytes(lake, index.types, index.columns)
+        if isinstance(kept, dict) and "bytes" in kept:
+            est = int(kept["bytes"])
+        else:
+            est = estimate_bytes(lake, index.types) if kind == "filter" else column_bytes(lake, index.types, index.columns)
         out.append(IndexProposal(index.name, key, list(index.types), list(index.columns), est,
                                  sum(shapes[k].lake_queries for k in keys), round(sum(shapes[k].lake_ms for k in keys), 3),
-                                 keys, status="kept" if kept is not None else "proposed"))
+                                 keys, status="kept" if kept is not None else "proposed", kind=kind))
     return out
 
 
@@ -88,7 +97,7 @@ def build_indexes(lake: Lake, proposals: list[dict[str, Any]], state: dict[str, 
     """Build (or refresh for a new lake version) the proposed indexes into `state`; (built, failed)."""
     built, failed = [], {}
     for p in proposals:
-        index = IndexDef.of(p["name"], p["key"], p["types"], p["columns"])
+        index = IndexDef.of(p["name"], p["key"], p["types"], p["columns"], p.get("kind", "sorted"))
         old = state["indexes"].get(index.name)
         if usable(index, lake, old) is None:
             continue
