@@ -322,6 +322,22 @@ def test_a_damaged_auction_filter_sends_its_queries_to_the_whole_lake(adaptive_l
     with Workbench(lake_root) as wb:  # healthy: through the filter, exactly
         for raw in queries:
             assert _check(baseline, wb, raw).index == name
+        expected = [to_rows(parse_query(raw), wb.query(raw)) for raw in queries]
+        failures: list[str] = []
+
+        def worker() -> None:  # threads share the workbench, its filter and the lake's footers
+            for _ in range(3):
+                for raw, want in zip(queries, expected):
+                    q = parse_query(raw)
+                    if (why := compare_rows(q, want, to_rows(q, wb.query(raw)))) is not None:
+                        failures.append(why)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not failures, failures[:3]
     bits = lake_root / record["dir"] / "bits"
     whole = bits.read_bytes()
     with open(bits, "r+b") as fh:  # truncated

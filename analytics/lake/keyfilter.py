@@ -169,7 +169,9 @@ class KeyFilter:
         keys = pa.array([str(v) for v in values], type=pa.string())
         parts = []
         for (t, rel), rgs in by_file.items():
-            got = _parquet(str(lake_root / rel)).read_row_groups(rgs, columns=list(dict.fromkeys([self.key, *wanted])))
+            path = str(lake_root / rel)
+            got = pq.ParquetFile(path, metadata=_footer(path)).read_row_groups(
+                rgs, columns=list(dict.fromkeys([self.key, *wanted])))
             got = got.filter(pc.is_in(got.column(self.key), value_set=keys)).select(wanted)
             parts.append(got.append_column("type", pa.array([t] * got.num_rows, type=pa.string())))
         if not parts:
@@ -181,7 +183,8 @@ _ARROW_TYPES = {"TIMESTAMP": pa.timestamp("us"), "DATE": pa.date32(), "VARCHAR":
                 "BIGINT": pa.int64(), "DOUBLE": pa.float64()}
 
 
-@lru_cache(maxsize=256)
-def _parquet(path: str) -> pq.ParquetFile:
-    # a lake file never changes under its name (prepare writes new segments): its footer is read once
-    return pq.ParquetFile(path)
+@lru_cache(maxsize=1024)
+def _footer(path: str) -> pq.FileMetaData:
+    # a lake file never changes under its name (prepare writes new segments): its footer is parsed
+    # once; the metadata is immutable, so threads share it (each read opens its own reader)
+    return pq.read_metadata(path)

@@ -65,14 +65,31 @@ def average(sums: pa.Array | pa.ChunkedArray, nonnull: pa.Array | pa.ChunkedArra
     return pc.divide(total(sums, scale), pc.if_else(pc.equal(counts, 0), None, counts))
 
 
+def _top_candidates(table: pa.Table, name: str, desc: bool, k: int) -> pa.Table | None:
+    """The rows whose `name` value is at least as good as the k-th best (ties kept): a superset of
+    any top k, found by one numpy partition of a numeric column without NULLs; else None."""
+    column = table.column(name)
+    arr = _plain(column)
+    if arr is None or not _numeric(arr):
+        return None
+    values = arr.to_numpy()
+    kth = np.partition(values, len(values) - k)[len(values) - k] if desc else np.partition(values, k - 1)[k - 1]
+    return table.take(np.flatnonzero(values >= kth if desc else values <= kth))
+
+
 def order_and_limit(table: pa.Table, query: Query) -> pa.Table:
     """`table` in the query's order (NULLs last), cut to its limit."""
     if query.order_by:
         keys = [(o.name, "descending" if o.desc else "ascending", "at_end") for o in query.order_by]
-        if (query.limit is not None and query.limit < table.num_rows and table.num_rows > SELECT_K_ROWS
-                and not any(table.column(o.name).null_count for o in query.order_by)):
-            # top k without sorting every row; rows tied at the cut-off may be any of the ties,
-            # as in DuckDB (select_k places NULLs differently, hence only without NULL keys)
-            table = table.take(pc.select_k_unstable(table, query.limit, [k[:2] for k in keys]))
+        if query.limit is not None and 0 < query.limit < table.num_rows and table.num_rows > SELECT_K_ROWS:
+            # top k without sorting every row: the rows tied with or better than the k-th on the
+            # first key (a numpy partition), else Arrow's selection (which places NULLs
+            # differently, hence only without NULL keys); then the few left are sorted
+            first = query.order_by[0]
+            top = _top_candidates(table, first.name, first.desc, query.limit)
+            if top is not None:
+                table = top
+            elif not any(table.column(o.name).null_count for o in query.order_by):
+                table = table.take(pc.select_k_unstable(table, query.limit, [k[:2] for k in keys]))
         table = table.take(pc.sort_indices(table, sort_keys=keys))
     return table.slice(0, query.limit) if query.limit is not None else table

@@ -3,15 +3,15 @@
 Owns the choice among the views that cover a query (coverage, can this view answer this query
 exactly, is the catalog's rule), the cost model (estimated rows scanned: the view's rows for the
 query's types times the share of its time range the filters keep), on a lake route the lake index
-that answers it if one does (a point filter on its key, every column it reads stored), and the
-resulting `Plan` with its candidates and the reasons others were rejected. It decides from the
+that answers it if one does (a point filter on its key, every column it reads stored) or else the
+lake files it can need (`pruning`), and the resulting `Plan` with its candidates and the reasons others were rejected. It decides from the
 registry, health and indexes already in memory: it never opens a file. Must not execute SQL.
 """
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from analytics.lake.indexes import IndexDef
 from analytics.query.compiler import compile_query
@@ -100,10 +100,13 @@ class Router:
     """Plans queries against a catalog, given registry entries and each view's health."""
 
     def __init__(self, catalog: tuple[ViewDef, ...] = CATALOG,
-                 indexes: Sequence[tuple[IndexDef, str]] = ()) -> None:
-        """`indexes`: usable lake indexes, each with the relation that reads it (`IndexDef.relation`)."""
+                 indexes: Sequence[tuple[IndexDef, str]] = (),
+                 lake_relation: Callable[[Query], str] | None = None) -> None:
+        """`indexes`: usable lake indexes, each with the relation that reads it (`IndexDef.relation`);
+        `lake_relation`: the relation a lake-routed query reads (`pruning.lake_relation`), else `events`."""
         self.catalog = catalog
         self.indexes = tuple(sorted(indexes, key=lambda ir: ir[0].name))
+        self.lake_relation = lake_relation
 
     def plan(self, query: Query, registry: Mapping[str, Mapping[str, Any]], health: Mapping[str, str | None],
              table_names: Mapping[str, str], use_views: bool = True) -> Plan:
@@ -126,7 +129,8 @@ class Router:
             sql, params = compile_for_view(query, view, table_names[best.view])
             return Plan(best.view, sql, tuple(params), tuple(candidates))
         index = self._index_for(query) if use_views else None
-        sql, params = compile_query(query, index[1] if index else "events")
+        relation = index[1] if index else (self.lake_relation(query) if self.lake_relation else "events")
+        sql, params = compile_query(query, relation)
         if not use_views:
             reason = "views disabled (--no-views)"
         elif not any(coverage(v, query) is None for v in self.catalog):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from analytics.lake.manifest import MANIFEST, Lake
 from analytics.query.compiler import ident
 from analytics.query.model import Query, parse_query
 from analytics.serving.fastpath import ArrowView
+from analytics.serving.pruning import lake_relation
 from analytics.serving.router import LAKE, Plan, Router
 from analytics.views.adaptive_catalog import (
     adaptive_path,
@@ -109,7 +111,7 @@ class Workbench:
             self.views = all_views(self.root)
             state = load_adaptive(self.root)
             indexes = usable_indexes(self.lake, state)
-            self.router = Router(tuple(self.views.values()), indexes)
+            self.router = Router(tuple(self.views.values()), indexes, partial(lake_relation, self.lake))
             self._filter_dirs = {ix.name: self.root / state["indexes"][ix.name]["dir"]
                                  for ix, _ in indexes if ix.kind == "filter"}
             self._filters = {}
