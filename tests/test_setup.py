@@ -81,7 +81,7 @@ def test_benchmark_full_scale_runs_every_phase_on_245m_rows_in_order() -> None:
     fresh = _index(commands, r"-m analytics\.bench\.freshness measure --lake data/lake-245000000 --raw data/raw-245000000 "
                              r"--part data/part-5000000-seed7/events_part_00000\.csv .*--into reports/benchmark\.json")
     adaptive = _index(commands, r"-m analytics\.bench\.adaptive --lake data/work-245000000/adaptive "
-                                r"--copy-of data/lake-245000000 --budget 2GiB\s+--into reports/benchmark\.json")
+                                r"--copy-of data/lake-245000000 --budget 20GiB\s+--into reports/benchmark\.json")
     assert bench <= fresh <= adaptive <= report
 
 
