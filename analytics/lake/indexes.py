@@ -136,8 +136,29 @@ def build_index(index: IndexDef, lake: Lake, *, version: int, memory_limit: str 
     idir.mkdir(parents=True, exist_ok=True)
     staging = idir / f".staging-{uuid.uuid4().hex}"
     final = idir / f"v{version}"
-    if index.kind == "filter":
-        return _build_filter(index, lake, staging, final, version, memory_limit, started)
+    write = _write_filter if index.kind == "filter" else _write_sorted
+    try:
+        rows, nbytes, extra = write(index, lake, staging, memory_limit)
+        shutil.rmtree(final, ignore_errors=True)  # a leftover of a killed build of this version
+        os.replace(staging, final)
+        for old in idir.glob("v*"):  # the previous version stays for readers that planned on it
+            if old.name[1:].isdigit() and int(old.name[1:]) < version - 1:
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, keyfilter.KeyFilterError):
+            raise IndexBuildError(f"{index.name}: {exc}") from exc
+        raise
+    return {"key": index.key, **extra, "types": list(index.types), "columns": list(index.columns),
+            "version": version, "dir": final.relative_to(lake.root).as_posix(), "lake_version": lake.version,
+            "rows_by_type": rows, "bytes": nbytes,
+            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "build_seconds": round(time.perf_counter() - started, 3)}
+
+
+def _write_sorted(index: IndexDef, lake: Lake, staging: Path, memory_limit: str
+                  ) -> tuple[dict[str, int], int, dict[str, Any]]:
+    """The sorted copy into `staging`, checked: rows per type and an order-free hash sum of the key."""
     con = db.connect(memory_limit=memory_limit)
     con.execute("SET enable_progress_bar = false")
     con.execute("SET preserve_insertion_order = false")
@@ -148,56 +169,28 @@ def build_index(index: IndexDef, lake: Lake, *, version: int, memory_limit: str 
             con.execute(f"COPY (SELECT {', '.join(index.columns)} FROM {lake.relation_sql([t])} ORDER BY {order}) "
                         f"TO {sql_string(str(staging / f'type={t}' / 'part.parquet'))} "
                         f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
-        rec = {"dir": staging.relative_to(lake.root).as_posix(), "types": list(index.types)}
-        built = _key_totals(con, index.relation(index_files(lake.root, rec)), index.key)
+        files = index_files(lake.root, {"dir": staging.relative_to(lake.root).as_posix(), "types": index.types})
+        built = _key_totals(con, index.relation(files), index.key)
         want = _key_totals(con, lake.relation_sql(index.types), index.key)
-        if built != want:
-            raise IndexBuildError(f"{index.name}: rows or key hash per type differ from the lake: {built} vs {want}")
-        _promote(idir, staging, final, version)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     finally:
         con.close()
-    files = index_files(lake.root, {"dir": final.relative_to(lake.root).as_posix(), "types": index.types})
-    return {"key": index.key, "types": list(index.types), "columns": list(index.columns), "version": version,
-            "dir": final.relative_to(lake.root).as_posix(), "lake_version": lake.version,
-            "rows_by_type": {t: want.get(t, (0, 0))[0] for t in index.types},
-            "bytes": sum(f.stat().st_size for f in files.values()),
-            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "build_seconds": round(time.perf_counter() - started, 3)}
+    if built != want:
+        raise IndexBuildError(f"{index.name}: rows or key hash per type differ from the lake: {built} vs {want}")
+    return ({t: want.get(t, (0, 0))[0] for t in index.types}, sum(f.stat().st_size for f in files.values()), {})
 
 
-def _promote(idir: Path, staging: Path, final: Path, version: int) -> None:
-    shutil.rmtree(final, ignore_errors=True)  # a leftover of a killed build of this version
-    os.replace(staging, final)
-    for old in idir.glob("v*"):  # the previous version stays for readers that planned on it
-        if old.name[1:].isdigit() and int(old.name[1:]) < version - 1:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _build_filter(index: IndexDef, lake: Lake, staging: Path, final: Path, version: int, memory_limit: str,
-                  started: float) -> dict[str, Any]:
-    try:
-        meta = keyfilter.build(lake, index.key, index.types, staging, memory_limit)
-        rows = {t: 0 for t in index.types}
-        for t, _, _, n in meta["row_groups"]:
-            rows[t] += int(n)
-        want = (lake.manifest.get("totals") or {}).get("lake_by_type") or {}
-        if any(rows[t] != int(want.get(t, 0)) for t in index.types):
-            raise IndexBuildError(f"{index.name}: rows per type {rows} differ from the lake's {want}")
-        _promote(final.parent, staging, final, version)
-    except keyfilter.KeyFilterError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise IndexBuildError(f"{index.name}: {exc}") from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return {"key": index.key, "kind": "filter", "types": list(index.types), "columns": list(index.columns),
-            "version": version, "dir": final.relative_to(lake.root).as_posix(), "lake_version": lake.version,
-            "rows_by_type": rows, "bytes": int(meta["bytes"]), "row_groups": len(meta["row_groups"]),
-            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "build_seconds": round(time.perf_counter() - started, 3)}
+def _write_filter(index: IndexDef, lake: Lake, staging: Path, memory_limit: str
+                  ) -> tuple[dict[str, int], int, dict[str, Any]]:
+    """The row-group key filter into `staging` (checked by `keyfilter.build`), its rows per type
+    checked against the manifest's."""
+    meta = keyfilter.build(lake, index.key, index.types, staging, memory_limit)
+    rows = {t: 0 for t in index.types}
+    for t, _, _, n in meta["row_groups"]:
+        rows[t] += int(n)
+    want = (lake.manifest.get("totals") or {}).get("lake_by_type") or {}
+    if any(rows[t] != int(want.get(t, 0)) for t in index.types):
+        raise IndexBuildError(f"{index.name}: rows per type {rows} differ from the lake's {want}")
+    return rows, int(meta["bytes"]), {"kind": "filter", "row_groups": len(meta["row_groups"])}
 
 
 def column_bytes(lake: Lake, types: Any, columns: Any) -> int:

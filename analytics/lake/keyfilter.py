@@ -46,10 +46,10 @@ class KeyFilterError(RuntimeError):
 
 def row_groups(lake: Lake, types: Iterable[str]) -> list[list[Any]]:
     """[type, file relative to the lake, row group, rows] of every row group of `types`, in a fixed order."""
-    out = []
+    wanted, out = set(types), []
     for seg in lake.manifest["segments"]:
         for t, rel in sorted(seg["files"].items()):
-            if t in set(types):
+            if t in wanted:
                 meta = pq.ParquetFile(lake.root / rel).metadata
                 out.extend([t, rel, i, meta.row_group(i).num_rows] for i in range(meta.num_row_groups))
     return out

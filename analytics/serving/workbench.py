@@ -108,8 +108,8 @@ class Workbench:
             self.lake = Lake.open(self.root)
             self.lake.register(self._con, "events")
             self.registry = load_registry(self.root)["views"]
-            self.views = all_views(self.root)
-            state = load_adaptive(self.root)
+            state = load_adaptive(self.root)  # read once: its views and its indexes
+            self.views = all_views(self.root, state)
             indexes = usable_indexes(self.lake, state)
             self.router = Router(tuple(self.views.values()), indexes, partial(lake_relation, self.lake))
             self._filter_dirs = {ix.name: self.root / state["indexes"][ix.name]["dir"]
