@@ -4,10 +4,11 @@ Owns `ArrowView`: a view's rows split by event type (typically the memory-mapped
 serving copy), each slice sorted by time, whose time columns are searched in place (DATE as
 days, TIMESTAMP as microseconds, the minute as text, no copies), so time filters become two
 binary searches touching O(log n) pages instead of a scan; the remaining filters are masks
-over the rows the searches keep (numpy over integer keys and dictionary codes, Arrow for text), the
-re-aggregation an Arrow group-by following `query.aggregates` (skipped when each group is one
-view row), the outputs' arithmetic numpy (`finish`), an `order_by` a sort (a top-k selection on
-many rows).
+over the rows the searches keep (numpy over integer keys and dictionary codes, Arrow for text).
+The kept rows' keys and partials go to numpy (`reaggregate`: dense groups, exact int64 sums,
+order and limit); what it leaves (a text key such as the minute, a key product too sparse) an
+Arrow group-by following `query.aggregates` re-aggregates (skipped when each group is one view
+row), with the outputs' arithmetic in numpy (`finish`) and an `order_by` a sort.
 A view answer is a few hundred rows re-aggregated, where DuckDB's fixed cost of parsing and
 planning a statement dominates; this path skips it. Semantics follow DuckDB's: a DATE
 compared with a timestamp is read as its midnight, strings compare byte-wise, NULLs sort last,
@@ -27,7 +28,7 @@ import pyarrow.compute as pc
 
 from analytics.query.model import Condition, Query
 from analytics.query.schema import EVENT_TYPES, PRICE_SCALE
-from analytics.serving import finish
+from analytics.serving import finish, reaggregate
 from analytics.views.catalog import ViewDef, partial_columns
 
 # pyarrow imports pandas on its first conversion of a Python value (a query's literal) and
@@ -62,6 +63,9 @@ def _bisect(column: pa.StringArray, value: str, right: bool) -> int:
 
 
 _UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
+# each integer dtype's (min, max), looked up per search instead of building np.iinfo (~2 µs)
+_LIMITS = {np.dtype(t): (int(np.iinfo(t).min), int(np.iinfo(t).max)) for t in
+           (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)}
 # a time unit of the finest time column a view sorts by, in microseconds (minute is text: no runs)
 _STEP_US = {"day": _DAY_US, "hour": 3_600_000_000}
 
@@ -110,8 +114,8 @@ class _Times:
 
     def _key(self, value: int) -> np.integer:
         # of the column's own dtype: a wider key makes numpy cast (copy, so read) the whole column
-        info = np.iinfo(self.values.dtype)
-        return self.values.dtype.type(min(max(value, info.min), info.max))
+        lo, hi = _LIMITS[self.values.dtype]
+        return self.values.dtype.type(min(max(value, lo), hi))
 
     def left(self, us: int) -> int:
         """First row at or after `us`."""
@@ -141,28 +145,101 @@ class _Times:
         return rows != exact[0] if exact else np.ones(len(rows), dtype=bool)
 
 
-def _sorted_codes(column: pa.ChunkedArray | pa.Array, values: Iterable[Any]) -> tuple[np.ndarray, list[Any]] | None:
-    """An integer column as numpy over its buffer and the wanted values as its keys, sorted; for a
-    dictionary column its codes, when the dictionary is sorted (so code order is value order) and
-    the wanted values are keys of it. None for anything else (text, nulls)."""
-    arr = _contiguous(column)
-    if arr.null_count:
-        return None
-    if pa.types.is_dictionary(arr.type):
-        words = arr.dictionary.to_pylist()
-        if words != sorted(words):
+class _Column(NamedTuple):
+    """A column of a piece as numpy over its Arrow buffer (no copy): integers, dates and timestamps
+    as their integers, floats as floats, a dictionary column as its codes with `words`, its values
+    (sorted: code order is text order, else `words` is None and codes are not used)."""
+
+    values: np.ndarray
+    type: pa.DataType
+    dictionary: bool
+    words: tuple[str, ...] | None
+    valid: np.ndarray | None  # False where NULL (the value there is undefined); None: no NULLs
+    listed: tuple[str, ...] | None  # a dictionary's values in code order, sorted or not
+
+
+def _numpy_dtype(typ: pa.DataType) -> np.dtype | None:
+    """The numpy dtype over an Arrow type's values buffer: integers, dates and timestamps as their
+    integers, doubles; None for others (text, decimals)."""
+    if pa.types.is_integer(typ):
+        return np.dtype(f"{'int' if pa.types.is_signed_integer(typ) else 'uint'}{typ.bit_width}")
+    if pa.types.is_date32(typ):
+        return np.dtype(np.int32)
+    if pa.types.is_timestamp(typ) or pa.types.is_date64(typ):
+        return np.dtype(np.int64)
+    if pa.types.is_floating(typ) and typ.bit_width == 64:
+        return np.dtype(np.float64)
+    return None
+
+
+def _numpy_column(arr: pa.Array) -> _Column | None:
+    """`arr` as a `_Column`; None for text and decimals."""
+    typ, words, listed, dictionary = arr.type, None, None, pa.types.is_dictionary(arr.type)
+    if dictionary:
+        if arr.dictionary.null_count:
             return None
-        index = {w: i for i, w in enumerate(words)}
+        listed = tuple(arr.dictionary.to_pylist())
+        words = listed if list(listed) == sorted(listed) else None
+        typ, arr = typ.value_type, arr.indices
+    dtype = _numpy_dtype(arr.type)
+    if dtype is None:
+        return None
+    values = np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
+    valid = None
+    if arr.null_count:
+        bits = np.frombuffer(arr.buffers()[0], dtype=np.uint8)
+        valid = np.unpackbits(bits, count=arr.offset + len(arr), bitorder="little")[arr.offset:].astype(bool)
+    return _Column(values, typ, dictionary, words, valid, listed)
+
+
+_ORDERING: dict[str, Callable[..., np.ndarray]] = {
+    "lt": np.less, "lte": np.less_equal, "gt": np.greater, "gte": np.greater_equal,
+    "between": lambda v, lo, hi: (v >= lo) & (v <= hi),
+}
+
+
+def _integers(col: _Column, values: Iterable[Any]) -> bool:
+    """Whether an integer column is compared with integers that int64 holds (an ordering in numpy)."""
+    return (not col.dictionary and pa.types.is_integer(col.type)
+            and all(type(v) is int and -2**63 <= v < 2**63 for v in values))
+
+
+def _wanted(col: _Column, values: Iterable[Any]) -> list[Any] | None:
+    """The column's keys of `values` (codes for a dictionary), sorted, of its dtype; values it cannot
+    hold match nothing. None when it is not compared by integers (text, unsorted dictionary)."""
+    if col.dictionary:
+        if col.words is None:
+            return None
+        index = {w: i for i, w in enumerate(col.words)}
         wanted = sorted(index[v] for v in {str(v) for v in values} if v in index)
-        arr = arr.indices
-    elif pa.types.is_integer(arr.type):
+    elif pa.types.is_integer(col.type):
         wanted = sorted({int(v) for v in values})
     else:
         return None
-    dtype = np.dtype(f"{'int' if pa.types.is_signed_integer(arr.type) else 'uint'}{arr.type.bit_width}")
-    info = np.iinfo(dtype)
-    wanted = [dtype.type(v) for v in wanted if info.min <= v <= info.max]
-    return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize), wanted
+    lo, hi = _LIMITS[col.values.dtype]
+    return [col.values.dtype.type(v) for v in wanted if lo <= v <= hi]
+
+
+def _isin(values: np.ndarray, wanted: list[Any]) -> np.ndarray:
+    """Rows of `values` equal to one of `wanted`: a comparison each for a few (np.isin's set-up
+    costs ~20 µs), np.isin for more."""
+    if len(wanted) > 4:
+        return np.isin(values, wanted)
+    kept = values == wanted[0]
+    for w in wanted[1:]:
+        kept |= values == w
+    return kept
+
+
+def _ranges(firsts: np.ndarray, lasts: np.ndarray) -> np.ndarray:
+    """The row numbers of the runs [firsts[i], lasts[i]), in order, without a Python loop."""
+    lengths = lasts - firsts
+    kept = lengths > 0
+    firsts, lengths = firsts[kept], lengths[kept]
+    if not len(lengths):
+        return np.empty(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    return np.repeat(firsts - (ends - lengths), lengths) + np.arange(ends[-1])
 
 
 def _ascending(column: pa.ChunkedArray) -> bool:
@@ -170,11 +247,42 @@ def _ascending(column: pa.ChunkedArray) -> bool:
 
 
 class _Piece(NamedTuple):
-    """Rows of one type in time order, with its time columns ready for binary search."""
+    """Rows of one type in time order, with its time columns ready for binary search and its columns
+    as numpy, made on first use (`column`)."""
 
     table: pa.Table
     times: dict[str, _Times]
     texts: dict[str, pa.StringArray]
+    columns: dict[str, _Column | None]
+
+    def partial(self, name: str) -> _Column | None:
+        """The column `name` as numpy, NULLs marked; None when the piece lacks it or it is not numeric."""
+        if name not in self.columns:
+            # a race only makes two threads build the same zero-copy view
+            self.columns[name] = (_numpy_column(_contiguous(self.table.column(name)))
+                                  if name in self.table.schema.names else None)
+        return self.columns[name]
+
+    def column(self, name: str) -> _Column | None:
+        """The column `name` as numpy if it holds no NULL (a key or a filter's column), else None."""
+        col = self.partial(name)
+        return col if col is not None and col.valid is None else None
+
+
+class _Rows(NamedTuple):
+    """The rows of a piece a query keeps: [lo, hi), or the row numbers `index`; `arrow` the
+    conditions left for Arrow to mask them by (text, ordering comparisons on a dictionary)."""
+
+    lo: int
+    hi: int
+    index: np.ndarray | None
+    arrow: list[Condition]
+
+    def __len__(self) -> int:
+        return len(self.index) if self.index is not None else self.hi - self.lo
+
+    def of(self, values: np.ndarray) -> np.ndarray:
+        return values[self.index] if self.index is not None else values[self.lo:self.hi]
 
 
 class ArrowView:
@@ -196,7 +304,7 @@ class ArrowView:
         self.slices: dict[str, list[_Piece]] = {}
         for t, parts in pieces.items():
             kept = [_Piece(p, {c: _Times(p.column(c)) for c in time_cols},
-                           {c: _contiguous(p.column(c)) for c in text_cols}) for p in parts if p.num_rows]
+                           {c: _contiguous(p.column(c)) for c in text_cols}, {}) for p in parts if p.num_rows]
             if kept:
                 self.slices[t] = kept
 
@@ -281,27 +389,43 @@ class ArrowView:
               "gt": pc.greater, "gte": pc.greater_equal}[cond.op]
         return fn(column, scalars[0])
 
-    def _filtered(self, query: Query, columns: list[str]) -> pa.Table | None:
-        """The view rows `query` keeps, with only `columns`, dictionary columns decoded; None when a
-        filter is left to SQL."""
+    def _selections(self, query: Query) -> list[tuple[str, _Piece, _Rows]] | None:
+        """Each piece's rows `query` keeps, by type (pieces keeping none left out); None when a
+        filter on `type` is left to SQL."""
         types = self._types(query.where)
         if types is None:
             return None
-        parts = []
+        out = []
         for t in sorted(types):
             for piece in self.slices.get(t, ()):
-                part = self._filter_piece(piece, query, columns)
-                if part is NotImplemented:
-                    return None
-                if part is not None:
-                    parts.append(self._project(part, columns))
+                rows = self._select(piece, query)
+                if rows is not None:
+                    out.append((t, piece, rows))
+        return out
+
+    def _filtered(self, query: Query, columns: list[str],
+                  selections: list[tuple[str, _Piece, _Rows]] | None = None) -> pa.Table | None:
+        """The view rows `query` keeps (its `selections` if made already), with only `columns`,
+        dictionary columns decoded; None when a filter is left to SQL."""
+        if selections is None:
+            selections = self._selections(query)
+            if selections is None:
+                return None
+        parts = []
+        for _, piece, rows in selections:
+            part = self._filter_piece(piece, rows, columns)
+            if part is NotImplemented:
+                return None
+            parts.append(self._project(part, columns))
         if not parts:
             return self._decoded(self.schema.empty_table().select(columns))
         return self._decoded(pa.concat_tables(parts) if len(parts) > 1 else parts[0])
 
-    def _filter_piece(self, piece: _Piece, query: Query, columns: list[str]) -> Any:
-        """Rows of one piece kept by the query's filters, with `columns` and those the filters left to
-        masks read (None if none; NotImplemented for SQL)."""
+    def _select(self, piece: _Piece, query: Query) -> _Rows | None:
+        """The rows of one piece the query's filters keep (None if none): time ranges by binary
+        search, the first dimension's values by runs (`_dim_runs`), the other integer and dictionary
+        filters by numpy masks (a few µs each, where an Arrow compute call costs tens), the rest
+        left to Arrow."""
         times, texts = piece.times, piece.texts
         lo, hi = 0, piece.table.num_rows
         rest = []
@@ -323,41 +447,54 @@ class ArrowView:
                 lo, hi = max(lo, b[0]), min(hi, b[1])
         if hi <= lo:
             return None
+        index = None
         runs = self._dim_runs(piece, lo, hi, rest)
         if runs is not None:
-            cond, rows = runs
-            if not len(rows):
+            cond, index = runs
+            if not len(index):
                 return None
             rest = [c for c in rest if c is not cond]
-        # only the columns read from here on: a take copies each column it is given
-        names = set(piece.table.schema.names)
-        table = piece.table.select([c for c in dict.fromkeys([*columns, *(c.col for c in rest)]) if c in names])
-        part = table.take(rows) if runs is not None else table.slice(lo, hi - lo)
-        # numpy masks over the columns' buffers where they apply (integer keys, dictionary codes):
-        # a few µs each, where an Arrow compute call costs tens; Arrow for text and ordering
+        rows = _Rows(lo, hi, index, [])
         masks: list[np.ndarray] = []
-        arrow_mask = None
         for c in rest:
-            if c.col in times:  # only `in` / `neq` are left on a time column
+            if c.col in times:  # only `in` / `neq` are left on a time column (and then no runs)
                 masks.append(times[c.col].mask(lo, hi, c))
                 continue
-            column = _contiguous(part.column(c.col))
-            codes = _sorted_codes(column, c.values) if c.op in ("eq", "in", "neq") else None
-            if codes is not None:
-                values, wanted = codes
-                kept = values == wanted[0] if len(wanted) == 1 else np.isin(values, wanted)
-                masks.append(~kept if c.op == "neq" else kept)
+            col = piece.column(c.col)
+            if c.op in _ORDERING and col is not None and _integers(col, c.values):
+                bounds = [np.int64(v) for v in c.values]  # int64: compared without the column's wrap-around
+                masks.append(_ORDERING[c.op](rows.of(col.values), *bounds))
                 continue
+            wanted = _wanted(col, c.values) if col is not None and c.op in ("eq", "in", "neq") else None
+            if wanted is None:
+                rows.arrow.append(c)
+                continue
+            kept = _isin(rows.of(col.values), wanted) if wanted else np.zeros(len(rows), dtype=bool)
+            masks.append(~kept if c.op == "neq" else kept)
+        if not masks:
+            return rows
+        mask = np.logical_and.reduce(masks) if len(masks) > 1 else masks[0]
+        kept_rows = index[mask] if index is not None else lo + np.flatnonzero(mask)
+        return _Rows(lo, hi, kept_rows, rows.arrow) if len(kept_rows) else None
+
+    @staticmethod
+    def _filter_piece(piece: _Piece, rows: _Rows, columns: list[str]) -> Any:
+        """The `rows` of one piece as a table of `columns` and those the filters left to Arrow read,
+        masked by those filters (NotImplemented for a filter Arrow cannot run: SQL's)."""
+        # only the columns read from here on: a take copies each column it is given
+        names = set(piece.table.schema.names)
+        table = piece.table.select([c for c in dict.fromkeys([*columns, *(c.col for c in rows.arrow)]) if c in names])
+        part = table.take(rows.index) if rows.index is not None else table.slice(rows.lo, rows.hi - rows.lo)
+        if not rows.arrow:
+            return part
+        mask = None
+        for c in rows.arrow:
             try:
-                m = self._mask(column, c)
+                m = ArrowView._mask(_contiguous(part.column(c.col)), c)
             except NotImplementedError:
                 return NotImplemented
-            arrow_mask = m if arrow_mask is None else pc.and_(arrow_mask, m)
-        mask = (np.logical_and.reduce(masks) if len(masks) > 1 else masks[0]) if masks else None
-        if arrow_mask is None:
-            # the kept rows' numbers, then one take: cheaper than packing a bitmap for the filter
-            return part if mask is None else part.take(np.flatnonzero(mask))
-        return part.filter(arrow_mask if mask is None else pc.and_(arrow_mask, pa.array(mask)))
+            mask = m if mask is None else pc.and_(mask, m)
+        return part.filter(mask)
 
     # A search costs ~5 µs of interpreter and numpy calls, a mask ~2.5 ns a row plus ~50 µs of calls
     # (the mask, then the filter): runs pay only when the searches number under 1/2000 of the rows
@@ -377,10 +514,11 @@ class ArrowView:
         cond = next((c for c in rest if dims and c.col == dims[0] and c.op in ("eq", "in")), None)
         if cond is None or any(c.col in piece.times or c.col in piece.texts for c in rest):
             return None
-        codes = _sorted_codes(piece.table.column(cond.col), cond.values)
-        if codes is None:
+        col = piece.column(cond.col)
+        wanted = _wanted(col, cond.values) if col is not None else None
+        if wanted is None:
             return None
-        values, wanted = codes
+        values = col.values
         starts, ends = np.array([lo]), np.array([hi])
         if len(wanted) * self._ROWS_PER_SEARCH > hi - lo + self._MASK_FIXED_ROWS:
             return None
@@ -396,14 +534,13 @@ class ArrowView:
                 return None
             starts = np.searchsorted(within, units, "left") + lo
             ends = np.append(starts[1:], hi)
-        runs = []
+        keys = np.array(wanted, dtype=values.dtype)
+        firsts, lasts = [], []
         for a, b in zip(starts.tolist(), ends.tolist()):
             seg = values[a:b]
-            for w in wanted:
-                left, right = np.searchsorted(seg, w, "left"), np.searchsorted(seg, w, "right")
-                if right > left:
-                    runs.append(np.arange(a + left, a + right))
-        return cond, (np.concatenate(runs) if runs else np.empty(0, dtype=np.int64))
+            firsts.append(np.searchsorted(seg, keys, "left") + a)
+            lasts.append(np.searchsorted(seg, keys, "right") + a)
+        return cond, _ranges(np.concatenate(firsts), np.concatenate(lasts))
 
     def _project(self, part: pa.Table, columns: list[str]) -> pa.Table:
         """`columns` of `part`; a price column its type's file leaves out is all NULL there."""
@@ -439,12 +576,92 @@ class ArrowView:
             key.add("type")
         return key <= set(query.group_by)
 
+    def _key(self, name: str, selections: list[tuple[str, _Piece, _Rows]]) -> reaggregate.Key | None:
+        """Group key `name` over the kept rows as integers; None if it is not (text, another
+        dictionary in some piece)."""
+        if name == "type":  # one type a piece: its code in the sorted names, no column read
+            words = tuple(sorted(EVENT_TYPES))
+            values = np.concatenate([np.full(len(rows), words.index(t), dtype=np.int8) for t, _, rows in selections])
+            return reaggregate.Key(name, values, pa.string(), 1, words)
+        cols = [piece.column(name) for _, piece, _ in selections]
+        first = cols[0]
+        if any(c is None or c.dictionary != first.dictionary for c in cols):
+            return None
+        if first.dictionary and (first.words is None or any(c.words != first.words for c in cols)):
+            # each type's file has its own dictionary (or one not in text order): codes mapped
+            # into the sorted union of the words, so that code order is text order
+            words = tuple(sorted(set().union(*(c.listed for c in cols))))
+            at = {w: i for i, w in enumerate(words)}
+            codes = [np.array([at[w] for w in c.listed], dtype=np.int32)[rows.of(c.values)]
+                     for c, (_, _, rows) in zip(cols, selections)]
+            return reaggregate.Key(name, np.concatenate(codes), first.type, 1, words)
+        step = 1
+        if name in _STEP_US and pa.types.is_timestamp(first.type):
+            step = _STEP_US[name] // _UNIT_US[first.type.unit]
+        elif name == "week" and pa.types.is_date32(first.type):
+            step = 7  # always a Monday: days 7 apart
+        values = [rows.of(c.values) for c, (_, _, rows) in zip(cols, selections)]
+        return reaggregate.Key(name, values[0] if len(values) == 1 else np.concatenate(values), first.type, step,
+                               first.words)
+
+    def _measure(self, name: str, how: str, selections: list[tuple[str, _Piece, _Rows]]) -> reaggregate.Measure | None:
+        """Partial `name` over the kept rows, its NULLs (and the rows of a type without it, such as
+        a price on clicks) marked not valid; None where its type needs Arrow (a float sum, text,
+        decimals) or it is NULL everywhere."""
+        cols = [piece.partial(name) for _, piece, _ in selections]
+        typ = next((c.type for c in cols if c is not None), None)
+        if typ is None and name in self.schema.names:  # no kept piece holds it: all NULL, typed as the view's
+            typ = self.schema.field(name).type
+        for c, (_, piece, _) in zip(cols, selections):
+            if (c is None and name in piece.table.schema.names) or (c is not None and (c.dictionary or c.type != typ)):
+                return None  # there but not numeric, or of another type in another piece
+        if typ is None or (how == "sum" and not pa.types.is_integer(typ)):
+            return None
+        if all(c is not None and c.valid is None for c in cols):
+            parts = [rows.of(c.values) for c, (_, _, rows) in zip(cols, selections)]
+            values = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            return reaggregate.Measure(values.astype(np.int64, copy=False) if how == "sum" else values, how, typ)
+        dtype = np.dtype(np.int64) if how == "sum" else _numpy_dtype(typ)
+        if dtype is None:
+            return None
+        neutral = reaggregate.neutral(how, dtype)
+        values, valid = [], []
+        for c, (_, _, rows) in zip(cols, selections):
+            if c is None:
+                values.append(np.full(len(rows), neutral, dtype=dtype))
+                valid.append(np.zeros(len(rows), dtype=bool))
+                continue
+            v = rows.of(c.values).astype(dtype, copy=False)
+            ok = np.ones(len(v), dtype=bool) if c.valid is None else rows.of(c.valid)
+            values.append(v if c.valid is None else np.where(ok, v, neutral))
+            valid.append(ok)
+        return reaggregate.Measure(np.concatenate(values), how, typ, np.concatenate(valid))
+
+    def _answer_numpy(self, query: Query, needed: list[tuple[str, str]],
+                      selections: list[tuple[str, _Piece, _Rows]]) -> pa.Table | None:
+        """The answer re-aggregated by numpy (`reaggregate`), or None to take Arrow's path."""
+        if not selections or any(rows.arrow for _, _, rows in selections):
+            return None
+        keys = [self._key(g, selections) for g in query.group_by]
+        measures = {pair: self._measure(*pair, selections) for pair in needed}
+        if any(k is None for k in keys) or any(m is None for m in measures.values()):
+            return None
+        n = sum(len(rows) for _, _, rows in selections)
+        return reaggregate.answer(query, keys, measures, n, self._needs, self.scaled,
+                                  bool(query.group_by) and self._one_row_per_group(query))
+
     def answer(self, query: Query) -> pa.Table | None:
         """The answer, or None when this shape is left to SQL."""
         aggs = query.aggregates
         needed = sorted({pair for a in aggs for pair in self._needs(a.func, a.col)})
+        selections = self._selections(query)
+        if selections is None:
+            return None
+        fast = self._answer_numpy(query, needed, selections)
+        if fast is not None:
+            return fast
         columns = list(dict.fromkeys([*query.group_by, *(c for c, _ in needed)]))
-        rows = self._filtered(query, columns)
+        rows = self._filtered(query, columns, selections)
         if rows is None:
             return None
         if query.group_by and self._one_row_per_group(query):
