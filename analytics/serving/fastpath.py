@@ -5,10 +5,11 @@ serving copy), each slice sorted by time, whose time columns are searched in pla
 days, TIMESTAMP as microseconds, the minute as text, no copies), so time filters become two
 binary searches touching O(log n) pages instead of a scan; the remaining filters are masks
 over the rows the searches keep (numpy over integer keys and dictionary codes, Arrow for text).
-The kept rows' keys and partials go to numpy (`reaggregate`: dense groups, exact int64 sums,
-order and limit); what it leaves (a text key such as the minute, a key product too sparse) an
-Arrow group-by following `query.aggregates` re-aggregates (skipped when each group is one view
-row), with the outputs' arithmetic in numpy (`finish`) and an `order_by` a sort.
+Rows, columns and masks are `pieces`'. The kept rows' keys and partials go to numpy
+(`reaggregate`: dense groups, exact int64 sums, order and limit); what it leaves (a text filter
+Arrow must mask, a minute key across pieces, a key product too sparse) an Arrow group-by
+following `query.aggregates` re-aggregates (skipped when each group is one view row), with the
+outputs' arithmetic in numpy (`finish`) and an `order_by` a sort.
 A view answer is a few hundred rows re-aggregated, where DuckDB's fixed cost of parsing and
 planning a statement dominates; this path skips it. Semantics follow DuckDB's: a DATE
 compared with a timestamp is read as its midnight, strings compare byte-wise, NULLs sort last,
@@ -17,272 +18,41 @@ None and the caller runs the plan's SQL. Must not choose views or touch files.
 """
 from __future__ import annotations
 
-import datetime as dt
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable
 
 import numpy as np
-import pandas  # noqa: F401 - see below
 import pyarrow as pa
-import pyarrow.acero  # noqa: F401 - see below
 import pyarrow.compute as pc
 
 from analytics.query.model import Condition, Query
 from analytics.query.schema import EVENT_TYPES, PRICE_SCALE
 from analytics.serving import finish, reaggregate
+from analytics.serving.pieces import (
+    ORDERING,
+    STEP_US,
+    TEXT_TIMES,
+    TIME_KINDS,
+    UNIT_US,
+    Piece,
+    Rows,
+    Times,
+    ascending,
+    bisect,
+    contiguous,
+    contiguous_table,
+    integers,
+    isin,
+    numpy_dtype,
+    ranges,
+    us,
+    wanted_keys,
+)
 from analytics.views.catalog import ViewDef, partial_columns
 
-# pyarrow imports pandas on its first conversion of a Python value (a query's literal) and
-# pyarrow.acero on its first group_by, lazily: ~0.3 s that the first view query of a process would
-# pay for libraries, not for its view. Imported with this module, they are paid once at start-up.
-_EPOCH = dt.datetime(1970, 1, 1)
-_DAY_US = 86_400_000_000
-_TIME_KINDS = ("day", "week", "hour")  # stored as DATE or TIMESTAMP, monotone along the sort
-_TEXT_TIMES = ("minute",)  # 'YYYY-MM-DD HH:MM' text: fixed width, so its string order is time order
-
-
-def _us(value: Any) -> int:
-    """A date or datetime as microseconds since the epoch (a DATE is its midnight, as in DuckDB)."""
-    if isinstance(value, dt.datetime):
-        return (value - _EPOCH) // dt.timedelta(microseconds=1)
-    return (value - _EPOCH.date()).days * _DAY_US
-
-
-def _bisect(column: pa.StringArray, value: str, right: bool) -> int:
-    """Where `value` goes in a sorted string column (left or right of equals), reading ~log2(n) cells
-    instead of copying the column: Python compares code points, the order of DuckDB's byte-wise
-    UTF-8 comparison."""
-    lo, hi = 0, len(column)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        cell = column[mid].as_py()
-        if cell < value or (right and cell == value):
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-_UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
-# each integer dtype's (min, max), looked up per search instead of building np.iinfo (~2 µs)
-_LIMITS = {np.dtype(t): (int(np.iinfo(t).min), int(np.iinfo(t).max)) for t in
-           (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)}
-# a time unit of the finest time column a view sorts by, in microseconds (minute is text: no runs)
-_STEP_US = {"day": _DAY_US, "hour": 3_600_000_000}
-
-
-def _contiguous(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """One array over the column: its only chunk as it is (combine_chunks would copy even that)."""
-    if isinstance(column, pa.Array):
-        return column
-    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-
-
-def contiguous_table(table: pa.Table) -> pa.Table:
-    """`table` with each column in one contiguous array, as `ArrowView` needs (and DuckDB's
-    registration shares). Combined a column at a time, each source column released as soon as it
-    is copied: loading peaks at the view plus one column instead of twice the view."""
-    schema, columns = table.schema, table.columns
-    del table
-    combined = []
-    for i in range(len(columns)):
-        combined.append(_contiguous(columns[i]))
-        columns[i] = None
-    return pa.Table.from_arrays(combined, schema=schema)
-
-
-class _Times:
-    """A sorted DATE or TIMESTAMP column as integers of its own unit (days, microseconds, ...),
-    sharing the Arrow buffer: searching it costs no copy of the view. Values in microseconds are
-    placed as DuckDB compares them: a DATE is its midnight."""
-
-    def __init__(self, column: pa.ChunkedArray | pa.Array) -> None:
-        arr = _contiguous(column)
-        if pa.types.is_date32(arr.type):
-            dtype, self.unit = np.dtype(np.int32), _DAY_US
-        elif pa.types.is_timestamp(arr.type) and arr.type.unit in _UNIT_US:
-            dtype, self.unit = np.dtype(np.int64), _UNIT_US[arr.type.unit]
-        else:
-            raise ValueError(f"no time index for a {arr.type} column")
-        # numpy straight over the data buffer (Array.to_numpy would import pandas: ~0.25 s cold)
-        self.values = np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def ascending(self) -> bool:
-        return bool(np.all(self.values[1:] >= self.values[:-1]))
-
-    def _key(self, value: int) -> np.integer:
-        # of the column's own dtype: a wider key makes numpy cast (copy, so read) the whole column
-        lo, hi = _LIMITS[self.values.dtype]
-        return self.values.dtype.type(min(max(value, lo), hi))
-
-    def left(self, us: int) -> int:
-        """First row at or after `us`."""
-        key, values = self._key(-(-us // self.unit)), self.values
-        # the ends first: a piece wholly before or after the key is settled without a search
-        if not len(values) or key <= values[0]:
-            return 0
-        if key > values[-1]:
-            return len(values)
-        return int(np.searchsorted(values, key, "left"))
-
-    def right(self, us: int) -> int:
-        """First row after `us`."""
-        key, values = self._key(us // self.unit), self.values
-        if not len(values) or key < values[0]:
-            return 0
-        if key >= values[-1]:
-            return len(values)
-        return int(np.searchsorted(values, key, "right"))
-
-    def mask(self, lo: int, hi: int, cond: Condition) -> np.ndarray:
-        """Rows [lo, hi) kept by an `in` or `neq` condition."""
-        exact = [us // self.unit for us in map(_us, cond.values) if us % self.unit == 0]
-        rows = self.values[lo:hi]
-        if cond.op == "in":
-            return np.isin(rows, exact)
-        return rows != exact[0] if exact else np.ones(len(rows), dtype=bool)
-
-
-class _Column(NamedTuple):
-    """A column of a piece as numpy over its Arrow buffer (no copy): integers, dates and timestamps
-    as their integers, floats as floats, a dictionary column as its codes with `words`, its values
-    (sorted: code order is text order, else `words` is None and codes are not used)."""
-
-    values: np.ndarray
-    type: pa.DataType
-    dictionary: bool
-    words: tuple[str, ...] | None
-    valid: np.ndarray | None  # False where NULL (the value there is undefined); None: no NULLs
-    listed: tuple[str, ...] | None  # a dictionary's values in code order, sorted or not
-
-
-def _numpy_dtype(typ: pa.DataType) -> np.dtype | None:
-    """The numpy dtype over an Arrow type's values buffer: integers, dates and timestamps as their
-    integers, doubles; None for others (text, decimals)."""
-    if pa.types.is_integer(typ):
-        return np.dtype(f"{'int' if pa.types.is_signed_integer(typ) else 'uint'}{typ.bit_width}")
-    if pa.types.is_date32(typ):
-        return np.dtype(np.int32)
-    if pa.types.is_timestamp(typ) or pa.types.is_date64(typ):
-        return np.dtype(np.int64)
-    if pa.types.is_floating(typ) and typ.bit_width == 64:
-        return np.dtype(np.float64)
-    return None
-
-
-def _numpy_column(arr: pa.Array) -> _Column | None:
-    """`arr` as a `_Column`; None for text and decimals."""
-    typ, words, listed, dictionary = arr.type, None, None, pa.types.is_dictionary(arr.type)
-    if dictionary:
-        if arr.dictionary.null_count:
-            return None
-        listed = tuple(arr.dictionary.to_pylist())
-        words = listed if list(listed) == sorted(listed) else None
-        typ, arr = typ.value_type, arr.indices
-    dtype = _numpy_dtype(arr.type)
-    if dtype is None:
-        return None
-    values = np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
-    valid = None
-    if arr.null_count:
-        bits = np.frombuffer(arr.buffers()[0], dtype=np.uint8)
-        valid = np.unpackbits(bits, count=arr.offset + len(arr), bitorder="little")[arr.offset:].astype(bool)
-    return _Column(values, typ, dictionary, words, valid, listed)
-
-
-_ORDERING: dict[str, Callable[..., np.ndarray]] = {
-    "lt": np.less, "lte": np.less_equal, "gt": np.greater, "gte": np.greater_equal,
-    "between": lambda v, lo, hi: (v >= lo) & (v <= hi),
-}
-
-
-def _integers(col: _Column, values: Iterable[Any]) -> bool:
-    """Whether an integer column is compared with integers that int64 holds (an ordering in numpy)."""
-    return (not col.dictionary and pa.types.is_integer(col.type)
-            and all(type(v) is int and -2**63 <= v < 2**63 for v in values))
-
-
-def _wanted(col: _Column, values: Iterable[Any]) -> list[Any] | None:
-    """The column's keys of `values` (codes for a dictionary), sorted, of its dtype; values it cannot
-    hold match nothing. None when it is not compared by integers (text, unsorted dictionary)."""
-    if col.dictionary:
-        if col.words is None:
-            return None
-        index = {w: i for i, w in enumerate(col.words)}
-        wanted = sorted(index[v] for v in {str(v) for v in values} if v in index)
-    elif pa.types.is_integer(col.type):
-        wanted = sorted({int(v) for v in values})
-    else:
-        return None
-    lo, hi = _LIMITS[col.values.dtype]
-    return [col.values.dtype.type(v) for v in wanted if lo <= v <= hi]
-
-
-def _isin(values: np.ndarray, wanted: list[Any]) -> np.ndarray:
-    """Rows of `values` equal to one of `wanted`: a comparison each for a few (np.isin's set-up
-    costs ~20 µs), np.isin for more."""
-    if len(wanted) > 4:
-        return np.isin(values, wanted)
-    kept = values == wanted[0]
-    for w in wanted[1:]:
-        kept |= values == w
-    return kept
-
-
-def _ranges(firsts: np.ndarray, lasts: np.ndarray) -> np.ndarray:
-    """The row numbers of the runs [firsts[i], lasts[i]), in order, without a Python loop."""
-    lengths = lasts - firsts
-    kept = lengths > 0
-    firsts, lengths = firsts[kept], lengths[kept]
-    if not len(lengths):
-        return np.empty(0, dtype=np.int64)
-    ends = np.cumsum(lengths)
-    return np.repeat(firsts - (ends - lengths), lengths) + np.arange(ends[-1])
-
-
-def _ascending(column: pa.ChunkedArray) -> bool:
-    return len(column) < 2 or pc.all(pc.less_equal(column[:-1], column[1:])).as_py()
-
-
-class _Piece(NamedTuple):
-    """Rows of one type in time order, with its time columns ready for binary search and its columns
-    as numpy, made on first use (`column`)."""
-
-    table: pa.Table
-    times: dict[str, _Times]
-    texts: dict[str, pa.StringArray]
-    columns: dict[str, _Column | None]
-
-    def partial(self, name: str) -> _Column | None:
-        """The column `name` as numpy, NULLs marked; None when the piece lacks it or it is not numeric."""
-        if name not in self.columns:
-            # a race only makes two threads build the same zero-copy view
-            self.columns[name] = (_numpy_column(_contiguous(self.table.column(name)))
-                                  if name in self.table.schema.names else None)
-        return self.columns[name]
-
-    def column(self, name: str) -> _Column | None:
-        """The column `name` as numpy if it holds no NULL (a key or a filter's column), else None."""
-        col = self.partial(name)
-        return col if col is not None and col.valid is None else None
-
-
-class _Rows(NamedTuple):
-    """The rows of a piece a query keeps: [lo, hi), or the row numbers `index`; `arrow` the
-    conditions left for Arrow to mask them by (text, ordering comparisons on a dictionary)."""
-
-    lo: int
-    hi: int
-    index: np.ndarray | None
-    arrow: list[Condition]
-
-    def __len__(self) -> int:
-        return len(self.index) if self.index is not None else self.hi - self.lo
-
-    def of(self, values: np.ndarray) -> np.ndarray:
-        return values[self.index] if self.index is not None else values[self.lo:self.hi]
+# pyarrow imports pandas on its first conversion of a Python value and pyarrow.acero on its first
+# group_by: 0.45-0.5 s of a new process on this host. The numpy path needs neither (its arrays are
+# built over buffers), so a process whose view answers all take it never pays for them; the Arrow
+# path (text filters other than the minute's, sparse keys) pays once, on its first use.
 
 
 class ArrowView:
@@ -299,12 +69,12 @@ class ArrowView:
         self.unique_keys = unique_keys  # False when a key may repeat across pieces (a base and its deltas)
         self.schema = schema
         self.scaled = frozenset(scaled)
-        time_cols = [c for c in view.time_columns if c in _TIME_KINDS]
-        text_cols = [c for c in view.time_columns if c in _TEXT_TIMES]
-        self.slices: dict[str, list[_Piece]] = {}
+        time_cols = [c for c in view.time_columns if c in TIME_KINDS]
+        text_cols = [c for c in view.time_columns if c in TEXT_TIMES]
+        self.slices: dict[str, list[Piece]] = {}
         for t, parts in pieces.items():
-            kept = [_Piece(p, {c: _Times(p.column(c)) for c in time_cols},
-                           {c: _contiguous(p.column(c)) for c in text_cols}, {}) for p in parts if p.num_rows]
+            kept = [Piece(p, {c: Times(p.column(c)) for c in time_cols},
+                           {c: contiguous(p.column(c)) for c in text_cols}, {}) for p in parts if p.num_rows]
             if kept:
                 self.slices[t] = kept
 
@@ -314,8 +84,8 @@ class ArrowView:
         by time if they are not (binary search needs time order)."""
         table = contiguous_table(cls._decoded(table))
         types = table.column("type")
-        time_cols = [c for c in view.time_columns if c in _TIME_KINDS]
-        text_cols = [c for c in view.time_columns if c in _TEXT_TIMES]
+        time_cols = [c for c in view.time_columns if c in TIME_KINDS]
+        text_cols = [c for c in view.time_columns if c in TEXT_TIMES]
         pieces = {}
         for t in EVENT_TYPES:
             is_t = pc.equal(types, t)  # a bitmap: no per-row index array for a view of 30M rows
@@ -323,10 +93,10 @@ class ArrowView:
             if not n:
                 continue
             lo = pc.index(types, t).as_py()
-            contiguous = pc.all(is_t.slice(lo, n)).as_py()
-            part = table.slice(lo, n) if contiguous else table.filter(is_t)
-            if not all(_Times(part.column(c)).ascending() for c in time_cols) or not all(
-                    _ascending(part.column(c)) for c in text_cols):
+            together = pc.all(is_t.slice(lo, n)).as_py()
+            part = table.slice(lo, n) if together else table.filter(is_t)
+            if not all(Times(part.column(c)).ascending() for c in time_cols) or not all(
+                    ascending(part.column(c)) for c in text_cols):
                 part = contiguous_table(part.sort_by([(c, "ascending") for c in view.sort_columns[1:]]))
             pieces[t] = [part]
         return cls(view, pieces, table.schema, scaled)
@@ -389,7 +159,7 @@ class ArrowView:
               "gt": pc.greater, "gte": pc.greater_equal}[cond.op]
         return fn(column, scalars[0])
 
-    def _selections(self, query: Query) -> list[tuple[str, _Piece, _Rows]] | None:
+    def _selections(self, query: Query) -> list[tuple[str, Piece, Rows]] | None:
         """Each piece's rows `query` keeps, by type (pieces keeping none left out); None when a
         filter on `type` is left to SQL."""
         types = self._types(query.where)
@@ -404,7 +174,7 @@ class ArrowView:
         return out
 
     def _filtered(self, query: Query, columns: list[str],
-                  selections: list[tuple[str, _Piece, _Rows]] | None = None) -> pa.Table | None:
+                  selections: list[tuple[str, Piece, Rows]] | None = None) -> pa.Table | None:
         """The view rows `query` keeps (its `selections` if made already), with only `columns`,
         dictionary columns decoded; None when a filter is left to SQL."""
         if selections is None:
@@ -421,7 +191,7 @@ class ArrowView:
             return self._decoded(self.schema.empty_table().select(columns))
         return self._decoded(pa.concat_tables(parts) if len(parts) > 1 else parts[0])
 
-    def _select(self, piece: _Piece, query: Query) -> _Rows | None:
+    def _select(self, piece: Piece, query: Query) -> Rows | None:
         """The rows of one piece the query's filters keep (None if none): time ranges by binary
         search, the first dimension's values by runs (`_dim_runs`), the other integer and dictionary
         filters by numpy masks (a few µs each, where an Arrow compute call costs tens), the rest
@@ -434,10 +204,10 @@ class ArrowView:
                 continue
             if c.col in times:
                 ts = times[c.col]
-                b = self._bounds(len(ts), c, ts.left, ts.right, [_us(x) for x in c.values])
+                b = self._bounds(len(ts), c, ts.left, ts.right, [us(x) for x in c.values])
             elif c.col in texts:
                 col = texts[c.col]
-                b = self._bounds(len(col), c, lambda x: _bisect(col, x, False), lambda x: _bisect(col, x, True),
+                b = self._bounds(len(col), c, lambda x: bisect(col, x, False), lambda x: bisect(col, x, True),
                                  [str(x) for x in c.values])
             else:
                 b = None
@@ -454,31 +224,31 @@ class ArrowView:
             if not len(index):
                 return None
             rest = [c for c in rest if c is not cond]
-        rows = _Rows(lo, hi, index, [])
+        rows = Rows(lo, hi, index, [])
         masks: list[np.ndarray] = []
         for c in rest:
             if c.col in times:  # only `in` / `neq` are left on a time column (and then no runs)
                 masks.append(times[c.col].mask(lo, hi, c))
                 continue
             col = piece.column(c.col)
-            if c.op in _ORDERING and col is not None and _integers(col, c.values):
+            if c.op in ORDERING and col is not None and integers(col, c.values):
                 bounds = [np.int64(v) for v in c.values]  # int64: compared without the column's wrap-around
-                masks.append(_ORDERING[c.op](rows.of(col.values), *bounds))
+                masks.append(ORDERING[c.op](rows.of(col.values), *bounds))
                 continue
-            wanted = _wanted(col, c.values) if col is not None and c.op in ("eq", "in", "neq") else None
+            wanted = wanted_keys(col, c.values) if col is not None and c.op in ("eq", "in", "neq") else None
             if wanted is None:
                 rows.arrow.append(c)
                 continue
-            kept = _isin(rows.of(col.values), wanted) if wanted else np.zeros(len(rows), dtype=bool)
+            kept = isin(rows.of(col.values), wanted) if wanted else np.zeros(len(rows), dtype=bool)
             masks.append(~kept if c.op == "neq" else kept)
         if not masks:
             return rows
         mask = np.logical_and.reduce(masks) if len(masks) > 1 else masks[0]
         kept_rows = index[mask] if index is not None else lo + np.flatnonzero(mask)
-        return _Rows(lo, hi, kept_rows, rows.arrow) if len(kept_rows) else None
+        return Rows(lo, hi, kept_rows, rows.arrow) if len(kept_rows) else None
 
     @staticmethod
-    def _filter_piece(piece: _Piece, rows: _Rows, columns: list[str]) -> Any:
+    def _filter_piece(piece: Piece, rows: Rows, columns: list[str]) -> Any:
         """The `rows` of one piece as a table of `columns` and those the filters left to Arrow read,
         masked by those filters (NotImplemented for a filter Arrow cannot run: SQL's)."""
         # only the columns read from here on: a take copies each column it is given
@@ -490,7 +260,7 @@ class ArrowView:
         mask = None
         for c in rows.arrow:
             try:
-                m = ArrowView._mask(_contiguous(part.column(c.col)), c)
+                m = ArrowView._mask(contiguous(part.column(c.col)), c)
             except NotImplementedError:
                 return NotImplemented
             mask = m if mask is None else pc.and_(mask, m)
@@ -503,7 +273,7 @@ class ArrowView:
     _ROWS_PER_SEARCH = 2000
     _MASK_FIXED_ROWS = 20_000
 
-    def _dim_runs(self, piece: _Piece, lo: int, hi: int, rest: list[Condition]
+    def _dim_runs(self, piece: Piece, lo: int, hi: int, rest: list[Condition]
                   ) -> tuple[Condition, np.ndarray] | None:
         """The `eq`/`in` condition on the view's first dimension and the row numbers in [lo, hi) it
         keeps, found by binary search instead of a mask: rows are sorted by the finest time column
@@ -515,7 +285,7 @@ class ArrowView:
         if cond is None or any(c.col in piece.times or c.col in piece.texts for c in rest):
             return None
         col = piece.column(cond.col)
-        wanted = _wanted(col, cond.values) if col is not None else None
+        wanted = wanted_keys(col, cond.values) if col is not None else None
         if wanted is None:
             return None
         values = col.values
@@ -524,10 +294,10 @@ class ArrowView:
             return None
         if self.view.time_columns:
             time0 = self.view.time_columns[0]
-            if time0 not in _STEP_US or time0 not in piece.times:
+            if time0 not in STEP_US or time0 not in piece.times:
                 return None
             times = piece.times[time0]
-            step = _STEP_US[time0] // times.unit
+            step = STEP_US[time0] // times.unit
             within = times.values[lo:hi]
             units = np.arange(within[0], within[-1] + step, step, dtype=within.dtype)
             if len(units) * len(wanted) * self._ROWS_PER_SEARCH > hi - lo + self._MASK_FIXED_ROWS:
@@ -540,7 +310,7 @@ class ArrowView:
             seg = values[a:b]
             firsts.append(np.searchsorted(seg, keys, "left") + a)
             lasts.append(np.searchsorted(seg, keys, "right") + a)
-        return cond, _ranges(np.concatenate(firsts), np.concatenate(lasts))
+        return cond, ranges(np.concatenate(firsts), np.concatenate(lasts))
 
     def _project(self, part: pa.Table, columns: list[str]) -> pa.Table:
         """`columns` of `part`; a price column its type's file leaves out is all NULL there."""
@@ -576,13 +346,20 @@ class ArrowView:
             key.add("type")
         return key <= set(query.group_by)
 
-    def _key(self, name: str, selections: list[tuple[str, _Piece, _Rows]]) -> reaggregate.Key | None:
+    def _key(self, name: str, selections: list[tuple[str, Piece, Rows]]) -> reaggregate.Key | None:
         """Group key `name` over the kept rows as integers; None if it is not (text, another
         dictionary in some piece)."""
         if name == "type":  # one type a piece: its code in the sorted names, no column read
             words = tuple(sorted(EVENT_TYPES))
             values = np.concatenate([np.full(len(rows), words.index(t), dtype=np.int8) for t, _, rows in selections])
-            return reaggregate.Key(name, values, pa.string(), 1, words)
+            return reaggregate.Key(name, values, pa.string(), 1, reaggregate.strings(words))
+        if name in TEXT_TIMES:
+            # one piece sorted by its minute text: row numbers are in text order, one minute a row
+            if len(selections) != 1 or name not in selections[0][1].texts:
+                return None
+            _, piece, rows = selections[0]
+            at = rows.index if rows.index is not None else np.arange(rows.lo, rows.hi)
+            return reaggregate.Key(name, at, pa.string(), 1, piece.texts[name])
         cols = [piece.column(name) for _, piece, _ in selections]
         first = cols[0]
         if any(c is None or c.dictionary != first.dictionary for c in cols):
@@ -594,17 +371,17 @@ class ArrowView:
             at = {w: i for i, w in enumerate(words)}
             codes = [np.array([at[w] for w in c.listed], dtype=np.int32)[rows.of(c.values)]
                      for c, (_, _, rows) in zip(cols, selections)]
-            return reaggregate.Key(name, np.concatenate(codes), first.type, 1, words)
+            return reaggregate.Key(name, np.concatenate(codes), first.type, 1, reaggregate.strings(words))
         step = 1
-        if name in _STEP_US and pa.types.is_timestamp(first.type):
-            step = _STEP_US[name] // _UNIT_US[first.type.unit]
+        if name in STEP_US and pa.types.is_timestamp(first.type):
+            step = STEP_US[name] // UNIT_US[first.type.unit]
         elif name == "week" and pa.types.is_date32(first.type):
             step = 7  # always a Monday: days 7 apart
         values = [rows.of(c.values) for c, (_, _, rows) in zip(cols, selections)]
         return reaggregate.Key(name, values[0] if len(values) == 1 else np.concatenate(values), first.type, step,
-                               first.words)
+                               reaggregate.strings(first.words) if first.dictionary else None)
 
-    def _measure(self, name: str, how: str, selections: list[tuple[str, _Piece, _Rows]]) -> reaggregate.Measure | None:
+    def _measure(self, name: str, how: str, selections: list[tuple[str, Piece, Rows]]) -> reaggregate.Measure | None:
         """Partial `name` over the kept rows, its NULLs (and the rows of a type without it, such as
         a price on clicks) marked not valid; None where its type needs Arrow (a float sum, text,
         decimals) or it is NULL everywhere."""
@@ -621,7 +398,7 @@ class ArrowView:
             parts = [rows.of(c.values) for c, (_, _, rows) in zip(cols, selections)]
             values = parts[0] if len(parts) == 1 else np.concatenate(parts)
             return reaggregate.Measure(values.astype(np.int64, copy=False) if how == "sum" else values, how, typ)
-        dtype = np.dtype(np.int64) if how == "sum" else _numpy_dtype(typ)
+        dtype = np.dtype(np.int64) if how == "sum" else numpy_dtype(typ)
         if dtype is None:
             return None
         neutral = reaggregate.neutral(how, dtype)
@@ -637,10 +414,29 @@ class ArrowView:
             valid.append(ok)
         return reaggregate.Measure(np.concatenate(values), how, typ, np.concatenate(valid))
 
+    def _output_types(self, query: Query) -> dict[str, pa.DataType]:
+        """Each output's type, as an answer over rows would have it (dictionary columns decoded)."""
+        def decoded(column: str) -> pa.DataType:
+            t = self.schema.field(column).type
+            return t.value_type if pa.types.is_dictionary(t) else t
+        out = {}
+        for item in query.select:
+            if isinstance(item, str):
+                out[item] = decoded(item)
+            elif item.func == "COUNT":
+                out[item.name] = pa.int64()
+            elif item.func in ("SUM", "AVG"):
+                out[item.name] = pa.float64()
+            else:
+                out[item.name] = decoded(self._needs(item.func, item.col)[0][0])
+        return out
+
     def _answer_numpy(self, query: Query, needed: list[tuple[str, str]],
-                      selections: list[tuple[str, _Piece, _Rows]]) -> pa.Table | None:
+                      selections: list[tuple[str, Piece, Rows]]) -> pa.Table | None:
         """The answer re-aggregated by numpy (`reaggregate`), or None to take Arrow's path."""
-        if not selections or any(rows.arrow for _, _, rows in selections):
+        if not selections:
+            return reaggregate.empty(query, self._output_types(query))
+        if any(rows.arrow for _, _, rows in selections):
             return None
         keys = [self._key(g, selections) for g in query.group_by]
         measures = {pair: self._measure(*pair, selections) for pair in needed}

@@ -16,6 +16,7 @@ read view files.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -31,19 +32,38 @@ CELLS_FIXED = 1 << 16
 # A limit under 1/TOP_K_FACTOR of the output rows sorts only the rows at least as good as the k-th
 # on the first key (a partition, linear), not all of them.
 TOP_K_FACTOR = 8
-# Under this many output rows a dictionary key is decoded in Python, over it by one Arrow take.
-_PY_DECODE_ROWS = 64
 
 
 class Key(NamedTuple):
-    """A group key of the kept rows: integers (`words` decodes dictionary codes, sorted so code order
-    is text order), values `step` apart, output as `type`."""
+    """A group key of the kept rows: integers `step` apart, output as `type`; with `labels`, each
+    integer is the position of its text there (dictionary codes into the sorted words, or row
+    numbers into a piece's minute column), so integer order must be text order."""
 
     name: str
     values: np.ndarray
     type: pa.DataType
     step: int = 1
-    words: Sequence[str] | None = None
+    labels: pa.Array | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def strings(words: tuple[str, ...]) -> pa.StringArray:
+    """`words` as an Arrow string array, built over its buffers (`pa.array` on Python values would
+    import pandas, ~0.3 s at a process's first answer)."""
+    data = [w.encode() for w in words]
+    offsets = np.zeros(len(data) + 1, dtype=np.int32)
+    np.cumsum([len(d) for d in data], out=offsets[1:])
+    return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+
+
+def _numbers(values: np.ndarray, type_: pa.DataType, nulls: np.ndarray | None = None) -> pa.Array:
+    """An Arrow array over the numpy values' buffer (no conversion, no pandas)."""
+    values = np.ascontiguousarray(values)
+    if values.dtype.itemsize * 8 != type_.bit_width:
+        raise TypeError(f"{values.dtype} values for a {type_} column")  # never expected: never garbage
+    validity = None if nulls is None else pa.py_buffer(np.packbits(~nulls, bitorder="little"))
+    return pa.Array.from_buffers(type_, len(values), [validity, pa.py_buffer(values)],
+                                 null_count=0 if nulls is None else int(nulls.sum()))
 
 
 class Measure(NamedTuple):
@@ -151,18 +171,21 @@ def _order(query: Query, columns: dict[str, _Out]) -> np.ndarray | None:
     return order[:query.limit] if query.limit is not None else order
 
 
-def _arrow(out: _Out, type_: pa.DataType, words: Sequence[str] | None) -> pa.Array:
-    if words is not None:
-        if len(out.values) <= _PY_DECODE_ROWS:
-            return pa.array([words[c] for c in out.values.tolist()], type=pa.string())
-        return pa.array(words, type=pa.string()).take(pa.array(out.values))
-    # over the numpy buffers as they are (pa.array converts DATE and TIMESTAMP values one by one)
-    values = np.ascontiguousarray(out.values)
-    if values.dtype.itemsize * 8 != type_.bit_width:
-        raise TypeError(f"{values.dtype} values for a {type_} column")  # never expected: never garbage
-    validity = None if out.nulls is None else pa.py_buffer(np.packbits(~out.nulls, bitorder="little"))
-    return pa.Array.from_buffers(type_, len(values), [validity, pa.py_buffer(values)],
-                                 null_count=0 if out.nulls is None else int(out.nulls.sum()))
+def _arrow(out: _Out, type_: pa.DataType, labels: pa.Array | None) -> pa.Array:
+    if labels is not None:
+        return labels.take(_numbers(out.values.astype(np.int64, copy=False), pa.int64()))
+    return _numbers(out.values, type_, out.nulls)
+
+
+def empty(query: Query, types: dict[str, pa.DataType]) -> pa.Table:
+    """The answer over no rows: no groups; without `group_by` one row, COUNT 0 and the rest NULL."""
+    n = 0 if query.group_by else 1
+    columns = {}
+    for item in query.select:
+        name = item if isinstance(item, str) else item.name
+        count = n and not isinstance(item, str) and item.func == "COUNT"
+        columns[name] = _numbers(np.zeros(1, dtype=np.int64), pa.int64()) if count else pa.nulls(n, types[name])
+    return pa.table(columns)
 
 
 def answer(query: Query, keys: Sequence[Key], measures: dict[tuple[str, str], Measure], n: int,
@@ -209,8 +232,8 @@ def answer(query: Query, keys: Sequence[Key], measures: dict[tuple[str, str], Me
             columns[item.name], types[item.name] = _Out(values, empty if empty.any() else None), pa.float64()
         else:
             columns[item.name], types[item.name] = first, m.type
-    words = {k.name: k.words for k in keys}
+    labels = {k.name: k.labels for k in keys}
     order = _order(query, columns)
     if order is not None:
         columns = {name: _Out(c.values[order], None if c.nulls is None else c.nulls[order]) for name, c in columns.items()}
-    return pa.table({name: _arrow(c, types[name], words.get(name)) for name, c in columns.items()})
+    return pa.table({name: _arrow(c, types[name], labels.get(name)) for name, c in columns.items()})

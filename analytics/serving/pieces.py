@@ -1,0 +1,271 @@
+"""A view's rows as the fast path reads them: pieces, their columns as numpy, the rows a filter keeps.
+
+Owns the zero-copy access to a view version's Arrow data: `Piece` (one type's rows in time order,
+e.g. a record batch of the memory-mapped serving copy) with its sorted time columns ready for
+binary search (`Times`: DATE as days, TIMESTAMP as microseconds, over the Arrow buffers) and its
+other columns as numpy over their buffers on first use (`Column`: integers, dates, doubles,
+dictionary codes with their words, NULLs as a validity mask); `Rows`, the rows of a piece a query
+keeps (a range or row numbers), and the numpy helpers that find them (integer comparisons,
+small in-lists, runs turned into row numbers). Nothing here copies or reads a piece whole. Must
+not choose views, aggregate, or touch files.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Callable, Iterable, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from analytics.query.model import Condition
+
+EPOCH = dt.datetime(1970, 1, 1)
+DAY_US = 86_400_000_000
+TIME_KINDS = ("day", "week", "hour")  # stored as DATE or TIMESTAMP, monotone along the sort
+TEXT_TIMES = ("minute",)  # 'YYYY-MM-DD HH:MM' text: fixed width, so its string order is time order
+
+
+def us(value: Any) -> int:
+    """A date or datetime as microseconds since the epoch (a DATE is its midnight, as in DuckDB)."""
+    if isinstance(value, dt.datetime):
+        return (value - EPOCH) // dt.timedelta(microseconds=1)
+    return (value - EPOCH.date()).days * DAY_US
+
+
+def bisect(column: pa.StringArray, value: str, right: bool) -> int:
+    """Where `value` goes in a sorted string column (left or right of equals), reading ~log2(n) cells
+    instead of copying the column: Python compares code points, the order of DuckDB's byte-wise
+    UTF-8 comparison."""
+    lo, hi = 0, len(column)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        cell = column[mid].as_py()
+        if cell < value or (right and cell == value):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
+# each integer dtype's (min, max), looked up per search instead of building np.iinfo (~2 µs)
+LIMITS = {np.dtype(t): (int(np.iinfo(t).min), int(np.iinfo(t).max)) for t in
+           (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)}
+# a time unit of the finest time column a view sorts by, in microseconds (minute is text: no runs)
+STEP_US = {"day": DAY_US, "hour": 3_600_000_000}
+
+
+def contiguous(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One array over the column: its only chunk as it is (combine_chunks would copy even that)."""
+    if isinstance(column, pa.Array):
+        return column
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def contiguous_table(table: pa.Table) -> pa.Table:
+    """`table` with each column in one contiguous array, as `ArrowView` needs (and DuckDB's
+    registration shares). Combined a column at a time, each source column released as soon as it
+    is copied: loading peaks at the view plus one column instead of twice the view."""
+    schema, columns = table.schema, table.columns
+    del table
+    combined = []
+    for i in range(len(columns)):
+        combined.append(contiguous(columns[i]))
+        columns[i] = None
+    return pa.Table.from_arrays(combined, schema=schema)
+
+
+class Times:
+    """A sorted DATE or TIMESTAMP column as integers of its own unit (days, microseconds, ...),
+    sharing the Arrow buffer: searching it costs no copy of the view. Values in microseconds are
+    placed as DuckDB compares them: a DATE is its midnight."""
+
+    def __init__(self, column: pa.ChunkedArray | pa.Array) -> None:
+        arr = contiguous(column)
+        if pa.types.is_date32(arr.type):
+            dtype, self.unit = np.dtype(np.int32), DAY_US
+        elif pa.types.is_timestamp(arr.type) and arr.type.unit in UNIT_US:
+            dtype, self.unit = np.dtype(np.int64), UNIT_US[arr.type.unit]
+        else:
+            raise ValueError(f"no time index for a {arr.type} column")
+        # numpy straight over the data buffer (Array.to_numpy would import pandas: ~0.25 s cold)
+        self.values = np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def ascending(self) -> bool:
+        return bool(np.all(self.values[1:] >= self.values[:-1]))
+
+    def _key(self, value: int) -> np.integer:
+        # of the column's own dtype: a wider key makes numpy cast (copy, so read) the whole column
+        lo, hi = LIMITS[self.values.dtype]
+        return self.values.dtype.type(min(max(value, lo), hi))
+
+    def left(self, us: int) -> int:
+        """First row at or after `us`."""
+        key, values = self._key(-(-us // self.unit)), self.values
+        # the ends first: a piece wholly before or after the key is settled without a search
+        if not len(values) or key <= values[0]:
+            return 0
+        if key > values[-1]:
+            return len(values)
+        return int(np.searchsorted(values, key, "left"))
+
+    def right(self, us: int) -> int:
+        """First row after `us`."""
+        key, values = self._key(us // self.unit), self.values
+        if not len(values) or key < values[0]:
+            return 0
+        if key >= values[-1]:
+            return len(values)
+        return int(np.searchsorted(values, key, "right"))
+
+    def mask(self, lo: int, hi: int, cond: Condition) -> np.ndarray:
+        """Rows [lo, hi) kept by an `in` or `neq` condition."""
+        exact = [us // self.unit for us in map(us, cond.values) if us % self.unit == 0]
+        rows = self.values[lo:hi]
+        if cond.op == "in":
+            return np.isin(rows, exact)
+        return rows != exact[0] if exact else np.ones(len(rows), dtype=bool)
+
+
+class Column(NamedTuple):
+    """A column of a piece as numpy over its Arrow buffer (no copy): integers, dates and timestamps
+    as their integers, floats as floats, a dictionary column as its codes with `words`, its values
+    (sorted: code order is text order, else `words` is None and codes are not used)."""
+
+    values: np.ndarray
+    type: pa.DataType
+    dictionary: bool
+    words: tuple[str, ...] | None
+    valid: np.ndarray | None  # False where NULL (the value there is undefined); None: no NULLs
+    listed: tuple[str, ...] | None  # a dictionary's values in code order, sorted or not
+
+
+def numpy_dtype(typ: pa.DataType) -> np.dtype | None:
+    """The numpy dtype over an Arrow type's values buffer: integers, dates and timestamps as their
+    integers, doubles; None for others (text, decimals)."""
+    if pa.types.is_integer(typ):
+        return np.dtype(f"{'int' if pa.types.is_signed_integer(typ) else 'uint'}{typ.bit_width}")
+    if pa.types.is_date32(typ):
+        return np.dtype(np.int32)
+    if pa.types.is_timestamp(typ) or pa.types.is_date64(typ):
+        return np.dtype(np.int64)
+    if pa.types.is_floating(typ) and typ.bit_width == 64:
+        return np.dtype(np.float64)
+    return None
+
+
+def numpy_column(arr: pa.Array) -> Column | None:
+    """`arr` as a `Column`; None for text and decimals."""
+    typ, words, listed, dictionary = arr.type, None, None, pa.types.is_dictionary(arr.type)
+    if dictionary:
+        if arr.dictionary.null_count:
+            return None
+        listed = tuple(arr.dictionary.to_pylist())
+        words = listed if list(listed) == sorted(listed) else None
+        typ, arr = typ.value_type, arr.indices
+    dtype = numpy_dtype(arr.type)
+    if dtype is None:
+        return None
+    values = np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
+    valid = None
+    if arr.null_count:
+        bits = np.frombuffer(arr.buffers()[0], dtype=np.uint8)
+        valid = np.unpackbits(bits, count=arr.offset + len(arr), bitorder="little")[arr.offset:].astype(bool)
+    return Column(values, typ, dictionary, words, valid, listed)
+
+
+ORDERING: dict[str, Callable[..., np.ndarray]] = {
+    "lt": np.less, "lte": np.less_equal, "gt": np.greater, "gte": np.greater_equal,
+    "between": lambda v, lo, hi: (v >= lo) & (v <= hi),
+}
+
+
+def integers(col: Column, values: Iterable[Any]) -> bool:
+    """Whether an integer column is compared with integers that int64 holds (an ordering in numpy)."""
+    return (not col.dictionary and pa.types.is_integer(col.type)
+            and all(type(v) is int and -2**63 <= v < 2**63 for v in values))
+
+
+def wanted_keys(col: Column, values: Iterable[Any]) -> list[Any] | None:
+    """The column's keys of `values` (codes for a dictionary), sorted, of its dtype; values it cannot
+    hold match nothing. None when it is not compared by integers (text, unsorted dictionary)."""
+    if col.dictionary:
+        if col.words is None:
+            return None
+        index = {w: i for i, w in enumerate(col.words)}
+        wanted = sorted(index[v] for v in {str(v) for v in values} if v in index)
+    elif pa.types.is_integer(col.type):
+        wanted = sorted({int(v) for v in values})
+    else:
+        return None
+    lo, hi = LIMITS[col.values.dtype]
+    return [col.values.dtype.type(v) for v in wanted if lo <= v <= hi]
+
+
+def isin(values: np.ndarray, wanted: list[Any]) -> np.ndarray:
+    """Rows of `values` equal to one of `wanted`: a comparison each for a few (np.isin's set-up
+    costs ~20 µs), np.isin for more."""
+    if len(wanted) > 4:
+        return np.isin(values, wanted)
+    kept = values == wanted[0]
+    for w in wanted[1:]:
+        kept |= values == w
+    return kept
+
+
+def ranges(firsts: np.ndarray, lasts: np.ndarray) -> np.ndarray:
+    """The row numbers of the runs [firsts[i], lasts[i]), in order, without a Python loop."""
+    lengths = lasts - firsts
+    kept = lengths > 0
+    firsts, lengths = firsts[kept], lengths[kept]
+    if not len(lengths):
+        return np.empty(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    return np.repeat(firsts - (ends - lengths), lengths) + np.arange(ends[-1])
+
+
+def ascending(column: pa.ChunkedArray) -> bool:
+    return len(column) < 2 or pc.all(pc.less_equal(column[:-1], column[1:])).as_py()
+
+
+class Piece(NamedTuple):
+    """Rows of one type in time order, with its time columns ready for binary search and its columns
+    as numpy, made on first use (`column`)."""
+
+    table: pa.Table
+    times: dict[str, Times]
+    texts: dict[str, pa.StringArray]
+    columns: dict[str, Column | None]
+
+    def partial(self, name: str) -> Column | None:
+        """The column `name` as numpy, NULLs marked; None when the piece lacks it or it is not numeric."""
+        if name not in self.columns:
+            # a race only makes two threads build the same zero-copy view
+            self.columns[name] = (numpy_column(contiguous(self.table.column(name)))
+                                  if name in self.table.schema.names else None)
+        return self.columns[name]
+
+    def column(self, name: str) -> Column | None:
+        """The column `name` as numpy if it holds no NULL (a key or a filter's column), else None."""
+        col = self.partial(name)
+        return col if col is not None and col.valid is None else None
+
+
+class Rows(NamedTuple):
+    """The rows of a piece a query keeps: [lo, hi), or the row numbers `index`; `arrow` the
+    conditions left for Arrow to mask them by (text, ordering comparisons on a dictionary)."""
+
+    lo: int
+    hi: int
+    index: np.ndarray | None
+    arrow: list[Condition]
+
+    def __len__(self) -> int:
+        return len(self.index) if self.index is not None else self.hi - self.lo
+
+    def of(self, values: np.ndarray) -> np.ndarray:
+        return values[self.index] if self.index is not None else values[self.lo:self.hi]
