@@ -302,6 +302,9 @@ def test_cold_targets_are_evaluated(cold_result: dict[str, Any]) -> None:
     assert judges["view_sum_ms"] == pytest.approx(sum(view_ms), abs=1e-2)
     summed = targets["cold judges run: view-routed queries summed (target stated at 245M rows)"]
     assert summed["value"] == judges["view_sum_ms"] and summed["ok"] is (judges["view_sum_ms"] <= 100)
+    warm = targets["warm view-routed median, next to the cold run (stated at 15M and 245M rows)"]
+    assert warm["value"] == cold_result["product"]["view_median_ms"] is not None
+    assert warm["ok"] is (cold_result["product"]["view_median_ms"] <= 0.3)
 
 
 def test_summary_shows_the_cold_row(cold_result: dict[str, Any]) -> None:

@@ -37,6 +37,8 @@ TARGETS: dict[str, float] = {
     "cold_peak_rss_bytes_max": float(parse_size("400MB")),
     # stated for 245M rows: the view-routed queries of that cold run together
     "cold_view_sum_ms_max": 100.0,
+    # the cold-serving issue's warm figure, stated at both scales
+    "warm_view_median_ms_max": 0.3,
     # adaptive views (python -m analytics.bench.adaptive): family B before and after `build --adaptive`
     "adaptive_rollup_share_min": 0.95,
     "adaptive_lake_p95_drop_min": 3.0,
@@ -309,7 +311,11 @@ def _cold_targets(result: Mapping[str, Any]) -> list[tuple[str, str, Any, bool |
     no_views = (runs.get("product_no_views") or {}).get("workloads", {}).get(JUDGES, {})
     wall, wall_nv = judges.get("wall_ms"), no_views.get("wall_ms")
     view, rss, view_sum = judges.get("view_median_ms"), judges.get("peak_rss_bytes"), judges.get("view_sum_ms")
+    warm = (result.get("product") or {}).get("view_median_ms")
     return [
+        ("warm view-routed median, next to the cold run (stated at 15M and 245M rows)",
+         f"<= {format_ms(TARGETS['warm_view_median_ms_max'])}", warm,
+         None if warm is None else warm <= TARGETS["warm_view_median_ms_max"], format_ms(warm)),
         ("cold judges run: view-routed queries summed (target stated at 245M rows)",
          f"<= {format_ms(TARGETS['cold_view_sum_ms_max'])}", view_sum,
          None if view_sum is None else view_sum <= TARGETS["cold_view_sum_ms_max"], format_ms(view_sum)),

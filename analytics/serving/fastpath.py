@@ -18,7 +18,7 @@ None and the caller runs the plan's SQL. Must not choose views or touch files.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -32,7 +32,6 @@ from analytics.serving.pieces import (
     STEP_US,
     TEXT_TIMES,
     TIME_KINDS,
-    UNIT_US,
     Piece,
     Rows,
     Times,
@@ -40,9 +39,10 @@ from analytics.serving.pieces import (
     bisect,
     contiguous,
     contiguous_table,
+    group_key,
     integers,
     isin,
-    numpy_dtype,
+    partial_values,
     ranges,
     us,
     wanted_keys,
@@ -53,6 +53,19 @@ from analytics.views.catalog import ViewDef, partial_columns
 # group_by: 0.45-0.5 s of a new process on this host. The numpy path needs neither (its arrays are
 # built over buffers), so a process whose view answers all take it never pays for them; the Arrow
 # path (text filters other than the minute's, sparse keys) pays once, on its first use.
+
+
+# Query shapes remembered per view version; past this many distinct queries the memo starts afresh.
+SHAPE_MEMO_SIZE = 4096
+
+
+class _Shape(NamedTuple):
+    """What a view makes of a query, whatever its data: the partials it re-aggregates, the types
+    it reads (sorted; None when a filter on `type` is left to SQL), whether each group is a row."""
+
+    needed: list[tuple[str, str]]
+    types: list[str] | None
+    one_row: bool
 
 
 class ArrowView:
@@ -69,6 +82,7 @@ class ArrowView:
         self.unique_keys = unique_keys  # False when a key may repeat across pieces (a base and its deltas)
         self.schema = schema
         self.scaled = frozenset(scaled)
+        self._shapes: dict[Query, _Shape] = {}
         time_cols = [c for c in view.time_columns if c in TIME_KINDS]
         text_cols = [c for c in view.time_columns if c in TEXT_TIMES]
         self.slices: dict[str, list[Piece]] = {}
@@ -127,14 +141,20 @@ class ArrowView:
                 v: list[Any]) -> tuple[int, int] | None:
         """[lo, hi) of a sorted column of `n` rows kept by a range condition on values `v`, or None
         if not a range; `left`/`right` place a value before/after its equals."""
-        return {
-            "eq": lambda: (left(v[0]), right(v[0])),
-            "between": lambda: (left(v[0]), right(v[1])),
-            "lt": lambda: (0, left(v[0])),
-            "lte": lambda: (0, right(v[0])),
-            "gt": lambda: (right(v[0]), n),
-            "gte": lambda: (left(v[0]), n),
-        }.get(cond.op, lambda: None)()
+        op = cond.op
+        if op == "eq":
+            return left(v[0]), right(v[0])
+        if op == "between":
+            return left(v[0]), right(v[1])
+        if op == "lt":
+            return 0, left(v[0])
+        if op == "lte":
+            return 0, right(v[0])
+        if op == "gt":
+            return right(v[0]), n
+        if op == "gte":
+            return left(v[0]), n
+        return None
 
     @staticmethod
     def _mask(column: pa.Array, cond: Condition) -> pa.Array:
@@ -159,14 +179,27 @@ class ArrowView:
               "gt": pc.greater, "gte": pc.greater_equal}[cond.op]
         return fn(column, scalars[0])
 
+    def _shape(self, query: Query) -> _Shape:
+        """What the view makes of the query's shape, worked out once per query (no data read)."""
+        shape = self._shapes.get(query)
+        if shape is None:
+            types = self._types(query.where)
+            shape = _Shape(sorted({pair for a in query.aggregates for pair in self._needs(a.func, a.col)}),
+                           None if types is None else sorted(types),
+                           bool(query.group_by) and self._one_row_per_group(query))
+            if len(self._shapes) >= SHAPE_MEMO_SIZE:
+                self._shapes.clear()
+            self._shapes[query] = shape
+        return shape
+
     def _selections(self, query: Query) -> list[tuple[str, Piece, Rows]] | None:
         """Each piece's rows `query` keeps, by type (pieces keeping none left out); None when a
         filter on `type` is left to SQL."""
-        types = self._types(query.where)
+        types = self._shape(query).types
         if types is None:
             return None
         out = []
-        for t in sorted(types):
+        for t in types:
             for piece in self.slices.get(t, ()):
                 rows = self._select(piece, query)
                 if rows is not None:
@@ -346,74 +379,6 @@ class ArrowView:
             key.add("type")
         return key <= set(query.group_by)
 
-    def _key(self, name: str, selections: list[tuple[str, Piece, Rows]]) -> reaggregate.Key | None:
-        """Group key `name` over the kept rows as integers; None if it is not (text, another
-        dictionary in some piece)."""
-        if name == "type":  # one type a piece: its code in the sorted names, no column read
-            words = tuple(sorted(EVENT_TYPES))
-            values = np.concatenate([np.full(len(rows), words.index(t), dtype=np.int8) for t, _, rows in selections])
-            return reaggregate.Key(name, values, pa.string(), 1, reaggregate.strings(words))
-        if name in TEXT_TIMES:
-            # one piece sorted by its minute text: row numbers are in text order, one minute a row
-            if len(selections) != 1 or name not in selections[0][1].texts:
-                return None
-            _, piece, rows = selections[0]
-            at = rows.index if rows.index is not None else np.arange(rows.lo, rows.hi)
-            return reaggregate.Key(name, at, pa.string(), 1, piece.texts[name])
-        cols = [piece.column(name) for _, piece, _ in selections]
-        first = cols[0]
-        if any(c is None or c.dictionary != first.dictionary for c in cols):
-            return None
-        if first.dictionary and (first.words is None or any(c.words != first.words for c in cols)):
-            # each type's file has its own dictionary (or one not in text order): codes mapped
-            # into the sorted union of the words, so that code order is text order
-            words = tuple(sorted(set().union(*(c.listed for c in cols))))
-            at = {w: i for i, w in enumerate(words)}
-            codes = [np.array([at[w] for w in c.listed], dtype=np.int32)[rows.of(c.values)]
-                     for c, (_, _, rows) in zip(cols, selections)]
-            return reaggregate.Key(name, np.concatenate(codes), first.type, 1, reaggregate.strings(words))
-        step = 1
-        if name in STEP_US and pa.types.is_timestamp(first.type):
-            step = STEP_US[name] // UNIT_US[first.type.unit]
-        elif name == "week" and pa.types.is_date32(first.type):
-            step = 7  # always a Monday: days 7 apart
-        values = [rows.of(c.values) for c, (_, _, rows) in zip(cols, selections)]
-        return reaggregate.Key(name, values[0] if len(values) == 1 else np.concatenate(values), first.type, step,
-                               reaggregate.strings(first.words) if first.dictionary else None)
-
-    def _measure(self, name: str, how: str, selections: list[tuple[str, Piece, Rows]]) -> reaggregate.Measure | None:
-        """Partial `name` over the kept rows, its NULLs (and the rows of a type without it, such as
-        a price on clicks) marked not valid; None where its type needs Arrow (a float sum, text,
-        decimals) or it is NULL everywhere."""
-        cols = [piece.partial(name) for _, piece, _ in selections]
-        typ = next((c.type for c in cols if c is not None), None)
-        if typ is None and name in self.schema.names:  # no kept piece holds it: all NULL, typed as the view's
-            typ = self.schema.field(name).type
-        for c, (_, piece, _) in zip(cols, selections):
-            if (c is None and name in piece.table.schema.names) or (c is not None and (c.dictionary or c.type != typ)):
-                return None  # there but not numeric, or of another type in another piece
-        if typ is None or (how == "sum" and not pa.types.is_integer(typ)):
-            return None
-        if all(c is not None and c.valid is None for c in cols):
-            parts = [rows.of(c.values) for c, (_, _, rows) in zip(cols, selections)]
-            values = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            return reaggregate.Measure(values.astype(np.int64, copy=False) if how == "sum" else values, how, typ)
-        dtype = np.dtype(np.int64) if how == "sum" else numpy_dtype(typ)
-        if dtype is None:
-            return None
-        neutral = reaggregate.neutral(how, dtype)
-        values, valid = [], []
-        for c, (_, _, rows) in zip(cols, selections):
-            if c is None:
-                values.append(np.full(len(rows), neutral, dtype=dtype))
-                valid.append(np.zeros(len(rows), dtype=bool))
-                continue
-            v = rows.of(c.values).astype(dtype, copy=False)
-            ok = np.ones(len(v), dtype=bool) if c.valid is None else rows.of(c.valid)
-            values.append(v if c.valid is None else np.where(ok, v, neutral))
-            valid.append(ok)
-        return reaggregate.Measure(np.concatenate(values), how, typ, np.concatenate(valid))
-
     def _output_types(self, query: Query) -> dict[str, pa.DataType]:
         """Each output's type, as an answer over rows would have it (dictionary columns decoded)."""
         def decoded(column: str) -> pa.DataType:
@@ -438,18 +403,16 @@ class ArrowView:
             return reaggregate.empty(query, self._output_types(query))
         if any(rows.arrow for _, _, rows in selections):
             return None
-        keys = [self._key(g, selections) for g in query.group_by]
-        measures = {pair: self._measure(*pair, selections) for pair in needed}
+        keys = [group_key(g, selections) for g in query.group_by]
+        measures = {pair: partial_values(*pair, selections, self.schema) for pair in needed}
         if any(k is None for k in keys) or any(m is None for m in measures.values()):
             return None
         n = sum(len(rows) for _, _, rows in selections)
-        return reaggregate.answer(query, keys, measures, n, self._needs, self.scaled,
-                                  bool(query.group_by) and self._one_row_per_group(query))
+        return reaggregate.answer(query, keys, measures, n, self._needs, self.scaled, self._shape(query).one_row)
 
     def answer(self, query: Query) -> pa.Table | None:
         """The answer, or None when this shape is left to SQL."""
-        aggs = query.aggregates
-        needed = sorted({pair for a in aggs for pair in self._needs(a.func, a.col)})
+        needed = self._shape(query).needed
         selections = self._selections(query)
         if selections is None:
             return None
@@ -460,7 +423,7 @@ class ArrowView:
         rows = self._filtered(query, columns, selections)
         if rows is None:
             return None
-        if query.group_by and self._one_row_per_group(query):
+        if self._shape(query).one_row:
             grouped = rows  # keys are unique in a view: each row is a group, its measures the group's
             got = {pair: rows.column(pair[0]) for pair in needed}
         elif query.group_by:

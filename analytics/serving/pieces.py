@@ -6,8 +6,9 @@ binary search (`Times`: DATE as days, TIMESTAMP as microseconds, over the Arrow 
 other columns as numpy over their buffers on first use (`Column`: integers, dates, doubles,
 dictionary codes with their words, NULLs as a validity mask); `Rows`, the rows of a piece a query
 keeps (a range or row numbers), and the numpy helpers that find them (integer comparisons,
-small in-lists, runs turned into row numbers). Nothing here copies or reads a piece whole. Must
-not choose views, aggregate, or touch files.
+small in-lists, runs turned into row numbers); and the kept rows' group keys and partials gathered
+across pieces for `reaggregate` (`group_key`, `partial_values`). Nothing here reads a piece whole.
+Must not choose views, aggregate, or touch files.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from analytics.query.model import Condition
+from analytics.query.schema import EVENT_TYPES
+from analytics.serving import reaggregate
 
 EPOCH = dt.datetime(1970, 1, 1)
 DAY_US = 86_400_000_000
@@ -269,3 +272,74 @@ class Rows(NamedTuple):
 
     def of(self, values: np.ndarray) -> np.ndarray:
         return values[self.index] if self.index is not None else values[self.lo:self.hi]
+
+
+def group_key(name: str, selections: list[tuple[str, Piece, Rows]]) -> reaggregate.Key | None:
+    """Group key `name` over the kept rows as integers; None if it is not (text, another
+    dictionary in some piece)."""
+    if name == "type":  # one type a piece: its code in the sorted names, no column read
+        words = tuple(sorted(EVENT_TYPES))
+        values = np.concatenate([np.full(len(rows), words.index(t), dtype=np.int8) for t, _, rows in selections])
+        return reaggregate.Key(name, values, pa.string(), 1, reaggregate.strings(words), words)
+    if name in TEXT_TIMES:
+        # one piece sorted by its minute text: row numbers are in text order, one minute a row
+        if len(selections) != 1 or name not in selections[0][1].texts:
+            return None
+        _, piece, rows = selections[0]
+        at = rows.index if rows.index is not None else np.arange(rows.lo, rows.hi)
+        return reaggregate.Key(name, at, pa.string(), 1, piece.texts[name])
+    cols = [piece.column(name) for _, piece, _ in selections]
+    first = cols[0]
+    if any(c is None or c.dictionary != first.dictionary for c in cols):
+        return None
+    if first.dictionary and (first.words is None or any(c.words != first.words for c in cols)):
+        # each type's file has its own dictionary (or one not in text order): codes mapped
+        # into the sorted union of the words, so that code order is text order
+        words = tuple(sorted(set().union(*(c.listed for c in cols))))
+        at = {w: i for i, w in enumerate(words)}
+        codes = [np.array([at[w] for w in c.listed], dtype=np.int32)[rows.of(c.values)]
+                 for c, (_, _, rows) in zip(cols, selections)]
+        return reaggregate.Key(name, np.concatenate(codes), first.type, 1, reaggregate.strings(words), words)
+    step = 1
+    if name in STEP_US and pa.types.is_timestamp(first.type) and first.type.unit in UNIT_US:
+        step = STEP_US[name] // UNIT_US[first.type.unit]
+    elif name == "week" and pa.types.is_date32(first.type):
+        step = 7  # always a Monday: days 7 apart
+    values = [rows.of(c.values) for c, (_, _, rows) in zip(cols, selections)]
+    return reaggregate.Key(name, values[0] if len(values) == 1 else np.concatenate(values), first.type, step,
+                           reaggregate.strings(first.words) if first.dictionary else None,
+                           first.words if first.dictionary else None)
+
+def partial_values(name: str, how: str, selections: list[tuple[str, Piece, Rows]],
+               schema: pa.Schema) -> reaggregate.Measure | None:
+    """Partial `name` over the kept rows, its NULLs (and the rows of a type without it, such as
+    a price on clicks) marked not valid; None where its type needs Arrow (a float sum, text,
+    decimals) or it is NULL everywhere."""
+    cols = [piece.partial(name) for _, piece, _ in selections]
+    typ = next((c.type for c in cols if c is not None), None)
+    if typ is None and name in schema.names:  # no kept piece holds it: all NULL, typed as the view's
+        typ = schema.field(name).type
+    for c, (_, piece, _) in zip(cols, selections):
+        if (c is None and name in piece.table.schema.names) or (c is not None and (c.dictionary or c.type != typ)):
+            return None  # there but not numeric, or of another type in another piece
+    if typ is None or (how == "sum" and not pa.types.is_integer(typ)):
+        return None
+    if all(c is not None and c.valid is None for c in cols):
+        parts = [rows.of(c.values) for c, (_, _, rows) in zip(cols, selections)]
+        values = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return reaggregate.Measure(values.astype(np.int64, copy=False) if how == "sum" else values, how, typ)
+    dtype = np.dtype(np.int64) if how == "sum" else numpy_dtype(typ)
+    if dtype is None:
+        return None
+    neutral = reaggregate.neutral(how, dtype)
+    values, valid = [], []
+    for c, (_, _, rows) in zip(cols, selections):
+        if c is None:
+            values.append(np.full(len(rows), neutral, dtype=dtype))
+            valid.append(np.zeros(len(rows), dtype=bool))
+            continue
+        v = rows.of(c.values).astype(dtype, copy=False)
+        ok = np.ones(len(v), dtype=bool) if c.valid is None else rows.of(c.valid)
+        values.append(v if c.valid is None else np.where(ok, v, neutral))
+        valid.append(ok)
+    return reaggregate.Measure(np.concatenate(values), how, typ, np.concatenate(valid))

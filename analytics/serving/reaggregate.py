@@ -29,6 +29,8 @@ from analytics.serving import finish
 # allowance; sparser keys (ids spread over a wide range in few rows) go to Arrow's hash group-by.
 CELLS_PER_ROW = 4
 CELLS_FIXED = 1 << 16
+# Up to this many output rows a vocabulary key is decoded in Python, beyond by one Arrow take.
+_PY_DECODE_ROWS = 256
 # A limit under 1/TOP_K_FACTOR of the output rows sorts only the rows at least as good as the k-th
 # on the first key (a partition, linear), not all of them.
 TOP_K_FACTOR = 8
@@ -44,16 +46,22 @@ class Key(NamedTuple):
     type: pa.DataType
     step: int = 1
     labels: pa.Array | None = None
+    words: tuple[str, ...] | None = None  # the labels as Python strings, when they are a vocabulary
 
 
-@functools.lru_cache(maxsize=256)
-def strings(words: tuple[str, ...]) -> pa.StringArray:
+def _string_array(words: Sequence[str]) -> pa.StringArray:
     """`words` as an Arrow string array, built over its buffers (`pa.array` on Python values would
     import pandas, ~0.3 s at a process's first answer)."""
     data = [w.encode() for w in words]
     offsets = np.zeros(len(data) + 1, dtype=np.int32)
     np.cumsum([len(d) for d in data], out=offsets[1:])
     return pa.Array.from_buffers(pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+
+
+@functools.lru_cache(maxsize=256)
+def strings(words: tuple[str, ...]) -> pa.StringArray:
+    """A vocabulary (sorted dictionary words, event types) as an Arrow string array, made once."""
+    return _string_array(words)
 
 
 def _numbers(values: np.ndarray, type_: pa.DataType, nulls: np.ndarray | None = None) -> pa.Array:
@@ -171,10 +179,13 @@ def _order(query: Query, columns: dict[str, _Out]) -> np.ndarray | None:
     return order[:query.limit] if query.limit is not None else order
 
 
-def _arrow(out: _Out, type_: pa.DataType, labels: pa.Array | None) -> pa.Array:
-    if labels is not None:
-        return labels.take(_numbers(out.values.astype(np.int64, copy=False), pa.int64()))
-    return _numbers(out.values, type_, out.nulls)
+def _arrow(out: _Out, type_: pa.DataType, key: Key | None) -> pa.Array:
+    if key is None or key.labels is None:
+        return _numbers(out.values, type_, out.nulls)
+    if key.words is not None and len(out.values) <= _PY_DECODE_ROWS:
+        words = key.words  # a few rows: decoded in Python (an Arrow take costs ~20-60 µs here)
+        return _string_array([words[c] for c in out.values.tolist()])
+    return key.labels.take(_numbers(out.values.astype(np.int64, copy=False), pa.int64()))
 
 
 def empty(query: Query, types: dict[str, pa.DataType]) -> pa.Table:
@@ -224,7 +235,7 @@ def answer(query: Query, keys: Sequence[Key], measures: dict[tuple[str, str], Me
         first, m = got[pairs[0]], measures[pairs[0]]
         scale = finish.SCALE if pairs[0][0] in scaled else None
         if item.func == "COUNT":
-            columns[item.name], types[item.name] = _Out(first.values.astype(np.int64), None), pa.int64()
+            columns[item.name], types[item.name] = _Out(first.values.astype(np.int64, copy=False), None), pa.int64()
         elif item.func == "SUM":
             columns[item.name], types[item.name] = _Out(finish.doubles(first.values, scale), first.nulls), pa.float64()
         elif item.func == "AVG":
@@ -232,8 +243,8 @@ def answer(query: Query, keys: Sequence[Key], measures: dict[tuple[str, str], Me
             columns[item.name], types[item.name] = _Out(values, empty if empty.any() else None), pa.float64()
         else:
             columns[item.name], types[item.name] = first, m.type
-    labels = {k.name: k.labels for k in keys}
+    by_name = {k.name: k for k in keys}
     order = _order(query, columns)
     if order is not None:
         columns = {name: _Out(c.values[order], None if c.nulls is None else c.nulls[order]) for name, c in columns.items()}
-    return pa.table({name: _arrow(c, types[name], labels.get(name)) for name, c in columns.items()})
+    return pa.table({name: _arrow(c, types[name], by_name.get(name)) for name, c in columns.items()})
