@@ -91,6 +91,18 @@ class Query:
         """A stable text for equal queries: `where` order and value spelling do not matter."""
         return self._canonical
 
+    def __hash__(self) -> int:
+        # the plan and shape memos look a query up several times per answer: hashed once
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        return hash((self.select, self.where, self.group_by, self.order_by, self.limit))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a string's hash is salted per process: a pickled query hashes afresh where it lands
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
     @cached_property
     def _canonical(self) -> str:
         # computed once per query object: the runner hashes it for the cache key and the report

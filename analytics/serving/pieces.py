@@ -280,7 +280,7 @@ def group_key(name: str, selections: list[tuple[str, Piece, Rows]]) -> reaggrega
     if name == "type":  # one type a piece: its code in the sorted names, no column read
         words = tuple(sorted(EVENT_TYPES))
         values = np.concatenate([np.full(len(rows), words.index(t), dtype=np.int8) for t, _, rows in selections])
-        return reaggregate.Key(name, values, pa.string(), 1, reaggregate.strings(words), words)
+        return reaggregate.vocabulary_key(name, values, pa.string(), words)
     if name in TEXT_TIMES:
         # one piece sorted by its minute text: row numbers are in text order, one minute a row
         if len(selections) != 1 or name not in selections[0][1].texts:
@@ -299,16 +299,17 @@ def group_key(name: str, selections: list[tuple[str, Piece, Rows]]) -> reaggrega
         at = {w: i for i, w in enumerate(words)}
         codes = [np.array([at[w] for w in c.listed], dtype=np.int32)[rows.of(c.values)]
                  for c, (_, _, rows) in zip(cols, selections)]
-        return reaggregate.Key(name, np.concatenate(codes), first.type, 1, reaggregate.strings(words), words)
+        return reaggregate.vocabulary_key(name, np.concatenate(codes), first.type, words)
     step = 1
     if name in STEP_US and pa.types.is_timestamp(first.type) and first.type.unit in UNIT_US:
         step = STEP_US[name] // UNIT_US[first.type.unit]
     elif name == "week" and pa.types.is_date32(first.type):
         step = 7  # always a Monday: days 7 apart
     values = [rows.of(c.values) for c, (_, _, rows) in zip(cols, selections)]
-    return reaggregate.Key(name, values[0] if len(values) == 1 else np.concatenate(values), first.type, step,
-                           reaggregate.strings(first.words) if first.dictionary else None,
-                           first.words if first.dictionary else None)
+    values = values[0] if len(values) == 1 else np.concatenate(values)
+    if first.dictionary:
+        return reaggregate.vocabulary_key(name, values, first.type, first.words)
+    return reaggregate.Key(name, values, first.type, step)
 
 def partial_values(name: str, how: str, selections: list[tuple[str, Piece, Rows]],
                schema: pa.Schema) -> reaggregate.Measure | None:
