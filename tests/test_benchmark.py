@@ -233,7 +233,8 @@ def test_sweep_combines_sizes(tmp_path: Path, result: dict[str, Any]) -> None:
     small = dict(result, rows=1000, median_ms={e: 1.0 for e in ENGINES})
     (tmp_path / "a.json").write_text(json.dumps(result))
     (tmp_path / "b.json").write_text(json.dumps(small))
-    combined = sweep_from_files([tmp_path / "a.json", tmp_path / "b.json"])
+    (tmp_path / "b.json.notes.json").write_text(json.dumps({"compared": 72}))  # matched, not a result
+    combined = sweep_from_files([tmp_path / "a.json", tmp_path / "b.json", tmp_path / "b.json.notes.json"])
     assert combined["rows"] == [1000, ROWS]
     assert combined["engines"]["product"]["median_ms"][0] == 1.0
     fig = figure_sweep(combined)

@@ -419,12 +419,17 @@ def attach(bench_json: str | os.PathLike, key: str, value: Mapping[str, Any]) ->
 
 
 def sweep_from_files(paths: Iterable[str | os.PathLike]) -> dict[str, Any]:
-    """Combine benchmark JSONs of several sizes: per engine, median / p95 / total ms against rows."""
+    """Combine benchmark JSONs of several sizes: per engine, median / p95 / total ms against rows.
+
+    A file the pattern matched that is not a benchmark result (no `rows` and `median_ms`, e.g. a
+    side file written next to one) is left out rather than failing the report."""
     runs = []
     for p in paths:
         p = Path(p)
         if p.is_file():
-            runs.append(json.loads(p.read_text()))
+            doc = json.loads(p.read_text())
+            if isinstance(doc, dict) and "rows" in doc and "median_ms" in doc:
+                runs.append(doc)
     runs.sort(key=lambda r: r["rows"])
     engines = [e for e in ENGINES if any(e in r.get("median_ms", {}) for r in runs)]
     return {
