@@ -112,3 +112,36 @@ def test_too_sparse_a_key_product_is_left_to_arrow():
     keys = [reaggregate.Key("advertiser_id", np.array([5, 9, 5], dtype=np.int64), pa.int64())]
     idx, cells, shape = reaggregate._dense(keys, 3)
     assert cells == 5 and idx.tolist() == [0, 4, 0]
+
+
+def test_a_cold_run_of_view_queries_imports_neither_pandas_nor_acero_nor_the_build(lake_dir, tmp_path):
+    """What a new `analytics run` imports is most of its wall time on a cold start: view answers
+    are built over numpy buffers (no pandas), re-aggregated without Acero, and the CLI leaves the
+    prepare and build machinery to the commands that use them."""
+    import json
+    import subprocess
+    import sys
+
+    queries = tmp_path / "q.json"
+    queries.write_text(json.dumps([
+        {"select": ["type", {"COUNT": "*"}], "from": "events", "group_by": ["type"]},
+        {"select": ["day", "country", {"SUM": "bid_price"}, {"AVG": "bid_price"}], "from": "events",
+         "where": [{"col": "type", "op": "eq", "val": "impression"}], "group_by": ["day", "country"],
+         "order_by": [{"col": "SUM(bid_price)", "dir": "desc"}], "limit": 5},
+        {"select": ["minute", {"COUNT": "*"}], "from": "events",
+         "where": [{"col": "type", "op": "eq", "val": "click"}, {"col": "day", "op": "eq", "val": "2024-03-01"}],
+         "group_by": ["minute"], "order_by": [{"col": "COUNT(*)", "dir": "desc"}], "limit": 3},
+    ]))
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['analytics', 'run', '--lake', {str(lake_dir)!r}, '--queries', {str(queries)!r},"
+        f" '--out', {str(tmp_path / 'out')!r}, '--no-cache', '--no-telemetry']\n"
+        "try:\n    runpy.run_module('analytics', run_name='__main__')\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "mods = ('pandas', 'pyarrow.acero', 'analytics.lake.prepare', 'analytics.views.build')\n"
+        "print([m for m in mods if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+    report = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert all(q["route"] != "lake" for q in report["queries"]), report["queries"]

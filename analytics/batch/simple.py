@@ -11,17 +11,19 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pyarrow as pa
 
 from analytics.batch.items import QueryItem, RunResult, describe_error, prepare_out_dir, write_answers
 from analytics.batch.runner import SafeBatchRunner
 from analytics.core.files import write_atomic
-from analytics.engines import Engine
 from analytics.query.model import Query, parse_query
 from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
+
+if TYPE_CHECKING:  # the engines' module imports prepare and build: not for `analytics run`
+    from analytics.engines import Engine
 
 # answer(query) -> (table, route): the simple runner's contract, used by `baseline`
 Answerer = Callable[[Query], tuple[pa.Table, str]]
