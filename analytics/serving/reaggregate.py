@@ -222,7 +222,7 @@ def answer(query: Query, keys: Sequence[Key], measures: dict[tuple[str, str], Me
     """The answer from `n` kept rows with these group keys and measures (`needs(func, col)` names an
     aggregate's partials, `scaled` the sums stored as scaled int64); None to leave it to Arrow."""
     if n == 0:
-        return None  # an empty answer's NULL and zero rules: Arrow's path has them
+        return None  # never expected: the caller answers a selection of no rows with `empty`
     if not keys:
         idx = groups = None
         cells = 1
@@ -256,8 +256,8 @@ def answer(query: Query, keys: Sequence[Key], measures: dict[tuple[str, str], Me
         elif item.func == "SUM":
             columns[item.name], types[item.name] = _Out(finish.doubles(first.values, scale), first.nulls), pa.float64()
         elif item.func == "AVG":
-            values, empty = finish.mean(first.values, got[pairs[1]].values, scale)
-            columns[item.name], types[item.name] = _Out(values, empty if empty.any() else None), pa.float64()
+            values, uncounted = finish.mean(first.values, got[pairs[1]].values, scale)
+            columns[item.name], types[item.name] = _Out(values, uncounted if uncounted.any() else None), pa.float64()
         else:
             columns[item.name], types[item.name] = first, m.type
     by_name = {k.name: k for k in keys}
