@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from analytics.query.model import Condition, Query
-from analytics.query.schema import EVENT_TYPES, PRICE_SCALE
+from analytics.query.schema import EVENT_TYPES
 from analytics.serving import finish, reaggregate
 from analytics.serving.pieces import (
     ORDERING,
@@ -48,6 +48,7 @@ from analytics.serving.pieces import (
     wanted_keys,
 )
 from analytics.views.catalog import ViewDef, partial_columns
+from analytics.views.serving_copy import SCALE
 
 # pyarrow imports pandas on its first conversion of a Python value and pyarrow.acero on its first
 # group_by: 0.45-0.5 s of a new process on this host. The numpy path needs neither (its arrays are
@@ -206,14 +207,9 @@ class ArrowView:
                     out.append((t, piece, rows))
         return out
 
-    def _filtered(self, query: Query, columns: list[str],
-                  selections: list[tuple[str, Piece, Rows]] | None = None) -> pa.Table | None:
-        """The view rows `query` keeps (its `selections` if made already), with only `columns`,
-        dictionary columns decoded; None when a filter is left to SQL."""
-        if selections is None:
-            selections = self._selections(query)
-            if selections is None:
-                return None
+    def _filtered(self, selections: list[tuple[str, Piece, Rows]], columns: list[str]) -> pa.Table | None:
+        """The rows of `selections` with only `columns`, dictionary columns decoded; None when a
+        filter is left to SQL."""
         parts = []
         for _, piece, rows in selections:
             part = self._filter_piece(piece, rows, columns)
@@ -268,7 +264,9 @@ class ArrowView:
                 bounds = [np.int64(v) for v in c.values]  # int64: compared without the column's wrap-around
                 masks.append(ORDERING[c.op](rows.of(col.values), *bounds))
                 continue
-            wanted = wanted_keys(col, c.values) if col is not None and c.op in ("eq", "in", "neq") else None
+            wanted = None
+            if col is not None and c.op in ("eq", "in", "neq"):
+                wanted = wanted_keys(col, c.values, ordered=False)  # codes of any dictionary, sorted or not
             if wanted is None:
                 rows.arrow.append(c)
                 continue
@@ -420,7 +418,7 @@ class ArrowView:
         if fast is not None:
             return fast
         columns = list(dict.fromkeys([*query.group_by, *(c for c, _ in needed)]))
-        rows = self._filtered(query, columns, selections)
+        rows = self._filtered(selections, columns)
         if rows is None:
             return None
         if self._shape(query).one_row:
@@ -443,7 +441,7 @@ class ArrowView:
                 continue
             pairs = self._needs(item.func, item.col)
             first = got[pairs[0]]
-            scale = 10 ** PRICE_SCALE if pairs[0][0] in self.scaled else None
+            scale = SCALE if pairs[0][0] in self.scaled else None
             if item.func == "COUNT":
                 out[item.name] = finish.count(first)
             elif item.func == "SUM":

@@ -16,9 +16,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from analytics.query.model import Query
-from analytics.query.schema import PRICE_SCALE
-
-SCALE = 10 ** PRICE_SCALE  # a scaled int64 sum is the sum times this
 
 # Top k by selection pays only on many rows: under this, one sort is cheaper (a select_k call costs
 # ~0.7 ms of set-up on this machine, a sort of a few thousand rows ~40 µs)

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from analytics.query.model import Query
 from analytics.serving import finish
+from analytics.views.serving_copy import SCALE
 
 # A dense group index pays while its cells number at most this many per row kept plus a fixed
 # allowance; sparser keys (ids spread over a wide range in few rows) go to Arrow's hash group-by.
@@ -223,12 +224,11 @@ def answer(query: Query, keys: Sequence[Key], measures: dict[tuple[str, str], Me
     aggregate's partials, `scaled` the sums stored as scaled int64); None to leave it to Arrow."""
     if n == 0:
         return None  # never expected: the caller answers a selection of no rows with `empty`
+    idx = groups = None
+    cells = 1
     if not keys:
-        idx = groups = None
-        cells = 1
         key_out: dict[str, _Out] = {}
     elif one_row_per_group:
-        idx = groups = None
         key_out = {k.name: _Out(k.values, None) for k in keys}
     else:
         dense = _dense(keys, n)
@@ -240,7 +240,7 @@ def answer(query: Query, keys: Sequence[Key], measures: dict[tuple[str, str], Me
     if keys and one_row_per_group:
         got = {pair: _Out(m.values, None if m.valid is None else ~m.valid) for pair, m in measures.items()}
     else:
-        got = {pair: _combine(m, idx, cells if keys else 1, groups) for pair, m in measures.items()}
+        got = {pair: _combine(m, idx, cells, groups) for pair, m in measures.items()}
 
     columns: dict[str, _Out] = {}
     types: dict[str, pa.DataType] = {}
@@ -250,7 +250,7 @@ def answer(query: Query, keys: Sequence[Key], measures: dict[tuple[str, str], Me
             continue
         pairs = needs(item.func, item.col)
         first, m = got[pairs[0]], measures[pairs[0]]
-        scale = finish.SCALE if pairs[0][0] in scaled else None
+        scale = SCALE if pairs[0][0] in scaled else None
         if item.func == "COUNT":
             columns[item.name], types[item.name] = _Out(first.values.astype(np.int64, copy=False), None), pa.int64()
         elif item.func == "SUM":
