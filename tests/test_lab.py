@@ -23,6 +23,8 @@ from typing import Any, Iterator
 import duckdb
 import nbformat
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import sync_playwright
 
 from analytics.reports import notebooks as rep
 from analytics.views.catalog import VIEWS
@@ -152,22 +154,48 @@ def _expected_click_counts(lake: Path) -> dict[str, int]:
     return dict(rows)
 
 
-def _run_all_cells(page: Any) -> None:
+def _dismiss_dialog(page: Any, seen: list[str]) -> bool:
+    """Accept the dialog JupyterLab shows, if any, noting its text in `seen`; True if there was one.
+
+    Its accept button is clicked (or Escape pressed when it has none or the click is not taken);
+    the caller's loop comes back to it if it is still open, or open again, on its next turn."""
+    dialog = page.locator(".jp-Dialog").first
+    if not dialog.count():
+        return False
+    try:
+        text = " ".join(dialog.inner_text(timeout=5_000).split())
+    except PlaywrightTimeout:
+        text = "(a dialog that closed before its text was read)"
+    if not seen or seen[-1] != text:
+        seen.append(text)
+    accept = dialog.locator(".jp-Dialog-button.jp-mod-accept")
+    try:
+        accept.first.click(timeout=5_000)
+        dialog.wait_for(state="detached", timeout=10_000)
+    except PlaywrightTimeout:
+        page.keyboard.press("Escape")
+    return True
+
+
+def _run_all_cells(page: Any, server_log: Path) -> None:
     """Run > Run All Cells, until the explorer shows its first answer.
 
-    On a busy machine JupyterLab may open its "Select Kernel" dialog (the kernel list came late) or
-    drop a Run All clicked before the kernel connected: the dialog is accepted (the notebook's
-    `analytics` kernel is preselected) and Run All clicked again, within CELL_RUN_MS."""
+    On a busy machine JupyterLab may open a dialog ("Select Kernel" when the kernel list came late,
+    "Kernel Restarting") or drop a Run All clicked before the kernel connected: each dialog is
+    accepted (the notebook's `analytics` kernel is preselected) and Run All clicked again, all
+    within CELL_RUN_MS. A run that does not finish by then fails with the dialogs seen and the
+    server's last log lines."""
     deadline = time.monotonic() + CELL_RUN_MS / 1000
     clicked_at = None
     disconnected_since = None
+    seen: list[str] = []
     while True:
-        assert time.monotonic() < deadline, f"the notebook did not run in {CELL_RUN_MS / 1000:.0f}s"
-        dialog = page.locator(".jp-Dialog")
-        if dialog.count():
-            dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
-            dialog.wait_for(state="detached")
+        assert time.monotonic() < deadline, (
+            f"the notebook did not run in {CELL_RUN_MS / 1000:.0f}s; dialogs seen: {seen or 'none'}; "
+            f"server log ends: {server_log.read_text(errors='replace')[-3000:]}")
+        if _dismiss_dialog(page, seen):
             clicked_at = None
+            continue
         # a page whose kernel connection dropped (it shows "Disconnected") reconnects on a reload
         if "Disconnected" in " ".join(page.locator(".jp-StatusBar-Widget").all_inner_texts()):
             disconnected_since = disconnected_since or time.monotonic()
@@ -193,8 +221,6 @@ def _select(page: Any, label: str, value: str) -> None:
 
 
 def test_explorer_in_jupyterlab(lab: dict[str, Any], lake: Path, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
     assert Path(CHROMIUM).is_file(), f"{CHROMIUM} is missing: install it (`apt-get install chromium`; .ci/run does)"
     expected = _expected_click_counts(lake)
     assert len(expected) >= 3  # a bar chart worth comparing
@@ -204,18 +230,18 @@ def test_explorer_in_jupyterlab(lab: dict[str, Any], lake: Path, tmp_path: Path)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(ANSWER_MS)
             try:
-                _drive_the_explorer(page, lab["url"], expected)
+                _drive_the_explorer(page, lab["url"], lab["log"], expected)
             finally:
                 page.screenshot(path=str(tmp_path / "explorer.png"))
         finally:
             browser.close()
 
 
-def _drive_the_explorer(page: Any, url: str, expected: dict[str, int]) -> None:
+def _drive_the_explorer(page: Any, url: str, server_log: Path, expected: dict[str, int]) -> None:
     """Run every cell, change the selection, press Run and check the answer shown."""
     page.goto(url)
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=CELL_RUN_MS)
-    _run_all_cells(page)
+    _run_all_cells(page, server_log)
     status = page.locator(".explorer .explorer-status")
     first = status.inner_text()
     chart = page.locator(".explorer .explorer-chart")
