@@ -106,7 +106,7 @@ def cold_result(tiny: dict[str, Path]) -> dict[str, Any]:
     (wl / "examples.json").write_text(json.dumps(json.loads(WORKLOADS[0].read_text())[:2]))
     (wl / "judges.json").write_text(json.dumps(on_views[:2] + on_lake[:1]))
     return run_benchmark(tiny["raw"], tiny["lake"], workloads=[wl / "examples.json", wl / "judges.json"], repeats=1,
-                         out_json=tiny["root"] / "cold.json", progress=False)
+                         cold_repeats=2, out_json=tiny["root"] / "cold.json", progress=False)
 
 
 def test_judges_workload_is_realistic_and_mostly_view_covered() -> None:
@@ -266,11 +266,13 @@ def test_cold_pass_runs_every_engine_in_one_new_process_per_workload(cold_result
         assert list(s["workloads"]) == ["examples", "judges"]
         for w in s["workloads"].values():
             assert w["exit_code"] == 0 and w["wall_ms"] > 0
+            assert len(w["wall_ms_runs"]) == 2 and w["wall_ms"] == pytest.approx(statistics.median(w["wall_ms_runs"]))
             assert w["peak_rss_bytes"] > 2**20  # a Python process with DuckDB loaded, in bytes (ru_maxrss is KiB)
         assert s["wall_ms"] == pytest.approx(sum(w["wall_ms"] for w in s["workloads"].values()), abs=0.01)
         assert s["peak_rss_bytes"] == max(w["peak_rss_bytes"] for w in s["workloads"].values())
     assert "analytics run" in cold["engines"]["product"]["command"]
     assert "--no-views" in cold["engines"]["product_no_views"]["command"]
+    assert cold["repeats"] == 2 and "2 such processes in a row" in cold["how"]
     for q in cold_result["queries"]:
         assert set(q["cold_pass_ms"]) == set(COLD_ENGINES), q["id"]
         assert all(ms is not None and ms > 0 for ms in q["cold_pass_ms"].values()), q
@@ -310,7 +312,7 @@ def test_cold_targets_are_evaluated(cold_result: dict[str, Any]) -> None:
 
 def test_summary_shows_the_cold_row(cold_result: dict[str, Any]) -> None:
     text = summary_table(cold_result, color=False)
-    assert "cold: one new process per engine and workload file" in text
+    assert "cold: a new process per engine and workload file" in text
     lines = text.splitlines()
     for e in COLD_ENGINES:
         row = next(line for line in lines if line.startswith(f"{e} ") and " / " in line)
@@ -330,6 +332,23 @@ def test_a_cold_process_that_fails_is_a_reported_failure(tmp_path: Path) -> None
     proc = cold["engines"]["duckdb_lake"]["processes"][0]
     assert proc["exit_code"] != 0 and "left no run.json" in proc["error"]
     assert cold["records"]["q-q1"]["duckdb_lake"]["match"] is False
+
+
+def test_cold_repeats_fold_to_medians_and_any_wrong_repeat_wins() -> None:
+    from analytics.bench.cold import _fold_processes, _fold_records
+
+    procs = [{"wall_ms": 900.0, "peak_rss_bytes": 200, "exit_code": 0},
+             {"wall_ms": 1500.0, "peak_rss_bytes": 300, "exit_code": 0},
+             {"wall_ms": 1000.0, "peak_rss_bytes": 250, "exit_code": 0}]
+    assert _fold_processes(procs) == {"wall_ms": 1000.0, "wall_ms_runs": [900.0, 1500.0, 1000.0],
+                                      "peak_rss_bytes": 300, "exit_code": 0}
+    failed = _fold_processes([*procs, {"wall_ms": None, "peak_rss_bytes": None, "exit_code": 2, "error": "boom"}])
+    assert failed["wall_ms"] is None and failed["exit_code"] == 2 and failed["error"] == "boom"
+    ok = {"status": "ok", "match": True, "reason": None, "route": "mv_x", "rows": 3}
+    folded = _fold_records([{**ok, "ms": 3.0}, {**ok, "ms": 1.0}, {**ok, "ms": 2.0}])
+    assert folded["ms"] == 2.0 and folded["ms_runs"] == [3.0, 1.0, 2.0] and folded["status"] == "ok"
+    wrong = {"status": "mismatch", "match": False, "reason": "row 1 differs", "ms": 0.5}
+    assert _fold_records([{**ok, "ms": 3.0}, wrong, {**ok, "ms": 2.0}]) == wrong
 
 
 def test_peak_rss_is_the_commands_own_not_inherited_from_this_process(tmp_path: Path) -> None:

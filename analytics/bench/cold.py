@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pyarrow as pa
 
+from analytics.bench import COLD_REPEATS
 from analytics.bench.peers import DuckDBLakeEngine, Unsupported
 from analytics.bench.phases import launched, read_launched
 from analytics.bench.polars_engine import PolarsLakeEngine
@@ -47,8 +49,9 @@ COLD_LABELS: dict[str, str] = {
     "polars_lake": "Polars over the lake, one process",
 }
 CHILD_ENGINES: tuple[str, ...] = ("duckdb_lake", "polars_lake")
-HOW = ("one new process per engine and workload file answers every query once, no result cache; wall from fork "
-       "to exit; peak RSS = the child's ru_maxrss (os.wait4)")
+HOW = ("a new process per engine and workload file answers every query once, no result cache, {repeats} such processes "
+       "in a row: the median wall (fork to exit) and per-query ms, the largest peak RSS (the child's ru_maxrss, "
+       "os.wait4)")
 
 
 def cold_engines(engines: Sequence[str]) -> list[str]:
@@ -104,16 +107,54 @@ def _record(query: Query, entry: Mapping[str, Any], answer: Path, expected: pa.T
     return {**rec, "status": "ok" if reason is None else "mismatch", "match": reason is None, "reason": reason}
 
 
-def cold_pass(lake_dir: str | os.PathLike, items: Sequence[dict[str, Any]], answers: Mapping[str, pa.Table], *,
-              engines: Sequence[str], checked: bool, memory_limit: str = DEFAULT_MEMORY_LIMIT,
-              say: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
-    """Every valid query of each workload in `items`, answered by one new process per cold engine and workload.
+def _one_process(e: str, lake_dir: Path, queries: Path, out: Path, log: Path, its: Sequence[dict[str, Any]],
+                 answers: Mapping[str, pa.Table], checked: bool, memory_limit: str) -> tuple[dict[str, Any], list]:
+    """One new process of engine `e` answering the file `queries`: its figures and one record per item."""
+    proc = run_child(command(e, lake_dir, queries, out, memory_limit), log)
+    report = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else None
+    if report is None:
+        proc["error"] = f"the process left no run.json (exit {proc['exit_code']}): {_last_line(log)}"
+        return proc, [{"status": "error", "match": False, "reason": proc["error"]} for _ in its]
+    recs = [_record(it["query"], entry, out / f"q{k}.csv", answers.get(it["id"]), checked)
+            for k, (it, entry) in enumerate(zip(its, report["queries"]), start=1)]
+    missing = {"status": "error", "match": False, "reason": f"not in the process's run.json (exit {proc['exit_code']})"}
+    return proc, recs + [missing] * (len(its) - len(recs))
 
-    `answers`: the baseline's answers by item id (checked when `checked`). Returns `how`, `engines`
-    (per engine its `command` and `processes`: workload, wall_ms, peak_rss_bytes, exit_code,
-    queries, errors, and `error` when the child left no `run.json`) and `records` (per item id and
-    engine: status, match, reason, ms, route, rows).
+
+def _fold_processes(procs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The repeats of one process: the median wall, the largest peak RSS, the first failure."""
+    walls = [p["wall_ms"] for p in procs]
+    rss = [p["peak_rss_bytes"] for p in procs if p["peak_rss_bytes"] is not None]
+    proc = {"wall_ms": None if None in walls else statistics.median(walls), "wall_ms_runs": walls,
+            "peak_rss_bytes": max(rss) if rss else None,
+            "exit_code": next((p["exit_code"] for p in procs if p["exit_code"]), procs[0]["exit_code"])}
+    error = next((p["error"] for p in procs if "error" in p), None)
+    return proc if error is None else {**proc, "error": error}
+
+
+def _fold_records(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The repeats of one query: its median `ms` when every repeat answered it right, else the first wrong record."""
+    bad = next((r for r in recs if r["status"] != "ok"), None)
+    if bad is not None:
+        return bad
+    return {**recs[0], "ms": statistics.median(r["ms"] for r in recs), "ms_runs": [r["ms"] for r in recs]}
+
+
+def cold_pass(lake_dir: str | os.PathLike, items: Sequence[dict[str, Any]], answers: Mapping[str, pa.Table], *,
+              engines: Sequence[str], checked: bool, repeats: int = COLD_REPEATS,
+              memory_limit: str = DEFAULT_MEMORY_LIMIT,
+              say: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
+    """Every valid query of each workload in `items`, answered by new processes per cold engine and workload.
+
+    Each (engine, workload) runs `repeats` new processes, one after the other; the figures are
+    their medians (wall, each query's `ms`) and the largest peak RSS. `answers`: the baseline's
+    answers by item id (checked when `checked`: every repeat's answer is). Returns `how`, `engines`
+    (per engine its `command` and `processes`: workload, wall_ms, wall_ms_runs, peak_rss_bytes,
+    exit_code, queries, errors, and `error` when a child left no `run.json`) and `records` (per
+    item id and engine: status, match, reason, ms, ms_runs, route, rows).
     """
+    if repeats < 1:
+        raise ValueError(f"cold repeats must be >= 1, got {repeats}")
     lake_dir = Path(lake_dir).resolve()
     workloads: dict[str, list[dict[str, Any]]] = {}
     for it in items:
@@ -128,26 +169,17 @@ def cold_pass(lake_dir: str | os.PathLike, items: Sequence[dict[str, Any]], answ
         for e in engines:
             processes = []
             for w, its in workloads.items():
-                out = root / e / w
-                say(f"cold: {e} answers {w} ({len(its)} queries) in one new process")
-                log = root / f"{e}-{w}.log"
-                proc: dict[str, Any] = {"workload": w, **run_child(command(e, lake_dir, root / f"{w}.json", out,
-                                                                           memory_limit), log),
-                                        "queries": len(its)}
-                report = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else None
-                if report is None:
-                    proc["error"] = f"the process left no run.json (exit {proc['exit_code']}): {_last_line(log)}"
-                    for it in its:
-                        records[it["id"]][e] = {"status": "error", "match": False, "reason": proc["error"]}
-                else:
-                    for k, (it, entry) in enumerate(zip(its, report["queries"]), start=1):
-                        records[it["id"]][e] = _record(it["query"], entry, out / f"q{k}.csv", answers.get(it["id"]),
-                                                       checked)
+                say(f"cold: {e} answers {w} ({len(its)} queries), {repeats} new process(es) in a row")
+                done = [_one_process(e, lake_dir, root / f"{w}.json", root / e / w / str(r), root / f"{e}-{w}-{r}.log",
+                                     its, answers, checked, memory_limit) for r in range(repeats)]
+                proc = {"workload": w, **_fold_processes([d[0] for d in done]), "queries": len(its)}
+                for k, it in enumerate(its):
+                    records[it["id"]][e] = _fold_records([d[1][k] for d in done])
                 proc["errors"] = sum(1 for it in its if records[it["id"]].get(e, {}).get("status") == "error")
                 processes.append(proc)
             shown = ["python", *command(e, "LAKE", "QUERIES.json", "OUT", memory_limit)[1:]]
             runs[e] = {"command": shlex.join(shown), "processes": processes}
-    return {"how": HOW, "engines": runs, "records": records}
+    return {"how": HOW.format(repeats=repeats), "repeats": repeats, "engines": runs, "records": records}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -118,7 +118,8 @@ def figure_cold(result: Mapping[str, Any]) -> Any:
 
     engines = (result.get("cold") or {}).get("engines") or {}
     names = list(engines)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("wall time of one new process (s)", "peak RSS (MiB)"))
+    fig = make_subplots(rows=1, cols=2,
+                        subplot_titles=("wall time of one new process, median (s)", "peak RSS, largest (MiB)"))
     for w in result["workloads"]:
         walls = [(engines[e]["workloads"].get(w) or {}).get("wall_ms") for e in names]
         fig.add_trace(go.Bar(x=names, y=[None if v is None else v / 1000 for v in walls], name=w,
@@ -127,7 +128,7 @@ def figure_cold(result: Mapping[str, Any]) -> Any:
                          name="peak RSS", marker_color="#7f7f7f", showlegend=False,
                          hovertemplate="%{x}<br>%{y:,.0f} MiB"), row=1, col=2)
     fig.update_layout(title=f"Cold pass at {result['rows']:,} rows: each engine in one new process per workload, "
-                            "no result cache", barmode="stack", height=420)
+                            f"no result cache (median of {(result.get('cold') or {}).get('repeats', 1)})", barmode="stack", height=420)
     return fig
 
 

@@ -11,7 +11,7 @@ over the engines, each with a small strategy saying how it is opened and run:
   result cache), times `repeats` warm runs and its routing overhead (`Workbench.plan`), then
   answers the whole workload as one runner batch (threads, shared lake scans), checked too;
 
-then the cold pass (`cold.py`: one new process per engine and workload file) and the result
+then the cold pass (`cold.py`: new processes per engine and workload file, medians) and the result
 document (`summary.py`), written to JSON. Times are compute only (planning, execution, fetching
 the answer into memory as Arrow). Must not choose routes or build SQL itself.
 """
@@ -32,6 +32,7 @@ import psutil
 import pyarrow as pa
 
 from analytics.bench import peers
+from analytics.bench import COLD_REPEATS
 from analytics.bench.cold import cold_engines, cold_pass
 from analytics.bench.peers import ENGINES, Unsupported
 from analytics.bench.phases import load_phases, measured
@@ -188,18 +189,19 @@ def run_benchmark(raw_dir: str | os.PathLike | None, lake_dir: str | os.PathLike
                   workloads: Sequence[str | os.PathLike] = DEFAULT_WORKLOADS, repeats: int = 5,
                   out_json: str | os.PathLike | None = None, phases: str | os.PathLike | Mapping[str, Any] | None = None,
                   engines: Sequence[str] = ENGINES, rows: int | None = None, progress: bool = True,
-                  memory_limit: str = DEFAULT_MEMORY_LIMIT, cold: bool = True) -> dict[str, Any]:
+                  memory_limit: str = DEFAULT_MEMORY_LIMIT, cold: bool = True,
+                  cold_repeats: int = COLD_REPEATS) -> dict[str, Any]:
     """Run every workload query on every engine, compare each answer with the baseline, time it.
 
     `raw_dir` holds the CSVs the lake at `lake_dir` was prepared from (views built); without it the
     baseline does not run, nothing is checked and `all_match` is False (`checked` False). `repeats` warm
     runs per query and engine after the cold one (the baseline runs once). `phases`: the directory
     `run_phase` writes (or a mapping) with the generate/prepare/build figures. `cold`: also the cold
-    pass (one new process per engine and workload file, `cold.py`). Returns the result (see the
+    pass (`cold_repeats` new processes per engine and workload file, `cold.py`). Returns the result (see the
     module doc) and writes it to `out_json` if given.
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if repeats < 1 or cold_repeats < 1:
+        raise ValueError(f"repeats and cold repeats must be >= 1, got {repeats} and {cold_repeats}")
     unknown = [e for e in engines if e not in ENGINES]
     if unknown or (raw_dir is not None and "baseline" not in engines):
         raise ValueError(f"engines must include baseline and come from {', '.join(ENGINES)}; got {list(engines)}")
@@ -250,7 +252,7 @@ def run_benchmark(raw_dir: str | os.PathLike | None, lake_dir: str | os.PathLike
     cold_result = None
     if cold:
         cold_result = cold_pass(lake_dir, items, answers.tables, engines=cold_engines(engines), checked=checked,
-                                memory_limit=memory_limit, say=say)
+                                repeats=cold_repeats, memory_limit=memory_limit, say=say)
 
     result = summarize(items, per, engines=engines, repeats=repeats, rows=n_rows, raw_dir=raw_dir, lake=lake,
                        phases=load_phases(phases), engine_runs=engine_runs, product_extra=product_extra,

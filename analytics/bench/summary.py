@@ -207,7 +207,8 @@ def _cold_summary(cold: Mapping[str, Any], queries: list[dict[str, Any]]) -> dic
     view_ms = [q["cold_pass_ms"]["product"] for q in queries
                if (q.get("cold_pass_ms") or {}).get("product") is not None
                and _is_view(q["cold_pass_route"].get("product"))]
-    return {"how": cold["how"], "engines": engines, "view_routed_cold_median_ms": rounded(median(view_ms))}
+    return {"how": cold["how"], "repeats": cold.get("repeats", 1), "engines": engines,
+            "view_routed_cold_median_ms": rounded(median(view_ms))}
 
 
 def summarize(items: list[dict[str, Any]], per: dict[str, dict[str, dict[str, Any]]], *, engines: Sequence[str],

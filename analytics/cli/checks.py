@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from analytics.bench import COLD_REPEATS
 from analytics.cli.common import (
     AddCommand,
     CliError,
@@ -41,7 +42,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     open_lake(args.lake)
     try:
         result = run_benchmark(args.raw, args.lake, workloads=args.workload or DEFAULT_WORKLOADS, repeats=args.repeats,
-                               out_json=args.json, phases=args.phases, rows=args.rows, progress=not args.quiet)
+                               cold_repeats=args.cold_repeats, out_json=args.json, phases=args.phases, rows=args.rows,
+                               progress=not args.quiet)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if not args.no_summary:
@@ -71,6 +73,9 @@ def register(add: AddCommand) -> None:
                    help="JSON query file; repeat for several (default: queries/examples.json and queries/judges.json)")
     p.add_argument("--repeats", type=argtypes.positive_int, default=5, help="warm runs per query and engine after the cold one "
                                                                     "(default 5; the baseline runs once)")
+    p.add_argument("--cold-repeats", type=argtypes.positive_int, default=COLD_REPEATS,
+                   help=f"new processes per engine and workload in the cold pass, in a row; its figures are their "
+                        f"medians (default {COLD_REPEATS})")
     p.add_argument("--json", default=None, metavar="FILE", help="write every figure as JSON to FILE")
     p.add_argument("--phases", default=None, metavar="DIR", help="phase records (generate/prepare/build times and peak "
                                                                  "RSS) written by `python -m analytics.bench phase`")
