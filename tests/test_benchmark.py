@@ -351,6 +351,18 @@ def test_cold_repeats_fold_to_medians_and_any_wrong_repeat_wins() -> None:
     assert _fold_records([{**ok, "ms": 3.0}, wrong, {**ok, "ms": 2.0}]) == wrong
 
 
+def test_the_cold_pass_byte_compiles_the_package_first() -> None:
+    import importlib.util
+
+    import analytics.bench.text as module
+    from analytics.bench.cold import byte_compile
+
+    cached = Path(importlib.util.cache_from_source(module.__file__))
+    cached.unlink(missing_ok=True)
+    assert byte_compile() is True
+    assert cached.is_file() and cached.stat().st_mtime >= Path(module.__file__).stat().st_mtime - 1
+
+
 def test_peak_rss_is_the_commands_own_not_inherited_from_this_process(tmp_path: Path) -> None:
     from analytics.bench.cold import run_child
 

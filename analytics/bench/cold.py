@@ -2,10 +2,14 @@
 
 Owns what "cold" means for serving: per engine and workload file (one process per file, so the
 judges workload's figures stand alone, as the targets state them), a child process is started,
-answers every query of the file once and exits. Recorded: its wall time (fork to exit: interpreter
-start, imports, opening the lake, loading views, every answer written), its peak RSS (the child's
-`ru_maxrss` as the kernel reports it to `os.wait4` in the small launcher of `phases.py`: exact
-per child, not sampled) and each query's `ms` and route from the child's `run.json`. The engines:
+answers every query of the file once and exits; `COLD_REPEATS` such processes run one after the
+other and are folded into one figure (their median wall and per-query `ms`, their largest peak
+RSS, any wrong answer wins). The package is byte-compiled first, as `pip install` leaves it, so
+no child pays for compiling its sources. Recorded per process: its wall time (fork to exit:
+interpreter start, imports, opening the lake, loading views, every answer written), its peak RSS
+(the child's `ru_maxrss` as the kernel reports it to `os.wait4` in the small launcher of
+`phases.py`: exact per child, not sampled) and each query's `ms` and route from the child's
+`run.json`. The engines:
 
 - `product`: `python -m analytics run --lake L --queries Q --out O --no-cache --no-telemetry`
   (telemetry off so the benchmark does not write the lake it measures);
@@ -14,7 +18,7 @@ per child, not sampled) and each query's `ms` and route from the child's `run.js
   which answers every query once through `batch.runner.run_queries`, the same files as `run`.
 
 Each answer (`q{i}.csv`) is checked against the baseline's answer when the benchmark has one.
-Must not compute statistics (`summary.py` does) nor keep the children's files: they live in a
+Must not compute statistics across queries (`summary.py` does) nor keep the children's files: they live in a
 temporary directory removed at the end.
 """
 from __future__ import annotations
@@ -166,7 +170,8 @@ def cold_pass(lake_dir: str | os.PathLike, items: Sequence[dict[str, Any]], answ
     """
     if repeats < 1:
         raise ValueError(f"cold repeats must be >= 1, got {repeats}")
-    byte_compile()
+    if not byte_compile():
+        say("cold: the package could not be byte-compiled (a read-only checkout?): each cold run also compiles it")
     lake_dir = Path(lake_dir).resolve()
     workloads: dict[str, list[dict[str, Any]]] = {}
     for it in items:
