@@ -96,9 +96,9 @@ def test_numpy_and_arrow_reaggregation_both_equal_the_baseline(baseline, workben
         workbench._ensure_loaded(plan.route)
         view = workbench._arrow[workbench.table_name(plan.route)]
         expected = to_rows(q, baseline_query(baseline, q))
-        selections = view._selections(q)
-        needed = sorted({p for a in q.aggregates for p in view._needs(a.func, a.col)})
-        by_numpy += selections is not None and real(view, q, needed, selections) is not None
+        shape = view._shape(q)
+        selections = view._selections(q, shape)
+        by_numpy += selections is not None and real(view, q, shape, selections) is not None
         for path, answer_numpy in (("numpy", real), ("arrow", lambda *a: None)):
             monkeypatch.setattr(ArrowView, "_answer_numpy", answer_numpy)
             got = view.answer(q)

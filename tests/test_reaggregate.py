@@ -85,9 +85,9 @@ def test_numpy_re_aggregation_equals_duckdb_over_the_same_rows(view_and_sql):
         got = view.answer(q)
         if got is None:
             continue
-        selections = view._selections(q)
-        needed = sorted({p for a in q.aggregates for p in view._needs(a.func, a.col)})
-        by_numpy += view._answer_numpy(q, needed, selections) is not None
+        shape = view._shape(q)
+        selections = view._selections(q, shape)
+        by_numpy += view._answer_numpy(q, shape, selections) is not None
         sql, params = compile_for_view(q, VIEW, "view_rows")
         expected = db.fetch_arrow(con, sql, params)
         reason = compare_rows(q, to_rows(q, expected), to_rows(q, got))

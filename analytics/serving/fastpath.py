@@ -193,14 +193,13 @@ class ArrowView:
             self._shapes[query] = shape
         return shape
 
-    def _selections(self, query: Query) -> list[tuple[str, Piece, Rows]] | None:
+    def _selections(self, query: Query, shape: _Shape) -> list[tuple[str, Piece, Rows]] | None:
         """Each piece's rows `query` keeps, by type (pieces keeping none left out); None when a
         filter on `type` is left to SQL."""
-        types = self._shape(query).types
-        if types is None:
+        if shape.types is None:
             return None
         out = []
-        for t in types:
+        for t in shape.types:
             for piece in self.slices.get(t, ()):
                 rows = self._select(piece, query)
                 if rows is not None:
@@ -394,7 +393,7 @@ class ArrowView:
                 out[item.name] = decoded(self._needs(item.func, item.col)[0][0])
         return out
 
-    def _answer_numpy(self, query: Query, needed: list[tuple[str, str]],
+    def _answer_numpy(self, query: Query, shape: _Shape,
                       selections: list[tuple[str, Piece, Rows]]) -> pa.Table | None:
         """The answer re-aggregated by numpy (`reaggregate`), or None to take Arrow's path."""
         if not selections:
@@ -402,26 +401,27 @@ class ArrowView:
         if any(rows.arrow for _, _, rows in selections):
             return None
         keys = [group_key(g, selections) for g in query.group_by]
-        measures = {pair: partial_values(*pair, selections, self.schema) for pair in needed}
+        measures = {pair: partial_values(*pair, selections, self.schema) for pair in shape.needed}
         if any(k is None for k in keys) or any(m is None for m in measures.values()):
             return None
         n = sum(len(rows) for _, _, rows in selections)
-        return reaggregate.answer(query, keys, measures, n, self._needs, self.scaled, self._shape(query).one_row)
+        return reaggregate.answer(query, keys, measures, n, self._needs, self.scaled, shape.one_row)
 
     def answer(self, query: Query) -> pa.Table | None:
         """The answer, or None when this shape is left to SQL."""
-        needed = self._shape(query).needed
-        selections = self._selections(query)
+        shape = self._shape(query)
+        needed = shape.needed
+        selections = self._selections(query, shape)
         if selections is None:
             return None
-        fast = self._answer_numpy(query, needed, selections)
+        fast = self._answer_numpy(query, shape, selections)
         if fast is not None:
             return fast
         columns = list(dict.fromkeys([*query.group_by, *(c for c, _ in needed)]))
         rows = self._filtered(selections, columns)
         if rows is None:
             return None
-        if self._shape(query).one_row:
+        if shape.one_row:
             grouped = rows  # keys are unique in a view: each row is a group, its measures the group's
             got = {pair: rows.column(pair[0]) for pair in needed}
         elif query.group_by:
