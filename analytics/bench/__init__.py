@@ -3,10 +3,10 @@
 Modules, in the order a run uses them: `workloads` (the query files), `peers` and
 `polars_engine` (the engines compared), `phases` (wall time and peak RSS of a phase), `run`
 (`run_benchmark`: one loop over the engines), `cold` (each engine in new processes, one per
-workload at a time, medians over `COLD_REPEATS`), `summary` (the result document and the targets), `text` (the summary table),
-`figures` (notebook 03's tables and charts) and `__main__` (`python -m analytics.bench phase |
-summary | sweep`, the Makefile's helpers). Must not be imported by the product: nothing below
-`bench` in the data flow depends on it.
+workload at a time, medians over `COLD_REPEATS`), `summary` (the result document and the
+targets), `text` (the summary table), `figures` (notebook 03's tables and charts) and
+`__main__` (`python -m analytics.bench phase | summary | sweep`, the Makefile's helpers). Must
+not be imported by the product: nothing below `bench` in the data flow depends on it.
 """
 
 # new processes per engine and workload in the cold pass; its figures are their medians

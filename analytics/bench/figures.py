@@ -127,8 +127,9 @@ def figure_cold(result: Mapping[str, Any]) -> Any:
     fig.add_trace(go.Bar(x=names, y=[(engines[e].get("peak_rss_bytes") or 0) / 2**20 for e in names],
                          name="peak RSS", marker_color="#7f7f7f", showlegend=False,
                          hovertemplate="%{x}<br>%{y:,.0f} MiB"), row=1, col=2)
+    repeats = (result.get("cold") or {}).get("repeats", 1)
     fig.update_layout(title=f"Cold pass at {result['rows']:,} rows: each engine in one new process per workload, "
-                            f"no result cache (median of {(result.get('cold') or {}).get('repeats', 1)})", barmode="stack", height=420)
+                            f"no result cache (median of {repeats})", barmode="stack", height=420)
     return fig
 
 

@@ -31,8 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 import psutil
 import pyarrow as pa
 
-from analytics.bench import peers
-from analytics.bench import COLD_REPEATS
+from analytics.bench import COLD_REPEATS, peers
 from analytics.bench.cold import cold_engines, cold_pass
 from analytics.bench.peers import ENGINES, Unsupported
 from analytics.bench.phases import load_phases, measured

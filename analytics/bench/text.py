@@ -1,8 +1,8 @@
 """The benchmark as text: how its figures are written, and the summary table `make benchmark` prints.
 
 Owns `format_ms`, `format_pct` and `summary_table` (every engine's warm and cold figures, the
-cold pass of new processes per workload (medians over repeats), the product's routing figures, sizes, phases and the
-targets met or missed, mismatches in red). Bytes are written by `core.files.format_bytes`. Must
+cold pass of new processes per workload (medians over repeats), the product's routing figures,
+sizes, phases and the targets met or missed, mismatches in red). Bytes are written by `core.files.format_bytes`. Must
 not compute figures: it prints what the result document (`summary.py`) holds.
 """
 from __future__ import annotations
