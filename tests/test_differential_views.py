@@ -12,7 +12,7 @@ from test_differential import _check
 from analytics.checks.baseline import baseline_query
 from analytics.query.model import parse_query
 from analytics.query.results import compare_rows, to_rows
-from analytics.serving.fastpath import ArrowView
+from analytics.views.answer.fastpath import ArrowView
 from analytics.serving.router import LAKE, coverage
 from analytics.serving.workbench import Workbench
 from analytics.views.catalog import VIEWS

@@ -1,4 +1,4 @@
-"""The fast path's outputs, order and limit (`serving.finish`) against plain Arrow: a top k over many
+"""The fast path's outputs, order and limit (`views.answer.finish`) against plain Arrow: a top k over many
 rows (found by a numpy partition on the first key, ties kept) equals a full sort cut to k, ties on
 the first key broken by the next keys, NULLs last; COUNT/SUM/AVG equal Arrow's arithmetic."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pytest
 
 from analytics.query.model import parse_query
-from analytics.serving import finish
+from analytics.views.answer import finish
 
 
 def _table(n: int, seed: int, nulls: bool) -> pa.Table:

@@ -9,7 +9,7 @@ from test_differential import _check
 
 from analytics.lake.manifest import Lake
 from analytics.query.model import parse_query
-from analytics.serving.pruning import day_bounds, lake_relation
+from analytics.lake.pruning import day_bounds, lake_relation
 from analytics.serving.router import LAKE
 
 

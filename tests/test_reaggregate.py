@@ -1,4 +1,4 @@
-"""The numpy re-aggregation of view answers (`serving.reaggregate`) on view rows the generated data
+"""The numpy re-aggregation of view answers (`views.answer.reaggregate`) on view rows the generated data
 rarely holds: NULL partials (a type's price missing on some days), pieces that are slices of a
 larger batch (validity bitmaps at an offset), a type's file with its own country dictionary, and
 a key repeated across pieces (a base and its delta). Each answer is checked against DuckDB running
@@ -17,9 +17,9 @@ from querygen import random_queries
 from analytics.core import db
 from analytics.query.model import parse_query
 from analytics.query.results import compare_rows, to_rows
-from analytics.serving import reaggregate
-from analytics.serving.fastpath import ArrowView
-from analytics.serving.router import compile_for_view
+from analytics.views.answer import reaggregate
+from analytics.views.answer.fastpath import ArrowView
+from analytics.views.catalog import compile_for_view
 from analytics.views.catalog import VIEWS, coverage
 
 VIEW = VIEWS["mv_day_country_wide"]

@@ -21,7 +21,7 @@ from typing import Any, Union
 
 import duckdb
 
-from analytics.query.schema import AGGREGATES, COLUMNS, Column
+from analytics.query.schema import AGGREGATES, COLUMNS, EVENT_TYPES, Column
 
 OPS: tuple[str, ...] = ("eq", "neq", "in", "between", "lt", "lte", "gt", "gte")
 # Values one query may hold in its `in` lists, all conditions together: a 1M-value list is parsed,
@@ -472,3 +472,12 @@ def load_queries(path: str) -> list[Any]:
     if not parsed:
         raise QueryError(f"{where} holds no queries")
     return parsed
+
+
+def types_selected(where: tuple[Condition, ...]) -> set[str]:
+    """The event types the `type` equality and in-list filters of `where` allow."""
+    types = set(EVENT_TYPES)
+    for c in where:
+        if c.col == "type" and c.op in ("eq", "in"):
+            types &= {str(v) for v in c.values}
+    return types

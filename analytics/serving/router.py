@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from analytics.lake.indexes import IndexDef
-from analytics.query.compiler import compile_query
-from analytics.query.model import Condition, Query
+from analytics.query.compiler import compile_query, ident
+from analytics.query.model import Condition, Query, types_selected
 from analytics.views.adaptive_catalog import query_shape, shape_columns
-from analytics.views.catalog import CATALOG, ViewDef, coverage, measure_expr, types_selected
+from analytics.views.catalog import CATALOG, ViewDef, compile_for_view, coverage
 
 LAKE = "lake"
 DAYS_IN_DATA = 366
@@ -91,11 +91,6 @@ def estimate_cost(entry: Mapping[str, Any], query: Query) -> float:
     return rows * frac + 1.0
 
 
-def compile_for_view(query: Query, view: ViewDef, table: str) -> tuple[str, list[Any]]:
-    exprs = {agg: measure_expr(agg.func, agg.col, view) for agg in query.aggregates}
-    return compile_query(query, table, aggregate_sql=exprs)
-
-
 class Router:
     """Plans queries against a catalog, given registry entries and each view's health."""
 
@@ -126,7 +121,8 @@ class Router:
         if usable:
             best = min(usable, key=lambda c: (c.cost, registry[c.view].get("rows", 0), c.view))
             view = next(v for v in self.catalog if v.name == best.view)
-            sql, params = compile_for_view(query, view, table_names[best.view])
+            # quoted: an adaptive view's name may hold a '-' (`ad_day_type_imp-pur_...`)
+            sql, params = compile_for_view(query, view, ident(table_names[best.view]))
             return Plan(best.view, sql, tuple(params), tuple(candidates))
         index = self._index_for(query) if use_views else None
         relation = index[1] if index else (self.lake_relation(query) if self.lake_relation else "events")

@@ -33,8 +33,7 @@ from analytics.lake.keyfilter import KeyFilter
 from analytics.lake.manifest import MANIFEST, Lake
 from analytics.query.compiler import ident
 from analytics.query.model import Query, parse_query
-from analytics.serving.fastpath import ArrowView
-from analytics.serving.pruning import lake_relation
+from analytics.lake.pruning import lake_relation
 from analytics.serving.router import LAKE, Plan, Router
 from analytics.views.adaptive_catalog import (
     adaptive_path,
@@ -44,9 +43,11 @@ from analytics.views.adaptive_catalog import (
     shape_columns,
     usable_indexes,
 )
+from analytics.views.answer.fastpath import ArrowView
+from analytics.views.answer.version import open_version
 from analytics.views.delta import version_relation
 from analytics.views.registry import load_registry, registry_path, staleness
-from analytics.views.serving_copy import ServingError, open_serving_copy
+from analytics.views.serving_copy import ServingError
 
 # Plans remembered per workbench; past this many distinct queries the memo starts afresh.
 PLAN_MEMO_SIZE = 4096
@@ -149,13 +150,7 @@ class Workbench:
             if table in self._ready_tables:
                 return True
             try:
-                vdir = (self.root / entry["file"]).parent
-                pieces, schema = open_serving_copy(vdir, entry)
-                for delta in entry.get("deltas") or ():
-                    for t, more in open_serving_copy(vdir, delta)[0].items():
-                        pieces.setdefault(t, []).extend(more)
-                view = ArrowView(definition, pieces, schema, scaled=entry["serving"]["scaled"],
-                                 unique_keys=not entry.get("deltas"))
+                view = open_version(self.root, definition, entry)
             except ServingError as exc:
                 with self._lock:
                     self._load_errors[table] = f"serving copy unusable: {str(exc).splitlines()[0]}"

@@ -11,6 +11,7 @@ unlisted). Must not read the telemetry log (its events are given) nor route quer
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import shutil
 import time
@@ -94,8 +95,9 @@ def build_adaptive(lake_dir: str, events: Iterable[dict[str, Any]], *, budget: i
             failed[name] = str(exc).splitlines()[0]
     for p in advice["proposals"]:
         view = ViewDef(p["name"], p["grain"], tuple(p["dims"]), tuple(p["types"]))
-        try:
-            res = build_view(view, lake, totals, memory_limit=memory_limit, engine=engine)
+        try:  # it proves itself on the telemetry's shapes it was chosen for, among others
+            res = build_view(view, lake, totals, memory_limit=memory_limit, engine=engine,
+                             shapes=[json.loads(k) for k in p["shapes"]])
         except (BuildError, OSError, *engine.errors) as exc:
             failed[p["name"]] = str(exc).splitlines()[0]
             continue

@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
@@ -51,6 +52,7 @@ from analytics.views.registry import (
     update_registry,
 )
 from analytics.views.pieces import Piece, cut
+from analytics.views.proof import prove
 from analytics.views.serving_copy import WRITER_MEMORY, ServingError, scaled_sums, write_serving_copy
 from analytics.views.verify import (  # noqa: F401 - BuildError and the lake's totals are imported from here
     BuildError,
@@ -104,8 +106,10 @@ class DuckDBAggregator:
             try:
                 for piece in pieces or cut(view, None, self.memory_limit):
                     select = view.aggregate_sql(lake.relation_sql(segments=segments), where=piece.where())
-                    reader = con.sql(f"{select} ORDER BY {', '.join(view.sort_columns[1:])}"
-                                     ).to_arrow_reader(ROW_GROUP_ROWS)
+                    # a piece holds one type: its order is the rest of the sort (none for a view
+                    # of type alone, one row per type)
+                    order = f" ORDER BY {', '.join(view.sort_columns[1:])}" if view.sort_columns[1:] else ""
+                    reader = con.sql(select + order).to_arrow_reader(ROW_GROUP_ROWS)
                     if writer is None:
                         writer = pq.ParquetWriter(out, reader.schema, compression="zstd")
                     for batch in reader:
@@ -143,7 +147,7 @@ def _sweep_idle(vdir: Path, entry: dict[str, Any]) -> None:
 
 
 def _refresh_in_place(view: ViewDef, lake: Lake, entry: dict[str, Any], engine: Aggregator, memory_limit: str,
-                      bar: tqdm | None) -> dict[str, Any] | None:
+                      bar: tqdm | None, shapes: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any] | None:
     """Refresh a version of the same definition at the cost of what changed (`views.delta`): a delta
     for appended segments; for dropped or replaced ones, the days they covered recomputed. None
     when only a full build can (the dropped segments' days are unknown, or the view has no days)."""
@@ -160,14 +164,17 @@ def _refresh_in_place(view: ViewDef, lake: Lake, entry: dict[str, Any], engine: 
     try:
         if bar:
             bar.set_postfix_str("delta" if affected is None else "recompute days")
+        def check(new: dict[str, Any]) -> dict[str, Any]:
+            return proved(view, lake, new, entry, shapes, memory_limit)
         if affected is None:
             try:
                 new_entry = append_delta(con, view, lake, entry, new_segments,
-                                         lambda out: engine.aggregate_view(view, lake, out, segments=new_segments))
+                                         lambda out: engine.aggregate_view(view, lake, out, segments=new_segments),
+                                         check=check)
             except OutgrowsEncoding:
                 return None  # the new base gets the encoding the grown sums allow
         else:
-            new_entry = compact(con, view, lake, entry, affected)
+            new_entry = compact(con, view, lake, entry, affected, check=check)
     finally:
         con.close()
     if bar:
@@ -197,21 +204,43 @@ def compact_due(lake_dir: str | os.PathLike, names: Iterable[str] | None = None,
             sweep_view_dir(vdir, entry)
             con = db.connect(memory_limit=memory_limit)
             try:
-                compact(con, defs[name], lake, entry)
+                # proved against the lake the deltas cover: only a current version is compacted
+                check = (partial(proved, defs[name], lake, old_entry=entry, shapes=(), memory_limit=memory_limit)
+                         if entry["lake_version"] == lake.version else None)
+                compact(con, defs[name], lake, entry, check=check)
             finally:
                 con.close()
             done.append(name)
     return done
 
 
+def proved(view: ViewDef, lake: Lake, new_entry: dict[str, Any], old_entry: dict[str, Any] | None,
+           shapes: Sequence[Mapping[str, Any]], memory_limit: str) -> dict[str, Any]:
+    """The proof of a new version before it is registered (`views.proof`): how many sample queries
+    agreed with the lake, in how long. On a disagreement the new version's files (those the old
+    version does not share) are removed and the `BuildError` raised: the version never serves."""
+    started = time.perf_counter()
+    try:
+        agreed = prove(view, lake, new_entry, shapes=shapes, memory_limit=memory_limit)
+    except BaseException:
+        vdir = lake.root / VIEWS_DIR / view.name
+        for name in set(entry_files(new_entry)) - set(entry_files(old_entry) if old_entry else ()):
+            (vdir / name).unlink(missing_ok=True)
+        raise
+    return {"queries": agreed, "seconds": round(time.perf_counter() - started, 3)}
+
+
 def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, force: bool = False,
                memory_limit: str = DEFAULT_MEMORY_LIMIT, bar: tqdm | None = None, engine: Aggregator | None = None,
-               distinct: Callable[[Sequence[str]], Mapping[str, int]] | None = None) -> dict[str, Any]:
+               distinct: Callable[[Sequence[str]], Mapping[str, int]] | None = None,
+               shapes: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """Build one view if it is stale; returns what happened (`status`: built | up-to-date).
 
     `engine` aggregates the staged file (default DuckDB); the checks, promotion and registry here
     are the same whichever engine wrote it. `totals` and `distinct` (the lake's distinct values of
-    some columns; default: counted now) are the build's shared facts about the lake."""
+    some columns; default: counted now) are the build's shared facts about the lake. Every new
+    version proves itself (`proved`) before it is registered, on generated queries and `shapes`
+    (telemetry query shapes it was chosen for)."""
     root = lake.root
     vdir = root / VIEWS_DIR / view.name
     vdir.mkdir(parents=True, exist_ok=True)
@@ -227,7 +256,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             return {"view": view.name, "status": "up-to-date", "version": entry["version"]}
         engine = engine or DuckDBAggregator(memory_limit)
         if same_def and not force:
-            refreshed = _refresh_in_place(view, lake, entry, engine, memory_limit, bar)
+            refreshed = _refresh_in_place(view, lake, entry, engine, memory_limit, bar, shapes)
             if refreshed is not None:
                 return refreshed
         version = (entry["version"] + 1) if entry else 1
@@ -290,6 +319,9 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             # lake rows per view row: how much a query served from the view saves over the lake
             "rollup": round(lake_rows / max(1, sum(rows_by_type.values())), 2),
         }
+        if bar:
+            bar.set_postfix_str("self-check")
+        new_entry["proof"] = proved(view, lake, new_entry, entry if current else None, shapes, memory_limit)
         update_registry(root, view.name, new_entry)
         crash_point("build:after-registry")
         if bar:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from analytics.query.aggregates import COMBINE, combine_sql, merge_sql, partials
-from analytics.query.model import Condition, Query
+from analytics.query.compiler import compile_query
+from analytics.query.model import Query, types_selected
 from analytics.query.schema import EVENT_TYPES, LAKE_TYPES, PRICE_SCALE
 
 MEASURE_COLUMNS: tuple[str, ...] = ("bid_price", "total_price")
@@ -129,6 +131,12 @@ def measure_expr(func: str, col: str, view: ViewDef) -> str | None:
     return None if cols is None else combine_sql(func, [c for c, _ in cols])
 
 
+def compile_for_view(query: Query, view: ViewDef, relation: str) -> tuple[str, list[Any]]:
+    """SQL and parameters answering a covered `query` from `relation`, rows of `view`'s shape."""
+    exprs = {agg: measure_expr(agg.func, agg.col, view) for agg in query.aggregates}
+    return compile_query(query, relation, aggregate_sql=exprs)
+
+
 def partial_columns(func: str, col: str, view: ViewDef) -> list[tuple[str, str]] | None:
     """The (view column, how it combines over rows) pairs `func(col)` derives from, in the order
     `aggregates.combine_sql` takes them, or None if the view holds no partials for it."""
@@ -161,11 +169,3 @@ def coverage(view: ViewDef, query: Query) -> str | None:
         if not wanted <= set(view.types):
             return f"holds only types {', '.join(view.types)}"
     return None
-
-
-def types_selected(where: tuple[Condition, ...]) -> set[str]:
-    types = set(EVENT_TYPES)
-    for c in where:
-        if c.col == "type" and c.op in ("eq", "in"):
-            types &= {str(v) for v in c.values}
-    return types

@@ -41,6 +41,9 @@ from analytics.views.verify import BuildError, duplicate_keys, file_schema, lake
 # view answer (measured in bench/freshness.py: the view-routed median stays within 1 ms up to 10).
 COMPACT_AT = 8
 
+# A check of a new registry entry before it is registered (the build's self-check, `views.proof`).
+Check = Callable[[dict[str, Any]], dict[str, Any]]
+
 
 class OutgrowsEncoding(BuildError):
     """The version's price sums no longer fit its serving copy's int64 encoding: build a new base."""
@@ -98,9 +101,11 @@ def _relation_totals(root: Path, entry: Mapping[str, Any], con: duckdb.DuckDBPyC
 
 
 def append_delta(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entry: dict[str, Any],
-                 segments: set[str], aggregate: Callable[[Path], None]) -> dict[str, Any]:
+                 segments: set[str], aggregate: Callable[[Path], None], check: Check | None = None) -> dict[str, Any]:
     """Register a delta holding the aggregate of `segments` (the lake's segments the version lacks),
-    written by `aggregate(out)`; returns the new registry entry."""
+    written by `aggregate(out)`; returns the new registry entry. `check(new_entry)` runs before the
+    registry names it (the build's self-check): what it returns is recorded as `proof`, what it
+    raises stops the delta."""
     started = time.perf_counter()
     root = lake.root
     vdir = root / VIEWS_DIR / view.name
@@ -131,6 +136,8 @@ def append_delta(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entr
                  "deltas": list(entry.get("deltas") or []) + [delta], "price_totals": totals,
                  "mode": "incremental", "built_at": delta["built_at"],
                  "build_seconds": round(time.perf_counter() - started, 3), "previous_files": entry_files(entry)}
+    if check is not None:
+        new_entry["proof"] = check(new_entry)
     update_registry(root, view.name, new_entry)
     crash_point("build:after-registry")
     return new_entry
@@ -143,7 +150,7 @@ def _affected_table(affected: Mapping[str, Iterable[str]]) -> pa.Table:
 
 
 def compact(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entry: dict[str, Any],
-            affected: Mapping[str, Iterable[str]] | None = None) -> dict[str, Any]:
+            affected: Mapping[str, Iterable[str]] | None = None, check: Check | None = None) -> dict[str, Any]:
     """A new base from the version's base and deltas re-aggregated; returns the new registry entry.
 
     Without `affected` the new base covers what the version covered. With `affected` (type ->
@@ -198,6 +205,8 @@ def compact(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entry: di
                  "mode": "compacted" if affected is None else "recomputed", "built_at": _now(),
                  "build_seconds": round(time.perf_counter() - started, 3), "previous_files": entry_files(entry),
                  "rollup": round(lake_rows / max(1, rows), 2)}
+    if check is not None:
+        new_entry["proof"] = check(new_entry)
     update_registry(root, view.name, new_entry)
     crash_point("build:after-registry")
     return new_entry

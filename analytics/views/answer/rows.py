@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from analytics.query.model import Condition
 from analytics.query.schema import EVENT_TYPES
-from analytics.serving import reaggregate
+from analytics.views.answer import reaggregate
 
 EPOCH = dt.datetime(1970, 1, 1)
 DAY_US = 86_400_000_000
@@ -281,6 +281,29 @@ class Rows(NamedTuple):
         return values[self.index] if self.index is not None else values[self.lo:self.hi]
 
 
+def run_starts(column: pa.StringArray, at: np.ndarray) -> np.ndarray | None:
+    """For rows `at` of a sorted text column, the first row of each one's run of equal
+    values, reading only the span the rows cover; None unless that span's values are all of one
+    width (the minute's 'YYYY-MM-DD HH:MM' always is), compared as fixed-width bytes."""
+    if not pa.types.is_string(column.type):
+        return None
+    if not len(at):
+        return at
+    a, b = int(at.min()), int(at.max()) + 1
+    span = column.slice(a, b - a)
+    offsets = np.frombuffer(span.buffers()[1], dtype=np.int32, count=len(span) + 1, offset=span.offset * 4)
+    width = int(offsets[1] - offsets[0])
+    if span.null_count or width <= 0 or int(offsets[-1] - offsets[0]) != width * len(span):
+        return None
+    data = np.frombuffer(span.buffers()[2], dtype=np.uint8, count=width * len(span), offset=int(offsets[0]))
+    cells = data.view(f"S{width}")
+    new_run = np.empty(len(cells), dtype=bool)
+    new_run[0] = True
+    np.not_equal(cells[1:], cells[:-1], out=new_run[1:])
+    first = np.flatnonzero(new_run)
+    return a + first[np.cumsum(new_run) - 1][at - a]
+
+
 def group_key(name: str, selections: list[tuple[str, Piece, Rows]]) -> reaggregate.Key | None:
     """Group key `name` over the kept rows as integers; None if it is not (text, another
     dictionary in some piece)."""
@@ -289,12 +312,15 @@ def group_key(name: str, selections: list[tuple[str, Piece, Rows]]) -> reaggrega
         values = np.concatenate([np.full(len(rows), words.index(t), dtype=np.int8) for t, _, rows in selections])
         return reaggregate.vocabulary_key(name, values, pa.string(), words)
     if name in TEXT_TIMES:
-        # one piece sorted by its minute text: row numbers are in text order, one minute a row
+        # one piece sorted by its minute text: a row's key is the first row of its minute's run,
+        # so row numbers are in text order and the rows of one minute (one per other key of the
+        # view: country, publisher, ...) fold into one group
         if len(selections) != 1 or name not in selections[0][1].texts:
             return None
         _, piece, rows = selections[0]
         at = rows.index if rows.index is not None else np.arange(rows.lo, rows.hi)
-        return reaggregate.Key(name, at, pa.string(), 1, piece.texts[name])
+        starts = run_starts(piece.texts[name], at)
+        return None if starts is None else reaggregate.Key(name, starts, pa.string(), 1, piece.texts[name])
     cols = [piece.column(name) for _, piece, _ in selections]
     first = cols[0]
     if any(c is None or c.dictionary != first.dictionary for c in cols):

@@ -5,7 +5,7 @@ serving copy), each slice sorted by time, whose time columns are searched in pla
 days, TIMESTAMP as microseconds, the minute as text, no copies), so time filters become two
 binary searches touching O(log n) pages instead of a scan; the remaining filters are masks
 over the rows the searches keep (numpy over integer keys and dictionary codes, Arrow for text).
-Rows, columns and masks are `pieces`'. The kept rows' keys and partials go to numpy
+Rows, columns and masks are `rows`'. The kept rows' keys and partials go to numpy
 (`reaggregate`: dense groups, exact int64 sums, order and limit); what it leaves (a text filter
 Arrow must mask, a minute key across pieces, a key product too sparse) an Arrow group-by
 following `query.aggregates` re-aggregates (skipped when each group is one view row), with the
@@ -26,8 +26,8 @@ import pyarrow.compute as pc
 
 from analytics.query.model import Condition, Query
 from analytics.query.schema import EVENT_TYPES
-from analytics.serving import finish, reaggregate
-from analytics.serving.pieces import (
+from analytics.views.answer import finish, reaggregate
+from analytics.views.answer.rows import (
     ORDERING,
     STEP_US,
     TEXT_TIMES,

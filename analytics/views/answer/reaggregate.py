@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from analytics.query.model import Query
-from analytics.serving import finish
+from analytics.views.answer import finish
 from analytics.views.serving_copy import SCALE
 
 # A dense group index pays while its cells number at most this many per row kept plus a fixed

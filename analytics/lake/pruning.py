@@ -19,9 +19,8 @@ import datetime as dt
 from typing import Any
 
 from analytics.lake.manifest import Lake
-from analytics.query.model import Condition, Query
+from analytics.query.model import Condition, Query, types_selected
 from analytics.query.schema import EVENT_TYPES
-from analytics.views.catalog import types_selected
 
 _TIME_COLUMNS = ("ts", "day", "week", "hour", "minute")
 
