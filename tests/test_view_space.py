@@ -272,3 +272,64 @@ def _random_covered(view: ViewDef, values: dict[str, list[Any]], rng: Any) -> tu
         raw["group_by"] = group_by
         raw["order_by"] = [{"col": g, "dir": "asc"} for g in group_by]
     return raw, parse_query(raw)
+
+
+MINUTE_VIEW = ViewDef(_name("minute", ["country", "publisher_id"], ["click"]), "minute", ("country", "publisher_id"),
+                      ("click",))
+MINUTE_QUERY = {"select": ["country", "minute", {"COUNT": "*"}], "from": "events",
+                "where": [{"col": "type", "op": "eq", "val": "click"}, {"col": "day", "op": "eq", "val": "2024-09-05"}],
+                "group_by": ["country", "minute"],
+                "order_by": [{"col": "country", "dir": "asc"}, {"col": "minute", "dir": "asc"}]}
+
+
+def _row_numbers_as_minutes(column: Any, at: Any) -> Any:
+    """The defect fixed in `rows.run_starts`, put back: each row its own minute group."""
+    return at
+
+
+def test_an_answer_repeating_a_group_is_never_returned(space: dict[str, Any], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The fast path put back to the defect (one group per view row of a minute): the answer's
+    repeated keys are caught, the query answered elsewhere exactly, the view marked unhealthy
+    with one warning."""
+    lake = tmp_path / "lake"
+    shutil.copytree(space["lake_base"], lake)
+    _install(lake, MINUTE_VIEW)
+    assert not build(lake, [MINUTE_VIEW.name], progress=False)["failed"]
+    monkeypatch.setattr("analytics.views.answer.rows.run_starts", _row_numbers_as_minutes)
+    q = parse_query(MINUTE_QUERY)
+    expected = to_rows(q, baseline_query(space["base"], q))
+    assert len(expected) >= 2
+    with Workbench(lake) as wb:
+        assert wb.plan(q).route == MINUTE_VIEW.name
+        table, plan = wb.execute(q)
+        assert compare_rows(q, expected, to_rows(q, table)) is None
+        assert plan.route != MINUTE_VIEW.name
+        assert "answered wrongly" in (wb.health[MINUTE_VIEW.name] or "")
+        wb.execute(q)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if MINUTE_VIEW.name in line]
+    assert len(warnings) == 1 and "unhealthy" in warnings[0], warnings
+
+
+def test_a_version_that_answers_wrongly_is_never_registered(space: dict[str, Any], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The self-check at promotion, with the fast path put back to the defect and the answer guard
+    off: the build fails naming the view and the query, the registry keeps the previous state, and
+    the new version's files are gone; with the defect mended the same build promotes."""
+    lake = tmp_path / "lake"
+    shutil.copytree(space["lake_base"], lake)
+    _install(lake, MINUTE_VIEW)
+    monkeypatch.setattr("analytics.views.answer.rows.run_starts", _row_numbers_as_minutes)
+    monkeypatch.setattr("analytics.views.answer.finish.repeated_keys", lambda table, keys: 0)
+    failed = build(lake, [MINUTE_VIEW.name], progress=False)["failed"]
+    assert MINUTE_VIEW.name in failed, failed
+    assert "answers differently from the lake" in failed[MINUTE_VIEW.name]
+    assert '"group_by": ["minute", "country"]' in failed[MINUTE_VIEW.name]
+    assert MINUTE_VIEW.name not in load_registry(lake)["views"]
+    assert not list((lake / "views" / MINUTE_VIEW.name).glob("v*"))
+    with Workbench(lake) as wb:
+        assert wb.plan(parse_query(MINUTE_QUERY)).route != MINUTE_VIEW.name
+    monkeypatch.undo()
+    assert not build(lake, [MINUTE_VIEW.name], progress=False)["failed"]
+    assert load_registry(lake)["views"][MINUTE_VIEW.name]["proof"]["queries"] >= 4

@@ -18,6 +18,7 @@ is `query.py`, SQL is `compiler.py`, the choice of source is `router.py`.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from functools import partial
 from pathlib import Path
@@ -43,7 +44,7 @@ from analytics.views.adaptive_catalog import (
     shape_columns,
     usable_indexes,
 )
-from analytics.views.answer.fastpath import ArrowView
+from analytics.views.answer.fastpath import ArrowView, RepeatedKeys
 from analytics.views.answer.version import open_version
 from analytics.views.delta import version_relation
 from analytics.views.registry import load_registry, registry_path, staleness
@@ -152,10 +153,7 @@ class Workbench:
             try:
                 view = open_version(self.root, definition, entry)
             except ServingError as exc:
-                with self._lock:
-                    self._load_errors[table] = f"serving copy unusable: {str(exc).splitlines()[0]}"
-                    self.health[name] = self._load_errors[table]
-                    self._plans = {}  # plans made while it looked healthy may route to it
+                self._unhealthy(name, table, f"serving copy unusable: {str(exc).splitlines()[0]}")
                 return False
             with self._lock:
                 for old in [t for t in self._ready_tables if t.startswith(f"{name}__v")]:
@@ -165,6 +163,16 @@ class Workbench:
                 self._arrow[table] = view
                 self._ready_tables.add(table)
             return True
+
+    def _unhealthy(self, name: str, table: str, why: str, warn: bool = False) -> None:
+        """Mark version `table` of view `name` unhealthy for this process: the router no longer uses
+        it, and plans made while it looked healthy are forgotten; with `warn`, say so on stderr."""
+        with self._lock:
+            self._load_errors[table] = why
+            self.health[name] = why
+            self._plans = {}
+        if warn:
+            print(f"analytics: view {name} marked unhealthy, its queries go elsewhere: {why}", file=sys.stderr)
 
     def _ensure_sql(self, name: str, cur: duckdb.DuckDBPyConnection) -> bool:
         """Make the view's current version a SQL table (over its Parquet file, whose zone maps prune
@@ -180,10 +188,7 @@ class Workbench:
             if schema != entry["columns"]:
                 raise ValueError(f"schema differs from the registry: {schema} vs {entry['columns']}")
         except (duckdb.Error, ValueError) as exc:
-            with self._lock:
-                self._load_errors[table] = f"unreadable: {str(exc).splitlines()[0]}"
-                self.health[name] = self._load_errors[table]
-                self._plans = {}
+            self._unhealthy(name, table, f"unreadable: {str(exc).splitlines()[0]}")
             return False
         with self._lock:
             self._sql_tables.add(table)
@@ -250,7 +255,11 @@ class Workbench:
                 continue  # now marked unhealthy: plan again
             view = self._arrow.get(self.table_name(plan.route)) if plan.route != LAKE else None
             if view is not None and self.fast_path:
-                table = view.answer(q)
+                try:
+                    table = view.answer(q)
+                except RepeatedKeys as exc:  # a wrong answer, never returned: another route answers
+                    self._unhealthy(plan.route, self.table_name(plan.route), f"answered wrongly ({exc})", warn=True)
+                    continue
                 if table is not None:
                     return table, plan
             cur = self.cursor(plan.route == LAKE)

@@ -60,6 +60,10 @@ from analytics.views.serving_copy import SCALE
 SHAPE_MEMO_SIZE = 4096
 
 
+class RepeatedKeys(ValueError):
+    """A view's answer held a group twice: the view must not serve (the caller falls back)."""
+
+
 class _Shape(NamedTuple):
     """What a view makes of a query, whatever its data: the partials it re-aggregates, the types
     it reads (sorted; None when a filter on `type` is left to SQL), whether each group is a row."""
@@ -408,7 +412,15 @@ class ArrowView:
         return reaggregate.answer(query, keys, measures, n, self._needs, self.scaled, shape.one_row)
 
     def answer(self, query: Query) -> pa.Table | None:
-        """The answer, or None when this shape is left to SQL."""
+        """The answer, or None when this shape is left to SQL. Raises `RepeatedKeys` rather than
+        return an answer in which a group appears twice."""
+        table = self._answer(query)
+        if table is not None and query.group_by and finish.repeated_keys(table, query.group_by):
+            raise RepeatedKeys(f"{self.view.name} answered {finish.repeated_keys(table, query.group_by)} "
+                               f"row(s) repeating a group key of {', '.join(query.group_by)}")
+        return table
+
+    def _answer(self, query: Query) -> pa.Table | None:
         shape = self._shape(query)
         needed = shape.needed
         selections = self._selections(query, shape)
