@@ -5,10 +5,12 @@ Owns the measurement: family A (seed 1) is run once through the batch runner wit
 judges-style workload are timed warm before the adaptive build, `build_adaptive` runs within the
 budget, and the same are timed again. Per pass: the share of queries answered from views (of all,
 and of those a view can exactly answer), the lake-routed p50/p95, the total; the build's seconds
-and bytes. `python -m analytics.bench.adaptive --lake L [--copy-of BUILT] [--budget 2GiB] [--out F.json]
+and bytes. Then family C (`run_unseen`, with `--copy-of`: on a second copy, taught from nothing) as
+a user meets an unseen family: teach, time fresh queries, build, time them again, and compare each
+answer after with DuckDB over the lake (the product's promise: exact after adapting, always).
+`python -m analytics.bench.adaptive --lake L [--copy-of BUILT] [--budget 2GiB] [--out F.json]
 [--into BENCHMARK_JSON]` on a lake it may write (the build adds views and indexes to it): with
-`--copy-of`, L is first made a hard-linked copy of that built lake, which stays untouched. Must not check answers (the
-differential tests do).
+`--copy-of`, L is first made a hard-linked copy of that built lake, which stays untouched.
 """
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ from analytics.batch.runner import SafeBatchRunner
 from analytics.batch.telemetry import percentile, read_events
 from analytics.bench.freshness import link_copy
 from analytics.bench.summary import attach
-from analytics.bench.workload_family import family
+from analytics.bench.workload_family import UNSEEN, family
 from analytics.bench.workloads import ROOT
 from analytics.query.model import load_queries, parse_query
+from analytics.query.results import compare_rows, to_rows
 from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
 from analytics.views.adaptive import minimal_view, parse_budget
@@ -87,6 +90,30 @@ def run(lake: str, budget: int, repeats: int = 3, n: int = 60, after_only: bool 
     return out
 
 
+def run_unseen(lake: str, budget: int, repeats: int = 3, n: int = 40) -> dict[str, Any]:
+    """Family C (`workload_family.UNSEEN`) as a user meets it on a fresh lake: `n` queries run to
+    teach (seed 1), `n` fresh ones (seed 2) timed, `build --adaptive`, the fresh ones timed again and
+    each answer after compared with DuckDB over the lake (`mismatches`: must be empty)."""
+    teach, fresh = family(1, n, UNSEEN), family(2, n, UNSEEN)
+    with Workbench(lake) as wb:
+        runner = SafeBatchRunner(wb, cache=False, persist_cache=False)
+        runner.run(teach, batching=False)
+        runner.close()
+    out: dict[str, Any] = {"lake": lake, "budget": budget, "queries": n, "before": timed_pass(lake, fresh, repeats)}
+    out["build"] = build_adaptive(lake, list(read_events(lake)), budget=budget, progress=False)
+    out["after"] = timed_pass(lake, fresh, repeats)
+    mismatches = []
+    with Workbench(lake) as wb:
+        for i, raw in enumerate(fresh):
+            q = parse_query(raw)
+            got, plan = wb.execute(q)
+            reason = compare_rows(q, to_rows(q, wb.execute(q, use_views=False)[0]), to_rows(q, got))
+            if reason is not None:
+                mismatches.append({"query": i, "route": plan.route, "reason": reason})
+    out["mismatches"] = mismatches
+    return out
+
+
 def summary(res: dict[str, Any]) -> str:
     lines = []
     for wl in ("family_b", "judges"):
@@ -101,6 +128,13 @@ def summary(res: dict[str, Any]) -> str:
     lines.append(f"adaptive build: {len(b['built'])} views, {len(b['indexes'])} indexes ({b['index_seconds']} s), "
                  f"{b['bytes']:,} bytes of "
                  f"{b['budget']:,} in {b['seconds']} s; refused {len(b['refused'])}, failed {len(b['failed'])}")
+    u = res.get("unseen")
+    if u:
+        before, after = u["before"], u["after"]
+        lines.append(f"family C (fresh {u['queries']}): {before['from_views']} -> {after['from_views']} from views, total "
+                     f"{before['total_ms']:.1f} -> {after['total_ms']:.1f} ms; {len(u['build']['built'])} views built "
+                     f"({u['build']['bytes']:,} bytes, {u['build']['seconds']} s), failed {len(u['build']['failed'])}; "
+                     f"{len(u['mismatches'])} answers differ from the lake")
     return "\n".join(lines)
 
 
@@ -111,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget", default="2GiB")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--after-only", action="store_true", help="reuse the telemetry already there; no before pass")
+    p.add_argument("--no-unseen", action="store_true", help="skip family C (taught and checked on a copy of --copy-of)")
     p.add_argument("--out", help="write the figures here")
     p.add_argument("--into", help="add the figures to this benchmark JSON (key `adaptive`, targets re-evaluated)")
     args = p.parse_args(argv)
@@ -118,6 +153,12 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(args.lake, ignore_errors=True)
         link_copy(Path(args.copy_of), Path(args.lake))
     res = run(args.lake, parse_budget(args.budget), args.repeats, after_only=args.after_only)
+    if args.copy_of and not args.no_unseen:  # family C on a lake of its own, taught from nothing
+        unseen = f"{args.lake.rstrip('/')}-unseen"
+        shutil.rmtree(unseen, ignore_errors=True)
+        link_copy(Path(args.copy_of), Path(unseen))
+        res["unseen"] = run_unseen(unseen, parse_budget(args.budget), args.repeats)
+        shutil.rmtree(unseen, ignore_errors=True)
     print(summary(res))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1, default=str))

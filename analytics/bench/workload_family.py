@@ -2,7 +2,8 @@
 
 Owns `family(seed, n)`: `n` queries drawn round-robin from fixed templates (publisher x hour,
 country x minute, country x publisher x hour with MIN/MAX, advertiser x minute, `user_id` and
-`auction_id` point filters, `ts` ranges, plus a few shapes the catalog already answers), their
+`auction_id` point filters, `ts` ranges, plus a few shapes the catalog already answers) or from
+`UNSEEN` (family C: five shapes that fold a view key away or read without a time filter), their
 literal values (days, ids, countries, users, times) drawn from `seed`: two seeds give the same
 shapes with other values, so views chosen from one run must serve the other. `python -m
 analytics.bench.workload_family --seed S --n N --out FILE` writes a query file (the committed
@@ -117,20 +118,68 @@ TEMPLATES: tuple[Template, ...] = (publisher_hour, country_minute, country_publi
                                    catalog_country_hour)
 
 
-def family(seed: int, n: int = 60) -> list[dict[str, Any]]:
+# Family C: five shapes the catalog leaves to the lake, each folding a key of the view that serves it
+# away or reading one without a time filter (the kind of family the adaptive views first answered
+# wrongly: a minute x country answer held once per publisher).
+def country_minute_clicks(rng: random.Random) -> dict[str, Any]:
+    return _q(["country", "minute", {"COUNT": "*"}], [_eq("type", "click"), _eq("day", _day(rng).isoformat())],
+              ["country", "minute"], ["country", "minute"])
+
+
+def advertiser_publishers_week(rng: random.Random) -> dict[str, Any]:
+    d = _day(rng)
+    q = _q(["publisher_id", {"COUNT": "*"}, {"SUM": "bid_price"}],
+           [_eq("type", "impression"), _eq("advertiser_id", rng.randint(1, N_ADVERTISERS)),
+            _eq("week", (d - dt.timedelta(days=d.weekday())).isoformat())],
+           ["publisher_id"], limit=10)
+    q["order_by"] = [{"col": "COUNT(*)", "dir": "desc"}, {"col": "publisher_id", "dir": "asc"}]
+    return q
+
+
+def serves_hourly_country_advertiser(rng: random.Random) -> dict[str, Any]:
+    d = _day(rng)
+    return _q(["hour", {"COUNT": "*"}],
+              [_eq("type", "serve"), _eq("country", rng.choice(COUNTRIES)),
+               _eq("advertiser_id", rng.randint(1, N_ADVERTISERS)),
+               {"col": "day", "op": "between", "val": [d.isoformat(), (d + dt.timedelta(days=2)).isoformat()]}],
+              ["hour"], ["hour"])
+
+
+def publisher_advertisers_purchases(rng: random.Random) -> dict[str, Any]:
+    q = _q(["advertiser_id", {"COUNT": "*"}, {"SUM": "total_price"}],
+           [_eq("type", "purchase"), _eq("publisher_id", rng.randint(1, N_PUBLISHERS))], ["advertiser_id"], limit=5)
+    q["order_by"] = [{"col": "SUM(total_price)", "dir": "desc"}, {"col": "advertiser_id", "dir": "asc"}]
+    return q
+
+
+def publisher_minutes_hour(rng: random.Random) -> dict[str, Any]:
+    d = _day(rng)
+    return _q(["minute", {"MAX": "bid_price"}, {"COUNT": "*"}],
+              [_eq("type", "impression"), _eq("publisher_id", rng.randint(1, N_PUBLISHERS)),
+               _eq("hour", f"{d.isoformat()} {rng.randrange(24):02d}:00")],
+              ["minute"], ["minute"])
+
+
+UNSEEN: tuple[Template, ...] = (country_minute_clicks, advertiser_publishers_week, serves_hourly_country_advertiser,
+                                publisher_advertisers_purchases, publisher_minutes_hour)
+FAMILIES: dict[str, tuple[Template, ...]] = {"B": TEMPLATES, "C": UNSEEN}
+
+
+def family(seed: int, n: int = 60, templates: tuple[Template, ...] = TEMPLATES) -> list[dict[str, Any]]:
     """`n` queries, the templates in turn, literal values drawn from `seed`."""
     rng = random.Random(seed)
-    return [TEMPLATES[i % len(TEMPLATES)](rng) for i in range(n)]
+    return [templates[i % len(templates)](rng) for i in range(n)]
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="write a query file of the adaptive-views workload family")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--n", type=int, default=60)
+    p.add_argument("--family", choices=sorted(FAMILIES), default="B")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     with open(args.out, "w", encoding="utf-8") as fh:
-        json.dump(family(args.seed, args.n), fh, indent=1)
+        json.dump(family(args.seed, args.n, FAMILIES[args.family]), fh, indent=1)
         fh.write("\n")
 
 
