@@ -43,7 +43,7 @@ NBVAL_DIR := data/nbval
 NBVAL_STAMP := $(NBVAL_DIR)/.ready
 NBVAL_ROWS := 5000
 
-.PHONY: help setup kernel lab test test-py test-nbval nbval-data data lake views benchmark sweep reports strip clean
+.PHONY: help setup kernel lab test test-py test-nbval nbval-data data lake views benchmark sweep reports strip clean view-space
 
 help: ## list the targets (the default goal)
 	@echo "usage: make TARGET [VAR=value ...]"
@@ -80,6 +80,13 @@ test: setup nbval-data ## run pytest on tests/ (2 workers), then nbval on the no
 
 test-py: setup ## pytest on tests/ only
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS) tests
+
+# The generated-view differential test at a larger, random sample of the views the product can build
+# (`make test` runs a fixed set of VIEW_SPACE_EXAMPLES=12).
+VIEW_SPACE_EXAMPLES ?= 200
+view-space: setup ## build VIEW_SPACE_EXAMPLES random view definitions and check each against the baseline
+	VIEW_SPACE_EXAMPLES=$(VIEW_SPACE_EXAMPLES) VIEW_SPACE_RANDOM=1 $(PY) -m pytest -q -p no:cacheprovider \
+		tests/test_view_space.py -k every_buildable_view
 
 test-nbval: setup nbval-data ## execute every notebook in place with its default parameters (nbval)
 	$(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env \

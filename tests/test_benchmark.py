@@ -21,7 +21,7 @@ from analytics.bench.peers import ENGINES, PEERS, Unsupported
 from analytics.bench.phases import load_phases, run_phase
 from analytics.bench.polars_engine import polars_condition
 from analytics.bench.run import run_benchmark
-from analytics.bench.summary import sweep_from_files
+from analytics.bench.summary import evaluate_targets, sweep_from_files
 from analytics.bench.text import summary_table
 from analytics.bench.workloads import load_workloads
 from analytics.cli import main as cli_main
@@ -410,6 +410,14 @@ def test_freshness_and_adaptive_benchmarks_add_their_figures_and_targets(tiny: d
         out["freshness"]["freshness_seconds"]
     assert {"view-routed median with 10 pending deltas", "adaptive: family B lake-routed p95, before / after",
             "adaptive: judges workload warm total (target stated at 245M rows)"} <= set(targets)
+    # family C, taught on a copy of its own: exact after adapting, and a wrong answer fails its target
+    unseen = out["adaptive"]["unseen"]
+    assert unseen["after"]["from_views"] > unseen["before"]["from_views"] and unseen["mismatches"] == []
+    exact = "adaptive: family C (unseen), fresh answers after build --adaptive that differ from the lake"
+    assert targets[exact]["ok"] is True
+    unseen["mismatches"] = [{"query": 3, "route": "ad_x", "reason": "row count differs"}]
+    assert {t["target"]: t for t in evaluate_targets(out)}[exact]["ok"] is False
+    assert not (tmp_path / "adaptive-unseen").exists()
     text = summary_table(out)
     assert "adaptive: family B" in text and "freshness:" in text
     fresh = freshness_frame(out)
