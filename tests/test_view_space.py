@@ -37,11 +37,13 @@ from analytics.query.results import compare_rows, to_rows
 from analytics.query.schema import EVENT_TYPES
 from analytics.serving.router import Plan
 from analytics.serving.workbench import Workbench
-from analytics.views.adaptive import _name
-from analytics.views.adaptive_catalog import SHAPE_DIMS, empty_state, save_adaptive
+from analytics.views.adaptive import _name, shapes_by_route
+from analytics.views.adaptive_catalog import SHAPE_DIMS, empty_state, query_shape, save_adaptive
 from analytics.views.answer.fastpath import ArrowView
+from analytics.views.answer.version import open_version
 from analytics.views.build import build, compact_due
 from analytics.views.catalog import GRAIN_TIME_COLUMNS, TIME_GRAINS, ViewDef, compile_for_view, coverage
+from analytics.views.proof import sample_queries
 from analytics.views.registry import load_registry
 
 EXAMPLES = int(os.environ.get("VIEW_SPACE_EXAMPLES", "12"))
@@ -333,3 +335,22 @@ def test_a_version_that_answers_wrongly_is_never_registered(space: dict[str, Any
     monkeypatch.undo()
     assert not build(lake, [MINUTE_VIEW.name], progress=False)["failed"]
     assert load_registry(lake)["views"][MINUTE_VIEW.name]["proof"]["queries"] >= 4
+
+
+def test_a_version_proves_itself_on_the_telemetry_shapes_it_served(space: dict[str, Any], tmp_path: Path) -> None:
+    """The shapes the telemetry saw a view answer come first among the queries its next version is
+    proved on, with values from the version's own rows (so they select something)."""
+    lake = tmp_path / "lake"
+    shutil.copytree(space["lake_base"], lake)
+    _install(lake, MINUTE_VIEW)
+    shape = query_shape(parse_query(MINUTE_QUERY))
+    events = [{"time": "2024-01-01T00:00:00", "shape": shape, "route": MINUTE_VIEW.name, "ms": 1.0}] * 3
+    routed = shapes_by_route(events)
+    assert routed == {MINUTE_VIEW.name: [shape]}
+    assert not build(lake, [MINUTE_VIEW.name], progress=False, shapes=routed)["failed"]
+    entry = load_registry(lake)["views"][MINUTE_VIEW.name]
+    queries = sample_queries(MINUTE_VIEW, open_version(lake, MINUTE_VIEW, entry), routed[MINUTE_VIEW.name],
+                             seed=str(entry["version"]))
+    assert query_shape(queries[0][1]) == shape
+    assert to_rows(queries[0][1], baseline_query(space["base"], queries[0][1]))
+    assert entry["proof"]["queries"] == len(queries) >= 1 + 4

@@ -25,8 +25,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     open_lake(args.lake)
     if args.adaptive:
         return _build_adaptive(args)
+    from analytics.views.adaptive import shapes_by_route
+
+    # each new version proves itself on the query shapes the telemetry saw its view answer
     summary = build(args.lake, args.views or None, jobs=args.jobs, force=args.force, progress=not args.quiet,
-                    memory_limit=args.memory_limit, engine=engine_from_args(args))
+                    memory_limit=args.memory_limit, engine=engine_from_args(args),
+                    shapes=shapes_by_route(read_workload(args.lake)))
     if not summary["built"] and not summary["failed"]:
         print(f"all {len(summary['up_to_date'])} view(s) are up to date with lake version {summary['lake_version']}; nothing to do")
         return 0
@@ -68,7 +72,8 @@ def _build_adaptive(args: argparse.Namespace) -> int:
 def register(add: AddCommand) -> None:
     p = add("build", cmd_build, "build or refresh materialized views (only what changed)")
     p.add_argument("--lake", required=True, help="prepared lake directory")
-    p.add_argument("--views", nargs="+", metavar="NAME", help="views to build (default: the whole catalog)")
+    p.add_argument("--views", nargs="+", metavar="NAME",
+                   help="views to build (default: the catalog and this lake's adaptive views)")
     p.add_argument("--jobs", type=argtypes.threads, default=None, help="views built in parallel (default: cores)")
     p.add_argument("--force", action="store_true", help="rebuild from the lake even when up to date")
     p.add_argument("--memory-limit", type=argtypes.memory_size, default=DEFAULT_MEMORY_LIMIT,

@@ -129,6 +129,16 @@ def collect_shapes(events: Iterable[dict[str, Any]], since: str | None = None) -
     return out
 
 
+def shapes_by_route(events: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per route (a view's name, or the lake), the query shapes the telemetry saw it answer, the
+    most frequent first: what a new version of that view proves itself on (`views.proof`)."""
+    out: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+    for key, st in collect_shapes(events).items():
+        for route, n in st.routes.items():
+            out.setdefault(route, []).append((-n, key, st.shape))
+    return {route: [shape for _, _, shape in sorted(found)] for route, found in out.items()}
+
+
 def minimal_view(shape: dict[str, Any]) -> tuple[ViewDef | None, str]:
     """The smallest view definition that answers every query of `shape` exactly, or None and why none can."""
     try:

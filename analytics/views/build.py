@@ -333,12 +333,15 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
 
 def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jobs: int | None = None,
           force: bool = False, progress: bool = True, memory_limit: str = DEFAULT_MEMORY_LIMIT,
-          engine: Aggregator | None = None, compact_deltas: bool = True) -> dict[str, Any]:
+          engine: Aggregator | None = None, compact_deltas: bool = True,
+          shapes: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> dict[str, Any]:
     """Build or refresh the named views (default: the catalog and the lake's adaptive views,
     `views.adaptive_catalog`), `jobs` at a time, aggregated by
     `engine` (default DuckDB; see analytics.engines). `memory_limit` bounds the whole build: each of
     the `jobs` connections gets an equal share, so more cores never means more memory. With
-    `compact_deltas`, views holding COMPACT_AT deltas are then compacted (`compact_due`)."""
+    `compact_deltas`, views holding COMPACT_AT deltas are then compacted (`compact_due`). `shapes`:
+    per view, telemetry query shapes it served (`adaptive.shapes_by_route`), which its new version
+    proves itself on besides generated ones."""
     lake = Lake.open(lake_dir)
     defs = all_views(lake.root)
     selected = list(names) if names else list(defs)
@@ -396,7 +399,7 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
         with tqdm(total=3, desc=name, position=i, leave=True, disable=not progress, unit="step") as bar:
             try:
                 res = build_view(defs[name], lake, totals, force=force, memory_limit=memory_limit, bar=bar,
-                                 engine=engine, distinct=distinct)
+                                 engine=engine, distinct=distinct, shapes=(shapes or {}).get(name, ()))
             except (BuildError, ServingError, duckdb.Error, OSError, *engine.errors) as exc:
                 with lock:
                     failures[name] = str(exc).splitlines()[0]

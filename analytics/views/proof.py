@@ -126,10 +126,10 @@ def _instantiated(shape: Mapping[str, Any], rows: _Rows, rng: random.Random) -> 
     types = list(shape.get("types") or EVENT_TYPES)
     picked = [rows.draw(types) for _ in range(3)]
     where: list[dict[str, Any]] = []
-    if types != list(EVENT_TYPES):
-        where.append({"col": "type", "op": "in", "val": types})
     for col, op, n in shape["where"]:
-        if col == "type":
+        if col == "type":  # the shape keeps the types its filter selects
+            if op in ("eq", "in") and int(n) == len(types):
+                where.append({"col": "type", "op": op, "val": types[0] if op == "eq" else types})
             continue
         values = [r.get(col) for r in picked]
         if op == "in":
