@@ -48,6 +48,7 @@ from typing import Any, Callable, Sequence
 import duckdb
 import pyarrow as pa
 
+from analytics.batch import DEFAULT_BATCH_SIZE
 from analytics.batch.cache import CacheEntry, ResultCache, cache_key, content_stamp, disk_dir, query_hash
 from analytics.batch.items import QueryItem, RunResult, describe_error, prepare_out_dir, write_answers
 from analytics.batch.memory import (
@@ -76,7 +77,6 @@ from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
 from analytics.views.adaptive_catalog import query_shape
 
-DEFAULT_BATCH_SIZE = 20
 SNAPSHOT_EVERY_S = 30.0  # a long run's partial run.json is at most this old (besides the doubling rule)
 
 # cursor id -> whether DuckDB profiling is on; shared by all runners, as the cursors are (per thread)

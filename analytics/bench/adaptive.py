@@ -32,6 +32,7 @@ from analytics.query.model import load_queries, parse_query
 from analytics.query.results import compare_rows, to_rows
 from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
+from analytics.views import DEFAULT_BUDGET
 from analytics.views.adaptive import minimal_view, parse_budget
 from analytics.views.adaptive_build import build_adaptive
 from analytics.views.adaptive_catalog import query_shape
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="adaptive views benchmark (writes views and indexes into --lake)")
     p.add_argument("--lake", required=True, help="the lake to measure on; it gains views and indexes")
     p.add_argument("--copy-of", default=None, help="first empty --lake and make it a hard-linked copy of this built lake")
-    p.add_argument("--budget", default="2GiB")
+    p.add_argument("--budget", default=DEFAULT_BUDGET)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--after-only", action="store_true", help="reuse the telemetry already there; no before pass")
     p.add_argument("--no-unseen", action="store_true", help="skip family C (taught and checked on a copy of --copy-of)")

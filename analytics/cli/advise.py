@@ -12,10 +12,10 @@ import sys
 from typing import Any
 
 from analytics.cli.common import AddCommand, CliError, open_lake
+from analytics.views import DEFAULT_BUDGET
 
 
 # the command line's defaults (argparse converts them with the types below, so they load nothing)
-DEFAULT_BUDGET = "2GiB"
 DEFAULT_RETIRE_AFTER = "7d"
 
 

@@ -8,6 +8,7 @@ import argparse
 import os
 from typing import Any
 
+from analytics.batch import DEFAULT_BATCH_SIZE
 from analytics.cli.common import (
     AddCommand,
     CliError,
@@ -142,7 +143,8 @@ def register(add: AddCommand) -> None:
                    help="memory limit for query execution, e.g. 512MB or 4GiB (default "
                         f"{DEFAULT_MEMORY_LIMIT}); a query that "
                         "needs more fails with an error, the others still run")
-    p.add_argument("--batch-size", type=argtypes.positive_int, default=20, help="queries per batch (default 20)")
+    p.add_argument("--batch-size", type=argtypes.positive_int, default=DEFAULT_BATCH_SIZE,
+                   help=f"queries per batch (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--sequential", action="store_true", help="one query at a time instead of a thread pool")
     p.add_argument("--workers", type=argtypes.threads, default=None, help="threads of the pool (default: cores)")
     p.add_argument("--no-cache", action="store_true", help="compute every answer; do not read or fill the result cache")

@@ -1,8 +1,9 @@
 """Named crash points: fault injection at every commit step, for tests that must hit the exact moment.
 
 Owns the list of points and `crash_point(name)`: when the environment variable
-`ANALYTICS_CRASH_AT` names the point, the process kills itself there with SIGKILL (no cleanup, no
-`finally`, as a power cut or the OOM killer would). Production code calls `crash_point` at each
+`ANALYTICS_CRASH_AT` names the point (`NAME`, or `NAME@N` for its N-th passage in the process), the
+process kills itself there with SIGKILL (no cleanup, no `finally`, as a power cut or the OOM killer
+would). Production code calls `crash_point` at each
 step between two durable states; tests set the variable, run a command, and check that the
 previous state is served and the next run completes. Must not do anything else: with the
 variable unset a call is one dictionary lookup.
@@ -23,12 +24,23 @@ POINTS: dict[str, str] = {
     "build:after-rename-before-registry": "the new version file is in place; the registry still names the old one",
     "build:after-registry": "the registry names the new version; old versions are not yet swept",
     "ingest:after-take": "a landing part is linked into the lake's taken parts; prepare has not read it",
+    "write:before-rename": "an atomic write's temporary file is complete and synced; the target is not renamed",
 }
+_passed: dict[str, int] = {}
 
 
 def crash_point(name: str) -> None:
-    """Die here, at once, if `ANALYTICS_CRASH_AT` names this point."""
+    """Die here, at once, if `ANALYTICS_CRASH_AT` names this point (and this passage of it)."""
     if name not in POINTS:
         raise ValueError(f"unknown crash point {name!r}; known: {', '.join(POINTS)}")
-    if os.environ.get(ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+    wanted = os.environ.get(ENV)
+    if wanted is None or not wanted.startswith(name):
+        return
+    at = wanted[len(name):]
+    if at:
+        if not at.startswith("@") or not at[1:].isdigit():
+            return
+        _passed[name] = _passed.get(name, 0) + 1
+        if _passed[name] != int(at[1:]):
+            return
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -10,6 +10,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from analytics.core.faults import crash_point
+
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` to a temporary file beside `path` and rename it into place."""
@@ -21,6 +23,7 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        crash_point("write:before-rename")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -49,7 +49,7 @@ from analytics.engines.spark_sql import (
     Conversions,
     spark_str,
 )
-from analytics.lake.manifest import EVENTS_DIR, QUARANTINE_DIR, Lake, RejectedPart, SegmentEntry
+from analytics.lake.manifest import DEFAULT_ROW_GROUP_SIZE, EVENTS_DIR, QUARANTINE_DIR, Lake, RejectedPart, SegmentEntry
 from analytics.lake.prepare import PrepareError
 from analytics.lake.rawfile import first_diverted
 from analytics.lake.rules import WRONG_FIELD_COUNT, reason_case_sql
@@ -84,7 +84,6 @@ LOCAL_DEFAULT_CONF: dict[str, str] = {
     "spark.driver.extraJavaOptions": JIT_HUGE_METHODS,  # in local mode the driver runs the tasks
 }
 ROW_GROUP_ROWS = "parquet.block.row.count.limit"
-VIEW_ROW_GROUP_SIZE = 122_880
 
 
 def _uri(path: Path) -> str:
@@ -350,7 +349,7 @@ class SparkEngine:
             frame = self.spark.sql(view.aggregate_sql(source))
             (frame.select(*[c for c, _ in view.schema()]).repartition(1)
              .sortWithinPartitions(*view.sort_columns)
-             .write.option(ROW_GROUP_ROWS, str(VIEW_ROW_GROUP_SIZE)).option("compression", "zstd")
+             .write.option(ROW_GROUP_ROWS, str(DEFAULT_ROW_GROUP_SIZE)).option("compression", "zstd")
              .parquet(_uri(work)))
             _move_single_part(work, out)
         finally:

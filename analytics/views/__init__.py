@@ -1,3 +1,6 @@
 """Materialized views: the catalog (what each view is and what it can answer), the build (staged,
-checked, atomically promoted versions) and the registry. Must not route or answer queries.
+checked, proved and atomically promoted versions), the registry, the adaptive views' advice and
+the fast path answering from one view (`answer`). Must not route queries.
 """
+
+DEFAULT_BUDGET = "2GiB"  # bytes of adaptive views and indexes: stated here once, for the build and the CLI

@@ -38,7 +38,7 @@ from analytics.core import db
 from analytics.core.faults import crash_point
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT, split_memory
 from analytics.core.sql import sql_string
-from analytics.lake.manifest import Lake
+from analytics.lake.manifest import DEFAULT_ROW_GROUP_SIZE, Lake
 from analytics.views.adaptive_catalog import all_views
 from analytics.views.catalog import VIEWS, ViewDef
 from analytics.views.delta import COMPACT_AT, OutgrowsEncoding, append_delta, compact, price_totals
@@ -66,7 +66,7 @@ from analytics.views.verify import (  # noqa: F401 - BuildError and the lake's t
 # the interpreter, DuckDB's and Arrow's libraries and the lake totals (measured: 160 MiB before any
 # query), held outside DuckDB's buffer pools
 PROCESS_MEMORY = 192 * 2**20
-ROW_GROUP_ROWS = 122_880  # DuckDB's row group size: zone maps per group of this many rows
+ROW_GROUP_ROWS = DEFAULT_ROW_GROUP_SIZE  # DuckDB's row group size: zone maps per group of this many rows
 
 
 class Aggregator(Protocol):

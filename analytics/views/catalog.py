@@ -51,13 +51,6 @@ class ViewDef:
         """The view's key: type, the time columns, then the entity dimensions."""
         return ("type",) + self.time_columns + self.dims
 
-    @property
-    def measure_columns(self) -> tuple[str, ...]:
-        cols = ["cnt"]
-        for m in MEASURE_COLUMNS:
-            cols += [f"nn_{m}", f"sum_{m}", f"min_{m}", f"max_{m}"]
-        return tuple(cols)
-
     def schema(self) -> list[tuple[str, str]]:
         """Columns and DuckDB types a built view of this definition must have, in order."""
         cols = [(c, LAKE_TYPES[c]) for c in self.group_columns]
