@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_differential import _check
+from helpers import check_against_baseline
 
 from analytics.batch.runner import SafeBatchRunner
 from analytics.batch.telemetry import log_path, read_events
@@ -81,10 +81,10 @@ def test_family_b_from_adaptive_views_equals_lake_and_baseline(adaptive_lake, ba
     with Workbench(adaptive_lake) as wb:
         for seed in (2, 3):
             for raw in family(seed, 40):
-                plan = _check(baseline, wb, raw)
+                plan = check_against_baseline(baseline, wb, raw)
                 routes[plan.route] += 1
                 indexes[plan.index] += 1
-                _check(baseline, wb, raw, use_views=False)
+                check_against_baseline(baseline, wb, raw, use_views=False)
         adaptive = {r: n for r, n in routes.items() if r.startswith(PREFIX)}
         assert len(adaptive) >= 3 and sum(adaptive.values()) >= 30, routes
         # user_id and auction_id point filters read the lake indexes (exactly, as checked above)
@@ -93,7 +93,7 @@ def test_family_b_from_adaptive_views_equals_lake_and_baseline(adaptive_lake, ba
         # the SQL path over the adaptive views' Parquet answers the same
     with Workbench(adaptive_lake, fast_path=False) as sql_only:
         for raw in family(4, 20):
-            _check(baseline, sql_only, raw)
+            check_against_baseline(baseline, sql_only, raw)
 
 
 def test_adaptive_views_are_checked_registered_and_carry_why(adaptive_lake):
@@ -187,7 +187,7 @@ def test_retiring_a_view_while_queries_use_it(lake_copy, baseline):
         try:
             while not stop.is_set():
                 for raw in queries:
-                    _check(con, wb, raw)
+                    check_against_baseline(con, wb, raw)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
 
@@ -322,7 +322,7 @@ def test_a_damaged_auction_filter_sends_its_queries_to_the_whole_lake(adaptive_l
     ]
     with Workbench(lake_root) as wb:  # healthy: through the filter, exactly
         for raw in queries:
-            assert _check(baseline, wb, raw).index == name
+            assert check_against_baseline(baseline, wb, raw).index == name
         expected = [to_rows(parse_query(raw), wb.query(raw)) for raw in queries]
         failures: list[str] = []
 
@@ -347,7 +347,7 @@ def test_a_damaged_auction_filter_sends_its_queries_to_the_whole_lake(adaptive_l
     assert "bytes" in usable(index_def(name, record), lake, record)
     with Workbench(lake_root) as wb:
         for raw in queries:
-            plan = _check(baseline, wb, raw)
+            plan = check_against_baseline(baseline, wb, raw)
             assert plan.route == LAKE and plan.index is None
     bits.write_bytes(whole)
     assert usable(index_def(name, record), lake, record) is None

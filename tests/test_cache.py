@@ -7,11 +7,10 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow as pa
 from querygen import random_queries
-from test_batching import tables_match
+from helpers import fresh, tables_match
 
 from analytics.batch.cache import CacheEntry, ResultCache, cache_key, content_stamp
 from analytics.batch.runner import SafeBatchRunner
@@ -27,12 +26,6 @@ LAKE_Q = {"select": ["user_id", {"COUNT": "*"}], "from": "events", "group_by": [
           "where": [{"col": "type", "op": "eq", "val": "click"}], "order_by": [{"col": "COUNT(*)", "dir": "desc"},
                                                                              {"col": "user_id"}], "limit": 5}
 
-
-def fresh(lake: Path) -> Path:
-    """A lake copy without what earlier runs on the shared lake left (cache, telemetry)."""
-    for d in ("_cache", "_telemetry"):
-        shutil.rmtree(lake / d, ignore_errors=True)
-    return lake
 
 
 def test_key_ignores_where_order_and_value_spelling():

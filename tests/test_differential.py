@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import check_against_baseline
 from querygen import random_queries
 
-from analytics.query.model import parse_query
-from analytics.query.results import compare_rows, to_rows
 from analytics.serving.router import LAKE
 from analytics.views.catalog import CATALOG
 
@@ -51,33 +50,22 @@ TARGETED = {
 }
 
 
-def _check(baseline, workbench, raw_query, use_views=True):
-    from analytics.checks.baseline import baseline_query
-
-    q = parse_query(raw_query)
-    expected = to_rows(q, baseline_query(baseline, q))
-    table, plan = workbench.execute(q, use_views=use_views)
-    reason = compare_rows(q, expected, to_rows(q, table))
-    assert reason is None, f"{plan.route}: {reason}\nquery: {json.dumps(raw_query)}\n{plan.describe()}"
-    return plan
-
-
 @pytest.mark.parametrize("i", range(len(EXAMPLES)))
 def test_examples_match_baseline_from_views_and_lake(baseline, workbench, i):
-    assert _check(baseline, workbench, EXAMPLES[i]).route != LAKE
-    assert _check(baseline, workbench, EXAMPLES[i], use_views=False).route == LAKE
+    assert check_against_baseline(baseline, workbench, EXAMPLES[i]).route != LAKE
+    assert check_against_baseline(baseline, workbench, EXAMPLES[i], use_views=False).route == LAKE
 
 
 def test_every_catalog_view_answers_its_targeted_query(baseline, workbench):
     for name, query in TARGETED.items():
-        assert _check(baseline, workbench, query).route == name, name
-        _check(baseline, workbench, query, use_views=False)
+        assert check_against_baseline(baseline, workbench, query).route == name, name
+        check_against_baseline(baseline, workbench, query, use_views=False)
     assert set(TARGETED) == {v.name for v in CATALOG}
 
 
 def test_random_queries_of_the_whole_grammar_lake_matches_baseline(baseline, workbench):
     for raw in random_queries(320, seed=11):
-        _check(baseline, workbench, raw, use_views=False)
+        check_against_baseline(baseline, workbench, raw, use_views=False)
 
 
 def test_cli_run_matches_baseline_under_a_non_utc_process_time_zone(raw_dir, lake_dir, tmp_path):

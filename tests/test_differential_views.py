@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 from querygen import random_queries
-from test_differential import _check
+from helpers import check_against_baseline
 
 from analytics.checks.baseline import baseline_query
 from analytics.query.model import parse_query
@@ -23,17 +23,17 @@ def test_random_view_shaped_queries_views_equal_lake_equal_baseline(baseline, wo
     routes = Counter()
     fast = identity = text_search = 0
     for raw in random_queries(520, seed=23, view_shaped=True):
-        plan = _check(baseline, workbench, raw)
+        plan = check_against_baseline(baseline, workbench, raw)
         routes[plan.route] += 1
         if plan.route != LAKE:
-            assert _check(baseline, sql_only, raw).route == plan.route
+            assert check_against_baseline(baseline, sql_only, raw).route == plan.route
             workbench._ensure_loaded(plan.route)
             view, q = workbench._arrow[workbench.table_name(plan.route)], parse_query(raw)
             answered = view.answer(q) is not None
             fast += answered
             identity += bool(q.group_by) and view._one_row_per_group(q)
             text_search += answered and any(c.col == "minute" and c.op not in ("in", "neq") for c in q.where)
-        _check(baseline, workbench, raw, use_views=False)
+        check_against_baseline(baseline, workbench, raw, use_views=False)
     from_views = sum(n for r, n in routes.items() if r != LAKE)
     assert from_views >= 300, routes  # the workload really exercises the views
     assert len(routes) >= 10, routes
@@ -78,7 +78,7 @@ def test_runs_of_the_first_dimension_found_by_search_equal_the_baseline(baseline
         return out
     monkeypatch.setattr(ArrowView, "_dim_runs", spy)
     for raw in random_queries(520, seed=29, view_shaped=True):
-        _check(baseline, workbench, raw)
+        check_against_baseline(baseline, workbench, raw)
     assert sum(used.values()) >= 40 and len([v for v in used.values() if v]) >= 3, used
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from test_differential import _check
+from helpers import check_against_baseline
 
 from analytics.lake.manifest import Lake
 from analytics.query.model import parse_query
@@ -55,7 +55,7 @@ def test_pruned_lake_answers_equal_the_baseline_at_segment_edges(baseline, workb
                 for where in filters:
                     raw = {"select": ["type", {"COUNT": "*"}, {"SUM": "bid_price"}], "from": "events",
                            "where": [{"col": "type", "op": "eq", "val": t}, *where], "group_by": ["type"]}
-                    plan = _check(baseline, workbench, raw, use_views=False)
+                    plan = check_against_baseline(baseline, workbench, raw, use_views=False)
                     assert plan.route == LAKE
                     pruned += plan.sql.count(".parquet") < all_files
     assert pruned > 50
@@ -63,5 +63,5 @@ def test_pruned_lake_answers_equal_the_baseline_at_segment_edges(baseline, workb
     q = parse_query({"select": [{"COUNT": "*"}], "from": "events"})
     assert lake_relation(lake, q) == "events"
     # a range holding no segment's day reads no file and still answers
-    _check(baseline, workbench, {"select": [{"COUNT": "*"}, {"MAX": "bid_price"}], "from": "events",
+    check_against_baseline(baseline, workbench, {"select": [{"COUNT": "*"}, {"MAX": "bid_price"}], "from": "events",
                                  "where": [{"col": "day", "op": "gt", "val": "2025-06-01"}]}, use_views=False)

@@ -21,14 +21,14 @@ PART_A = HEADER + "".join([
     f"{T1},serve,a1,1,2,,10,,US\n",
     f"{T1 + 500},impression,a1,1,2,1.2500,10,,US\n",
     f"{T2},serve,a2,3,4,,11,,JP\n",
-    f",serve,a3,1,2,,10,,US\n",                          # ts_missing
+    ",serve,a3,1,2,,10,,US\n",                          # ts_missing
     f"{T1},bogus,a4,1,2,,10,,US\n",                      # type_invalid
     f"{T1},impression,a5,1,2,-1.5000,10,,DE\n",          # price_negative
     f"{T1},serve,a6,1,2,,10,US\n",                       # 8 fields: wrong_field_count
 ])
 PART_B = HEADER + "".join([
     f"{T2},purchase,b1,5,6,,12,99.5000,GB\n",
-    f"abc,serve,b2,5,6,,12,,GB\n",                       # ts_unparseable
+    "abc,serve,b2,5,6,,12,,GB\n",                       # ts_unparseable
     f"{T2},click,b3,5,6,,12,,\n",                        # country_missing
 ])
 

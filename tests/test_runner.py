@@ -7,7 +7,6 @@ import fcntl
 import json
 import os
 import pty
-import shutil
 import signal
 import struct
 import subprocess
@@ -18,8 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import fresh
 from querygen import random_queries
-from test_batching import tables_match
+from helpers import tables_match
 
 import analytics.batch.items as items_mod
 import analytics.batch.runner as runner_mod
@@ -37,11 +37,6 @@ HUGE_Q = {"select": ["auction_id", "user_id", "ts", "country", "minute"], "from"
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "analytics", *args], capture_output=True, text=True, cwd=cwd)
 
-
-def fresh(lake: Path) -> Path:
-    for d in ("_cache", "_telemetry"):
-        shutil.rmtree(lake / d, ignore_errors=True)
-    return lake
 
 
 def test_parse_and_split_memory_sizes():

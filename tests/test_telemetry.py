@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from helpers import fresh
 
 from analytics.batch.runner import SafeBatchRunner
 from analytics.batch.telemetry import TelemetryLog, log_files, log_path, percentile, read_events, stats, telemetry_log
@@ -22,11 +22,6 @@ QUERIES = [
     {"select": ["nope"], "from": "events"},  # invalid
 ]
 
-
-def fresh(lake: Path) -> Path:
-    for d in ("_cache", "_telemetry"):
-        shutil.rmtree(lake / d, ignore_errors=True)
-    return lake
 
 
 def test_one_line_per_query_with_the_documented_fields(lake_copy):

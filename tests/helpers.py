@@ -1,0 +1,84 @@
+"""Helpers shared by the test modules: comparing answers with the baseline and with each other,
+and a lake copy without what earlier runs left. Imported by tests, never by the package."""
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+from pathlib import Path
+
+from analytics.checks.baseline import baseline_query
+from analytics.query.model import parse_query
+from analytics.query.results import compare_rows, output_kind, to_rows
+
+
+def fresh(lake: Path) -> Path:
+    """A lake copy without what earlier runs on the shared lake left (cache, telemetry)."""
+    for d in ("_cache", "_telemetry"):
+        shutil.rmtree(lake / d, ignore_errors=True)
+    return lake
+
+
+def check_against_baseline(baseline, workbench, raw_query, use_views=True):
+    """The workbench's answer to `raw_query` must be the baseline's; returns the plan that answered."""
+    q = parse_query(raw_query)
+    expected = to_rows(q, baseline_query(baseline, q))
+    table, plan = workbench.execute(q, use_views=use_views)
+    reason = compare_rows(q, expected, to_rows(q, table))
+    assert reason is None, f"{plan.route}: {reason}\nquery: {json.dumps(raw_query)}\n{plan.describe()}"
+    return plan
+
+
+# ---- comparing answers --------------------------------------------------------------------------
+def _quantize(q, rows: list[list[str]]) -> list[list[str]]:
+    """Float cells of order keys to 10 significant digits: keys equal within tolerance become ties."""
+    names = q.output_names
+    idx = {names.index(o.name) for o in q.order_by if output_kind(q.select[names.index(o.name)]) == "float"}
+    return [[f"{float(v):.10g}" if i in idx and v else v for i, v in enumerate(r)] for r in rows]
+
+
+def _sorted(q, rows: list[list[str]]) -> list[list[str]]:
+    names = q.output_names
+    keys = [(names.index(o.name), o.desc, output_kind(q.select[names.index(o.name)])) for o in q.order_by]
+
+    def cmp(a: list[str], b: list[str]) -> int:
+        for i, desc, kind in keys:
+            x, y = a[i], b[i]
+            if x == y:
+                continue
+            if x == "" or y == "":  # NULLs last, as DuckDB orders them
+                return 1 if x == "" else -1
+            if kind in ("int", "float"):
+                x, y = float(x), float(y)
+            c = (x > y) - (x < y)
+            return -c if desc else c
+        return 0
+
+    return sorted(rows, key=functools.cmp_to_key(cmp))
+
+
+def same_answer(q, expected: list[list[str]], actual: list[list[str]]) -> str | None:
+    """`compare_rows`, except that rows whose float order keys tie within 1e-9 may come in either
+    order (summing in another order moves the last bit, and with it a tie-break)."""
+    why = compare_rows(q, expected, actual)
+    if why is None or not q.order_by:
+        return why
+    if not any(output_kind(q.select[q.output_names.index(o.name)]) == "float" for o in q.order_by):
+        return why
+    return compare_rows(q, _sorted(q, _quantize(q, expected)), _sorted(q, _quantize(q, actual)))
+
+
+def tables_match(q, expected, actual) -> str | None:
+    """None when two Arrow answers are the same answer: equal tables (up to row order where free), else `same_answer`."""
+    if expected.schema != actual.schema:
+        return f"schema {actual.schema} differs from {expected.schema}"
+    if expected.equals(actual):
+        return None
+    keys = [(n, "ascending") for n in expected.column_names]
+    if expected.sort_by(keys).equals(actual.sort_by(keys)):  # the same rows...
+        if not q.order_by:
+            return None
+        order = [o.name for o in q.order_by]
+        if expected.select(order).equals(actual.select(order)):  # ...in the same order of keys
+            return None
+    return same_answer(q, to_rows(q, expected), to_rows(q, actual))
