@@ -7,17 +7,19 @@ stats` summarises and `analytics advise` generalises into view and index definit
 Owns `LAKE/_telemetry/queries.jsonl` (size-rotated to `queries.jsonl.1` ... `.N`) and
 `analytics stats`. Recording never blocks or fails a query: `record` only puts the event on a
 bounded queue (dropping it, and counting the drop, if the queue is full) and one background
-thread per log file appends the lines; any OSError of that thread is swallowed and counted.
-Must not run queries.
+thread per log file formats and appends the lines (the standard library's logging queue and
+rotating file handlers); any OSError of that thread is swallowed and counted. Must not run queries.
 """
 from __future__ import annotations
 
 import atexit
 import datetime as dt
 import json
-import math
+import logging
+import logging.handlers
 import os
 import queue
+import statistics
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -37,15 +39,63 @@ def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
+class _Enqueue(logging.handlers.QueueHandler):
+    """Puts an event on the bounded queue as it is (the writer thread formats it): never blocks;
+    a full queue drops the event and counts it."""
+
+    def __init__(self, log: "TelemetryLog", q: queue.Queue[Any]) -> None:
+        super().__init__(q)
+        self.log = log
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.log.dropped += 1
+
+
+class _JsonLines(logging.handlers.RotatingFileHandler):
+    """Appends each event as one JSON line, rotating at `max_bytes` to `.1` ... `.keep`; an OSError
+    (a full disk, a file where the directory should be) is counted, never raised."""
+
+    def __init__(self, log: "TelemetryLog") -> None:
+        super().__init__(log.path, maxBytes=log.max_bytes, backupCount=log.keep, encoding="utf-8", delay=True)
+        self.log = log
+
+    def _open(self) -> Any:
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(record.msg, default=str, separators=(",", ":"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        done = getattr(record, "done", None)
+        if done is not None:  # a flush marker: everything queued before it is written
+            done.set()
+            return
+        errors = self.log.write_errors
+        super().emit(record)
+        if self.log.write_errors == errors:
+            self.log.written += 1
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.log.write_errors += 1
+        self.log.dropped += 1
+
+
 class TelemetryLog:
-    """Appends events to one JSONL file from a background thread; use `telemetry_log()` to share one."""
+    """Appends events to one JSONL file from a background thread (the standard library's
+    `QueueHandler` onto a bounded queue, a `QueueListener` thread, a `RotatingFileHandler`); use
+    `telemetry_log()` to share one per file."""
 
     def __init__(self, path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.keep = keep
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_SIZE)
-        self._thread: threading.Thread | None = None
+        self._enqueue = _Enqueue(self, self._queue)
+        self._listener: logging.handlers.QueueListener | None = None
         self._start_lock = threading.Lock()
         self.written = 0
         self.dropped = 0
@@ -54,86 +104,30 @@ class TelemetryLog:
     def record(self, event: dict[str, Any]) -> None:
         """Queue one event; never blocks, never raises."""
         try:
-            self._ensure_thread()
-            self._queue.put_nowait(event)
-        except queue.Full:
-            self.dropped += 1
+            self._ensure_listener()
+            self._enqueue.emit(logging.makeLogRecord({"msg": event}))
         except Exception:  # noqa: BLE001 - telemetry must never fail a query
             self.dropped += 1
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued so far is on disk (or `timeout`); True if it is."""
-        if self._thread is None:
+        if self._listener is None:
             return True
         done = threading.Event()
         try:
-            self._queue.put(done, timeout=timeout)
+            self._queue.put(logging.makeLogRecord({"done": done}), timeout=timeout)
         except queue.Full:
             return False
         return done.wait(timeout)
 
-    def _ensure_thread(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+    def _ensure_listener(self) -> None:
+        if self._listener is not None:
             return
         with self._start_lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name=f"telemetry:{self.path}", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            lines: list[str] = []
-            waiters: list[threading.Event] = []
-            while True:  # drain what is queued: one write per burst
-                if isinstance(item, threading.Event):
-                    waiters.append(item)
-                else:
-                    try:
-                        lines.append(json.dumps(item, default=str, separators=(",", ":")))
-                    except (TypeError, ValueError):
-                        self.dropped += 1
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if lines:
-                self._write(lines)
-            for w in waiters:
-                w.set()
-
-    def _write(self, lines: list[str]) -> None:
-        data = ("\n".join(lines) + "\n").encode()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, data)
-                size = os.fstat(fd).st_size
-            finally:
-                os.close(fd)
-            self.written += len(lines)
-            if size >= self.max_bytes:
-                self._rotate()
-        except OSError:
-            self.write_errors += 1
-            self.dropped += len(lines)
-
-    def _rotate(self) -> None:
-        """queries.jsonl -> .1 -> .2 ... ; the oldest beyond `keep` is removed."""
-        try:
-            oldest = self.path.with_name(f"{self.path.name}.{self.keep}")
-            oldest.unlink(missing_ok=True)
-            for k in range(self.keep - 1, 0, -1):
-                src = self.path.with_name(f"{self.path.name}.{k}")
-                if src.exists():
-                    os.replace(src, self.path.with_name(f"{self.path.name}.{k + 1}"))
-            if self.keep > 0:
-                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-            else:
-                self.path.unlink(missing_ok=True)
-        except OSError:
-            self.write_errors += 1
+            if self._listener is None:
+                listener = logging.handlers.QueueListener(self._queue, _JsonLines(self))
+                listener.start()
+                self._listener = listener
 
 
 _logs: dict[str, TelemetryLog] = {}
@@ -189,14 +183,13 @@ def read_events(lake_root: str | os.PathLike,
             continue
 
 
-def percentile(values: list[float], p: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default), `p` in 0..100."""
-    if not values:
-        return None
-    xs = sorted(values)
-    k = (len(xs) - 1) * p / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+def percentile(values: Iterable[float | None], p: int) -> float | None:
+    """The `p`-th percentile (1..99) of the values that are not None: linear interpolation between
+    closest ranks (numpy's default; `statistics.quantiles`' inclusive method)."""
+    xs = [v for v in values if v is not None]
+    if len(xs) < 2:
+        return xs[0] if xs else None
+    return statistics.quantiles(xs, n=100, method="inclusive")[p - 1]
 
 
 def stats(events: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -8,12 +8,12 @@ run, time or check queries, nor format text (`text.py`) or draw (`figures.py`).
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from analytics.batch.telemetry import percentile
 from analytics.bench.cold import COLD_ENGINES, COLD_LABELS
 from analytics.bench.peers import ENGINE_LABELS, ENGINES, PEERS
 from analytics.bench.text import format_ms
@@ -61,13 +61,7 @@ def median(values: Iterable[float | None]) -> float | None:
 
 
 def p95(values: Iterable[float | None]) -> float | None:
-    vals = sorted(v for v in values if v is not None)
-    if not vals:
-        return None
-    # linear interpolation between closest ranks (numpy's default)
-    k = (len(vals) - 1) * 0.95
-    lo, hi = math.floor(k), math.ceil(k)
-    return vals[lo] + (vals[hi] - vals[lo]) * (k - lo)
+    return percentile(values, 95)
 
 
 def rounded(x: float | None, nd: int = 4) -> float | None:
