@@ -351,16 +351,23 @@ def test_cold_repeats_fold_to_medians_and_any_wrong_repeat_wins() -> None:
     assert _fold_records([{**ok, "ms": 3.0}, wrong, {**ok, "ms": 2.0}]) == wrong
 
 
-def test_the_cold_pass_byte_compiles_the_package_first() -> None:
+def test_the_cold_pass_byte_compiles_the_package_first(tmp_path: Path) -> None:
+    """On a package of its own (a copy of two modules), never the installed one's bytecode."""
     import importlib.util
 
     import analytics.bench.text as module
     from analytics.bench.cold import byte_compile
 
-    cached = Path(importlib.util.cache_from_source(module.__file__))
-    cached.unlink(missing_ok=True)
-    assert byte_compile() is True
-    assert cached.is_file() and cached.stat().st_mtime >= Path(module.__file__).stat().st_mtime - 1
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    shutil.copy(module.__file__, pkg / "text.py")
+    (pkg / "sub" / "m.py").write_text("X = 1\n")
+    sources = [pkg / "text.py", pkg / "sub" / "m.py"]
+    assert not any(Path(importlib.util.cache_from_source(str(f))).exists() for f in sources)
+    assert byte_compile(pkg) is True
+    assert all(Path(importlib.util.cache_from_source(str(f))).is_file() for f in sources)
+    (pkg / "broken.py").write_text("def (:\n")
+    assert byte_compile(pkg) is False  # a module that cannot be compiled is said, not hidden
 
 
 def test_peak_rss_is_the_commands_own_not_inherited_from_this_process(tmp_path: Path) -> None:
