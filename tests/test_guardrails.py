@@ -30,7 +30,7 @@ from analytics.checks import guardrails as G
 from analytics.lake.generator import generate
 from analytics.lake.prepare import prepare
 from analytics.query import compiler as compiler_mod
-from analytics.serving import router
+from analytics.views import catalog
 from analytics.views.build import build
 from analytics.views.registry import load_registry, registry_path
 
@@ -284,8 +284,9 @@ def half_open_hour_between(env: FaultEnv) -> None:
 # ---- AVG ----------------------------------------------------------------------------------------
 
 def _patched_measure(func: str, template: str):  # noqa: ANN202
-    """router.measure_expr with the formula of `func` over a price replaced: `template` gets {m}."""
-    original = router.measure_expr
+    """catalog.measure_expr (what SQL over a view computes) with the formula of `func` over a price
+    replaced: `template` gets {m}."""
+    original = catalog.measure_expr
 
     def measure_expr(f, col, view):  # noqa: ANN001, ANN202
         if f == func and col in ("bid_price", "total_price"):
@@ -296,7 +297,7 @@ def _patched_measure(func: str, template: str):  # noqa: ANN202
 
 @fault("avg.nonnull_denominator")
 def avg_divided_by_row_count(env: FaultEnv) -> None:
-    env.monkeypatch.setattr(router, "measure_expr", _patched_measure("AVG", "CAST(sum(sum_{m}) AS DOUBLE) / NULLIF(sum(cnt), 0)"))
+    env.monkeypatch.setattr(catalog, "measure_expr", _patched_measure("AVG", "CAST(sum(sum_{m}) AS DOUBLE) / NULLIF(sum(cnt), 0)"))
     report = G.run_guardrails(env.lake, env.raw)
     c = env.assert_only(report, "engine AVG differs from SUM/non-NULL COUNT")
     src = next(s for s in c["evidence"]["sources"] if s["differing"])
@@ -326,7 +327,7 @@ def view_with_swapped_sums(env: FaultEnv) -> None:
 
 @fault("avg.empty_is_null")
 def avg_of_empty_as_zero(env: FaultEnv) -> None:
-    env.monkeypatch.setattr(router, "measure_expr", _patched_measure(
+    env.monkeypatch.setattr(catalog, "measure_expr", _patched_measure(
         "AVG", "COALESCE(CAST(sum(sum_{m}) AS DOUBLE) / NULLIF(sum(nn_{m}), 0), 0)"))
     report = G.run_guardrails(env.lake, env.raw)
     c = env.assert_only(report, "AVG over no values is not NULL")
@@ -335,7 +336,7 @@ def avg_of_empty_as_zero(env: FaultEnv) -> None:
 
 @fault("avg.no_average_of_averages")
 def average_of_averages(env: FaultEnv) -> None:
-    env.monkeypatch.setattr(router, "measure_expr", _patched_measure("AVG", "avg(CAST(sum_{m} AS DOUBLE) / NULLIF(nn_{m}, 0))"))
+    env.monkeypatch.setattr(catalog, "measure_expr", _patched_measure("AVG", "avg(CAST(sum_{m} AS DOUBLE) / NULLIF(nn_{m}, 0))"))
     report = G.run_guardrails(env.lake, env.raw)
     c = env.assert_only(report, "answers differ")
     assert any(x["would_differ"] for x in c["evidence"]["average_of_averages"])
@@ -477,7 +478,7 @@ def bid_price_on_a_serve_in_the_raw_data(env: FaultEnv) -> None:
 
 @fault("null_handling.count_col_vs_count_star")
 def count_col_answered_as_count_star(env: FaultEnv) -> None:
-    env.monkeypatch.setattr(router, "measure_expr", _patched_measure("COUNT", "COALESCE(sum(cnt), 0)::BIGINT"))
+    env.monkeypatch.setattr(catalog, "measure_expr", _patched_measure("COUNT", "COALESCE(sum(cnt), 0)::BIGINT"))
     report = G.run_guardrails(env.lake, env.raw)
     c = env.assert_only(report, "answers differ")
     bad = {m["source"] for p in c["evidence"]["probes"] for m in p["mismatches"]}
