@@ -150,6 +150,14 @@ def test_explore_saves_the_widget_state_with_its_output(runs: Runs, data: dict[s
     assert not any(o.get("name") == "stdout" and "error" in o.get("text", "") for o in output["state"]["outputs"])
 
 
+def test_explore_refuses_a_price_the_event_type_does_not_carry(runs: Runs, data: dict[str, Any]) -> None:
+    s = runs.scraps("00_explore", lake=data["clean"]["lake"], event_type="click", measure="SUM(bid_price)")
+    assert s["default_refusal"].startswith("click events carry no bid_price: only impressions do")
+    assert s["default_rows"] == 0 and s["default_query"] == {}
+    assert runs.scraps("00_explore", lake=data["clean"]["lake"], event_type="serve", grouping="country",
+                       measure="COUNT(*)")["default_refusal"] == ""
+
+
 def test_explore_groupings_and_measures(runs: Runs, data: dict[str, Any]) -> None:
     s = runs.scraps("00_explore", lake=data["clean"]["lake"], event_type="impression", grouping="week",
                     measure="AVG(bid_price)", start="2024-03-01", end="2024-03-31")
