@@ -47,9 +47,19 @@ def test_make_lab_opens_jupyterlab_on_the_notebooks() -> None:
     out = subprocess.run(["make", "--no-print-directory", "-n", "lab"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert re.search(r"^\.venv/bin/jupyter lab --ServerApp\.root_dir=notebooks --ip=127\.0\.0\.1"
-                     + (r" --allow-root" if os.geteuid() == 0 else ""), out.stdout, re.M)
+    commands = re.sub(r"\\\n\s*", " ", out.stdout)
+    # the explorer's lake: 1M rows with their views, made (or found up to date) before the server starts
+    assert re.search(r"^make --no-print-directory views ROWS=1000000 SEED=0 DIRTY=0$", commands, re.M)
+    lab = re.search(r"^ANALYTICS_LAKE=(\S+) JUPYTER_PATH=(\S+?)(\$.*)? \.venv/bin/jupyter lab "
+                    r"--ServerApp\.root_dir=notebooks --ip=127\.0\.0\.1" + (r" --allow-root" if os.geteuid() == 0 else ""),
+                    commands, re.M)
+    assert lab, commands
+    assert lab.group(1) == str(ROOT / "data" / "lake-1000000")
+    assert lab.group(2) == str(ROOT / ".venv" / "share" / "jupyter")  # .venv's kernel first
     assert "register_kernel" in out.stdout  # the `analytics` kernel is registered first
+    other = subprocess.run(["make", "--no-print-directory", "-n", "lab", "LAB_ROWS=2000000"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120).stdout
+    assert "views ROWS=2000000" in other and f"ANALYTICS_LAKE={ROOT / 'data' / 'lake-2000000'} " in other
     assert re.search(r"^  lab\s+\S", subprocess.run(["make", "--no-print-directory"], cwd=ROOT, capture_output=True,
                                                     text=True, timeout=60).stdout, re.M)
 

@@ -407,6 +407,22 @@ def test_reporting_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert rep.main(["--lake", data["clean"]["lake"], "-p", "novalue", "--out", str(tmp_path / "r")]) == 2
 
 
+def test_make_reports_prints_one_line_per_notebook(tmp_path: Path, data: dict[str, Any]) -> None:
+    """`make reports` in a pipe: each notebook's name, seconds and report, and nothing else (no
+    progress bars, no kernel warnings); an error would add its own lines."""
+    clean = data["clean"]
+    proc = subprocess.run(["make", "--no-print-directory", "reports", f"LAKE={clean['lake']}", f"RAW={clean['raw']}",
+                           f"REPORTS={tmp_path}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout
+    lines = proc.stdout.splitlines()
+    assert len(lines) <= len(NOTEBOOKS) + 1, proc.stdout  # + make's "kernel analytics: up to date"
+    for name in NOTEBOOKS:
+        assert sum(bool(re.fullmatch(rf"{name} +\d+\.\d s  {re.escape(str(tmp_path / name))}\.html", line))
+                   for line in lines) == 1, proc.stdout
+    assert not list(tmp_path.glob(".*.log")) and not list(tmp_path.glob("*FAILED*"))
+
+
 def test_kernel_runs_this_interpreter() -> None:
     import sys
 
