@@ -211,6 +211,23 @@ def test_mv_builds_registry_table(runs: Runs, data: dict[str, Any]) -> None:
         assert v["origin"] == "catalog" and v["deltas"] == 0
 
 
+def test_mv_builds_shows_health_first_and_folds_the_other_columns(runs: Runs, appended: dict[str, Any]) -> None:
+    from analytics.reports import view_registry as vr
+
+    nb = nbformat.read(str(runs.run("02_mv_builds", lake=appended["lake"])), as_version=4)
+    html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    compact, _, folded = html.partition("<details>")
+    assert folded, "the other columns are folded away"
+    heading = r'<th [^>]*class="col_heading[^"]*"[^>]*>([^<]+)</th>'
+    header = re.findall(heading, compact)
+    assert header == list(vr.COMPACT_COLUMNS) and header.index("health") == 1 and len(header) <= 7
+    assert re.findall(heading, folded.split("</details>")[0]) == list(vr.DETAIL_COLUMNS)
+    assert re.sub(r"\s", "", vr.UNHEALTHY_STYLE) in re.sub(r"\s", "", compact)  # every view is stale here: red
+    # the registry comes before the lake's segments and prepare history
+    headings = [c.source.splitlines()[0] for c in nb.cells if c.cell_type == "markdown"]
+    assert headings.index("## The view registry") < headings.index("## The lake: layout and segments")
+
+
 def test_mv_builds_shows_stale_views_and_router_use(runs: Runs, appended: dict[str, Any]) -> None:
     s = runs.scraps("02_mv_builds", lake=appended["lake"])
     assert s["views_healthy"] == 0 and s["segments"] == 2
