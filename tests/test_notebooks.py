@@ -400,6 +400,32 @@ def test_report_charts_render_offline_in_chromium_for_each_report(tmp_path: Path
         assert re.search(r'<tr style="background:#ffebee;color:#b71c1c;font-weight:bold"><td[^>]*>FAIL</td>', dom)
 
 
+def test_benchmark_report_fits_the_page_and_says_na_below_1m_rows(tmp_path: Path, data: dict[str, Any]) -> None:
+    """Notebook 03 on 4,000 rows: a ratio target is "n/a below 1M rows", never MISSED, and every
+    table fits a ~1,000 px page as a browser lays it out."""
+    from playwright.sync_api import sync_playwright
+
+    paths = rep.build_report(NOTEBOOKS_DIR / "03_batch_benchmark.ipynb", tmp_path / "reports",
+                             {"lake": data["clean"]["lake"], "raw": data["clean"]["raw"], "repeats": 1},
+                             timeout=CELL_TIMEOUT)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(paths["results_html"].as_uri(), wait_until="load")
+            widths = page.evaluate("() => [...document.querySelectorAll('.jp-OutputArea-output table')]"
+                                   ".map(t => Math.round(t.getBoundingClientRect().width))")
+            verdicts = page.evaluate("() => [...document.querySelectorAll('table')].filter(t => "
+                                     "t.querySelector('th')?.innerText === 'target').flatMap(t => [...t.rows]"
+                                     ".slice(1).map(r => [r.cells[0].innerText, r.cells[3].innerText]))")
+        finally:
+            browser.close()
+    assert len(widths) >= 4 and max(widths) <= 1000, widths
+    verdict = dict(verdicts)
+    assert verdict["speedup over baseline on the median"] == "n/a below 1M rows"
+    assert verdict["speedup over duckdb_lake on the median"] == "n/a below 1M rows"
+
+
 def test_a_failing_notebook_leaves_no_report(tmp_path: Path) -> None:
     out = tmp_path / "reports"
     out.mkdir()
