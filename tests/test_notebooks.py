@@ -7,6 +7,7 @@ prose may promise what it does not do yet ("filled in when X lands").
 """
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -294,6 +295,23 @@ def test_guardrails_all_pass_and_the_demonstration_catches_stale_views(runs: Run
         {p: b for p, b in before.items() if "_telemetry" not in p.parts}
 
 
+def test_guardrail_evidence_is_one_line_with_the_record_folded(runs: Runs, data: dict[str, Any]) -> None:
+    """The demonstration's failing check: twelve views stale from one lake version read as one item
+    of one short line; the whole summary and record sit in a closed <details>."""
+    from analytics.reports.guardrail_report import SUMMARY_CHARS
+
+    clean = data["clean"]
+    nb = nbformat.read(str(runs.run("04_guardrail_validation", lake=clean["lake"], raw=clean["raw"])), as_version=4)
+    demo = nb.cells[-1].outputs
+    table = next(o["data"]["text/html"] for o in demo if "caught the fault" in o.get("data", {}).get("text/html", ""))
+    row = re.search(r'<tr style="background:#ffebee">(.*?)</tr>', table, re.S).group(1)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+    line, folded = cells[3].split("<details>")
+    assert line.startswith(f"{len(VIEWS)} × built from lake version ") and len(html.unescape(line)) <= SUMMARY_CHARS
+    assert folded.split("</p>")[0].count("built from lake version") == len(VIEWS)  # the whole summary, on demand
+    assert "min-width:14em" in row  # "guards" keeps its words on a line
+
+
 @pytest.mark.parametrize("fault, unhealthy", [("view_file_truncated", "serving copy unusable"), ("view_file_deleted", "file missing")])
 def test_guardrail_demonstration_faults(runs: Runs, data: dict[str, Any], fault: str, unhealthy: str) -> None:
     clean = data["clean"]
@@ -397,7 +415,8 @@ def test_report_charts_render_offline_in_chromium_for_each_report(tmp_path: Path
     for text in texts:
         assert text in dom, text
     if name == "04_guardrail_validation" and "FAIL" in texts:
-        assert re.search(r'<tr style="background:#ffebee;color:#b71c1c;font-weight:bold"><td[^>]*>FAIL</td>', dom)
+        assert re.search(r'<tr style="background:#ffebee"><td[^>]*><span style="color:#b71c1c;font-weight:bold">'
+                         r'FAIL</span></td>', dom)
 
 
 def test_benchmark_report_fits_the_page_and_says_na_below_1m_rows(tmp_path: Path, data: dict[str, Any]) -> None:
