@@ -119,7 +119,8 @@ views: lake ## build the materialized views of data/lake-ROWS
 
 # The benchmark: every phase timed with its peak RSS into data/phases-ROWS (kept with the data, so a
 # reused lake still reports the prepare/build that made it), then every engine on the workloads with
-# progress in the terminal, then notebook 03 renders the JSON. A mismatch with the baseline still
+# progress in the terminal, then notebook 03 renders the JSON, which is recorded under docs/benchmarks/
+# and renders docs/benchmark.md and README's benchmark table. A mismatch with the baseline still
 # writes the report (in red), then fails the target.
 BENCH_REPEATS ?= 5
 BENCH_WORKLOADS ?= queries/examples.json queries/judges.json
@@ -136,7 +137,7 @@ FRESH_PART := data/part-$(FRESH_ROWS)-seed7/events_part_00000.csv
 ADAPTIVE_BUDGET ?= $(if $(filter 245000000,$(ROWS)),20GiB,2GiB)
 WORK_DIR := data/work-$(DATA_TAG)
 
-benchmark: setup ## data + lake + views for ROWS (or SCALE=full), every engine on examples + judges, reports/03_batch_benchmark.* + benchmark.json
+benchmark: setup ## data + lake + views for ROWS (or SCALE=full), every engine on examples + judges, reports/03_batch_benchmark.* + benchmark.json, docs/benchmark.md
 	@echo "== benchmark at $(ROWS) rows: generate -> prepare -> build -> engines -> notebooks/03_batch_benchmark"
 	@if [ ! -e $(GENERATED) ]; then \
 		rm -f $(RAW_DIR)/.generated-*; \
@@ -162,6 +163,7 @@ benchmark: setup ## data + lake + views for ROWS (or SCALE=full), every engine o
 		-p 'sweep=$(abspath $(REPORTS))/benchmark-*.json' $(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT)); \
 	echo; $(PY) -m analytics.bench summary $(BENCH_JSON) \
 		--report $(REPORTS)/03_batch_benchmark$(SUFFIX).html || rc=$$?; \
+	$(PY) -m analytics.bench docs --json $(BENCH_JSON) || rc=$$?; \
 	exit $$rc
 
 sweep: setup ## the benchmark at each size of SWEEP_ROWS (1M 5M 15M), reports/benchmark-ROWS.json, sweep.json and the chart
