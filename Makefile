@@ -133,7 +133,7 @@ PHASE := $(PY) -m analytics.bench phase --dir $(PHASES_DIR)
 FRESH_ROWS := $(if $(filter 245000000,$(ROWS)),5000000,1000000)
 FRESH_PART := data/part-$(FRESH_ROWS)-seed7/events_part_00000.csv
 # 20 GiB at full scale: all of the second family from views needs ~15 GB there (two of its shapes
-# barely aggregate; README, "Adaptive views and lake indexes"), written to data/work and removed after
+# barely aggregate; ARCHITECTURE.md, "Adaptive views and lake indexes"), written to data/work and removed after
 ADAPTIVE_BUDGET ?= $(if $(filter 245000000,$(ROWS)),20GiB,2GiB)
 WORK_DIR := data/work-$(DATA_TAG)
 
