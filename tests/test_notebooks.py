@@ -461,6 +461,34 @@ def test_a_failing_notebook_leaves_no_report(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["02_mv_builds.FAILED.ipynb"]
 
 
+def test_reporting_says_a_failing_notebook_and_keeps_its_kernel_stderr(tmp_path: Path, data: dict[str, Any]) -> None:
+    """The reporting command in a pipe: a notebook that runs prints its one line, a failing one
+    prints its error (not a line of its own) and stops the run; the kernel's stderr, hidden while
+    notebooks succeed, is kept beside the failed notebook."""
+    import sys
+
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    for name, body in (("00_works", "print('fine')"), ("01_fails", "raise RuntimeError('boom')"),
+                       ("02_never", "print('not reached')")):
+        nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "analytics", "display_name": "analytics",
+                                                               "language": "python"}})
+        nb.cells = [nbformat.v4.new_code_cell("lake = None", metadata={"tags": ["parameters"]}),
+                    nbformat.v4.new_code_cell(body)]
+        nbformat.write(nb, str(nb_dir / f"{name}.ipynb"))
+    out = tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "-m", "analytics.reports.notebooks", "--lake", data["clean"]["lake"],
+                           "--notebooks", str(nb_dir), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    assert re.fullmatch(rf"00_works +\d+\.\d s  {re.escape(str(out))}/00_works\.html\n", proc.stdout), proc.stdout
+    assert re.match(r"reporting: error: 01_fails\.ipynb failed at cell In \[\d+\] with RuntimeError: boom", proc.stderr)
+    assert "02_never" not in proc.stdout + proc.stderr
+    kept = sorted(p.name for p in out.iterdir() if "FAILED" in p.name or p.name.startswith("."))
+    assert kept[0] == "01_fails.FAILED.ipynb" and kept[1:] in ([], ["01_fails.FAILED.stderr.log"])
+    if kept[1:]:
+        assert str(out / kept[1]) in proc.stderr
+
+
 def test_reporting_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], data: dict[str, Any]) -> None:
     assert rep.main(["--lake", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 1
     assert "not a prepared lake" in capsys.readouterr().err
