@@ -49,7 +49,7 @@ help: ## list the targets (the default goal)
 	@echo "usage: make TARGET [VAR=value ...]"
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "variables: ROWS=$(ROWS) SCALE=full (ROWS=245000000) DIRTY=$(DIRTY) SEED=$(SEED) LAKE=path RAW=path"
-	@echo "           SWEEP_ROWS='$(SWEEP_ROWS)' MEMORY_LIMIT=$(MEMORY_LIMIT) PYTEST_ARGS='...' LAB_ARGS='...'"
+	@echo "           SWEEP_ROWS='$(SWEEP_ROWS)' MEMORY_LIMIT=$(MEMORY_LIMIT) PYTEST_ARGS='...' LAB_ROWS=$(LAB_ROWS) LAB_ARGS='...'"
 	@echo "           ADAPTIVE_BUDGET=$(ADAPTIVE_BUDGET) (the adaptive views benchmark of make benchmark)"
 
 setup: $(STAMP) kernel ## create .venv, install the package with pinned [dev] extras, register the `analytics` Jupyter kernel
@@ -61,15 +61,23 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-kernel: $(STAMP) ## (re)register the Jupyter kernel `analytics` when it does not run .venv's python
-	@$(PY) -c 'from analytics.reports.notebooks import register_kernel; print("kernel analytics:", "registered" if register_kernel() else "up to date")'
+# The kernel lives in .venv/share/jupyter (`ipykernel install --prefix .venv`), never in the user's
+# home: it goes with the checkout. Another JupyterLab finds it with JUPYTER_PATH=$(abspath $(VENV))/share/jupyter.
+kernel: $(STAMP) ## register the Jupyter kernel `analytics` inside .venv (nothing is written to your home)
+	@$(PY) -c 'from analytics.reports.notebooks import register_kernel; print("kernel analytics:", "registered in $(VENV)" if register_kernel() else "up to date")'
 
-# JupyterLab on notebooks/ (kernel `analytics`, ipywidgets and plotly included); the notebooks'
-# defaults point at the nbval data set, made first. Jupyter refuses root without --allow-root (CI
-# and these machines run as root). LAB_ARGS are passed on, e.g. LAB_ARGS='--port 9999'.
+# JupyterLab on notebooks/ (kernel `analytics`, ipywidgets and plotly included). The explorer (00)
+# opens on LAB_ROWS rows (data/lake-LAB_ROWS with its views: made on first use, like the benchmark's
+# data, and reused after), named to it in ANALYTICS_LAKE; the other notebooks' defaults point at the
+# nbval data set, made first. The kernel is .venv's, first on JUPYTER_PATH (a kernel of the same name
+# in your home would otherwise shadow it). Jupyter refuses root without --allow-root (CI and these
+# machines run as root). LAB_ARGS are passed on, e.g. LAB_ARGS='--port 9999'.
+LAB_ROWS ?= 1000000
 LAB_ARGS ?=
-lab: setup nbval-data ## open JupyterLab on notebooks/ (00_explore is the explorer), LAB_ARGS='--port 9999 ...'
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) \
+lab: setup nbval-data ## open JupyterLab on notebooks/ (00_explore, the explorer, on LAB_ROWS=1000000 rows), LAB_ARGS='--port 9999 ...'
+	@$(MAKE) --no-print-directory views ROWS=$(LAB_ROWS) SEED=0 DIRTY=0
+	ANALYTICS_LAKE=$(abspath data/lake-$(LAB_ROWS)) JUPYTER_PATH=$(abspath $(VENV))/share/jupyter$${JUPYTER_PATH:+:$$JUPYTER_PATH} \
+		$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) \
 		$(LAB_ARGS)
 
 test: setup nbval-data ## run pytest on tests/ (2 workers), then nbval on the notebooks
@@ -118,7 +126,8 @@ views: lake ## build the materialized views of data/lake-ROWS
 
 # The benchmark: every phase timed with its peak RSS into data/phases-ROWS (kept with the data, so a
 # reused lake still reports the prepare/build that made it), then every engine on the workloads with
-# progress in the terminal, then notebook 03 renders the JSON. A mismatch with the baseline still
+# progress in the terminal, then notebook 03 renders the JSON, which is recorded under docs/benchmarks/
+# and renders docs/benchmark.md and README's benchmark table. A mismatch with the baseline still
 # writes the report (in red), then fails the target.
 BENCH_REPEATS ?= 5
 BENCH_WORKLOADS ?= queries/examples.json queries/judges.json
@@ -131,11 +140,11 @@ PHASE := $(PY) -m analytics.bench phase --dir $(PHASES_DIR)
 FRESH_ROWS := $(if $(filter 245000000,$(ROWS)),5000000,1000000)
 FRESH_PART := data/part-$(FRESH_ROWS)-seed7/events_part_00000.csv
 # 20 GiB at full scale: all of the second family from views needs ~15 GB there (two of its shapes
-# barely aggregate; README, "Adaptive views and lake indexes"), written to data/work and removed after
+# barely aggregate; ARCHITECTURE.md, "Adaptive views and lake indexes"), written to data/work and removed after
 ADAPTIVE_BUDGET ?= $(if $(filter 245000000,$(ROWS)),20GiB,2GiB)
 WORK_DIR := data/work-$(DATA_TAG)
 
-benchmark: setup ## data + lake + views for ROWS (or SCALE=full), every engine on examples + judges, reports/03_batch_benchmark.* + benchmark.json
+benchmark: setup ## data + lake + views for ROWS (or SCALE=full), every engine on examples + judges, reports/03_batch_benchmark.* + benchmark.json, docs/benchmark.md
 	@echo "== benchmark at $(ROWS) rows: generate -> prepare -> build -> engines -> notebooks/03_batch_benchmark"
 	@if [ ! -e $(GENERATED) ]; then \
 		rm -f $(RAW_DIR)/.generated-*; \
@@ -161,6 +170,7 @@ benchmark: setup ## data + lake + views for ROWS (or SCALE=full), every engine o
 		-p 'sweep=$(abspath $(REPORTS))/benchmark-*.json' $(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT)); \
 	echo; $(PY) -m analytics.bench summary $(BENCH_JSON) \
 		--report $(REPORTS)/03_batch_benchmark$(SUFFIX).html || rc=$$?; \
+	$(PY) -m analytics.bench docs --json $(BENCH_JSON) || rc=$$?; \
 	exit $$rc
 
 sweep: setup ## the benchmark at each size of SWEEP_ROWS (1M 5M 15M), reports/benchmark-ROWS.json, sweep.json and the chart
@@ -172,11 +182,11 @@ sweep: setup ## the benchmark at each size of SWEEP_ROWS (1M 5M 15M), reports/be
 
 ifdef LAKE
 reports: setup ## run every notebook into reports/NN_name.{ipynb,html,results.html}: LAKE=path [RAW=path], or ROWS=n
-	$(PY) -m analytics.reports.notebooks --lake '$(LAKE)' $(if $(RAW),--raw '$(RAW)') --out $(REPORTS) \
+	@$(PY) -m analytics.reports.notebooks --lake '$(LAKE)' $(if $(RAW),--raw '$(RAW)') --out $(REPORTS) \
 		$(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT))
 else
 reports: views
-	$(PY) -m analytics.reports.notebooks --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) -p rows=$(ROWS) \
+	@$(PY) -m analytics.reports.notebooks --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) -p rows=$(ROWS) \
 		$(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT))
 endif
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import datetime as dt
 import io
 import re
 import urllib.parse
@@ -50,17 +51,23 @@ def lake_count(lake: Path, where: str, params: list) -> dict:
 
 
 def test_query_builder() -> None:
-    q = ex.explorer_query("click", "2024-02-01", "2024-02-29", "advertiser_id", "SUM(bid_price)")
+    q = ex.explorer_query("impression", "2024-02-01", "2024-02-29", "advertiser_id", "SUM(bid_price)")
     assert q == {"select": ["advertiser_id", {"SUM": "bid_price"}], "from": "events",
-                 "where": [{"col": "type", "op": "eq", "val": "click"},
+                 "where": [{"col": "type", "op": "eq", "val": "impression"},
                            {"col": "day", "op": "between", "val": ["2024-02-01", "2024-02-29"]}],
                  "group_by": ["advertiser_id"],
                  "order_by": [{"col": "SUM(bid_price)", "dir": "desc"}, {"col": "advertiser_id", "dir": "asc"}],
                  "limit": ex.ENTITY_TOP}
     for g in ex.EXPLORER_GROUPINGS:
         for m in ex.EXPLORER_MEASURES:
-            parse_query(ex.explorer_query("serve", "2024-01-01", "2024-12-31", g, m, country="JP",
+            event_type = "purchase" if "total_price" in m else "impression"
+            parse_query(ex.explorer_query(event_type, "2024-01-01", "2024-12-31", g, m, country="JP",
                                           advertiser_id="4, 9", publisher_id=7))  # all valid queries
+    # top N: any N, or 0 / None for every advertiser
+    assert ex.explorer_query("click", "2024-02-01", "2024-02-29", "publisher_id", "COUNT(*)", top=10)["limit"] == 10
+    for everything in (0, None):
+        assert "limit" not in ex.explorer_query("click", "2024-02-01", "2024-02-29", "publisher_id", "COUNT(*)",
+                                                top=everything)
 
 
 def test_query_builder_filters() -> None:
@@ -91,6 +98,72 @@ def test_query_builder_errors(kwargs: dict, message: str) -> None:
         ex.explorer_query(**args)
 
 
+@pytest.mark.parametrize("event_type, measure, message", [
+    ("click", "SUM(bid_price)", "click events carry no bid_price: only impressions do"),
+    ("serve", "AVG(bid_price)", "serve events carry no bid_price: only impressions do"),
+    ("impression", "SUM(total_price)", "impression events carry no total_price: only purchases do"),
+    ("click", "AVG(total_price)", "click events carry no total_price: only purchases do"),
+])
+def test_a_price_the_event_type_does_not_carry_is_refused(wb: Workbench, lake: Path, event_type: str, measure: str,
+                                                          message: str) -> None:
+    column = measure[4:-1]
+    # the refusal states a fact of the data: that type's rows in the lake hold no value of the column
+    assert lake_count(lake, f"type = ? AND {column} IS NOT NULL", [event_type]) == {}
+    with pytest.raises(ex.Refused, match=re.escape(message)):
+        ex.explorer_query(event_type, "2024-01-01", "2024-12-31", "day", measure)
+    assert "only" in ex.measure_label(measure)  # the form names the type next to the measure
+    assert ex.measure_label("COUNT(*)") == "COUNT(*)"
+
+
+@pytest.mark.parametrize("start, end, message", [
+    ("2024-03-02", "2024-03-01", "the from-date 2024-03-02 is after the to-date 2024-03-01"),
+    (None, "2024-03-01", "pick both dates"),
+    ("2024-03-01", "", "pick both dates"),
+])
+def test_a_reversed_or_empty_date_range_is_refused(start: str | None, end: str, message: str) -> None:
+    with pytest.raises(ex.Refused, match=re.escape(message)):
+        ex.explorer_query("serve", start, end, "day", "COUNT(*)")
+    ex.explorer_query("serve", "2024-03-01", "2024-03-01", "day", "COUNT(*)")  # one day is a range
+
+
+def test_the_top_n_cut_is_said_in_status_title_and_csv_name(wb: Workbench, lake: Path) -> None:
+    per_advertiser = duckdb.connect().execute(
+        "SELECT count(DISTINCT advertiser_id) FROM read_parquet(?, hive_partitioning = true) WHERE type = 'serve'",
+        [str(lake / "events" / "**" / "*.parquet")]).fetchone()[0]
+    assert per_advertiser > 10
+    res = ex.answer(wb, ex.explorer_query("serve", "2024-01-01", "2024-12-31", "advertiser_id", "COUNT(*)", top=10))
+    assert res["rows"] == 10 and res["groups"] == per_advertiser
+    cut = f"top 10 of {per_advertiser:,} advertisers"
+    assert res["status"].endswith(f" · {cut} by COUNT(*)")
+    assert res["figure"].layout.title.text == f"COUNT(*) of serve events by advertiser_id, {cut}"
+    assert 'download="serve_count_by_advertiser_id_top10.csv"' in res["csv_link"]
+    everyone = ex.answer(wb, ex.explorer_query("serve", "2024-01-01", "2024-12-31", "advertiser_id", "COUNT(*)",
+                                               top=None))
+    assert everyone["rows"] == per_advertiser and "top" not in everyone["status"]
+    assert 'download="serve_count_by_advertiser_id.csv"' in everyone["csv_link"]
+
+
+def test_a_sparse_series_is_drawn_as_bars_a_dense_one_as_a_line(wb: Workbench) -> None:
+    sparse = ex.answer(wb, ex.explorer_query("purchase", "2024-01-01", "2024-12-31", "day", "COUNT(*)"))
+    assert 0 < sparse["rows"] < 366
+    assert [t.type for t in sparse["figure"].data] == ["bar"]
+    assert f"({sparse['rows']} of 366 days have events)" in sparse["figure"].layout.title.text
+    dense = ex.answer(wb, ex.explorer_query("serve", "2024-01-01", "2024-03-31", "week", "COUNT(*)"))
+    assert dense["rows"] == ex.periods("week", "2024-01-01", "2024-03-31") == 13  # Mondays 2024-01-01 .. 2024-03-25
+    assert [t.type for t in dense["figure"].data] == ["scatter"] and dense["figure"].data[0].mode.startswith("lines")
+    assert ex.periods("hour", "2024-03-01", "2024-03-02") == 48
+
+
+def test_the_answer_table_is_styled(wb: Workbench) -> None:
+    res = ex.answer(wb, ex.explorer_query("serve", "2024-01-01", "2024-12-31", "country", "COUNT(*)"))
+    table = res["table_html"]
+    assert "<style>" in table and 'class="explorer-answer"' in table and "border: 1px solid" in table
+    assert '<th class="txt">country</th><th class="num">COUNT(*)</th>' in table
+    biggest = int(res["frame"]["COUNT(*)"].max())
+    assert f'<td class="num">{biggest:,}</td>' in table
+    assert "explorer-download" in res["csv_link"] and "text-decoration:underline" in res["csv_link"]
+
+
 def test_answer_shows_route_explanation_and_csv(wb: Workbench, lake: Path) -> None:
     q = ex.explorer_query("impression", "2024-01-01", "2024-12-31", "country", "COUNT(*)")
     res = ex.answer(wb, q)
@@ -104,7 +177,7 @@ def test_answer_shows_route_explanation_and_csv(wb: Workbench, lake: Path) -> No
     header, *rows = list(csv.reader(io.StringIO(base64.b64decode(urllib.parse.unquote(href)).decode())))
     assert header == ["country", "COUNT(*)"]
     assert {c: int(n) for c, n in rows} == expected
-    assert f"({len(expected)} rows)" in res["csv_link"] and 'download="answer.csv"' in res["csv_link"]
+    assert f"({len(expected)} rows, " in res["csv_link"] and 'download="impression_count_by_country.csv"' in res["csv_link"]
 
 
 def test_explorer_form_runs_the_selection(wb: Workbench, lake: Path) -> None:
@@ -136,3 +209,27 @@ def test_explorer_form_shows_a_bad_selection(wb: Workbench) -> None:
     assert form.chart.outputs == () and form.table.value == "" and form.explain_box.value == ""
     form.advertiser_id.value, form.end.value = "", None
     assert form.run() is None and "pick both dates" in form.error
+
+
+def test_explorer_form_refuses_a_meaningless_selection(wb: Workbench) -> None:
+    form = ex.Explorer(wb, event_type="impression", start="2024-01-01", end="2024-12-31", grouping="day",
+                       measure="SUM(bid_price)")
+    assert form.run() is not None and "<table" in form.table.value
+    form.event_type.value = "click"
+    assert form.run() is None and form.last is None
+    assert "explorer-refused" in form.status.value and "click events carry no bid_price" in form.status.value
+    assert form.chart.outputs == () and form.table.value == "" and form.query_box.value == ""
+    form.event_type.value, form.start.value = "impression", form.end.value + dt.timedelta(days=1)
+    assert form.run() is None and "is after the to-date" in form.error
+
+
+def test_explorer_form_offers_top_n_for_advertisers_and_publishers_only(wb: Workbench) -> None:
+    form = ex.Explorer(wb, event_type="serve", start="2024-01-01", end="2024-12-31", grouping="day",
+                       measure="COUNT(*)")
+    assert form.top.disabled and form.top.value == ex.ENTITY_TOP
+    form.grouping.value = "publisher_id"
+    assert not form.top.disabled
+    form.top.value = 10
+    assert form.run()["rows"] == 10 and "top 10 of" in form.status.value
+    form.top.value = 0  # all rows
+    assert form.run()["rows"] > 10 and "top" not in form.status.value

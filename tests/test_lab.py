@@ -3,7 +3,10 @@
 The server runs on 127.0.0.1 with a random free port and a token, on a copy of 00_explore whose
 `lake` parameter points at a small generated lake with its views. The browser runs every cell,
 changes the event type, grouping and measure, clicks Run, and the test checks the chart and the
-rows/route line against an answer computed here with DuckDB straight from the lake's Parquet files.
+rows/route line against an answer computed here with DuckDB straight from the lake's Parquet files;
+then that the table is styled (borders as the browser computes them), that a price the event type
+does not carry and a reversed date range are refused with a message and no table, and that a
+top-N cut is said in the status line, the chart title and the CSV's name.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
+from analytics.reports import explorer as ex
 from analytics.reports import notebooks as rep
 from analytics.views.catalog import VIEWS
 
@@ -43,9 +47,19 @@ def test_make_lab_opens_jupyterlab_on_the_notebooks() -> None:
     out = subprocess.run(["make", "--no-print-directory", "-n", "lab"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert re.search(r"^\.venv/bin/jupyter lab --ServerApp\.root_dir=notebooks --ip=127\.0\.0\.1"
-                     + (r" --allow-root" if os.geteuid() == 0 else ""), out.stdout, re.M)
+    commands = re.sub(r"\\\n\s*", " ", out.stdout)
+    # the explorer's lake: 1M rows with their views, made (or found up to date) before the server starts
+    assert re.search(r"^make --no-print-directory views ROWS=1000000 SEED=0 DIRTY=0$", commands, re.M)
+    lab = re.search(r"^ANALYTICS_LAKE=(\S+) JUPYTER_PATH=(\S+?)(\$.*)? \.venv/bin/jupyter lab "
+                    r"--ServerApp\.root_dir=notebooks --ip=127\.0\.0\.1" + (r" --allow-root" if os.geteuid() == 0 else ""),
+                    commands, re.M)
+    assert lab, commands
+    assert lab.group(1) == str(ROOT / "data" / "lake-1000000")
+    assert lab.group(2) == str(ROOT / ".venv" / "share" / "jupyter")  # .venv's kernel first
     assert "register_kernel" in out.stdout  # the `analytics` kernel is registered first
+    other = subprocess.run(["make", "--no-print-directory", "-n", "lab", "LAB_ROWS=2000000"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120).stdout
+    assert "views ROWS=2000000" in other and f"ANALYTICS_LAKE={ROOT / 'data' / 'lake-2000000'} " in other
     assert re.search(r"^  lab\s+\S", subprocess.run(["make", "--no-print-directory"], cwd=ROOT, capture_output=True,
                                                     text=True, timeout=60).stdout, re.M)
 
@@ -220,6 +234,14 @@ def _select(page: Any, label: str, value: str) -> None:
     page.locator(f".explorer .widget-dropdown:has(label:text-is('{label}')) select").select_option(value)
 
 
+def _run(page: Any, before: str) -> str:
+    """Press Run and wait for the status line to change from `before`; the new status."""
+    page.locator(".explorer button", has_text="Run").click()
+    page.wait_for_function("(before) => { const t = document.querySelector('.explorer-status')?.innerText || '';"
+                           " return t.trim() !== '' && t !== before; }", arg=before)
+    return page.locator(".explorer .explorer-status").inner_text()
+
+
 def test_explorer_in_jupyterlab(lab: dict[str, Any], lake: Path, tmp_path: Path) -> None:
     assert Path(CHROMIUM).is_file(), f"{CHROMIUM} is missing: install it (`apt-get install chromium`; .ci/run does)"
     expected = _expected_click_counts(lake)
@@ -267,7 +289,7 @@ def _drive_the_explorer(page: Any, url: str, server_log: Path, expected: dict[st
     ticks = set(chart.locator(".xaxislayer-above .xtick text").all_text_contents())
     assert ticks == set(expected)
     table = page.locator(".explorer .explorer-table table")
-    shown = {r[0]: int(r[1]) for r in (row.split("\t") for row in table.locator("tbody tr").all_inner_texts())}
+    shown = {r[0]: int(r[1].replace(",", "")) for r in (row.split("\t") for row in table.locator("tbody tr").all_inner_texts())}
     assert shown == expected
 
     page.locator(".explorer button", has_text="explain").click()
@@ -277,7 +299,49 @@ def _drive_the_explorer(page: Any, url: str, server_log: Path, expected: dict[st
     link = page.locator(".explorer .explorer-query a[download]")
     assert link.get_attribute("href").startswith("data:text/csv")
 
+    # the table is styled: a class the page can find, and borders and alignment the browser applies
+    styled = table.evaluate("(t) => { const th = t.querySelector('th.num'), td = t.querySelector('td.num');"
+                            " const cs = (e) => getComputedStyle(e); return [t.className, cs(td).borderTopWidth,"
+                            " cs(td).borderTopStyle, cs(th).textAlign, cs(td).textAlign]; }")
+    assert styled == ["explorer-answer", "1px", "solid", "right", "right"], styled
+    assert link.evaluate("(a) => getComputedStyle(a).textDecorationLine") == "underline"
+
     outputs = " ".join(page.locator(".jp-OutputArea-output").all_inner_texts())
     assert "Traceback" not in outputs and "error:" not in outputs
     assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
+    _drive_the_guidance(page, line)
     page.locator(".explorer").scroll_into_view_if_needed()
+
+
+def _drive_the_guidance(page: Any, before: str) -> None:
+    """A meaningless measure and a reversed date range are refused; a top-N cut is said everywhere."""
+    status = page.locator(".explorer .explorer-status")
+    table = page.locator(".explorer .explorer-table")
+    _select(page, "group by", "day")
+    _select(page, "measure", ex.measure_label("SUM(bid_price)"))  # clicks carry no bid price
+    line = _run(page, before)
+    assert "click events carry no bid_price: only impressions do" in line, line
+    assert page.locator(".explorer .explorer-refused").count() == 1
+    assert table.locator("table").count() == 0 and "NaN" not in table.inner_text()
+    assert page.locator(".explorer .explorer-chart svg.main-svg").count() == 0
+
+    _select(page, "measure", "COUNT(*)")
+    page.locator(".explorer .widget-datepicker:has(label:text-is('from')) input").fill("2024-06-30")
+    page.locator(".explorer .widget-datepicker:has(label:text-is('to')) input").fill("2024-06-01")
+    line = _run(page, line)
+    assert "the from-date 2024-06-30 is after the to-date 2024-06-01" in line, line
+    assert table.locator("table").count() == 0
+
+    page.locator(".explorer .widget-datepicker:has(label:text-is('from')) input").fill("2024-01-01")
+    page.locator(".explorer .widget-datepicker:has(label:text-is('to')) input").fill("2024-12-31")
+    _select(page, "event type", "serve")
+    _select(page, "group by", "advertiser_id")
+    _select(page, "advertisers/publishers", "top 10")
+    line = _run(page, line)
+    m = re.fullmatch(r"10 row\(s\) via route \S+ in [\d.]+ ms · (top 10 of ([\d,]+) advertisers) by COUNT\(\*\)", line)
+    assert m and int(m.group(2).replace(",", "")) > 10, line
+    page.wait_for_function("(cut) => (document.querySelector('.explorer-chart .gtitle')?.textContent || '')"
+                           ".endsWith(cut)", arg=m.group(1))
+    assert page.locator(".explorer .explorer-query a[download]").get_attribute("download") == \
+        "serve_count_by_advertiser_id_top10.csv"
+    assert status.inner_text() == line

@@ -7,6 +7,7 @@ prose may promise what it does not do yet ("filled in when X lands").
 """
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -150,6 +151,14 @@ def test_explore_saves_the_widget_state_with_its_output(runs: Runs, data: dict[s
     assert not any(o.get("name") == "stdout" and "error" in o.get("text", "") for o in output["state"]["outputs"])
 
 
+def test_explore_refuses_a_price_the_event_type_does_not_carry(runs: Runs, data: dict[str, Any]) -> None:
+    s = runs.scraps("00_explore", lake=data["clean"]["lake"], event_type="click", measure="SUM(bid_price)")
+    assert s["default_refusal"].startswith("click events carry no bid_price: only impressions do")
+    assert s["default_rows"] == 0 and s["default_query"] == {}
+    assert runs.scraps("00_explore", lake=data["clean"]["lake"], event_type="serve", grouping="country",
+                       measure="COUNT(*)")["default_refusal"] == ""
+
+
 def test_explore_groupings_and_measures(runs: Runs, data: dict[str, Any]) -> None:
     s = runs.scraps("00_explore", lake=data["clean"]["lake"], event_type="impression", grouping="week",
                     measure="AVG(bid_price)", start="2024-03-01", end="2024-03-31")
@@ -201,6 +210,23 @@ def test_mv_builds_registry_table(runs: Runs, data: dict[str, Any]) -> None:
         assert v["healthy"] is True and v["health"] == "healthy" and v["mode"] == "full"
         assert v["router_uses"] == 0  # nothing queried this lake through the runner
         assert v["origin"] == "catalog" and v["deltas"] == 0
+
+
+def test_mv_builds_shows_health_first_and_folds_the_other_columns(runs: Runs, appended: dict[str, Any]) -> None:
+    from analytics.reports import view_registry as vr
+
+    nb = nbformat.read(str(runs.run("02_mv_builds", lake=appended["lake"])), as_version=4)
+    html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    compact, _, folded = html.partition("<details>")
+    assert folded, "the other columns are folded away"
+    heading = r'<th [^>]*class="col_heading[^"]*"[^>]*>([^<]+)</th>'
+    header = re.findall(heading, compact)
+    assert header == list(vr.COMPACT_COLUMNS) and header.index("health") == 1 and len(header) <= 7
+    assert re.findall(heading, folded.split("</details>")[0]) == list(vr.DETAIL_COLUMNS)
+    assert re.sub(r"\s", "", vr.UNHEALTHY_STYLE) in re.sub(r"\s", "", compact)  # every view is stale here: red
+    # the registry comes before the lake's segments and prepare history
+    headings = [c.source.splitlines()[0] for c in nb.cells if c.cell_type == "markdown"]
+    assert headings.index("## The view registry") < headings.index("## The lake: layout and segments")
 
 
 def test_mv_builds_shows_stale_views_and_router_use(runs: Runs, appended: dict[str, Any]) -> None:
@@ -267,6 +293,23 @@ def test_guardrails_all_pass_and_the_demonstration_catches_stale_views(runs: Run
     # the fault went into a temporary copy: the lake is byte for byte what it was
     assert {p: p.read_bytes() for p in sorted(lake.rglob("*")) if p.is_file() and "_telemetry" not in p.parts} == \
         {p: b for p, b in before.items() if "_telemetry" not in p.parts}
+
+
+def test_guardrail_evidence_is_one_line_with_the_record_folded(runs: Runs, data: dict[str, Any]) -> None:
+    """The demonstration's failing check: twelve views stale from one lake version read as one item
+    of one short line; the whole summary and record sit in a closed <details>."""
+    from analytics.reports.guardrail_report import SUMMARY_CHARS
+
+    clean = data["clean"]
+    nb = nbformat.read(str(runs.run("04_guardrail_validation", lake=clean["lake"], raw=clean["raw"])), as_version=4)
+    demo = nb.cells[-1].outputs
+    table = next(o["data"]["text/html"] for o in demo if "caught the fault" in o.get("data", {}).get("text/html", ""))
+    row = re.search(r'<tr style="background:#ffebee">(.*?)</tr>', table, re.S).group(1)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+    line, folded = cells[3].split("<details>")
+    assert line.startswith(f"{len(VIEWS)} × built from lake version ") and len(html.unescape(line)) <= SUMMARY_CHARS
+    assert folded.split("</p>")[0].count("built from lake version") == len(VIEWS)  # the whole summary, on demand
+    assert "min-width:14em" in row  # "guards" keeps its words on a line
 
 
 @pytest.mark.parametrize("fault, unhealthy", [("view_file_truncated", "serving copy unusable"), ("view_file_deleted", "file missing")])
@@ -372,7 +415,34 @@ def test_report_charts_render_offline_in_chromium_for_each_report(tmp_path: Path
     for text in texts:
         assert text in dom, text
     if name == "04_guardrail_validation" and "FAIL" in texts:
-        assert re.search(r'<tr style="background:#ffebee;color:#b71c1c;font-weight:bold"><td[^>]*>FAIL</td>', dom)
+        assert re.search(r'<tr style="background:#ffebee"><td[^>]*><span style="color:#b71c1c;font-weight:bold">'
+                         r'FAIL</span></td>', dom)
+
+
+def test_benchmark_report_fits_the_page_and_says_na_below_1m_rows(tmp_path: Path, data: dict[str, Any]) -> None:
+    """Notebook 03 on 4,000 rows: a ratio target is "n/a below 1M rows", never MISSED, and every
+    table fits a ~1,000 px page as a browser lays it out."""
+    from playwright.sync_api import sync_playwright
+
+    paths = rep.build_report(NOTEBOOKS_DIR / "03_batch_benchmark.ipynb", tmp_path / "reports",
+                             {"lake": data["clean"]["lake"], "raw": data["clean"]["raw"], "repeats": 1},
+                             timeout=CELL_TIMEOUT)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(paths["results_html"].as_uri(), wait_until="load")
+            widths = page.evaluate("() => [...document.querySelectorAll('.jp-OutputArea-output table')]"
+                                   ".map(t => Math.round(t.getBoundingClientRect().width))")
+            verdicts = page.evaluate("() => [...document.querySelectorAll('table')].filter(t => "
+                                     "t.querySelector('th')?.innerText === 'target').flatMap(t => [...t.rows]"
+                                     ".slice(1).map(r => [r.cells[0].innerText, r.cells[3].innerText]))")
+        finally:
+            browser.close()
+    assert len(widths) >= 4 and max(widths) <= 1000, widths
+    verdict = dict(verdicts)
+    assert verdict["speedup over baseline on the median"] == "n/a below 1M rows"
+    assert verdict["speedup over duckdb_lake on the median"] == "n/a below 1M rows"
 
 
 def test_a_failing_notebook_leaves_no_report(tmp_path: Path) -> None:
@@ -391,12 +461,56 @@ def test_a_failing_notebook_leaves_no_report(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["02_mv_builds.FAILED.ipynb"]
 
 
+def test_reporting_says_a_failing_notebook_and_keeps_its_kernel_stderr(tmp_path: Path, data: dict[str, Any]) -> None:
+    """The reporting command in a pipe: a notebook that runs prints its one line, a failing one
+    prints its error (not a line of its own) and stops the run; the kernel's stderr, hidden while
+    notebooks succeed, is kept beside the failed notebook."""
+    import sys
+
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    for name, body in (("00_works", "print('fine')"), ("01_fails", "raise RuntimeError('boom')"),
+                       ("02_never", "print('not reached')")):
+        nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "analytics", "display_name": "analytics",
+                                                               "language": "python"}})
+        nb.cells = [nbformat.v4.new_code_cell("lake = None", metadata={"tags": ["parameters"]}),
+                    nbformat.v4.new_code_cell(body)]
+        nbformat.write(nb, str(nb_dir / f"{name}.ipynb"))
+    out = tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "-m", "analytics.reports.notebooks", "--lake", data["clean"]["lake"],
+                           "--notebooks", str(nb_dir), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    assert re.fullmatch(rf"00_works +\d+\.\d s  {re.escape(str(out))}/00_works\.html\n", proc.stdout), proc.stdout
+    assert re.match(r"reporting: error: 01_fails\.ipynb failed at cell In \[\d+\] with RuntimeError: boom", proc.stderr)
+    assert "02_never" not in proc.stdout + proc.stderr
+    kept = sorted(p.name for p in out.iterdir() if "FAILED" in p.name or p.name.startswith("."))
+    assert kept[0] == "01_fails.FAILED.ipynb" and kept[1:] in ([], ["01_fails.FAILED.stderr.log"])
+    if kept[1:]:
+        assert str(out / kept[1]) in proc.stderr
+
+
 def test_reporting_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], data: dict[str, Any]) -> None:
     assert rep.main(["--lake", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 1
     assert "not a prepared lake" in capsys.readouterr().err
     assert rep.main(["--lake", data["clean"]["lake"], "--only", "99_nothing", "--out", str(tmp_path / "r")]) == 1
     assert "no notebook" in capsys.readouterr().err
     assert rep.main(["--lake", data["clean"]["lake"], "-p", "novalue", "--out", str(tmp_path / "r")]) == 2
+
+
+def test_make_reports_prints_one_line_per_notebook(tmp_path: Path, data: dict[str, Any]) -> None:
+    """`make reports` in a pipe: each notebook's name, seconds and report, and nothing else (no
+    progress bars, no kernel warnings); an error would add its own lines."""
+    clean = data["clean"]
+    proc = subprocess.run(["make", "--no-print-directory", "reports", f"LAKE={clean['lake']}", f"RAW={clean['raw']}",
+                           f"REPORTS={tmp_path}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout
+    lines = proc.stdout.splitlines()
+    assert len(lines) <= len(NOTEBOOKS) + 1, proc.stdout  # + make's "kernel analytics: up to date"
+    for name in NOTEBOOKS:
+        assert sum(bool(re.fullmatch(rf"{name} +\d+\.\d s  {re.escape(str(tmp_path / name))}\.html", line))
+                   for line in lines) == 1, proc.stdout
+    assert not list(tmp_path.glob(".*.log")) and not list(tmp_path.glob("*FAILED*"))
 
 
 def test_kernel_runs_this_interpreter() -> None:

@@ -83,6 +83,9 @@ def test_benchmark_full_scale_runs_every_phase_on_245m_rows_in_order() -> None:
     adaptive = _index(commands, r"-m analytics\.bench\.adaptive --lake data/work-245000000/adaptive "
                                 r"--copy-of data/lake-245000000 --budget 20GiB\s+--into reports/benchmark\.json")
     assert bench <= fresh <= adaptive <= report
+    # the run is recorded under docs/benchmarks/, which regenerates docs/benchmark.md and README's table
+    joined = " ".join(commands)
+    assert joined.index("-m analytics.reports.notebooks") < joined.index("-m analytics.bench docs --json reports/benchmark.json")
 
 
 def test_benchmark_defaults_to_15m_rows() -> None:
@@ -136,3 +139,35 @@ def test_ci_run() -> None:
     assert text.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in text
     assert "make test" in text and "chromium" in text
     subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def _files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_make_kernel_writes_nothing_to_home(tmp_path: Path) -> None:
+    """The `analytics` kernel lives in .venv: `make kernel` (and a registration into an empty prefix,
+    which really runs `ipykernel install`) leave a temporary HOME exactly as empty as they found it."""
+    import json
+    import os
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "XDG_", "IPYTHON"))}
+    env["HOME"] = str(home)
+    proc = subprocess.run(["make", "--no-print-directory", "kernel"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(r"kernel analytics: (registered in \.venv|up to date)\n", proc.stdout), proc.stdout
+    spec = json.loads((Path(sys.prefix) / "share/jupyter/kernels/analytics/kernel.json").read_text())
+    assert os.path.abspath(spec["argv"][0]) == os.path.abspath(sys.executable)
+
+    prefix = tmp_path / "prefix"
+    code = "from analytics.reports.notebooks import register_kernel as r; import sys; print(r(prefix=sys.argv[1]), r(prefix=sys.argv[1]))"
+    proc = subprocess.run([sys.executable, "-c", code, str(prefix)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "False"]  # installed once, then found up to date
+    assert "share/jupyter/kernels/analytics/kernel.json" in _files_under(prefix)
+    assert _files_under(home) == []

@@ -69,6 +69,7 @@ from analytics.batch.shared_scans import (
 )
 from analytics.batch.telemetry import TelemetryLog, telemetry_log, utc_now
 from analytics.core import db
+from analytics.core.closing import Closing
 from analytics.core.files import write_atomic
 from analytics.core.memory import parse_size
 from analytics.query.compiler import ident
@@ -85,7 +86,7 @@ _BYTES_READ = re.compile(r'"total_bytes_read":\s*(\d+)')
 
 
 # ---- the runner ---------------------------------------------------------------------------------
-class SafeBatchRunner:
+class SafeBatchRunner(Closing):
     """Executes lists of queries through a `Workbench`: batches, memory guard, shared scans, cache, threads, telemetry.
 
     >>> runner = SafeBatchRunner(Workbench("data/lake"))                     # doctest: +SKIP
@@ -185,12 +186,6 @@ class SafeBatchRunner:
             self._pool = None
         if self.telemetry is not None:
             self.telemetry.flush()
-
-    def __enter__(self) -> "SafeBatchRunner":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ---- one batch -------------------------------------------------------------------------------
     def _stamp(self) -> str:

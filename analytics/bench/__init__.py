@@ -4,8 +4,9 @@ Modules, in the order a run uses them: `workloads` (the query files), `peers` an
 `polars_engine` (the engines compared), `phases` (wall time and peak RSS of a phase), `run`
 (`run_benchmark`: one loop over the engines), `cold` (each engine in new processes, one per
 workload at a time, medians over `COLD_REPEATS`), `summary` (the result document and the
-targets), `text` (the summary table), `figures` (notebook 03's tables and charts) and
-`__main__` (`python -m analytics.bench phase | summary | sweep`, the Makefile's helpers). Must
+targets), `text` (the summary table), `figures` (notebook 03's tables and charts), `docs`
+(docs/benchmark.md and README's table from the runs kept in docs/benchmarks/) and `__main__`
+(`python -m analytics.bench phase | summary | sweep | docs`, the Makefile's helpers). Must
 not be imported by the product: nothing below `bench` in the data flow depends on it.
 """
 

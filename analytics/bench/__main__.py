@@ -1,7 +1,8 @@
-"""`python -m analytics.bench`: the Makefile's benchmark helpers (`phase`, `summary`, `sweep`).
+"""`python -m analytics.bench`: the Makefile's benchmark helpers (`phase`, `summary`, `sweep`, `docs`).
 
 Owns the command line of those helpers: time a command as a phase, print a benchmark JSON's
-summary table (exit 1 on any mismatch), combine benchmark JSONs of several sizes. Must not run
+summary table (exit 1 on any mismatch), combine benchmark JSONs of several sizes, record a run
+under docs/benchmarks/ and regenerate docs/benchmark.md and README's table from them. Must not run
 the benchmark itself: `analytics benchmark` (cli/checks.py) does.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from analytics.bench import docs
 from analytics.bench.phases import run_phase
 from analytics.bench.summary import sweep_from_files
 from analytics.bench.text import summary_table
@@ -32,7 +34,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("sweep", help="combine benchmark JSONs of several sizes into one sweep JSON")
     p.add_argument("jsons", nargs="+", help="benchmark JSONs")
     p.add_argument("--out", required=True, help="the combined JSON to write")
+    p = sub.add_parser("docs", help="record a run's JSON under docs/benchmarks/ and regenerate docs/benchmark.md "
+                                    "and README's benchmark table from them")
+    p.add_argument("--json", default=None, help="a run to record first (e.g. reports/benchmark.json)")
+    p.add_argument("--history", default=str(docs.HISTORY_DIR), help="the recorded runs (default docs/benchmarks)")
+    p.add_argument("--out", default=str(docs.DOC), help="the page to write (default docs/benchmark.md)")
+    p.add_argument("--readme", default=str(docs.README), help="README whose benchmark table to rewrite")
     args = parser.parse_args(argv)
+    if args.command == "docs":
+        if args.json:
+            print(f"recorded {docs.record(args.json, args.history)}")
+        latest = docs.write_docs(args.history, args.out, args.readme)
+        print(f"{args.out} and {args.readme}: the run of {latest['started_at']} at {latest['rows']:,} rows")
+        return 0
     if args.command == "phase":
         cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
         if not cmd:

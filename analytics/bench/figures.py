@@ -1,8 +1,8 @@
 """Notebook 03's tables and figures: pandas frames and plotly charts of a benchmark result.
 
-Owns the per-query correctness table (mismatches in red), the engines, cold-pass, live-ingest,
-adaptive-views and targets tables, the flat `results` notebook 03 glues, and the latency, route-mix, speedup, cold-pass and
-scale-sweep charts. Imports pandas and plotly only inside the functions (the command line does
+Owns the per-query correctness and timing tables (mismatches in red), the engines, cold-pass,
+live-ingest, adaptive-views and targets tables, each narrow enough for a ~1,000 px page, the flat
+`results` notebook 03 glues, and the latency, route-mix, speedup, cold-pass and scale-sweep charts. Imports pandas and plotly only inside the functions (the command line does
 not need them). Must not compute figures: it shows what the result document holds.
 """
 from __future__ import annotations
@@ -11,39 +11,52 @@ import json
 from typing import Any, Mapping
 
 from analytics.bench.peers import ENGINES, PEERS
-from analytics.bench.text import format_pct
+from analytics.bench.text import format_pct, target_verdict
 from analytics.core.files import format_bytes
 from analytics.serving.router import LAKE
 
 
-def queries_frame(result: Mapping[str, Any]) -> Any:
-    """One row per query: workload, route, match per engine, warm median ms per engine, speedups."""
+def correctness_frame(result: Mapping[str, Any]) -> Any:
+    """One row per query: workload, route, rows, whether every engine's answer matched the baseline
+    (else which did not, or could not answer) and why."""
     import pandas as pd
 
     rows = []
     for q in result["queries"]:
-        row: dict[str, Any] = {"id": q["id"], "workload": q["workload"], "route": q.get("route"),
-                               "rows": q.get("rows"), "match": q["match"]}
-        for e, ok in (q.get("engine_match") or {}).items():
-            if e != "baseline":
-                row[f"{e} ok"] = "unsupported" if ok is None else ("match" if ok else "MISMATCH")
-        for e in ENGINES:
-            if e in q.get("ms", {}):
-                row[f"{e} ms"] = q["ms"][e]
-        for p, s in (q.get("speedup") or {}).items():
-            row[f"x vs {p}"] = s
+        verdicts = {e: "unsupported" if ok is None else ("match" if ok else "MISMATCH")
+                    for e, ok in (q.get("engine_match") or {}).items() if e != "baseline"}
+        odd = [f"{e}: {v}" for e, v in verdicts.items() if v != "match"]
+        rows.append({"id": q["id"], "workload": q["workload"], "route": q.get("route"), "rows": q.get("rows"),
+                     "match": q["match"], "engines": "; ".join(odd) or f"all {len(verdicts)} match",
+                     "reason": "; ".join(f"{e}: {r}" for e, r in (q.get("reasons") or {}).items())})
+    return pd.DataFrame(rows)
+
+
+def timings_frame(result: Mapping[str, Any]) -> Any:
+    """One row per query: warm median ms per engine (the baseline's one run), the product's speedup
+    over each peer, and the routing time."""
+    import pandas as pd
+
+    rows = []
+    for q in result["queries"]:
+        row: dict[str, Any] = {"id": q["id"]}
+        row.update({f"{e} ms": q["ms"][e] for e in ENGINES if e in q.get("ms", {})})
+        row.update({f"x vs {p}": s for p, s in (q.get("speedup") or {}).items()})
         row["plan ms"] = q.get("plan_ms")
-        row["reason"] = "; ".join(f"{e}: {r}" for e, r in (q.get("reasons") or {}).items())
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+# Long text columns wrap instead of widening the table past the page (~1,000 px).
+WRAP = {"white-space": "normal", "max-width": "360px", "overflow-wrap": "anywhere"}
+
+
 def style_correctness(frame: Any) -> Any:
-    """The queries table with mismatching rows and cells in red, unsupported ones in grey."""
+    """The correctness table with mismatching rows in red, unsupported answers in grey, long reasons wrapped."""
     def cell(v: Any) -> str:
-        if v is False or v == "MISMATCH":
+        if isinstance(v, str) and "MISMATCH" in v:
             return "background-color: #f8d0d0; color: #a00000; font-weight: bold"
-        if v == "unsupported":
+        if isinstance(v, str) and "unsupported" in v:
             return "color: #888888"
         return ""
 
@@ -51,12 +64,18 @@ def style_correctness(frame: Any) -> Any:
         bad = r.get("match") is False
         return ["background-color: #fde8e8" if bad else "" for _ in r]
 
-    cols = [c for c in frame.columns if c == "match" or c.endswith(" ok")]
-    fmt = {c: "{:,.3f}" for c in frame.columns if c.endswith(" ms")}
-    fmt.update({c: "{:,.1f}" for c in frame.columns if c.startswith("x vs")})
-    styler = frame.style.apply(row, axis=1)
-    styler = styler.map(cell, subset=cols) if hasattr(styler, "map") else styler.applymap(cell, subset=cols)
-    return styler.format(fmt, na_rep="-")
+    styler = frame.style.apply(row, axis=1).hide(axis="index").set_properties(subset=["engines", "reason"], **WRAP)
+    styler = styler.map(cell, subset=["engines"]) if hasattr(styler, "map") else styler.applymap(cell, subset=["engines"])
+    return styler.format(na_rep="-")
+
+
+def narrow(frame: Any) -> Any:
+    """A table of figures styled to fit the page: no index, headers wrapped (`cold median ms` on
+    two lines rather than one wide column), times to 3 decimals, ratios to 1, `-` for missing."""
+    fmt = {c: "{:,.3f}" for c in frame.columns if str(c).endswith(" ms")}
+    fmt.update({c: "{:,.1f}" for c in frame.columns if str(c).startswith("x ")})
+    return (frame.style.hide(axis="index").format(fmt, na_rep="-")
+            .set_table_styles([{"selector": "th", "props": "white-space: normal; max-width: 7em"}]))
 
 
 def notebook_results(result: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -78,19 +97,23 @@ def notebook_results(result: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def engines_frame(result: Mapping[str, Any]) -> Any:
-    """One row per engine: median, p95, total, cold median, peak RSS, speedup of the product over it."""
+    """One row per engine: median, p95, total, cold median, best-run median, peak RSS, and the product's
+    speedup over it (of the medians, and the median of per-query ratios). `engine_labels` says what each is."""
     import pandas as pd
 
     rows = []
     for e, s in result["engines"].items():
         sp = result["speedup"].get(e, {})
-        rows.append({"engine": e, "what": s["label"], "queries": s["queries"], "median ms": s["median_ms"],
-                     "p95 ms": s["p95_ms"], "total ms": s["total_ms"], "cold median ms": s["cold_median_ms"],
-                     "best-run median ms": s.get("best_median_ms"),
-                     "peak RSS": format_bytes(s.get("peak_rss_bytes")),
-                     "product speedup (of medians)": sp.get("of_medians"),
-                     "product speedup (median per query)": sp.get("median_per_query")})
+        rows.append({"engine": e, "queries": s["queries"], "median ms": s["median_ms"], "p95 ms": s["p95_ms"],
+                     "total ms": s["total_ms"], "cold median ms": s["cold_median_ms"],
+                     "best median ms": s.get("best_median_ms"), "peak RSS": format_bytes(s.get("peak_rss_bytes")),
+                     "x of medians": sp.get("of_medians"), "x per query": sp.get("median_per_query")})
     return pd.DataFrame(rows)
+
+
+def engine_labels(result: Mapping[str, Any]) -> str:
+    """`engine`: what it is, one per line (Markdown), for the legend under the engines table."""
+    return "  \n".join(f"`{e}`: {s['label']}" for e, s in result["engines"].items())
 
 
 def cold_frame(result: Mapping[str, Any]) -> Any:
@@ -100,11 +123,11 @@ def cold_frame(result: Mapping[str, Any]) -> Any:
     cold = result.get("cold") or {}
     rows = []
     for e, s in (cold.get("engines") or {}).items():
-        row: dict[str, Any] = {"engine": e, "what": s["label"]}
+        row: dict[str, Any] = {"engine": e}
         for w, p in s["workloads"].items():
             row[f"{w} wall ms"] = p["wall_ms"]
         row.update({"wall ms (all)": s["wall_ms"], "peak RSS": format_bytes(s.get("peak_rss_bytes")),
-                    "peak RSS bytes": s.get("peak_rss_bytes"), "cold median ms": s["median_ms"],
+                    "cold median ms": s["median_ms"],
                     "cold p95 ms": s["p95_ms"], "warm median ms": (result["engines"].get(e) or {}).get("median_ms"),
                     "errors": s["errors"]})
         rows.append(row)
@@ -178,10 +201,16 @@ def adaptive_frame(result: Mapping[str, Any]) -> Any:
 
 
 def targets_frame(result: Mapping[str, Any]) -> Any:
+    """The targets with this run's figure and verdict (met, MISSED, n/a below the size a ratio needs,
+    or - when not measured), long names wrapped to the page."""
     import pandas as pd
 
-    return pd.DataFrame([{"target": t["target"], "want": t["want"], "this run": t["shown"],
-                          "met": {True: "met", False: "MISSED", None: "-"}[t["ok"]]} for t in result["targets"]])
+    frame = pd.DataFrame([{"target": t["target"], "want": t["want"], "this run": t["shown"],
+                           "verdict": target_verdict(t)} for t in result["targets"]])
+    colour = {"met": "color: #006000", "MISSED": "color: #a00000; font-weight: bold"}
+    styler = frame.style.hide(axis="index").set_properties(subset=["target"], **WRAP)
+    paint = styler.map if hasattr(styler, "map") else styler.applymap
+    return paint(lambda v: colour.get(v, "color: #666666"), subset=["verdict"])
 
 
 def figure_latency(result: Mapping[str, Any]) -> Any:

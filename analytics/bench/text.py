@@ -32,6 +32,12 @@ def format_pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
 
 
+def target_verdict(target: Mapping[str, Any]) -> str:
+    """`met`, `MISSED`, `n/a below 1M rows` (a ratio target on small data) or `-` (not measured); a
+    target of a JSON written before verdicts were recorded is read from its `ok`."""
+    return target.get("verdict") or {True: "met", False: "MISSED", None: "-"}[target["ok"]]
+
+
 def _color(text: str, code: str, enable: bool) -> str:
     return f"\033[{code}m{text}\033[0m" if enable else text
 
@@ -128,8 +134,10 @@ def summary_table(result: Mapping[str, Any], color: bool | None = None) -> str:
     lines.append("targets" + ("" if at_scale else f" (stated for {target_rows:,} rows; this run has {result['rows']:,})")
                  + ":")
     for t in result["targets"]:
-        mark = "  -  " if t["ok"] is None else (green(" met ") if t["ok"] else red("MISSED"))
-        lines.append(f"  [{mark}] {t['target']}: {t['shown']} (want {t['want']})")
+        verdict = target_verdict(t)
+        mark = {"met": green(" met "), "MISSED": red("MISSED"), "-": "  -  "}.get(verdict, " n/a ")
+        lines.append(f"  [{mark}] {t['target']}: {t['shown']} (want {t['want']})"
+                     + (f": {verdict}" if mark == " n/a " else ""))
     for m in result["mismatches"]:
         lines.append(red(f"MISMATCH {m['id']} [{m['engine']}]: {m['reason']}"))
     for u in result.get("unsupported", []):

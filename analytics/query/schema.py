@@ -18,6 +18,9 @@ COUNTRIES: tuple[str, ...] = ("US", "JP", "DE", "IN", "GB", "FR", "ES", "AU", "C
 N_ADVERTISERS = 1654
 N_PUBLISHERS = 1114
 N_USERS = 1_000_000
+# The event types whose rows carry each price (every other type leaves it NULL): an impression is
+# where the bid is paid, a purchase is where the basket's total is.
+PRICE_TYPES: dict[str, tuple[str, ...]] = {"bid_price": ("impression",), "total_price": ("purchase",)}
 
 # Prices carry 4 decimals; views store sums as DECIMAL with this scale so they are exact.
 PRICE_SCALE = 4

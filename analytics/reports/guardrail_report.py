@@ -1,7 +1,7 @@
 """The guardrails as notebook 04 shows them, and the demonstration that they catch a fault.
 
-Owns the guardrail report's presentation (a table by category with each check's evidence,
-failures in red; a pass/fail chart by category) and the demonstration: the lake is copied to a
+Owns the guardrail report's presentation (a table by category with each check's evidence in one
+line and the whole of it folded away, failures marked in red; a pass/fail chart by category) and the demonstration: the lake is copied to a
 temporary directory, one named fault is injected into the copy (never into the lake given),
 all guardrails run on the copy, and the checks that fail there but passed on the real lake are
 the ones that caught it. Must not hold checks (that is `analytics.checks.guardrails`, used only
@@ -24,7 +24,9 @@ from analytics.serving.workbench import Workbench
 from analytics.views.registry import load_registry
 from analytics.views.serving_copy import serving_files
 
-FAIL_STYLE = "background:#ffebee;color:#b71c1c;font-weight:bold"
+FAIL_ROW_STYLE = "background:#ffebee"
+FAIL_STYLE = "color:#b71c1c;font-weight:bold"  # the verdict cell of a failed check; the row stays readable
+SUMMARY_CHARS = 160  # the evidence line; the whole summary and record unfold below it
 DEMO_VIEW = "mv_day_type_wide"  # the view a view-file fault damages
 
 
@@ -108,9 +110,28 @@ def category_counts(report: dict[str, Any]) -> list[dict[str, Any]]:
     return list(counts.values())
 
 
+def summary_line(summary: str, limit: int = SUMMARY_CHARS) -> str:
+    """An evidence summary in one line: `name: message` items that repeat a message are said once with
+    how many and the first names (twelve views stale from the same lake version read as one item),
+    then the whole cut to `limit` characters."""
+    items = summary.split("; ")
+    pairs = [item.split(": ", 1) for item in items]
+    by_message: dict[str, list[str]] = {}
+    for pair in pairs:
+        if len(pair) == 2:
+            by_message.setdefault(pair[1], []).append(pair[0])
+    if len(by_message) < len(items) and all(len(p) == 2 for p in pairs):
+        items = [f"{names[0]}: {message}" if len(names) == 1 else
+                 f"{len(names)} × {message} ({', '.join(names[:2])}{', …' if len(names) > 2 else ''})"
+                 for message, names in by_message.items()]
+    line = "; ".join(items)
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
 def checks_html(report: dict[str, Any], highlight: set[str] | None = None) -> str:
-    """The checks as an HTML table grouped by category: verdict, id, what it guards, the evidence's
-    summary and (folded) the whole evidence; failed rows in red, `highlight` ids marked."""
+    """The checks as an HTML table grouped by category: verdict, id, what it guards, the evidence in
+    one line and (folded) its whole summary and record; failed rows tinted with the verdict in red,
+    `highlight` ids marked."""
     highlight = highlight or set()
     # inline: the notebook's table style right-aligns every cell and beats a <style> block
     td = '<td style="text-align:left;vertical-align:top">'
@@ -120,14 +141,17 @@ def checks_html(report: dict[str, Any], highlight: set[str] | None = None) -> st
                     f'({cat["passed"]}/{cat["passed"] + cat["failed"]} pass)</th></tr>')
         for c in (c for c in report["checks"] if c["category"] == cat["category"]):
             evidence = c["evidence"]
+            summary = str(evidence.get("summary", ""))
             details = json.dumps({k: v for k, v in evidence.items() if k != "summary"}, indent=1, default=str)
             mark = " &larr; caught the fault" if c["id"] in highlight else ""
+            verdict = "PASS" if c["passed"] else f'<span style="{FAIL_STYLE}">FAIL</span>'
             rows.append(
-                f'<tr style="{"" if c["passed"] else FAIL_STYLE}">'
-                f'{td}{"PASS" if c["passed"] else "FAIL"}</td>{td}<code>{html.escape(c["id"])}</code>{mark}</td>'
-                f'{td}{html.escape(c["description"])}</td>'
-                f'{td}{html.escape(str(evidence.get("summary", "")))}'
-                f'<details><summary>evidence</summary><pre style="white-space:pre-wrap;max-height:20em;overflow:auto">'
+                f'<tr style="{"" if c["passed"] else FAIL_ROW_STYLE}">'
+                f'{td}{verdict}</td>{td}<code>{html.escape(c["id"])}</code>{mark}</td>'
+                f'<td style="text-align:left;vertical-align:top;min-width:14em">{html.escape(c["description"])}</td>'
+                f'{td}{html.escape(summary_line(summary))}'
+                f'<details><summary>evidence</summary><p>{html.escape(summary)}</p>'
+                f'<pre style="white-space:pre-wrap;max-height:20em;overflow:auto">'
                 f'{html.escape(details)}</pre></details></td>{td}{c["seconds"]:.2f}s</td></tr>')
     head = "".join(f'<th style="text-align:left">{h}</th>' for h in ("verdict", "check", "guards", "evidence", "time"))
     return f'<table class="guardrails"><tr>{head}</tr>{"".join(rows)}</table>'

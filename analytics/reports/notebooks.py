@@ -14,6 +14,7 @@ own beside this one). Must not hold query, lake or view logic: that is the rest 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: analytics/reports/notebooks.py
 NOTEBOOKS_DIR = ROOT / "notebooks"
@@ -47,38 +48,55 @@ def _kernel_runs_this_python(name: str) -> bool:
 def ensure_kernel(name: str = KERNEL_NAME) -> str:
     """Make the Jupyter kernel `name` run this very interpreter; returns the kernel name.
 
-    `make setup` registers `analytics` for the user, but another checkout's setup may have
-    pointed it at its own `.venv`. When the spec found does not run `sys.executable`, a private
-    spec is written under the temp directory and put first on `JUPYTER_PATH` for this process
-    and the kernels it starts.
+    `make setup` registers `analytics` inside `.venv`, but a kernel of that name in the user's
+    Jupyter directory (an older checkout's setup) comes first on Jupyter's search path. When the
+    spec found does not run `sys.executable`, the one in this environment's prefix (or, if there is
+    none, a private spec written under the temp directory) is put first on `JUPYTER_PATH` for this
+    process and the kernels it starts; nothing is written to the user's home.
     """
     if _kernel_runs_this_python(name):
         return name
-    tag = hashlib.blake2b(sys.executable.encode(), digest_size=6).hexdigest()
-    base = Path(tempfile.gettempdir()) / f"analytics-jupyter-{tag}"
-    kdir = base / "kernels" / name
-    kdir.mkdir(parents=True, exist_ok=True)
-    spec_json = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                 "display_name": name, "language": "python", "metadata": {"debugger": True}}
-    tmp = kdir / f".kernel.json.{os.getpid()}"
-    tmp.write_text(json.dumps(spec_json, indent=1))
-    os.replace(tmp, kdir / "kernel.json")
+    base = Path(sys.prefix) / "share" / "jupyter"
+    if not _spec_runs_this_python(base / "kernels" / name / "kernel.json"):
+        tag = hashlib.blake2b(sys.executable.encode(), digest_size=6).hexdigest()
+        base = Path(tempfile.gettempdir()) / f"analytics-jupyter-{tag}"
+        kdir = base / "kernels" / name
+        kdir.mkdir(parents=True, exist_ok=True)
+        spec_json = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                     "display_name": name, "language": "python", "metadata": {"debugger": True}}
+        tmp = kdir / f".kernel.json.{os.getpid()}"
+        tmp.write_text(json.dumps(spec_json, indent=1))
+        os.replace(tmp, kdir / "kernel.json")
     paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p and p != str(base)]
     os.environ["JUPYTER_PATH"] = os.pathsep.join([str(base), *paths])
     return name
 
 
-def register_kernel(name: str = KERNEL_NAME) -> bool:
-    """`make setup`: register the user's Jupyter kernel `name` to run this interpreter.
+def _spec_runs_this_python(spec: Path) -> bool:
+    try:
+        argv = json.loads(spec.read_text())["argv"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return bool(argv) and os.path.abspath(argv[0]) == os.path.abspath(sys.executable)
 
-    A no-op (returns False) when it already does; otherwise runs `ipykernel install --user`.
+
+def register_kernel(name: str = KERNEL_NAME, prefix: str | os.PathLike | None = None) -> bool:
+    """`make kernel`: register the Jupyter kernel `name` to run this interpreter, inside `prefix`
+    (default: this environment, `.venv`), never in the user's home: a kernel there would outlive
+    the checkout, and a second checkout's setup would silently take it over.
+
+    A no-op (returns False) when `prefix` already holds it; otherwise runs `ipykernel install --prefix`.
     """
-    if _kernel_runs_this_python(name):
+    prefix = Path(prefix or sys.prefix)
+    if _spec_runs_this_python(prefix / "share" / "jupyter" / "kernels" / name / "kernel.json"):
         return False
     import subprocess
 
-    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--user", "--name", name, "--display-name", name],
-                   check=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        # the installer imports IPython, which would create its profile directory ~/.ipython
+        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--prefix", str(prefix), "--name", name,
+                        "--display-name", name], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "IPYTHONDIR": scratch})
     return True
 
 
@@ -197,10 +215,32 @@ def _param_value(text: str) -> Any:
         return text
 
 
+@contextlib.contextmanager
+def _children_stderr_to(log: Path) -> Iterator[None]:
+    """Processes started inside the block (the notebook's kernel) write their stderr to `log`, while
+    this process's own `sys.stderr` stays where it was: a kernel's start-up warnings are not the
+    user's business unless the notebook fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log, "ab") as f:
+        os.dup2(f.fileno(), 2)
+    own = sys.stderr
+    sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=getattr(own, "encoding", None) or "utf-8",
+                           errors="backslashreplace")
+    try:
+        yield
+    finally:
+        sys.stderr.close()
+        sys.stderr = own
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analytics.reports.notebooks", description=(
         "execute the notebooks with papermill into OUT/NN_name.ipynb and export .html and "
-        "input-hidden .results.html; stops at the first failing notebook"))
+        "input-hidden .results.html; one line per notebook (name, seconds, report); stops at the "
+        "first failing notebook"))
     parser.add_argument("--lake", required=True, help="prepared lake directory (parameter `lake`)")
     parser.add_argument("--raw", default=None, help="raw CSV directory (parameter `raw`, for baseline comparisons)")
     parser.add_argument("--out", default="reports", help="output directory (default reports)")
@@ -222,16 +262,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"reporting: error: --param expects KEY=VALUE, got {item!r}", file=sys.stderr)
             return 2
         params[key] = _param_value(value)
+    # a transient "running NAME" line only on a terminal; a pipe or a log gets the result lines alone
+    live = sys.stderr.isatty()
     try:
         if not (Path(args.lake) / "_manifest.json").is_file():
             raise ReportError(f"{args.lake} is not a prepared lake (no _manifest.json); run `analytics prepare` first")
         notebooks = list_notebooks(args.notebooks, args.only)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        width = max(len(nb.stem + args.suffix) for nb in notebooks)
         for nb in notebooks:
+            name = nb.stem + args.suffix
+            log = Path(args.out) / f".{name}.stderr.log"
+            log.unlink(missing_ok=True)
+            if live:
+                print(f"{name}: running ...", end="\r", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
-            print(f"report {nb.stem}{args.suffix}: running ...", flush=True)
-            paths = build_report(nb, args.out, params, name=nb.stem + args.suffix, timeout=args.timeout)
-            print(f"report {nb.stem}{args.suffix}: {paths['html']} and {paths['results_html'].name} "
-                  f"in {time.perf_counter() - t0:.1f}s", flush=True)
+            try:
+                with _children_stderr_to(log):
+                    paths = build_report(nb, args.out, params, name=name, timeout=args.timeout)
+            except ReportError as exc:
+                kept = log.rename(Path(args.out) / f"{name}.FAILED.stderr.log") if log.stat().st_size else None
+                log.unlink(missing_ok=True)
+                raise ReportError(f"{exc}" + (f"\n(the kernel's stderr: {kept})" if kept else "")) from None
+            finally:
+                if live:
+                    print("\033[K", end="", file=sys.stderr, flush=True)
+            log.unlink(missing_ok=True)
+            print(f"{name:<{width}}  {time.perf_counter() - t0:6.1f} s  {paths['html']}", flush=True)
     except ReportError as exc:
         print(f"reporting: error: {exc}", file=sys.stderr)
         return 1

@@ -3,8 +3,9 @@
 Owns the registry table (per view, the catalog's then the lake's adaptive ones: where it comes
 from and, for an adaptive view, why it was chosen; rows, bytes, rollup ratio against the lake,
 build time, the lake version it was built from, refresh mode, pending deltas, health with its
-reason, and the router's use of it from the query telemetry), the record of what one refresh changed
-(versions, mode, segments merged) and the two charts. Health is what the caller's
+reason, and the router's use of it from the query telemetry) and how it is shown (health and use
+first, the rest folded away), the record of what one refresh changed (versions, mode, segments
+merged) and the two charts. Health is what the caller's
 `Workbench.health` says (the registry's `staleness` rule, plus files it could not load); use
 is what `analytics.batch.telemetry` recorded. Must not decide health or routes itself, nor
 build views other than through `analytics.views.build.build`.
@@ -64,6 +65,34 @@ def registry_table(lake_root: str | os.PathLike, health: Mapping[str, str | None
             "router_uses": served["queries"], "cache_hits": served["cache_hits"],
         })
     return rows
+
+
+# What a reader of the registry asks first (is each view healthy, how big, is it used); the rest
+# (where it came from, which version, how it was built) is one click away, so the table fits the page.
+COMPACT_COLUMNS: tuple[str, ...] = ("view", "health", "rows", "bytes", "rollup", "router_uses", "cache_hits")
+DETAIL_COLUMNS: tuple[str, ...] = ("view", "origin", "version", "build_s", "built_at", "built_from", "mode",
+                                   "segments", "deltas")
+UNHEALTHY_STYLE = "color: #c62828; font-weight: bold"
+
+
+def registry_html(table: list[dict[str, Any]]) -> str:
+    """The registry as HTML: the compact columns (unhealthy views in red), then every other column
+    in a folded `<details>` section."""
+    import pandas as pd
+
+    views = pd.DataFrame(table)
+    formats = {"rows": "{:,.0f}", "bytes": format_bytes, "rollup": "{:,.1f}x", "build_s": "{:.3f}",
+               "version": "v{:.0f}"}
+
+    def styled(columns: tuple[str, ...]) -> str:
+        shown = views[list(columns)]
+        red = lambda row: ["" if views.at[row.name, "healthy"] else UNHEALTHY_STYLE] * len(row)  # noqa: E731
+        return (shown.style.apply(red, axis=1).hide(axis="index")
+                .format({k: v for k, v in formats.items() if k in columns}, na_rep="-").to_html())
+
+    return (styled(COMPACT_COLUMNS) + "<details><summary>Every column: "
+            + ", ".join(c for c in DETAIL_COLUMNS if c != "view") + "</summary>"
+            + styled(DETAIL_COLUMNS) + "</details>")
 
 
 def refresh(lake_root: str | os.PathLike, **options: Any) -> dict[str, Any]:

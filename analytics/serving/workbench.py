@@ -28,6 +28,7 @@ import duckdb
 import pyarrow as pa
 
 from analytics.core import db
+from analytics.core.closing import Closing
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.lake.indexes import FILTER_ROWS
 from analytics.lake.keyfilter import KeyFilter
@@ -61,7 +62,7 @@ def _mtime(path: str) -> int | None:
         return None
 
 
-class Workbench:
+class Workbench(Closing):
     """Answers JSON queries over a prepared lake, from views where they are healthy.
 
     >>> wb = Workbench("data/lake")                                         # doctest: +SKIP
@@ -308,8 +309,3 @@ class Workbench:
         if self._views_con is not None:
             self._views_con.close()
 
-    def __enter__(self) -> "Workbench":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -100,6 +100,14 @@ def _relation_totals(root: Path, entry: Mapping[str, Any], con: duckdb.DuckDBPyC
     return dict(entry.get("price_totals") or price_totals(con, version_relation(root, entry)))
 
 
+def _next_files(lake: Lake, view: ViewDef, entry: Mapping[str, Any], prefix: str) -> tuple[int, Path, Path]:
+    """The view's next version number, its staging file and its final file (`{prefix}{version}.parquet`:
+    `d` for a delta, `v` for a base)."""
+    vdir = lake.root / VIEWS_DIR / view.name
+    version = entry["version"] + 1
+    return version, vdir / f".staging-{uuid.uuid4().hex}.parquet", vdir / f"{prefix}{version}.parquet"
+
+
 def append_delta(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entry: dict[str, Any],
                  segments: set[str], aggregate: Callable[[Path], None], check: Check | None = None) -> dict[str, Any]:
     """Register a delta holding the aggregate of `segments` (the lake's segments the version lacks),
@@ -108,10 +116,7 @@ def append_delta(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entr
     raises stops the delta."""
     started = time.perf_counter()
     root = lake.root
-    vdir = root / VIEWS_DIR / view.name
-    version = entry["version"] + 1
-    staging = vdir / f".staging-{uuid.uuid4().hex}.parquet"
-    final = vdir / f"d{version}.parquet"
+    version, staging, final = _next_files(lake, view, entry, "d")
     try:
         aggregate(staging)
         crash_point("build:after-aggregate")
@@ -159,10 +164,7 @@ def compact(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entry: di
     covers the lake as it is now (only for views with a `day` column)."""
     started = time.perf_counter()
     root = lake.root
-    vdir = root / VIEWS_DIR / view.name
-    version = entry["version"] + 1
-    staging = vdir / f".staging-{uuid.uuid4().hex}.parquet"
-    final = vdir / f"v{version}.parquet"
+    version, staging, final = _next_files(lake, view, entry, "v")
     source = version_relation(root, entry)
     measures = ", ".join(["cnt"] + [f"{p}_{m}" for m in MEASURE_COLUMNS for p in ("nn", "sum")])
     keys = "type, day" if "day" in view.group_columns else "type"
