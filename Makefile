@@ -43,7 +43,7 @@ NBVAL_DIR := data/nbval
 NBVAL_STAMP := $(NBVAL_DIR)/.ready
 NBVAL_ROWS := 5000
 
-.PHONY: help setup kernel lab test test-py test-nbval nbval-data data lake views benchmark sweep reports strip clean view-space
+.PHONY: help setup kernel lab test test-fast test-py test-nbval nbval-data data lake views benchmark sweep reports strip clean view-space
 
 help: ## list the targets (the default goal)
 	@echo "usage: make TARGET [VAR=value ...]"
@@ -85,6 +85,9 @@ test: setup nbval-data ## run pytest on tests/ (2 workers), then nbval on the no
 	$(MAKE) --no-print-directory test-py || rc=$$?; \
 	$(MAKE) --no-print-directory test-nbval || rc=$$?; \
 	exit $$rc
+
+test-fast: setup ## the quick loop: pytest without the tests marked slow or integration (under 2 minutes on 2 cores)
+	$(PY) -m pytest $(XDIST) -m "not slow and not integration" $(PYTEST_ARGS) tests
 
 test-py: setup ## pytest on tests/ only
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS) tests
