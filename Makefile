@@ -136,7 +136,7 @@ BENCH_REPEATS ?= 5
 BENCH_WORKLOADS ?= queries/examples.json queries/judges.json
 BENCH_JSON = $(REPORTS)/benchmark$(SUFFIX).json
 PHASES_DIR := data/phases-$(DATA_TAG)
-PHASE := $(PY) -m analytics.bench phase --dir $(PHASES_DIR)
+PHASE := $(ANALYTICS) bench phase --dir $(PHASES_DIR)
 # Beside the engines: live ingest of one new part (1M rows; 5M at full scale) and the adaptive views
 # (a second workload family before and after `build --adaptive`), each on a hard-linked copy of the
 # lake in data/work, added to benchmark.json with their targets.
@@ -162,34 +162,34 @@ benchmark: setup ## data + lake + views for ROWS (or SCALE=full), every engine o
 	if [ ! -f $(BENCH_JSON) ]; then echo "benchmark: failed (exit $$rc) before writing $(BENCH_JSON)" >&2; exit $$rc; fi; \
 	[ -f $(FRESH_PART) ] || $(ANALYTICS) generate --out $(dir $(FRESH_PART)) --rows $(FRESH_ROWS) --seed 7 --parts 1 --quiet; \
 	echo "== live ingest: one $(FRESH_ROWS)-row part into a copy of $(LAKE_DIR)"; \
-	$(PY) -m analytics.bench.freshness measure --lake $(LAKE_DIR) --raw $(RAW_DIR) --part $(FRESH_PART) \
+	$(ANALYTICS) bench freshness measure --lake $(LAKE_DIR) --raw $(RAW_DIR) --part $(FRESH_PART) \
 		--work $(WORK_DIR)/freshness --into $(BENCH_JSON) >/dev/null || rc=$$?; \
 	echo "== adaptive views: family A, then family B and judges before and after build --adaptive ($(ADAPTIVE_BUDGET))"; \
-	$(PY) -m analytics.bench.adaptive --lake $(WORK_DIR)/adaptive --copy-of $(LAKE_DIR) --budget $(ADAPTIVE_BUDGET) \
+	$(ANALYTICS) bench adaptive --lake $(WORK_DIR)/adaptive --copy-of $(LAKE_DIR) --budget $(ADAPTIVE_BUDGET) \
 		--into $(BENCH_JSON) || rc=$$?; \
 	rm -rf $(WORK_DIR); \
-	$(PY) -m analytics.reports.notebooks --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) --only 03_batch_benchmark \
+	$(ANALYTICS) bench reports --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) --only 03_batch_benchmark \
 		--suffix '$(SUFFIX)' -p rows=$(ROWS) -p result_json=$(abspath $(BENCH_JSON)) \
 		-p 'sweep=$(abspath $(REPORTS))/benchmark-*.json' $(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT)); \
-	echo; $(PY) -m analytics.bench summary $(BENCH_JSON) \
+	echo; $(ANALYTICS) bench summary $(BENCH_JSON) \
 		--report $(REPORTS)/03_batch_benchmark$(SUFFIX).html || rc=$$?; \
-	$(PY) -m analytics.bench docs --json $(BENCH_JSON) || rc=$$?; \
+	$(ANALYTICS) bench docs --json $(BENCH_JSON) || rc=$$?; \
 	exit $$rc
 
 sweep: setup ## the benchmark at each size of SWEEP_ROWS (1M 5M 15M), reports/benchmark-ROWS.json, sweep.json and the chart
 	@for rows in $(SWEEP_ROWS); do \
 		$(MAKE) --no-print-directory benchmark ROWS=$$rows SUFFIX=-$$rows || exit $$?; \
 	done
-	$(PY) -m analytics.bench sweep $(foreach n,$(SWEEP_ROWS),$(REPORTS)/benchmark-$(n).json) --out $(REPORTS)/sweep.json
+	$(ANALYTICS) bench sweep $(foreach n,$(SWEEP_ROWS),$(REPORTS)/benchmark-$(n).json) --out $(REPORTS)/sweep.json
 	@echo "scale chart: $(REPORTS)/03_batch_benchmark-$(lastword $(SWEEP_ROWS)).html (section Scale sweep)"
 
 ifdef LAKE
 reports: setup ## run every notebook into reports/NN_name.{ipynb,html,results.html}: LAKE=path [RAW=path], or ROWS=n
-	@$(PY) -m analytics.reports.notebooks --lake '$(LAKE)' $(if $(RAW),--raw '$(RAW)') --out $(REPORTS) \
+	@$(ANALYTICS) bench reports --lake '$(LAKE)' $(if $(RAW),--raw '$(RAW)') --out $(REPORTS) \
 		$(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT))
 else
 reports: views
-	@$(PY) -m analytics.reports.notebooks --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) -p rows=$(ROWS) \
+	@$(ANALYTICS) bench reports --lake $(LAKE_DIR) --raw $(RAW_DIR) --out $(REPORTS) -p rows=$(ROWS) \
 		$(if $(REPORT_TIMEOUT),--timeout $(REPORT_TIMEOUT))
 endif
 

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from analytics.bench import peers
-from analytics.bench.__main__ import main as bench_main
 from analytics.bench.cold import COLD_ENGINES, cold_pass
 from analytics.bench.figures import adaptive_frame, cold_frame, figure_cold, figure_sweep, freshness_frame
 from analytics.bench.peers import ENGINES, PEERS, Unsupported
@@ -22,6 +21,7 @@ from analytics.bench.phases import load_phases, run_phase
 from analytics.bench.polars_engine import polars_condition
 from analytics.bench.run import run_benchmark
 from analytics.bench.summary import evaluate_targets, sweep_from_files
+from analytics.cli import main as cli_main
 from analytics.bench.text import summary_table
 from analytics.bench.workloads import load_workloads
 from analytics.cli import main as cli_main
@@ -207,7 +207,7 @@ def test_a_mismatch_fails_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert {m["engine"] for m in doc["mismatches"]} >= {"duckdb_lake", "polars_lake", "product"} | {
         f"{e} (cold run)" for e in COLD_ENGINES}
     assert "MISMATCH" in text
-    assert bench_main(["summary", str(out)]) == 1
+    assert cli_main(["bench", "summary", str(out)]) == 1
 
 
 def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -396,19 +396,17 @@ def test_peak_rss_is_the_commands_own_not_inherited_from_this_process(tmp_path: 
 def test_freshness_and_adaptive_benchmarks_add_their_figures_and_targets(tiny: dict[str, Path], result: dict[str, Any],
                                                                          tmp_path: Path) -> None:
     """What `make benchmark` runs beside the engines: both on copies, neither touching the lake."""
-    from analytics.bench.adaptive import main as adaptive_main
-    from analytics.bench.freshness import main as freshness_main
     from analytics.views.adaptive_catalog import ADAPTIVE
 
     bench_json = tmp_path / "benchmark.json"
     shutil.copy(tiny["root"] / "benchmark.json", bench_json)
     lake_files = sorted((p.relative_to(tiny["lake"]), p.stat().st_mtime_ns) for p in tiny["lake"].rglob("*"))
     generate(tmp_path / "part", 3_000, seed=7, parts=1, progress=False)
-    assert freshness_main(["measure", "--lake", str(tiny["lake"]), "--raw", str(tiny["raw"]),
-                           "--part", str(tmp_path / "part" / "events_part_00000.csv"),
-                           "--work", str(tmp_path / "fresh"), "--into", str(bench_json)]) == 0
-    adaptive_main(["--lake", str(tmp_path / "adaptive"), "--copy-of", str(tiny["lake"]), "--repeats", "1",
-                   "--into", str(bench_json)])
+    assert cli_main(["bench", "freshness", "measure", "--lake", str(tiny["lake"]), "--raw", str(tiny["raw"]),
+                     "--part", str(tmp_path / "part" / "events_part_00000.csv"),
+                     "--work", str(tmp_path / "fresh"), "--into", str(bench_json)]) == 0
+    assert cli_main(["bench", "adaptive", "--lake", str(tmp_path / "adaptive"), "--copy-of", str(tiny["lake"]),
+                     "--repeats", "1", "--into", str(bench_json)]) == 0
     assert sorted((p.relative_to(tiny["lake"]), p.stat().st_mtime_ns) for p in tiny["lake"].rglob("*")) == lake_files
     assert not (tiny["lake"] / "views" / ADAPTIVE).exists() and (tmp_path / "adaptive" / "views" / ADAPTIVE).exists()
 

@@ -188,6 +188,11 @@ CASES: list[tuple[str, int, str]] = [
     ("benchmark --raw {R} --lake {L} --workload {C}/adir", BAD, "adir"),
     ("benchmark --raw {R} --lake {L} --repeats 0", BAD, "--repeats"),
     ("benchmark --raw {R} --lake {L} --rows -1", BAD, "--rows"),
+    # bench: the benchmark's tools
+    ("bench frobnicate", BAD, "invalid choice"),
+    ("bench summary {C}/nope.json", BAD, "nope.json does not exist"),
+    ("bench freshness measure --lake {C}/nope --raw {R} --part {C}/afile.txt --work {O}/w", BAD,
+     "nope is not a prepared lake"),
     # no such command, no arguments
     ("frobnicate", BAD, "invalid choice"),
     ("run", BAD, "required"),

@@ -2,7 +2,7 @@
 
 A newcomer reads README in five minutes: it must stay under its size, hold no commit hashes or
 remarks about the machine of one run, and carry exactly one benchmark table, the one
-`python -m analytics.bench docs` generates from the latest JSON under docs/benchmarks/ (as does
+`analytics bench docs` generates from the latest JSON under docs/benchmarks/ (as does
 docs/benchmark.md). ARCHITECTURE gets the same limits at its own size.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ def test_the_checks_catch_a_diary_creeping_back(addition: str, problem: str) -> 
 def test_readme_shows_one_benchmark_table_generated_from_the_latest_run() -> None:
     readme = (ROOT / "README.md").read_text()
     runs = docs.load_history(ROOT / "docs" / "benchmarks")
-    assert docs.readme_block(runs[-1]) in readme  # regenerate with `python -m analytics.bench docs`
+    assert docs.readme_block(runs[-1]) in readme  # regenerate with `analytics bench docs`
     assert len(re.findall(r"^\| engine \| median \|", readme, re.M)) == 1
     assert f"**{runs[-1]['rows']:,} generated rows**" in readme  # the data size is said with the table
     assert (ROOT / "docs" / "benchmark.md").read_text() == docs.benchmark_md(runs)

@@ -75,17 +75,17 @@ def test_benchmark_full_scale_runs_every_phase_on_245m_rows_in_order() -> None:
     build = _index(commands, r"-m analytics build --lake data/lake-245000000$")
     bench = _index(commands, r"-m analytics benchmark --raw data/raw-245000000 --lake data/lake-245000000 .*"
                              r"--rows 245000000")
-    report = _index(commands, r"-m analytics\.reports\.notebooks --lake data/lake-245000000 --raw data/raw-245000000 "
+    report = _index(commands, r"-m analytics bench reports --lake data/lake-245000000 --raw data/raw-245000000 "
                               r".*--only 03_batch_benchmark")
     assert gen < prep < build < bench <= report
-    fresh = _index(commands, r"-m analytics\.bench\.freshness measure --lake data/lake-245000000 --raw data/raw-245000000 "
+    fresh = _index(commands, r"-m analytics bench freshness measure --lake data/lake-245000000 --raw data/raw-245000000 "
                              r"--part data/part-5000000-seed7/events_part_00000\.csv .*--into reports/benchmark\.json")
-    adaptive = _index(commands, r"-m analytics\.bench\.adaptive --lake data/work-245000000/adaptive "
+    adaptive = _index(commands, r"-m analytics bench adaptive --lake data/work-245000000/adaptive "
                                 r"--copy-of data/lake-245000000 --budget 20GiB\s+--into reports/benchmark\.json")
     assert bench <= fresh <= adaptive <= report
     # the run is recorded under docs/benchmarks/, which regenerates docs/benchmark.md and README's table
     joined = " ".join(commands)
-    assert joined.index("-m analytics.reports.notebooks") < joined.index("-m analytics.bench docs --json reports/benchmark.json")
+    assert joined.index("-m analytics bench reports") < joined.index("-m analytics bench docs --json reports/benchmark.json")
 
 
 def test_benchmark_defaults_to_15m_rows() -> None:
@@ -97,7 +97,7 @@ def test_benchmark_defaults_to_15m_rows() -> None:
 
 def test_reports_on_an_existing_lake_generates_nothing() -> None:
     commands = _commands(_make("-n", "reports", "LAKE=/some/lake", "RAW=/some/raw"))
-    _index(commands, r"-m analytics\.reports\.notebooks --lake '/some/lake' --raw '/some/raw' --out reports")
+    _index(commands, r"-m analytics bench reports --lake '/some/lake' --raw '/some/raw' --out reports")
     assert not [c for c in commands if re.search(r"-m analytics (generate|prepare|build)\b", c)]
 
 
@@ -106,7 +106,7 @@ def test_reports_with_rows_generates_prepares_and_builds_first() -> None:
     gen = _index(commands, r"-m analytics generate --out data/raw-1234 --rows 1234")
     prep = _index(commands, r"-m analytics prepare --raw data/raw-1234 --lake data/lake-1234")
     build = _index(commands, r"-m analytics build --lake data/lake-1234")
-    rep = _index(commands, r"-m analytics\.reports\.notebooks --lake data/lake-1234 --raw data/raw-1234")
+    rep = _index(commands, r"-m analytics bench reports --lake data/lake-1234 --raw data/raw-1234")
     assert gen < prep < build < rep
 
 
@@ -114,7 +114,7 @@ def test_sweep_runs_the_benchmark_per_size_then_the_sweep() -> None:
     commands = _commands(_make("-n", "sweep", "SWEEP_ROWS=1000 2000"))
     first = _index(commands, r"-m analytics benchmark .*--rows 1000 .*--json reports/benchmark-1000\.json")
     second = _index(commands, r"-m analytics benchmark .*--rows 2000 .*--json reports/benchmark-2000\.json")
-    sweep = _index(commands, r"-m analytics\.bench sweep reports/benchmark-1000\.json reports/benchmark-2000\.json "
+    sweep = _index(commands, r"-m analytics bench sweep reports/benchmark-1000\.json reports/benchmark-2000\.json "
                              r"--out reports/sweep\.json")
     assert first < second < sweep
 

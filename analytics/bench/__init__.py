@@ -6,7 +6,7 @@ Modules, in the order a run uses them: `workloads` (the query files), `peers` an
 workload at a time, medians over `COLD_REPEATS`), `summary` (the result document and the
 targets), `text` (the summary table), `figures` (notebook 03's tables and charts), `docs`
 (docs/benchmark.md and README's table from the runs kept in docs/benchmarks/) and `__main__`
-(`python -m analytics.bench phase | summary | sweep | docs`, the Makefile's helpers). Must
+(`analytics bench phase | summary | sweep | docs`, the Makefile's helpers). Must
 not be imported by the product: nothing below `bench` in the data flow depends on it.
 """
 

@@ -8,7 +8,7 @@ and of those a view can exactly answer), the lake-routed p50/p95, the total; the
 and bytes. Then family C (`run_unseen`, with `--copy-of`: on a second copy, taught from nothing) as
 a user meets an unseen family: teach, time fresh queries, build, time them again, and compare each
 answer after with DuckDB over the lake (the product's promise: exact after adapting, always).
-`python -m analytics.bench.adaptive --lake L [--copy-of BUILT] [--budget 2GiB] [--out F.json]
+`analytics bench adaptive --lake L [--copy-of BUILT] [--budget 2GiB] [--out F.json]
 [--into BENCHMARK_JSON]` on a lake it may write (the build adds views and indexes to it): with
 `--copy-of`, L is first made a hard-linked copy of that built lake, which stays untouched.
 """
@@ -140,7 +140,7 @@ def summary(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="adaptive views benchmark (writes views and indexes into --lake)")
+    p = argparse.ArgumentParser(prog="analytics bench adaptive", description="adaptive views benchmark (writes views and indexes into --lake)")
     p.add_argument("--lake", required=True, help="the lake to measure on; it gains views and indexes")
     p.add_argument("--copy-of", default=None, help="first empty --lake and make it a hard-linked copy of this built lake")
     p.add_argument("--budget", default=DEFAULT_BUDGET)
@@ -166,6 +166,3 @@ def main(argv: list[str] | None = None) -> None:
     if args.into:
         attach(args.into, "adaptive", res)
 
-
-if __name__ == "__main__":
-    main()

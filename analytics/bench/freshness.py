@@ -7,7 +7,7 @@ polls a view-shaped query; it reports the prepare and view-refresh seconds of th
 freshness: seconds from the rename to the first answer served by a view that includes the part.
 Then it adds small parts until views hold 5 and 10 pending deltas and reports the view-routed
 median query time at 0, 5 and 10 deltas, and the seconds of compacting them.
-Run as `python -m analytics.bench.freshness measure --lake L --raw R --part P --work DIR [--json OUT]
+Run as `analytics bench freshness measure --lake L --raw R --part P --work DIR [--json OUT]
 [--into BENCHMARK_JSON]`;
 `... chart JSON... --out chart.html` draws refresh time against lake size (`refresh_chart`).
 Must not write into `--lake` or `--raw`, nor change the benchmark of `bench/run.py`.
@@ -193,7 +193,7 @@ def refresh_chart(results: list[dict[str, Any]]) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analytics.bench.freshness", description=(
+    parser = argparse.ArgumentParser(prog="analytics bench freshness", description=(
         "freshness and refresh cost of ingesting one part into a copy of a built lake; query cost of pending deltas"))
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("measure", help="measure one lake size")
@@ -213,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         refresh_chart([json.loads(Path(f).read_text()) for f in args.jsons]).write_html(args.out)
         print(f"chart in {args.out}")
         return 0
+    Lake.open(args.lake)  # a missing or unprepared lake is named as given, before its copy is made
     result = measure_freshness(args.lake, args.raw, args.part, args.work, deltas=not args.no_deltas)
     print(json.dumps(result, indent=1))
     if args.json:
@@ -221,6 +222,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         attach(args.into, "freshness", result)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 Owns `RSSSampler` (the sampled RSS of a process tree), `measured` (a block's seconds and peak
 RSS), the launcher that measures a command's own peak RSS exactly (`launched`, `read_launched`:
-the cold pass uses it too), `run_phase` (what `python -m analytics.bench phase` runs: the Makefile wraps generate,
+the cold pass uses it too), `run_phase` (what `analytics bench phase` runs: the Makefile wraps generate,
 prepare and build in it and each run lands in `DIR/NAME.json`) and `load_phases` (those records
 as the figures the benchmark reports). Must not run queries or interpret what a phase does,
 beyond noticing that it said it had nothing to do.

@@ -39,7 +39,7 @@ TARGETS: dict[str, float] = {
     "cold_view_sum_ms_max": 100.0,
     # the cold-serving issue's warm figure, stated at both scales
     "warm_view_median_ms_max": 0.3,
-    # adaptive views (python -m analytics.bench.adaptive): family B before and after `build --adaptive`
+    # adaptive views (analytics bench adaptive): family B before and after `build --adaptive`
     "adaptive_rollup_share_min": 0.95,
     "adaptive_lake_p95_drop_min": 3.0,
     "adaptive_judges_total_ms_max": 100.0,  # stated for 245M rows
@@ -47,7 +47,7 @@ TARGETS: dict[str, float] = {
     # family C, unseen: taught, then fresh queries before and after `build --adaptive` (1M and 15M rows)
     "adaptive_unseen_share_min": 0.6,
     "adaptive_unseen_speedup_min": 3.0,
-    # live ingest (python -m analytics.bench.freshness): a 1M-row part at 15M rows, 5M rows at 245M
+    # live ingest (analytics bench freshness): a 1M-row part at 15M rows, 5M rows at 245M
     "freshness_s_max": 5.0,
     "freshness_full_scale_s_max": 20.0,
     "pending_deltas_view_median_ms_max": 1.0,

@@ -5,8 +5,8 @@ country x minute, country x publisher x hour with MIN/MAX, advertiser x minute, 
 `auction_id` point filters, `ts` ranges, plus a few shapes the catalog already answers) or from
 `UNSEEN` (family C: five shapes that fold a view key away or read without a time filter), their
 literal values (days, ids, countries, users, times) drawn from `seed`: two seeds give the same
-shapes with other values, so views chosen from one run must serve the other. `python -m
-analytics.bench.workload_family --seed S --n N --out FILE` writes a query file (the committed
+shapes with other values, so views chosen from one run must serve the other. `analytics bench
+family --seed S --n N --out FILE` writes a query file (the committed
 `queries/adaptive_a.json` is seed 1, `adaptive_b.json` seed 2, 60 queries each). Must not run queries.
 """
 from __future__ import annotations
@@ -172,7 +172,7 @@ def family(seed: int, n: int = 60, templates: tuple[Template, ...] = TEMPLATES) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="write a query file of the adaptive-views workload family")
+    p = argparse.ArgumentParser(prog="analytics bench family", description="write a query file of the adaptive-views workload family")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--n", type=int, default=60)
     p.add_argument("--family", choices=sorted(FAMILIES), default="B")
@@ -182,6 +182,3 @@ def main(argv: list[str] | None = None) -> None:
         json.dump(family(args.seed, args.n, FAMILIES[args.family]), fh, indent=1)
         fh.write("\n")
 
-
-if __name__ == "__main__":
-    main()

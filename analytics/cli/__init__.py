@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from analytics import __version__
-from analytics.cli import advise, checks, data, ingest, queries, views
+from analytics.cli import advise, bench, checks, data, ingest, queries, views
 from analytics.cli.common import (
     EXIT_BAD_INPUT,
     EXIT_CODES,
@@ -29,7 +29,7 @@ from analytics.cli.common import (
 __all__ = ["EXIT_BAD_INPUT", "EXIT_CODES", "EXIT_FAILED", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "CliError",
            "build_parser", "main"]
 # the command modules in the order of the data flow; each registers its subcommands
-COMMAND_MODULES = (data, queries, views, advise, ingest, checks)
+COMMAND_MODULES = (data, queries, views, advise, ingest, checks, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

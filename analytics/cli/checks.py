@@ -78,7 +78,7 @@ def register(add: AddCommand) -> None:
                         f"medians (default {COLD_REPEATS})")
     p.add_argument("--json", default=None, metavar="FILE", help="write every figure as JSON to FILE")
     p.add_argument("--phases", default=None, metavar="DIR", help="phase records (generate/prepare/build times and peak "
-                                                                 "RSS) written by `python -m analytics.bench phase`")
+                                                                 "RSS) written by `analytics bench phase`")
     p.add_argument("--rows", type=argtypes.rows, default=None, help="the data set's row count, for the report (default: from the lake)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-summary", action="store_true", help="do not print the summary table at the end")

@@ -8,7 +8,7 @@ notebooks call so they stay thin shells (offline plotly, figures inside widgets,
 the lake summary; the explorer, the view registry and the guardrail report have modules of their
 own beside this one). Must not hold query, lake or view logic: that is the rest of the package.
 
-`python -m analytics.reports.notebooks --lake LAKE [--raw RAW] [--out reports] [--only 01 ...]` is what
+`analytics bench reports --lake LAKE [--raw RAW] [--out reports] [--only 01 ...]` is what
 `make reports` and `make benchmark` run.
 """
 from __future__ import annotations
@@ -237,7 +237,7 @@ def _children_stderr_to(log: Path) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analytics.reports.notebooks", description=(
+    parser = argparse.ArgumentParser(prog="analytics bench reports", description=(
         "execute the notebooks with papermill into OUT/NN_name.ipynb and export .html and "
         "input-hidden .results.html; one line per notebook (name, seconds, report); stops at the "
         "first failing notebook"))
@@ -368,6 +368,3 @@ def lake_summary(lake_dir: str | os.PathLike) -> dict[str, Any]:
         "segments": segments, "size_bytes": lake.size_bytes(), "history": m.get("history", []),
     }
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`python -m analytics.bench`: the Makefile's benchmark helpers (`phase`, `summary`, `sweep`, `docs`).
+"""`analytics bench phase|summary|sweep|docs`: the Makefile's benchmark helpers.
 
 Owns the command line of those helpers: time a command as a phase, print a benchmark JSON's
 summary table (exit 1 on any mismatch), combine benchmark JSONs of several sizes, record a run
@@ -21,7 +21,7 @@ from analytics.core.files import write_atomic
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analytics.bench", description=(
+    parser = argparse.ArgumentParser(prog="analytics bench", description=(
         "benchmark helpers for the Makefile: time a phase, print a benchmark's summary, combine a sweep"))
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("phase", help="run a command as a timed phase (wall time, peak RSS) into DIR/NAME.json")
@@ -68,6 +68,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"sweep over {', '.join(f'{n:,}' for n in combined['rows'])} rows in {args.out}")
     return 0 if all(combined["all_match"]) else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())
