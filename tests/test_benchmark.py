@@ -438,3 +438,15 @@ def test_freshness_and_adaptive_benchmarks_add_their_figures_and_targets(tiny: d
     assert list(zip(adaptive["workload"], adaptive["when"])) == [
         ("family_b", "before"), ("family_b", "after"), ("judges", "before"), ("judges", "after")]
     assert freshness_frame(result) is None and adaptive_frame(result) is None
+
+
+def test_the_layout_experiment_measures_every_layout_and_they_answer_alike(tmp_path: Path) -> None:
+    """`analytics bench layout` on a small data set (the figures ARCHITECTURE quotes are at 15M)."""
+    from analytics.bench.layout import HIVE, measure_layouts
+    from analytics.query.model import load_queries, parse_query
+
+    generate(tmp_path / "raw", 4_000, seed=2, parts=1, progress=False)
+    queries = [parse_query(q) for q in load_queries(str(ROOT / "queries" / "examples.json"))]
+    results = measure_layouts(tmp_path / "raw", tmp_path / "work", queries, repeats=1, row_groups=(1_000, 8_000))
+    assert set(results) == {"type/ sorted ts, row group 1,000", "type/ sorted ts, row group 8,000", HIVE}
+    assert all(r["median_ms"] > 0 and r["bytes"] > 0 for r in results.values())

@@ -21,6 +21,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "docs": (HELPERS, "record a run under docs/benchmarks/; regenerate docs/benchmark.md and README's table"),
     "freshness": ("analytics.bench.freshness", "live ingest: a part into a copy of a lake, rename to first view answer"),
     "adaptive": ("analytics.bench.adaptive", "adaptive views: workload families before and after build --adaptive"),
+    "layout": ("analytics.bench.layout", "the lake layout experiment ARCHITECTURE.md quotes (row groups, day partitions)"),
     "family": ("analytics.bench.workload_family", "write a query file of an adaptive-views workload family"),
     "reports": ("analytics.reports.notebooks", "run the notebooks into reports/*.html (what make reports runs)"),
 }
