@@ -19,28 +19,22 @@ from pathlib import Path
 import pytest
 from helpers import check_against_baseline
 
+from analytics.adaptive.advice import advise, explain_lake, minimal_view
+from analytics.adaptive.build import build_adaptive
 from analytics.batch.runner import SafeBatchRunner
 from analytics.batch.telemetry import log_path, read_events
 from analytics.bench.workload_family import family
 from analytics.checks.baseline import baseline_query
+from analytics.core import db
+from analytics.lake.index.keyfilter import META_FILE, KeyFilter, key_hashes
+from analytics.lake.index.store import usable
 from analytics.lake.manifest import Lake
 from analytics.query.model import parse_query
 from analytics.query.results import compare_rows, to_rows
+from analytics.query.shape import query_shape
 from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
-from analytics.views.adaptive import advise, explain_lake, minimal_view
-from analytics.views.adaptive_build import build_adaptive
-from analytics.core import db
-from analytics.lake.indexes import usable
-from analytics.lake.keyfilter import META_FILE, KeyFilter, key_hashes
-from analytics.views.adaptive_catalog import (
-    PREFIX,
-    adaptive_path,
-    index_def,
-    load_adaptive,
-    query_shape,
-    usable_indexes,
-)
+from analytics.views.adaptive_catalog import PREFIX, adaptive_path, index_def, load_adaptive, usable_indexes
 from analytics.views.registry import VIEWS_DIR, load_registry
 
 GIB = 2**30

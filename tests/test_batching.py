@@ -19,7 +19,6 @@ from analytics.query.results import to_rows
 from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
 
-
 # ---- related lake queries ------------------------------------------------------------------------
 LAKE_WHERES = [
     [{"col": "type", "op": "eq", "val": "impression"}, {"col": "day", "op": "between", "val": ["2024-02-01", "2024-03-31"]}],

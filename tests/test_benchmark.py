@@ -21,7 +21,6 @@ from analytics.bench.phases import load_phases, run_phase
 from analytics.bench.polars_engine import polars_condition
 from analytics.bench.run import run_benchmark
 from analytics.bench.summary import evaluate_targets, sweep_from_files
-from analytics.cli import main as cli_main
 from analytics.bench.text import summary_table
 from analytics.bench.workloads import load_workloads
 from analytics.cli import main as cli_main

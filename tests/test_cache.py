@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pyarrow as pa
-from querygen import random_queries
 from helpers import fresh, tables_match
+from querygen import random_queries
 
 from analytics.batch.cache import CacheEntry, ResultCache, cache_key, content_stamp
 from analytics.batch.runner import SafeBatchRunner

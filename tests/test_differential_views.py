@@ -6,15 +6,15 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-from querygen import random_queries
 from helpers import check_against_baseline
+from querygen import random_queries
 
 from analytics.checks.baseline import baseline_query
 from analytics.query.model import parse_query
 from analytics.query.results import compare_rows, to_rows
-from analytics.views.answer.fastpath import ArrowView
 from analytics.serving.router import LAKE, coverage
 from analytics.serving.workbench import Workbench
+from analytics.views.answer.fastpath import ArrowView
 from analytics.views.catalog import VIEWS
 
 

@@ -8,8 +8,8 @@ import datetime as dt
 from helpers import check_against_baseline
 
 from analytics.lake.manifest import Lake
-from analytics.query.model import parse_query
 from analytics.lake.pruning import day_bounds, lake_relation
+from analytics.query.model import parse_query
 from analytics.serving.router import LAKE
 
 

@@ -11,8 +11,8 @@ import pytest
 from analytics.checks.baseline import baseline_query
 from analytics.query.compiler import INLINE_IN_VALUES, compile_query
 from analytics.query.model import MAX_IN_VALUES, QueryError, _plain_value, load_queries, parse_query
-from analytics.query.schema import COLUMNS
 from analytics.query.results import compare_rows, to_rows
+from analytics.query.schema import COLUMNS
 
 BASE = {"select": [{"COUNT": "*"}], "from": "events"}
 

@@ -19,8 +19,7 @@ from analytics.query.model import parse_query
 from analytics.query.results import compare_rows, to_rows
 from analytics.views.answer import reaggregate
 from analytics.views.answer.fastpath import ArrowView
-from analytics.views.catalog import compile_for_view
-from analytics.views.catalog import VIEWS, coverage
+from analytics.views.catalog import VIEWS, compile_for_view, coverage
 
 VIEW = VIEWS["mv_day_country_wide"]
 COUNTRIES = ["CA", "DE", "FR", "GB", "US"]

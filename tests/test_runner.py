@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import fresh
+from helpers import fresh, tables_match
 from querygen import random_queries
-from helpers import tables_match
 
 import analytics.batch.items as items_mod
 import analytics.batch.runner as runner_mod

@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from analytics.adaptive.advice import _name, shapes_by_route
 from analytics.checks.baseline import baseline_query, connect_baseline
 from analytics.lake.generator import generate
 from analytics.lake.prepare import prepare
@@ -35,10 +36,10 @@ from analytics.query.compiler import ident
 from analytics.query.model import Query, parse_query
 from analytics.query.results import compare_rows, to_rows
 from analytics.query.schema import EVENT_TYPES
+from analytics.query.shape import SHAPE_DIMS, query_shape
 from analytics.serving.router import Plan
 from analytics.serving.workbench import Workbench
-from analytics.views.adaptive import _name, shapes_by_route
-from analytics.views.adaptive_catalog import SHAPE_DIMS, empty_state, query_shape, save_adaptive
+from analytics.views.adaptive_catalog import empty_state, save_adaptive
 from analytics.views.answer.fastpath import ArrowView
 from analytics.views.answer.version import open_version
 from analytics.views.build import build, compact_due

@@ -102,20 +102,20 @@ def test_build_memory_limit_is_shared_by_its_jobs(lake_copy, monkeypatch):
 def test_a_view_cut_into_day_ranges_equals_the_view_built_whole(lake_copy, baseline, monkeypatch, name):
     """A type whose groups could outgrow the connection's share is aggregated in ranges of days:
     the file must be the same rows in the same order as when each type is aggregated whole."""
-    from analytics.views import pieces
+    from analytics.views import day_ranges
 
     con = duckdb.connect()
     whole_entry = load_registry(lake_copy)["views"][name]
     read = f"SELECT * FROM read_parquet('{lake_copy / whole_entry['file']}')"
     whole = con.execute(read).fetchall()
     cuts: list[int] = []
-    real_cut = pieces.cut
+    real_cut = day_ranges.cut
 
     def spy(*args, **kwargs):
         out = real_cut(*args, **kwargs)
         cuts.append(len(out))
         return out
-    monkeypatch.setattr(pieces, "GROUP_BYTES", 2**30 // 4000)  # a budget of ~1,000 groups a piece in 1GiB
+    monkeypatch.setattr(day_ranges, "GROUP_BYTES", 2**30 // 4000)  # a budget of ~1,000 groups a piece in 1GiB
     monkeypatch.setattr("analytics.views.build.cut", spy)
     summary = build(lake_copy, [name], jobs=1, force=True, memory_limit="1GiB", progress=False)
     assert summary["built"] == [name], summary

@@ -74,9 +74,9 @@ from analytics.core.files import write_atomic
 from analytics.core.memory import parse_size
 from analytics.query.compiler import ident
 from analytics.query.model import Query, parse_query
+from analytics.query.shape import query_shape
 from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
-from analytics.views.adaptive_catalog import query_shape
 
 SNAPSHOT_EVERY_S = 30.0  # a long run's partial run.json is at most this old (besides the doubling rule)
 

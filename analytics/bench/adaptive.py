@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from analytics.adaptive.advice import minimal_view, parse_budget
+from analytics.adaptive.build import build_adaptive
 from analytics.batch.runner import SafeBatchRunner
 from analytics.batch.telemetry import percentile, read_events
 from analytics.bench.freshness import link_copy
@@ -30,12 +32,10 @@ from analytics.bench.workload_family import UNSEEN, family
 from analytics.bench.workloads import ROOT
 from analytics.query.model import load_queries, parse_query
 from analytics.query.results import compare_rows, to_rows
+from analytics.query.shape import query_shape
 from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
 from analytics.views import DEFAULT_BUDGET
-from analytics.views.adaptive import minimal_view, parse_budget
-from analytics.views.adaptive_build import build_adaptive
-from analytics.views.adaptive_catalog import query_shape
 
 
 def timed_pass(lake: str, queries: list[dict[str, Any]], repeats: int) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from typing import Any
 from analytics.cli.common import AddCommand, CliError, open_lake
 from analytics.views import DEFAULT_BUDGET
 
-
 # the command line's defaults (argparse converts them with the types below, so they load nothing)
 DEFAULT_RETIRE_AFTER = "7d"
 
@@ -28,7 +27,7 @@ def add_budget_args(p: argparse.ArgumentParser) -> None:
 
 
 def budget_arg(text: str) -> int:
-    from analytics.views.adaptive import parse_budget
+    from analytics.adaptive.advice import parse_budget
 
     try:
         return parse_budget(text)
@@ -37,7 +36,7 @@ def budget_arg(text: str) -> int:
 
 
 def duration_arg(text: str) -> float:
-    from analytics.views.adaptive import parse_duration
+    from analytics.adaptive.advice import parse_duration
 
     try:
         return parse_duration(text)
@@ -57,9 +56,9 @@ def read_workload(lake: str) -> list[dict[str, Any]]:
 
 
 def cmd_advise(args: argparse.Namespace) -> int:
+    from analytics.adaptive.advice import advise
     from analytics.core.files import format_bytes
     from analytics.lake.manifest import Lake
-    from analytics.views.adaptive import advise
 
     open_lake(args.lake)
     events = read_workload(args.lake)

@@ -111,10 +111,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from analytics.adaptive.advice import explain_lake
     from analytics.query.model import QueryError
     from analytics.serving.router import LAKE
     from analytics.serving.workbench import Workbench
-    from analytics.views.adaptive import explain_lake
 
     queries = load_queries(args.queries)
     open_lake(args.lake)

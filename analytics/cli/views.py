@@ -25,7 +25,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     open_lake(args.lake)
     if args.adaptive:
         return _build_adaptive(args)
-    from analytics.views.adaptive import shapes_by_route
+    from analytics.adaptive.advice import shapes_by_route
 
     # each new version proves itself on the query shapes the telemetry saw its view answer
     summary = build(args.lake, args.views or None, jobs=args.jobs, force=args.force, progress=not args.quiet,
@@ -47,8 +47,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _build_adaptive(args: argparse.Namespace) -> int:
+    from analytics.adaptive.build import build_adaptive
     from analytics.core.files import format_bytes
-    from analytics.views.adaptive_build import build_adaptive
 
     if args.views or args.force or args.engine != "duckdb":
         raise CliError("--adaptive builds what the telemetry advises: it takes no --views, --force or --engine")

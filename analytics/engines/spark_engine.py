@@ -57,7 +57,7 @@ from analytics.query.compiler import compile_query
 from analytics.query.model import Query
 from analytics.query.schema import EVENT_TYPES, LAKE_TYPES, RAW_HEADER
 from analytics.views.catalog import ViewDef
-from analytics.views.pieces import Piece
+from analytics.views.day_ranges import Piece
 
 DEFAULT_MASTER = "local[*]"
 # Settings the engine's semantics depend on; a user's --spark-conf cannot turn these off.

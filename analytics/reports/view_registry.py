@@ -19,8 +19,8 @@ from typing import Any, Mapping
 from analytics.batch.telemetry import read_events, stats
 from analytics.core.files import format_bytes
 from analytics.lake.manifest import Lake
-from analytics.views.build import build
 from analytics.views.adaptive_catalog import all_views
+from analytics.views.build import build
 from analytics.views.catalog import VIEWS
 from analytics.views.registry import load_registry
 

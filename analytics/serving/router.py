@@ -13,10 +13,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from analytics.lake.indexes import IndexDef
+from analytics.lake.index.store import IndexDef
 from analytics.query.compiler import compile_query, ident
 from analytics.query.model import Condition, Query, types_selected
-from analytics.views.adaptive_catalog import query_shape, shape_columns
+from analytics.query.shape import query_shape, shape_columns
 from analytics.views.catalog import CATALOG, ViewDef, compile_for_view, coverage
 
 LAKE = "lake"

@@ -30,21 +30,15 @@ import pyarrow as pa
 from analytics.core import db
 from analytics.core.closing import Closing
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
-from analytics.lake.indexes import FILTER_ROWS
-from analytics.lake.keyfilter import KeyFilter
+from analytics.lake.index.keyfilter import KeyFilter
+from analytics.lake.index.store import FILTER_ROWS
 from analytics.lake.manifest import MANIFEST, Lake
+from analytics.lake.pruning import lake_relation
 from analytics.query.compiler import ident
 from analytics.query.model import Query, parse_query
-from analytics.lake.pruning import lake_relation
+from analytics.query.shape import query_shape, shape_columns
 from analytics.serving.router import LAKE, Plan, Router
-from analytics.views.adaptive_catalog import (
-    adaptive_path,
-    all_views,
-    load_adaptive,
-    query_shape,
-    shape_columns,
-    usable_indexes,
-)
+from analytics.views.adaptive_catalog import adaptive_path, all_views, load_adaptive, usable_indexes
 from analytics.views.answer.fastpath import ArrowView, RepeatedKeys
 from analytics.views.answer.version import open_version
 from analytics.views.delta import version_relation

@@ -3,8 +3,7 @@
 Owns the file (read tolerantly, written atomically under a lock), the `ViewDef`s and lake
 `IndexDef`s it declares (`usable_indexes`: those that may answer for the lake now),
 `all_views` (the fixed catalog plus these: what the workbench, the router and the guardrails
-iterate), and `query_shape`, a query with its literal values dropped, which telemetry records and
-advice generalises from. Definitions are data: each carries how it was chosen (the shapes, queries
+iterate). Definitions are data: each carries how it was chosen (the shapes, queries
 and measured lake time behind it); nothing here is written into code. Must not build views, read
 telemetry or choose what to build (that is `adaptive.py`).
 """
@@ -18,10 +17,10 @@ from typing import Any
 from filelock import FileLock
 
 from analytics.core.files import write_atomic
-from analytics.lake.indexes import IndexDef, index_files, usable
+from analytics.lake.index.store import IndexDef, index_files, usable
 from analytics.lake.manifest import Lake
-from analytics.query.model import Agg, Condition, Query
 from analytics.query.schema import EVENT_TYPES
+from analytics.query.shape import SHAPE_DIMS
 from analytics.views.catalog import CATALOG, TIME_GRAINS, VIEWS, ViewDef
 from analytics.views.registry import VIEWS_DIR
 
@@ -108,54 +107,3 @@ def usable_indexes(lake: Lake, state: dict[str, Any] | None = None) -> list[tupl
         if index is not None and usable(index, lake, record) is None:
             out.append((index, index.relation(index_files(lake.root, record))))
     return out
-
-
-# ---- query shapes ------------------------------------------------------------------------------
-# Columns a view may keep as an entity dimension (the time columns are its grain, `type` its key).
-SHAPE_DIMS: tuple[str, ...] = ("country", "advertiser_id", "publisher_id", "user_id", "auction_id")
-
-
-def query_shape(query: Query) -> dict[str, Any]:
-    """What advice needs of a query, its literal values dropped: the select list, the filtered
-    columns with their operators and value counts, the group-by, and the event types it selects
-    (a type filter is a view's source filter, so its values are kept)."""
-    types = set(EVENT_TYPES)
-    where = []
-    for c in query.where:
-        if c.col == "type" and c.op in ("eq", "in"):
-            types &= {str(v) for v in c.values}
-        where.append([c.col, c.op, len(c.values)])
-    return {
-        "select": [[i.func, i.col] if isinstance(i, Agg) else i for i in query.select],
-        "where": sorted(where),
-        "group_by": sorted(query.group_by),
-        "types": [t for t in EVENT_TYPES if t in types],
-        "order_limit": bool(query.order_by) or query.limit is not None,
-    }
-
-
-def shape_key(shape: dict[str, Any]) -> str:
-    return json.dumps(shape, sort_keys=True, separators=(",", ":"))
-
-
-def shape_query(shape: dict[str, Any]) -> Query:
-    """A stand-in `Query` of this shape (placeholder values) for the router's coverage rules, which
-    read columns, operators and the selected types only."""
-    select = tuple(Agg(i[0], i[1]) if isinstance(i, list) else i for i in shape["select"])
-    types = tuple(shape["types"])
-    where: list[Condition] = []
-    for col, op, n in shape["where"]:
-        if col == "type":
-            continue
-        where.append(Condition(col, op, (None,) * int(n), ("",) * int(n)))
-    if types != EVENT_TYPES:
-        where.append(Condition("type", "in", types, types))
-    return Query(select, tuple(where), tuple(shape["group_by"]))
-
-
-def shape_columns(shape: dict[str, Any]) -> set[str]:
-    """Every column the shape reads."""
-    cols = {i[1] for i in shape["select"] if isinstance(i, list) and i[1] != "*"}
-    cols |= {i for i in shape["select"] if isinstance(i, str)}
-    cols |= {c for c, _, _ in shape["where"]} | set(shape["group_by"])
-    return cols

@@ -41,7 +41,9 @@ from analytics.core.sql import sql_string
 from analytics.lake.manifest import DEFAULT_ROW_GROUP_SIZE, Lake
 from analytics.views.adaptive_catalog import all_views
 from analytics.views.catalog import VIEWS, ViewDef
+from analytics.views.day_ranges import Piece, cut
 from analytics.views.delta import COMPACT_AT, OutgrowsEncoding, append_delta, compact, price_totals
+from analytics.views.proof import prove
 from analytics.views.registry import (
     LOCK_TIMEOUT_S,
     VIEWS_DIR,
@@ -51,8 +53,6 @@ from analytics.views.registry import (
     sweep_view_dir,
     update_registry,
 )
-from analytics.views.pieces import Piece, cut
-from analytics.views.proof import prove
 from analytics.views.serving_copy import WRITER_MEMORY, ServingError, scaled_sums, write_serving_copy
 from analytics.views.verify import (  # noqa: F401 - BuildError and the lake's totals are imported from here
     BuildError,

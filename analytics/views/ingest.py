@@ -28,8 +28,8 @@ from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.lake.landing import Change, Landing
 from analytics.lake.manifest import MANIFEST, Lake
 from analytics.lake.prepare import PrepareError, check_header, prepare
-from analytics.views.build import build, compact_due
 from analytics.views.adaptive_catalog import all_views
+from analytics.views.build import build, compact_due
 from analytics.views.delta import COMPACT_AT
 from analytics.views.registry import load_registry
 

@@ -16,7 +16,8 @@ from analytics.core import db
 from analytics.core.sql import sql_string
 from analytics.lake.manifest import Lake
 from analytics.views.catalog import MEASURE_COLUMNS, SUM_TYPE, ViewDef
-from analytics.views.pieces import Piece
+from analytics.views.day_ranges import Piece
+
 
 class BuildError(RuntimeError):
     """A view failed its checks or could not be built; the previous version stays in force."""

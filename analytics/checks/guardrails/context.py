@@ -30,8 +30,8 @@ from analytics.query import compiler
 from analytics.query.model import Query, parse_query
 from analytics.query.results import compare_rows, to_rows
 from analytics.serving import router
-from analytics.views.build import lake_totals
 from analytics.views.adaptive_catalog import all_views
+from analytics.views.build import lake_totals
 from analytics.views.catalog import MEASURE_COLUMNS, SUM_TYPE, ViewDef
 from analytics.views.delta import version_relation
 from analytics.views.registry import load_registry, staleness

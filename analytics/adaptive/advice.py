@@ -20,22 +20,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from analytics.adaptive.indexes import IndexProposal, index_bytes, index_candidates
 from analytics.core import db
 from analytics.core.memory import parse_size
 from analytics.lake.manifest import Lake
 from analytics.query.model import Query
 from analytics.query.schema import EVENT_TYPES
-from analytics.views.adaptive_catalog import (
-    PREFIX,
-    SHAPE_DIMS,
-    load_adaptive,
-    query_shape,
-    shape_columns,
-    shape_key,
-    shape_query,
-    view_from_entry,
-)
-from analytics.views.adaptive_indexes import IndexProposal, index_bytes, index_candidates
+from analytics.query.shape import SHAPE_DIMS, query_shape, shape_columns, shape_key, shape_query
+from analytics.views.adaptive_catalog import PREFIX, load_adaptive, view_from_entry
 from analytics.views.catalog import MEASURE_COLUMNS, ViewDef, coverage
 from analytics.views.registry import load_registry
 

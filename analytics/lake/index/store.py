@@ -31,7 +31,7 @@ from typing import Any, Mapping
 from analytics.core import db
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.core.sql import sql_string
-from analytics.lake import keyfilter
+from analytics.lake.index import keyfilter
 from analytics.lake.manifest import Lake
 from analytics.query.schema import EVENT_TYPES
 

@@ -16,7 +16,8 @@ import shutil
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from analytics.lake.indexes import (
+from analytics.lake.index.keyfilter import estimate_bytes
+from analytics.lake.index.store import (
     BASE_COLUMNS,
     DERIVED_FROM_TS,
     INDEX_DIR,
@@ -28,10 +29,10 @@ from analytics.lake.indexes import (
     column_bytes,
     usable,
 )
-from analytics.lake.keyfilter import estimate_bytes
 from analytics.lake.manifest import Lake
 from analytics.query.schema import EVENT_TYPES
-from analytics.views.adaptive_catalog import index_def, shape_columns
+from analytics.query.shape import shape_columns
+from analytics.views.adaptive_catalog import index_def
 
 IX_PREFIX = "ix_"
 
