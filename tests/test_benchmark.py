@@ -260,7 +260,7 @@ def test_cold_pass_runs_every_engine_in_one_new_process_per_workload(cold_result
     assert cold_result["all_match"] is True, cold_result["mismatches"]
     cold = cold_result["cold"]
     assert list(cold["engines"]) == list(COLD_ENGINES)
-    for e, s in cold["engines"].items():
+    for s in cold["engines"].values():
         assert s["processes"] == 2 and s["errors"] == 0 and s["queries"] == 5
         assert list(s["workloads"]) == ["examples", "judges"]
         for w in s["workloads"].values():

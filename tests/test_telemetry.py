@@ -10,7 +10,16 @@ import threading
 from helpers import fresh
 
 from analytics.batch.runner import SafeBatchRunner
-from analytics.batch.telemetry import QUEUE_SIZE, TelemetryLog, log_files, log_path, percentile, read_events, stats, telemetry_log
+from analytics.batch.telemetry import (
+    QUEUE_SIZE,
+    TelemetryLog,
+    log_files,
+    log_path,
+    percentile,
+    read_events,
+    stats,
+    telemetry_log,
+)
 from analytics.serving.workbench import Workbench
 
 QUERIES = [

@@ -267,6 +267,47 @@ def _union(a: ViewDef, b: ViewDef) -> ViewDef:
     return ViewDef(_name(grain, dims, types), grain, dims, types)
 
 
+def _candidates(lake_shapes: dict[str, ShapeStats]) -> tuple[dict[str, ViewDef], dict[str, str], set[str]]:
+    """Each shape's minimal view, and the union of every two of the same types (one view for two
+    shapes when it is barely bigger); why the shapes no view can answer cannot; the minimal names."""
+    candidates: dict[str, ViewDef] = {}
+    not_viewable: dict[str, str] = {}
+    for key in sorted(lake_shapes):
+        view, why = minimal_view(lake_shapes[key].shape)
+        if view is None:
+            not_viewable[key] = why
+        else:
+            candidates[view.name] = view
+    minimal = set(candidates)
+    base = sorted(candidates.values(), key=lambda v: v.name)
+    for i, a in enumerate(base):
+        for b in base[i + 1:]:
+            if a.types == b.types:
+                u = _union(a, b)
+                candidates.setdefault(u.name, u)
+    return candidates, not_viewable, minimal
+
+
+def _proposal(view: ViewDef, covered: list[str], lake_shapes: dict[str, ShapeStats], lake: Lake,
+              domains: Domains) -> Proposal:
+    """`view` weighed for the shapes it covers: it serves those it pays for (a covered shape it
+    would read whole, too slowly, is left out of it rather than refusing it for the others), and
+    is refused, saying why, when it pays for none."""
+    rows, size, rollup = estimate(view, lake, domains)
+    paid = _serves(view, rows, covered, lake_shapes, lake, domains)
+    served = [k for k in covered if k in paid]
+    p = Proposal(view.name, view.grain, list(view.dims), list(view.types), rows, size, rollup,
+                 sum(lake_shapes[k].lake_queries for k in served), _saved(served, paid, lake_shapes),
+                 served or covered, view_ms=paid)
+    if not served:
+        worst = min(covered, key=lambda k: lake_shapes[k].lake_ms / max(1, lake_shapes[k].lake_queries))
+        lake_ms = lake_shapes[worst].lake_ms / max(1, lake_shapes[worst].lake_queries)
+        est = view_ms(view, rows, lake_shapes[worst].shape, lake, domains)
+        p.status, p.reason = "refused", (f"a view answer would take ~{est:.1f} ms (~{rows:,} rows, rollup {rollup:g}), "
+                                         f"no less than {PAYS_BELOW:g}x the lake's measured {lake_ms:.1f} ms")
+    return p
+
+
 def advise(lake: Lake, events: Iterable[dict[str, Any]], budget: int, *, window_s: float = DEFAULT_RETIRE_AFTER_S,
            state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Proposals (and refusals) for the lake-routed shapes of `events`, chosen greedily by measured lake
@@ -278,44 +319,15 @@ def advise(lake: Lake, events: Iterable[dict[str, Any]], budget: int, *, window_
     state = load_adaptive(lake.root) if state is None else state
     kept = {n: v for n in sorted(state["views"]) if (v := view_from_entry(n, state["views"][n])) is not None}
     lake_shapes = {k: s for k, s in shapes.items() if s.lake_queries}
-    candidates: dict[str, ViewDef] = {}
-    not_viewable: dict[str, str] = {}
-    for key in sorted(lake_shapes):
-        view, why = minimal_view(lake_shapes[key].shape)
-        if view is None:
-            not_viewable[key] = why
-        else:
-            candidates[view.name] = view
-    minimal = set(candidates)
-    base = sorted(candidates.values(), key=lambda v: v.name)
-    for i, a in enumerate(base):  # generalise: one view for two shapes of the same types when it is barely bigger
-        for b in base[i + 1:]:
-            if a.types == b.types:
-                u = _union(a, b)
-                candidates.setdefault(u.name, u)
+    candidates, not_viewable, minimal = _candidates(lake_shapes)
     domains = lake_domains(lake) if candidates or kept else {}
     scored: list[Proposal] = []
     for name in sorted(candidates):
         view = candidates[name]
         covered = [k for k in sorted(lake_shapes) if k not in not_viewable
                    and coverage(view, shape_query(lake_shapes[k].shape)) is None]
-        if not covered:
-            continue
-        rows, size, rollup = estimate(view, lake, domains)
-        # a view serves the shapes it pays for; a covered shape it does not (read whole, too slow)
-        # is left out of it rather than refusing it for the others
-        paid = _serves(view, rows, covered, lake_shapes, lake, domains)
-        served = [k for k in covered if k in paid]
-        p = Proposal(name, view.grain, list(view.dims), list(view.types), rows, size, rollup,
-                     sum(lake_shapes[k].lake_queries for k in served), _saved(served, paid, lake_shapes),
-                     served or covered, view_ms=paid)
-        if not served:
-            worst = min(covered, key=lambda k: lake_shapes[k].lake_ms / max(1, lake_shapes[k].lake_queries))
-            est = view_ms(view, rows, lake_shapes[worst].shape, lake, domains)
-            p.status, p.reason = "refused", (
-                f"a view answer would take ~{est:.1f} ms (~{rows:,} rows, rollup {rollup:g}), no less than "
-                f"{PAYS_BELOW:g}x the lake's measured {lake_shapes[worst].lake_ms / max(1, lake_shapes[worst].lake_queries):.1f} ms")
-        scored.append(p)
+        if covered:
+            scored.append(_proposal(view, covered, lake_shapes, lake, domains))
     used = kept_bytes = sum(actual_bytes(lake, n) for n in kept) + index_bytes(state)
     chosen: list[Proposal] = []
     refused: list[Proposal] = []

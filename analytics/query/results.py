@@ -178,7 +178,7 @@ def compare_rows(query: Query, expected: list[list[str]], actual: list[list[str]
     truncated = query.limit is not None and len(expected) == query.limit and expected
     if truncated:
         last = expected[-1]
-        for label, rows in (("expected", expected), ("actual", actual)):
+        for rows in (expected, actual):
             if _cmp_keys(rows[-1], last, order) != 0:
                 return f"last row's order key differs: {rows[-1]} where {last} was expected"
         keep_e = [r for r in expected if _cmp_keys(r, last, order) != 0]

@@ -13,7 +13,15 @@ from typing import Any
 
 import duckdb
 
-from analytics.checks.guardrails.context import SAMPLES, CheckResult, Context, dict_rows, jsonable, one_row, probes_result
+from analytics.checks.guardrails.context import (
+    SAMPLES,
+    CheckResult,
+    Context,
+    dict_rows,
+    jsonable,
+    one_row,
+    probes_result,
+)
 from analytics.core import db
 from analytics.core.sql import sql_string
 from analytics.query import compiler

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from analytics.checks.guardrails.context import KEY_COLUMNS, SAMPLES, CheckResult, Context, dict_rows, jsonable, one_row, probes_result
+from analytics.checks.guardrails.context import (
+    KEY_COLUMNS,
+    SAMPLES,
+    CheckResult,
+    Context,
+    dict_rows,
+    jsonable,
+    one_row,
+    probes_result,
+)
 from analytics.checks.remediation import raw_accounting, remediation_report
 from analytics.core.sql import sql_string
 from analytics.lake.rules import UNPARSED_REASONS

@@ -239,8 +239,8 @@ class ArrowView:
                 b = self._bounds(len(ts), c, ts.left, ts.right, [us(x) for x in c.values])
             elif c.col in texts:
                 col = texts[c.col]
-                b = self._bounds(len(col), c, lambda x: bisect(col, x, False), lambda x: bisect(col, x, True),
-                                 [str(x) for x in c.values])
+                b = self._bounds(len(col), c, lambda x, col=col: bisect(col, x, False),
+                                 lambda x, col=col: bisect(col, x, True), [str(x) for x in c.values])
             else:
                 b = None
             if b is None:
