@@ -43,7 +43,7 @@ NBVAL_DIR := data/nbval
 NBVAL_STAMP := $(NBVAL_DIR)/.ready
 NBVAL_ROWS := 5000
 
-.PHONY: help setup kernel lab test test-fast test-py test-nbval nbval-data data lake views benchmark sweep reports strip clean view-space
+.PHONY: help setup kernel lab lint test test-fast test-py test-nbval nbval-data data lake views benchmark sweep reports strip clean view-space
 
 help: ## list the targets (the default goal)
 	@echo "usage: make TARGET [VAR=value ...]"
@@ -80,11 +80,15 @@ lab: setup nbval-data ## open JupyterLab on notebooks/ (00_explore, the explorer
 		$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) \
 		$(LAB_ARGS)
 
-test: setup nbval-data ## run pytest on tests/ (2 workers), then nbval on the notebooks
+test: setup nbval-data ## ruff, then pytest on tests/ (2 workers), then nbval on the notebooks
 	@rc=0; \
+	$(MAKE) --no-print-directory lint || rc=$$?; \
 	$(MAKE) --no-print-directory test-py || rc=$$?; \
 	$(MAKE) --no-print-directory test-nbval || rc=$$?; \
 	exit $$rc
+
+lint: setup ## ruff over analytics/ and tests/ (the rules are in pyproject.toml)
+	$(VENV)/bin/ruff check analytics tests
 
 test-fast: setup ## the quick loop: pytest without the tests marked slow or integration (under 2 minutes on 2 cores)
 	$(PY) -m pytest $(XDIST) -m "not slow and not integration" $(PYTEST_ARGS) tests
