@@ -366,6 +366,7 @@ class SafeBatchRunner:
         reports.append(rep)
         sql, params = scan.superset_sql("events")
         try:
+            self.wb.check_lake()  # the superset reads every lake file; a damaged one: each member alone fails
             w: Watch | None = None
             with self.guard.watch(cur) as w:
                 t0 = time.perf_counter()

@@ -12,12 +12,18 @@ each query seen (a repeated query is not
 routed again while nothing changed). Each query stats the lake manifest and the view registry
 (no file is opened) and reloads state, forgetting the plans, when either changed, so a
 `prepare`, `build` or `ingest` by another process is picked up at once; a query whose files a
-newer state swept meanwhile is planned again on that state. Must stay a shell: validation
+newer state swept meanwhile is planned again on that state. A damaged file never answers: a
+view's or index's files are checked against their checksums when first opened in the process
+(`core.checksum`), and a lake file before the first query that reads it; a damaged view or
+index is marked unhealthy (noted in the damage register, `lake.damage`, named once on stderr)
+and its queries planned again elsewhere, a damaged lake file fails its queries naming its raw
+part (`lake.integrity`). Must stay a shell: validation
 is `query.py`, SQL is `compiler.py`, the choice of source is `router.py`.
 """
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from functools import partial
 from pathlib import Path
@@ -27,14 +33,17 @@ import duckdb
 import pyarrow as pa
 
 from analytics.core import db
+from analytics.core.checksum import ChecksumError, check
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
-from analytics.lake.indexes import FILTER_ROWS
+from analytics.lake.damage import damage_path, load_damage, update_damage
+from analytics.lake.indexes import FILTER_ROWS, index_records
+from analytics.lake.integrity import check_segments
 from analytics.lake.keyfilter import KeyFilter
 from analytics.lake.manifest import MANIFEST, Lake
 from analytics.query.compiler import ident
 from analytics.query.model import Query, parse_query
 from analytics.serving.fastpath import ArrowView
-from analytics.serving.pruning import lake_relation
+from analytics.serving.pruning import lake_files, lake_relation
 from analytics.serving.router import LAKE, Plan, Router
 from analytics.views.adaptive_catalog import (
     adaptive_path,
@@ -90,8 +99,13 @@ class Workbench:
         self._plans: dict[tuple[Query, bool], Plan] = {}
         self._filter_dirs: dict[str, Path] = {}  # usable row-group key filters -> their directory
         self._filters: dict[str, KeyFilter] = {}  # those opened (memory-mapped) so far
+        self._index_records: dict[str, dict[str, Any]] = {}  # usable index -> its catalog record
+        self._checked_indexes: set[tuple[str, int]] = set()  # (index, version) whose bytes were checked
+        self._bad_indexes: dict[str, str] = {}  # index -> why it is damaged (this state)
+        self._warned: set[str] = set()  # views and indexes named damaged on stderr by this process
         # plain strings: refresh runs on every query, and pathlib's joins cost more than the stats
-        self._watched = (str(self.root / MANIFEST), str(registry_path(self.root)), str(adaptive_path(self.root)))
+        self._watched = (str(self.root / MANIFEST), str(registry_path(self.root)), str(adaptive_path(self.root)),
+                         str(damage_path(self.root)))
         self.lake: Lake
         self.registry: dict[str, dict[str, Any]] = {}
         self.health: dict[str, str | None] = {}
@@ -112,17 +126,45 @@ class Workbench:
             self.registry = load_registry(self.root)["views"]
             state = load_adaptive(self.root)  # read once: its views and its indexes
             self.views = all_views(self.root, state)
-            indexes = usable_indexes(self.lake, state)
-            self.router = Router(tuple(self.views.values()), indexes, partial(lake_relation, self.lake))
-            self._filter_dirs = {ix.name: self.root / state["indexes"][ix.name]["dir"]
-                                 for ix, _ in indexes if ix.kind == "filter"}
-            self._filters = {}
+            self.damaged = load_damage(self.root)
+            self._state_indexes = usable_indexes(self.lake, state)
+            self._index_records = {ix.name: state["indexes"][ix.name] for ix, _ in self._state_indexes}
+            self._bad_indexes = {}
+            # (query, index) of lake plans whose files were checked on this state
+            self._lake_checked: set[tuple[Query, str | None]] = set()
+            self._route_indexes()
             self.health = {name: self._check(name) for name in self.views}
+            for name, why in self.health.items():
+                if why is not None and why.startswith("damaged"):
+                    self._warn(f"view {name}", why)
             self._plans = {}
             self._stamp = stamp
 
+    def _route_indexes(self) -> None:
+        """The router over the usable indexes not found damaged (the caller holds the lock)."""
+        indexes = [(ix, rel) for ix, rel in self._state_indexes if ix.name not in self._bad_indexes]
+        self.router = Router(tuple(self.views.values()), indexes, partial(lake_relation, self.lake))
+        self._filter_dirs = {ix.name: self.root / self._index_records[ix.name]["dir"]
+                             for ix, _ in indexes if ix.kind == "filter"}
+        self._filters = {}
+        self._plans = {}
+
+    def _warn(self, what: str, why: str) -> None:
+        """Name a damaged view or index on stderr, once per process."""
+        if what not in self._warned:
+            self._warned.add(what)
+            print(f"analytics: warning: {what} is unhealthy ({why}); its queries are answered from another "
+                  f"view or the lake; `analytics build` repairs it", file=sys.stderr)
+
+    def _damaged(self, exc: ChecksumError) -> str:
+        """Note a file found damaged in the register; the reason a view or index now gives."""
+        path = Path(exc.path)
+        rel = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else exc.path
+        update_damage(self.root, {rel: exc.why})
+        return f"damaged: {rel}: {exc.why}"
+
     def _check(self, name: str) -> str | None:
-        why = staleness(self.views[name], self.lake, self.registry.get(name))
+        why = staleness(self.views[name], self.lake, self.registry.get(name), self.damaged)
         return why if why is not None else self._load_errors.get(self.table_name(name))
 
     def table_name(self, name: str) -> str:
@@ -156,11 +198,14 @@ class Workbench:
                         pieces.setdefault(t, []).extend(more)
                 view = ArrowView(definition, pieces, schema, scaled=entry["serving"]["scaled"],
                                  unique_keys=not entry.get("deltas"))
-            except ServingError as exc:
+            except (ServingError, ChecksumError) as exc:
+                why = (self._damaged(exc) if isinstance(exc, ChecksumError)
+                       else f"serving copy unusable: {str(exc).splitlines()[0]}")
                 with self._lock:
-                    self._load_errors[table] = f"serving copy unusable: {str(exc).splitlines()[0]}"
+                    self._load_errors[table] = why
                     self.health[name] = self._load_errors[table]
                     self._plans = {}  # plans made while it looked healthy may route to it
+                self._warn(f"view {name}", why)
                 return False
             with self._lock:
                 for old in [t for t in self._ready_tables if t.startswith(f"{name}__v")]:
@@ -180,15 +225,19 @@ class Workbench:
             return True
         entry = self.registry[name]
         try:
+            for version in [entry, *(entry.get("deltas") or ())]:  # the Parquet files this SQL reads
+                check(self.root / version["file"], version.get("checksum"))
             cur.execute(f"CREATE OR REPLACE VIEW {ident(table)} AS SELECT * FROM {version_relation(self.root, entry)}")
             schema = [[r[0], r[1]] for r in cur.execute(f"DESCRIBE {ident(table)}").fetchall()]
             if schema != entry["columns"]:
                 raise ValueError(f"schema differs from the registry: {schema} vs {entry['columns']}")
         except (duckdb.Error, ValueError) as exc:
+            why = self._damaged(exc) if isinstance(exc, ChecksumError) else f"unreadable: {str(exc).splitlines()[0]}"
             with self._lock:
-                self._load_errors[table] = f"unreadable: {str(exc).splitlines()[0]}"
+                self._load_errors[table] = why
                 self.health[name] = self._load_errors[table]
                 self._plans = {}
+            self._warn(f"view {name}", why)
             return False
         with self._lock:
             self._sql_tables.add(table)
@@ -253,6 +302,10 @@ class Workbench:
             plan, given = (given, None) if given is not None else (self.plan(q, use_views), None)
             if plan.route != LAKE and not self._ensure_loaded(plan.route):
                 continue  # now marked unhealthy: plan again
+            if plan.index is not None and not self._index_intact(plan.index):
+                continue  # now left out of the router: plan again
+            if plan.route == LAKE:
+                self._check_lake(q, plan)
             view = self._arrow.get(self.table_name(plan.route)) if plan.route != LAKE else None
             if view is not None and self.fast_path:
                 table = view.answer(q)
@@ -272,7 +325,52 @@ class Workbench:
             except duckdb.IOException:
                 continue  # a file of the state it read was swept by a newer prepare or build: plan again
         plan = self.plan(q, use_views=False)
+        self._check_lake(q, plan)
         return db.fetch_arrow(self.cursor(), plan.sql, plan.params), plan
+
+    def _index_intact(self, name: str) -> bool:
+        """Whether the index's files match their checksums (read once per version and process); a
+        damaged one is noted, named on stderr and left out of the router."""
+        record = self._index_records.get(name)
+        if record is None:
+            return False
+        key = (name, int(record.get("version", 0)))
+        if key in self._checked_indexes:
+            return True
+        try:
+            for rel, rec in index_records(record).items():
+                check(self.root / rel, rec)
+        except ChecksumError as exc:
+            why = self._damaged(exc)
+            with self._lock:
+                self._bad_indexes[name] = why
+                self._route_indexes()
+            self._warn(f"index {name}", why)
+            return False
+        with self._lock:
+            self._checked_indexes.add(key)
+        return True
+
+    def _check_lake(self, query: Query, plan: Plan) -> None:
+        """Check the lake files a lake plan reads (`lake.integrity`: each once per process); a damaged
+        one raises DamagedSegmentError naming it and its raw part. A sorted index reads no lake file;
+        a row-group filter reads the lake files of its types."""
+        key = (query, plan.index)
+        if key in self._lake_checked:
+            return
+        if plan.index is None:
+            files = lake_files(self.lake, query)
+        elif plan.index in self._filter_dirs:
+            files = self.lake.event_files(self._index_records[plan.index]["types"])
+        else:
+            files = []
+        check_segments(self.lake, files)
+        with self._lock:
+            self._lake_checked.add(key)
+
+    def check_lake(self) -> None:
+        """Check every committed lake file (a statement over `events`, e.g. a shared scan, reads them)."""
+        check_segments(self.lake)
 
     def _through_filter(self, cur: duckdb.DuckDBPyConnection, query: Query, plan: Plan) -> pa.Table:
         """A lake query through a row-group key filter: the lake rows of the key's values from the
