@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analytics.cli.advise import add_budget_args, read_workload
+from analytics.cli.advise import add_budget_args, check_budget, read_workload
 from analytics.cli.common import (
     AddCommand,
     CliError,
@@ -48,6 +48,7 @@ def _build_adaptive(args: argparse.Namespace) -> int:
 
     if args.views or args.force or args.engine != "duckdb":
         raise CliError("--adaptive builds what the telemetry advises: it takes no --views, --force or --engine")
+    check_budget(args.budget, args.lake)
     summary = build_adaptive(args.lake, read_workload(args.lake), budget=args.budget, retire_after_s=args.retire_after,
                              memory_limit=args.memory_limit, progress=not args.quiet, log=print)
     for ix in summary["indexes"]:
