@@ -42,6 +42,7 @@ from analytics.lake.keyfilter import KeyFilter
 from analytics.lake.manifest import MANIFEST, Lake
 from analytics.query.compiler import ident
 from analytics.query.model import Query, parse_query
+from analytics.query.schema import EVENT_TYPES
 from analytics.serving.fastpath import ArrowView
 from analytics.serving.pruning import lake_files, lake_relation
 from analytics.serving.router import LAKE, Plan, Router
@@ -55,7 +56,8 @@ from analytics.views.adaptive_catalog import (
 )
 from analytics.views.delta import version_relation
 from analytics.views.registry import load_registry, registry_path, staleness
-from analytics.views.serving_copy import ServingError, open_serving_copy
+from analytics.views.catalog import types_selected
+from analytics.views.serving_copy import ServingError, check_types, open_serving_copy
 
 # Plans remembered per workbench; past this many distinct queries the memo starts afresh.
 PLAN_MEMO_SIZE = 4096
@@ -103,6 +105,10 @@ class Workbench:
         self._checked_indexes: set[tuple[str, int]] = set()  # (index, version) whose bytes were checked
         self._bad_indexes: dict[str, str] = {}  # index -> why it is damaged (this state)
         self._warned: set[str] = set()  # views and indexes named damaged on stderr by this process
+        # table name -> (its directory, the serving records of its base and deltas), and the types
+        # whose files were checked against their checksums so far (checked on a query's first read)
+        self._serving: dict[str, tuple[Path, list[dict[str, Any]]]] = {}
+        self._types_checked: dict[str, set[str]] = {}
         # plain strings: refresh runs on every query, and pathlib's joins cost more than the stats
         self._watched = (str(self.root / MANIFEST), str(registry_path(self.root)), str(adaptive_path(self.root)),
                          str(damage_path(self.root)))
@@ -192,9 +198,9 @@ class Workbench:
                 return True
             try:
                 vdir = (self.root / entry["file"]).parent
-                pieces, schema = open_serving_copy(vdir, entry)
+                pieces, schema = open_serving_copy(vdir, entry, checked=False)  # checked per type: _types_intact
                 for delta in entry.get("deltas") or ():
-                    for t, more in open_serving_copy(vdir, delta)[0].items():
+                    for t, more in open_serving_copy(vdir, delta, checked=False)[0].items():
                         pieces.setdefault(t, []).extend(more)
                 view = ArrowView(definition, pieces, schema, scaled=entry["serving"]["scaled"],
                                  unique_keys=not entry.get("deltas"))
@@ -213,8 +219,40 @@ class Workbench:
                     self._ready_tables.discard(old)
                     self._sql_tables.discard(old)
                 self._arrow[table] = view
+                self._serving[table] = (vdir, [entry["serving"], *(d["serving"] for d in entry.get("deltas") or ())])
+                self._types_checked[table] = set()
                 self._ready_tables.add(table)
             return True
+
+    def _types_intact(self, name: str, query: Query) -> bool:
+        """Whether the serving files of the types `query` may read (a superset of what the fast path
+        reads) match their checksums: each file read once per process, on the first query of its
+        type, so a cold process pays for the types it answers, not whole views. A damaged one
+        makes the view unhealthy (noted, named on stderr) and returns False: plan again."""
+        table = self.table_name(name)
+        done = self._types_checked.get(table)
+        if done is None or len(done) == len(EVENT_TYPES):
+            return True
+        todo = types_selected(query.where) - done
+        if not todo:
+            return True
+        vdir, records = self._serving[table]
+        try:
+            for record in records:
+                check_types(vdir, record, todo)
+        except ChecksumError as exc:
+            why = self._damaged(exc)
+            with self._lock:
+                self._load_errors[table] = why
+                self.health[name] = why
+                self._ready_tables.discard(table)
+                self._arrow.pop(table, None)
+                self._plans = {}
+            self._warn(f"view {name}", why)
+            return False
+        with self._lock:
+            done |= todo
+        return True
 
     def _ensure_sql(self, name: str, cur: duckdb.DuckDBPyConnection) -> bool:
         """Make the view's current version a SQL table (over its Parquet file, whose zone maps prune
@@ -307,6 +345,8 @@ class Workbench:
             if plan.route == LAKE:
                 self._check_lake(q, plan)
             view = self._arrow.get(self.table_name(plan.route)) if plan.route != LAKE else None
+            if view is not None and self.fast_path and not self._types_intact(plan.route, q):
+                continue  # now marked unhealthy: plan again
             if view is not None and self.fast_path:
                 table = view.answer(q)
                 if table is not None:
