@@ -37,7 +37,7 @@ from analytics.core.checksum import ChecksumError, check
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.lake.damage import damage_path, load_damage, update_damage
 from analytics.lake.indexes import FILTER_ROWS, index_records
-from analytics.lake.integrity import check_segments
+from analytics.lake.integrity import cheap_damage, check_segments
 from analytics.lake.keyfilter import KeyFilter
 from analytics.lake.manifest import MANIFEST, Lake
 from analytics.query.compiler import ident
@@ -407,6 +407,14 @@ class Workbench:
         check_segments(self.lake, files)
         with self._lock:
             self._lake_checked.add(key)
+
+    def lake_damage(self, query: dict[str, Any] | Query) -> list[str]:
+        """What a stat and the damage register say of the lake files a lake-routed `query` reads: one
+        message per damaged file, naming its raw part (no file is read; for `explain`)."""
+        q = self.parse(query)
+        self.refresh()
+        wanted = {f.relative_to(self.lake.root).as_posix() for f in lake_files(self.lake, q)}
+        return [why for rel, why in cheap_damage(self.lake, self.damaged).items() if rel in wanted]
 
     def check_lake(self) -> None:
         """Check every committed lake file (a statement over `events`, e.g. a shared scan, reads them)."""
