@@ -5,7 +5,7 @@ sorted lake index, a row-group key filter), bits are flipped in the header, the 
 last block, the file is truncated, deleted and replaced by a directory. Then: every answer equals
 the baseline or the query fails with an error naming the file (never a wrong answer); the damage
 is named on stderr once, by `explain`, `stats`, a guardrail and `analytics verify` (exit 1); and
-`build` (views), `build --adaptive` (indexes) or `prepare` (lake segments) repairs it, after which
+`build` (views and indexes) or `prepare` (lake segments) repairs it, after which
 `verify` exits 0 and the views answer again.
 """
 from __future__ import annotations
@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from test_adaptive import GIB, adaptive_lake  # noqa: F401 - the module-scoped fixture, reused
+from test_adaptive import adaptive_lake  # noqa: F401 - the module-scoped fixture, reused
 from test_differential import TARGETED, _check
 
-from analytics.batch.telemetry import read_events
 from analytics.checks.guardrails import run_guardrails
 from analytics.cli import main
 from analytics.core.checksum import ChecksumError, check, file_record
@@ -30,7 +29,6 @@ from analytics.lake.prepare import prepare
 from analytics.query.model import parse_query
 from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
-from analytics.views.adaptive_build import build_adaptive
 from analytics.views.adaptive_catalog import load_adaptive
 from analytics.views.build import BuildError, build
 from analytics.views.catalog import types_selected
@@ -146,15 +144,20 @@ def test_a_damaged_view_file_never_answers_is_named_and_rebuilt(lake_copy, basel
 
 
 def test_a_damaged_delta_never_answers_and_build_rebuilds_the_version(raw_dir, baseline, tmp_path, capsys):
-    """A version of base + delta: a flipped bit in the delta's serving copy sends the view's queries
-    elsewhere; build replaces the version with a new base."""
+    """A damaged base is never refreshed from (a new part rebuilds it in full); a version of base +
+    delta with a flipped bit in the delta's serving copy sends the view's queries elsewhere, and
+    build replaces the version with a new base."""
     first, lake = tmp_path / "first", tmp_path / "lake"
     first.mkdir()
     parts = sorted(raw_dir.glob("*.csv"))
-    for p in parts[:-1]:
+    for p in parts[:-2]:
         shutil.copy2(p, first / p.name)
     prepare(first, lake, progress=False)
     build(lake, [VIEW], progress=False, jobs=1)
+    DAMAGES["flip-middle"](lake / load_registry(lake)["views"][VIEW]["file"])
+    shutil.copy2(parts[-2], first / parts[-2].name)
+    prepare(first, lake, progress=False)
+    assert [r["mode"] for r in build(lake, [VIEW], progress=False, jobs=1)["views"]] == ["full"]
     shutil.copy2(parts[-1], first / parts[-1].name)
     prepare(first, lake, progress=False)
     build(lake, [VIEW], progress=False, jobs=1)
@@ -252,8 +255,7 @@ def test_a_damaged_lake_index_is_left_out_named_and_rebuilt(adaptive_lake, basel
         assert err.count(f"index {name} is unhealthy") == 1, err
     rc, out = _verify(lake, capsys, "--views-only")
     assert rc == 1 and str(target) in out
-    summary = build_adaptive(str(lake), list(read_events(lake)), budget=2 * GIB, progress=False)
-    assert name in [ix["index"] for ix in summary["indexes"]], summary
+    assert build(lake, progress=False, jobs=1)["indexes"] == {name: "rebuilt"}
     assert _verify(lake, capsys)[0] == 0
     with Workbench(lake) as wb:
         assert _check(baseline, wb, query).index == name

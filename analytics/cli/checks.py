@@ -61,8 +61,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
               f"{report['unrecorded'][0]}; `analytics build --force` or a new prepare records them")
     print(f"verified {report['files']} file(s), {format_bytes(report['bytes'])} in {report['seconds']:.1f}s: "
           f"{len(report['damaged'])} damaged or missing"
-          + ("; `analytics build` rebuilds damaged views, `analytics build --adaptive` indexes, "
-             "`analytics prepare` re-ingests damaged lake segments" if report["damaged"] else ""))
+          + ("; `analytics build` rebuilds damaged views and lake indexes, `analytics prepare` re-ingests "
+             "damaged lake segments" if report["damaged"] else ""))
     return 1 if report["damaged"] else 0
 
 
