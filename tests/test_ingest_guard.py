@@ -140,7 +140,7 @@ def test_a_prepare_that_fails_inside_ingest_exits_nonzero_leaves_nothing_and_ser
     _served(lake, before)
     shutil.copy(parts[1], landing / parts[1].name)
     # the disk fills while the new segment's files are checksummed, after they are staged
-    monkeypatch.setattr("analytics.lake.prepare.file_record", _no_space)
+    monkeypatch.setattr("analytics.lake.prepare.segment_record", _no_space)
     capsys.readouterr()
     assert main(["ingest", "--raw", str(landing), "--lake", str(lake), "--settle", "0", *VIEWS, "--quiet"]) == 1
     captured = capsys.readouterr()

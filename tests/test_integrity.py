@@ -184,6 +184,11 @@ def test_a_damaged_delta_never_answers_and_build_rebuilds_the_version(raw_dir, b
 # ---- the lake ----------------------------------------------------------------------------------------
 
 LAKE_QUERY = {"select": ["type", {"COUNT": "*"}, {"SUM": "bid_price"}], "from": "events", "group_by": ["type"]}
+# reads every column of the lake's files: every byte of them is in a column chunk or the footer
+EVERY_COLUMN = {"select": ["type", *({"COUNT": c} for c in ("ts", "week", "day", "hour", "minute", "auction_id",
+                                                              "advertiser_id", "publisher_id", "bid_price", "user_id",
+                                                              "total_price", "country"))],
+                "from": "events", "group_by": ["type"]}
 POINT = {"select": ["type", {"COUNT": "*"}], "from": "events", "group_by": ["type"],
          "where": [{"col": "user_id", "op": "eq", "val": 5}]}  # no view covers it: the lake
 
@@ -197,11 +202,15 @@ def test_a_damaged_lake_segment_fails_its_queries_naming_its_part_and_prepare_re
     with Workbench(lake_copy) as wb:
         for _ in range(2):
             with pytest.raises(DamagedSegmentError, match=rf"{rel}.*raw part {part}"):
-                wb.execute(LAKE_QUERY, use_views=False)
+                wb.execute(EVERY_COLUMN, use_views=False)
+            try:  # a query checks only the columns it reads: exact, or failing the same way
+                _check(baseline, wb, LAKE_QUERY, use_views=False)
+            except DamagedSegmentError as exc:
+                assert rel in str(exc) and part in str(exc)
         assert _check(baseline, wb, LAKE_QUERY).route != LAKE  # the views are intact: they answer
     out = lake_copy.parent / "out"
     qfile = lake_copy.parent / "lq.json"
-    qfile.write_text(json.dumps([LAKE_QUERY]))
+    qfile.write_text(json.dumps([EVERY_COLUMN]))
     assert main(["run", "--lake", str(lake_copy), "--queries", str(qfile), "--out", str(out), "--no-views",
                  "--no-cache", "--no-telemetry"]) == 1
     run = json.loads((out / "run.json").read_text())
@@ -272,3 +281,21 @@ def test_verify_is_clean_on_a_fresh_lake_and_its_options_split_the_work(lake_dir
     assert lake_only + views_only == files and lake_only == sum(
         len(s["files"]) + bool(s.get("quarantine_file")) for s in Lake.open(lake_dir).manifest["segments"])
     assert main(["verify", "--lake", str(lake_dir / "nope")]) == 2
+
+
+def test_a_lake_query_checks_the_column_chunks_it_reads_and_no_other(lake_copy, baseline):
+    """A flipped bit in the `auction_id` chunk of one row group: a query that does not read the
+    column answers exactly; one that reads it fails naming the file and its part."""
+    import pyarrow.parquet as pq
+
+    seg = Lake.open(lake_copy).manifest["segments"][0]
+    rel, part = seg["files"]["impression"], seg["source"]["file"]
+    meta = pq.read_metadata(lake_copy / rel)
+    col = meta.schema.to_arrow_schema().names.index("auction_id")
+    chunk = meta.row_group(meta.num_row_groups // 2).column(col)
+    _flip(lake_copy / rel, lambda n: chunk.data_page_offset + chunk.total_compressed_size // 2)
+    reads_it = {"select": ["type", {"COUNT": "auction_id"}], "from": "events", "group_by": ["type"]}
+    with Workbench(lake_copy) as wb:
+        _check(baseline, wb, LAKE_QUERY, use_views=False)
+        with pytest.raises(DamagedSegmentError, match=rf"{rel} is damaged .*column auction_id.*raw part {part}"):
+            wb.execute(reads_it, use_views=False)

@@ -366,7 +366,7 @@ class SafeBatchRunner:
         reports.append(rep)
         sql, params = scan.superset_sql("events")
         try:
-            self.wb.check_lake()  # the superset reads every lake file; a damaged one: each member alone fails
+            self.wb.check_lake(m.query for m in members)  # a damaged file: each member alone fails naming it
             w: Watch | None = None
             with self.guard.watch(cur) as w:
                 t0 = time.perf_counter()

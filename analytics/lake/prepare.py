@@ -28,7 +28,6 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from analytics.core import db
-from analytics.core.checksum import file_record
 from analytics.core.faults import crash_point
 from analytics.core.files import write_atomic
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
@@ -49,7 +48,7 @@ from analytics.lake.manifest import (
     _totals,
     fingerprint,
 )
-from analytics.lake.integrity import cheap_damage
+from analytics.lake.integrity import cheap_damage, segment_record
 from analytics.lake.rawfile import BOM, RawScan, scan_part
 from analytics.lake.rules import (
     DUCKDB_FUNCTIONS,
@@ -334,7 +333,7 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
                 _warn_rejected(rejected)
                 return {**unchanged, "seconds": time.perf_counter() - started}
             for entry in added:  # each staged file's checksum, recorded beside it in the manifest
-                entry.checksums = {rel: file_record(stage / rel) for rel in _entry_files(entry)}
+                entry.checksums = {rel: segment_record(stage / rel) for rel in _entry_files(entry)}
             crash_point("prepare:after-stage")
             # promote: move staged files into place (still invisible), then commit the manifest
             moved = 0

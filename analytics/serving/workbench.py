@@ -27,7 +27,7 @@ import sys
 import threading
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import duckdb
 import pyarrow as pa
@@ -403,18 +403,21 @@ class Workbench:
 
     def _check_lake(self, query: Query, plan: Plan) -> None:
         """Check the lake files a lake plan reads (`lake.integrity`: each once per process); a damaged
-        one raises DamagedSegmentError naming it and its raw part. A sorted index reads no lake file;
-        a row-group filter reads the lake files of its types."""
+        one raises DamagedSegmentError naming it and its raw part. Only the columns the query reads and
+        the footers are checked (`lake.integrity`). A sorted index reads no lake file; a row-group
+        filter reads the lake files of its types."""
         key = (query, plan.index)
         if key in self._lake_checked:
             return
+        columns = shape_columns(query_shape(query))  # only their chunks and the footers are read
         if plan.index is None:
             files = lake_files(self.lake, query)
         elif plan.index in self._filter_dirs:
             files = self.lake.event_files(self._index_records[plan.index]["types"])
+            columns |= {self._index_records[plan.index]["key"]}
         else:
             files = []
-        check_segments(self.lake, files)
+        check_segments(self.lake, files, columns)
         with self._lock:
             self._lake_checked.add(key)
 
@@ -426,9 +429,13 @@ class Workbench:
         wanted = {f.relative_to(self.lake.root).as_posix() for f in lake_files(self.lake, q)}
         return [why for rel, why in cheap_damage(self.lake, self.damaged).items() if rel in wanted]
 
-    def check_lake(self) -> None:
-        """Check every committed lake file (a statement over `events`, e.g. a shared scan, reads them)."""
-        check_segments(self.lake)
+    def check_lake(self, queries: Iterable[Query]) -> None:
+        """Check the lake a statement over `events` answering `queries` (a shared scan) reads: the files
+        of their event types in every segment, the columns any of them reads."""
+        qs = list(queries)
+        types = set().union(*(types_selected(q.where) for q in qs))
+        columns = set().union(*(shape_columns(query_shape(q)) for q in qs))
+        check_segments(self.lake, self.lake.event_files(types), columns)
 
     def _through_filter(self, cur: duckdb.DuckDBPyConnection, query: Query, plan: Plan) -> pa.Table:
         """A lake query through a row-group key filter: the lake rows of the key's values from the
