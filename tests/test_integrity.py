@@ -27,6 +27,7 @@ from analytics.lake.integrity import DamagedSegmentError
 from analytics.lake.manifest import Lake
 from analytics.lake.prepare import prepare
 from analytics.query.model import parse_query
+from analytics.query.results import to_rows
 from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
 from analytics.views.adaptive_catalog import load_adaptive
@@ -299,3 +300,35 @@ def test_a_lake_query_checks_the_column_chunks_it_reads_and_no_other(lake_copy, 
         _check(baseline, wb, LAKE_QUERY, use_views=False)
         with pytest.raises(DamagedSegmentError, match=rf"{rel} is damaged .*column auction_id.*raw part {part}"):
             wb.execute(reads_it, use_views=False)
+
+
+def test_a_damaged_lake_file_fails_the_queries_of_a_shared_scan_that_read_it(lake_copy, baseline):
+    """Lake queries the runner answers through shared scans over `events`: a scan checks the columns
+    its members read; a bit flipped in `auction_id` fails every query reading it, naming the file,
+    and the queries that do not read it are answered exactly."""
+    import pyarrow.parquet as pq
+
+    from analytics.checks.baseline import baseline_query
+    from analytics.query.results import compare_rows, read_csv_rows
+
+    seg = Lake.open(lake_copy).manifest["segments"][0]
+    rel = seg["files"]["impression"]
+    meta = pq.read_metadata(lake_copy / rel)
+    chunk = meta.row_group(0).column(meta.schema.to_arrow_schema().names.index("auction_id"))
+    _flip(lake_copy / rel, lambda n: chunk.data_page_offset + chunk.total_compressed_size // 2)
+    where = [{"col": "type", "op": "eq", "val": "impression"}]
+    queries = [{"select": [g, {"COUNT": c}], "from": "events", "group_by": [g], "where": where}
+               for g in ("country", "advertiser_id", "publisher_id") for c in ("ts", "auction_id", "user_id")]
+    qfile, out = lake_copy.parent / "shared.json", lake_copy.parent / "shared-out"
+    qfile.write_text(json.dumps(queries))
+    assert main(["run", "--lake", str(lake_copy), "--queries", str(qfile), "--out", str(out), "--no-views",
+                 "--no-cache", "--no-telemetry"]) == 1
+    run = json.loads((out / "run.json").read_text())
+    assert any(b.get("shared_scans") for b in run["batches"]), run["batches"]  # shared scans were tried
+    for i, (raw, entry) in enumerate(zip(queries, run["queries"]), start=1):
+        if raw["select"][1]["COUNT"] == "auction_id":
+            assert rel in entry["error"] and not (out / f"q{i}.csv").exists(), entry
+        else:
+            q = parse_query(raw)
+            want = to_rows(q, baseline_query(baseline, q))
+            assert compare_rows(q, want, read_csv_rows(out / f"q{i}.csv")[1]) is None, entry
