@@ -3,7 +3,8 @@
 Owns the warm serving state over one lake: a DuckDB database holding the `events` view over
 the lake's committed files, each view's current version opened on first use by memory-mapping
 its serving copy and those of its deltas (`views.serving_copy`, `views.delta`: opening reads no
-data page, a query touches only the pages of the rows it keeps, so a cold process pays for what
+data page; the first query of an event type checks that type's files against their checksums,
+then a query touches only the pages of the rows it keeps, so a cold process pays for the types
 it reads, not for whole views), a
 second, single-threaded DuckDB database where a view's Parquet file becomes a SQL table for the
 shapes the fast path leaves to SQL (a view answer is a small scan that gains nothing from
@@ -120,7 +121,8 @@ class Workbench:
 
     # ---- state -------------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:
-        """Reload lake, registry and adaptive catalog if one changed on disk since last time (three stat calls)."""
+        """Reload lake, registry, adaptive catalog and damage register if one changed on disk since last
+        time (four stat calls)."""
         stamp = tuple(_mtime(p) for p in self._watched)
         if stamp == self._stamp and not force:
             return
