@@ -106,6 +106,9 @@ CASES: list[tuple[str, int, str]] = [
     ("advise --lake {C}/nope", BAD, "nope is not a prepared lake"),
     ("advise --lake {C}/badlake", BAD, "badlake/_manifest.json is damaged"),
     ("advise --lake {L} --budget -1GB", BAD, "--budget"),
+    ("advise --lake {L} --budget 0", BAD, "--budget"),
+    ("advise --lake {L} --budget 900TiB", BAD, "free on the disk"),
+    ("build --lake {L} --adaptive --budget 0", BAD, "--budget"),
     ("advise --lake {L} --budget " + "9" * 50, BAD, "--budget"),
     ("advise --lake {L} --retire-after -3d", BAD, "--retire-after"),
     # run: query files that cannot be read
@@ -170,6 +173,9 @@ CASES: list[tuple[str, int, str]] = [
     ("stats --lake {C}/afile.txt", BAD, "afile.txt"),
     ("stats --lake {C}/badtelemetry --json {C}/adir", BAD, "adir"),
     # remediation
+    ("verify --lake {C}/nope", BAD, "nope is not a prepared lake"),
+    ("verify --lake {C}/badlake", BAD, "_manifest.json is damaged"),
+    ("verify --lake {L} --views-only --lake-only", BAD, "not allowed with argument"),
     ("remediation --lake {C}/nope", BAD, "nope is not a prepared lake"),
     ("remediation --lake {C}/badlake", BAD, "_manifest.json is damaged"),
     ("remediation --lake {L} --samples -1", BAD, "--samples"),

@@ -6,8 +6,9 @@ engine's own compiler/router patched to a plausible wrong formula. Each injector
 for its check with `@fault(check_id)` and run by one test parametrized over `G.CHECKS`: it runs
 all 23 checks and asserts (through `env.assert_only`) that exactly that check fails and that its
 evidence carries the numbers. A check without an injector is a failing case of that test, and so
-is an injector that never asserts. Fault injectors share a small private dataset (a full run
-takes ~3 s there); the clean-data test uses the session's 200K-row lake.
+is an injector that never asserts. A rewritten file's checksum is recorded as its writer would
+record it. Fault injectors share a small private dataset (a full run takes ~3 s there); the
+clean-data test uses the session's 200K-row lake.
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ import pytest
 
 from analytics import cli
 from analytics.checks import guardrails as G
+from analytics.core.checksum import file_record
 from analytics.lake.generator import generate
+from analytics.lake.integrity import segment_record
 from analytics.lake.prepare import prepare
 from analytics.query import compiler as compiler_mod
 from analytics.views import catalog
@@ -69,7 +72,31 @@ def rewrite(path: Path, select: str) -> int:
     after = con.execute(f"SELECT count(*) FROM read_parquet('{tmp}')").fetchall()[0][0]
     con.close()
     os.replace(tmp, path)
+    _record_checksum(path)
     return changed + max(0, before - after)
+
+
+def _record_checksum(path: Path) -> None:
+    """Record the rewritten file's checksum where its writer would: the fault is a writer's bug, in
+    what the bytes mean, not damage at rest (which tests/test_integrity.py injects)."""
+    lake = next(p for p in path.parents if (p / "_manifest.json").exists())
+    rel = path.relative_to(lake).as_posix()
+
+    def in_registry(reg: dict) -> None:
+        for entry in reg["views"].values():
+            for version in [entry, *(entry.get("deltas") or [])]:
+                if version["file"] == rel:
+                    version["checksum"] = file_record(path)
+
+    def in_manifest(manifest: dict) -> None:
+        for seg in manifest["segments"]:
+            if rel in (seg.get("checksums") or {}):
+                seg["checksums"][rel] = segment_record(path)
+
+    if rel.startswith("views/"):
+        edit_json(registry_path(lake), in_registry)
+    else:
+        edit_json(lake / "_manifest.json", in_manifest)
 
 
 def lake_file(lake: Path, type_: str, day: str = FAULT_DAY) -> Path:
@@ -393,7 +420,7 @@ def truncated_view_file(env: FaultEnv) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     report = G.run_guardrails(env.broken, env.raw)
-    env.assert_only(report, "mv_hour_advertiser_id_wide", "unreadable")
+    env.assert_only(report, "mv_hour_advertiser_id_wide", "damaged: v1.parquet")  # its size is not its checksum's
     # the other checks say they left it out
     assert "mv_hour_advertiser_id_wide" in check(report, "mv_consistency.reconcile")["evidence"]["skipped"]
 

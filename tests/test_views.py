@@ -233,7 +233,7 @@ def test_damaged_serving_copy_makes_the_view_unhealthy_and_the_lake_answers(lake
     plan = _same(wb, q, expected)
     assert plan.route == LAKE
     why = wb.health["mv_all_adv_type_counts"]
-    assert ("file missing" if damage == "missing" else "serving copy unusable") in why, why
+    assert ("file missing" if damage == "missing" else f"damaged: {path.name}") in why, why  # named by its checksum
     assert "mv_all_adv_type_counts" in plan.fallback_reason
 
 
@@ -249,12 +249,14 @@ def test_serving_copy_whose_schema_differs_from_registry_is_unhealthy(lake_copy,
     with ipc.new_file(str(tmp), table.schema) as writer:
         writer.write_table(table)
     os.replace(tmp, path)
-    # the registry's size agrees with the new file: only the schema tells them apart
+    # the registry's size and checksum agree with the new file: only the schema tells them apart
     import json
 
+    from analytics.core.checksum import file_record
     from analytics.views.registry import registry_path
     reg = load_registry(lake_copy)
     reg["views"]["mv_all_adv_type_counts"]["serving"]["types"]["purchase"]["bytes"] = path.stat().st_size
+    reg["views"]["mv_all_adv_type_counts"]["serving"]["types"]["purchase"]["checksum"] = file_record(path)
     registry_path(lake_copy).write_text(json.dumps(reg))
     wb = Workbench(lake_copy)
     assert _same(wb, q, expected).route == LAKE
@@ -268,6 +270,14 @@ def test_view_parquet_whose_schema_differs_from_registry_is_unhealthy_for_sql(la
     con = duckdb.connect()
     con.execute(f"COPY (SELECT * EXCLUDE (max_total_price) FROM read_parquet('{path}')) TO '{path}.tmp' (FORMAT parquet)")
     os.replace(f"{path}.tmp", path)
+    # its checksum recorded as the registry's: only the schema tells them apart
+    import json
+
+    from analytics.core.checksum import file_record
+    from analytics.views.registry import registry_path
+    reg = load_registry(lake_copy)
+    reg["views"]["mv_all_adv_type_counts"]["checksum"] = file_record(path)
+    registry_path(lake_copy).write_text(json.dumps(reg))
     wb = Workbench(lake_copy, fast_path=False)  # the shapes the fast path leaves to SQL read the Parquet
     assert _same(wb, q, expected).route != "mv_all_adv_type_counts"
     assert "schema differs" in wb.health["mv_all_adv_type_counts"]

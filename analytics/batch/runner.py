@@ -40,6 +40,7 @@ import os
 import re
 import time
 import uuid
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
@@ -80,8 +81,9 @@ from analytics.serving.workbench import Workbench
 
 SNAPSHOT_EVERY_S = 30.0  # a long run's partial run.json is at most this old (besides the doubling rule)
 
-# cursor id -> whether DuckDB profiling is on; shared by all runners, as the cursors are (per thread)
-_PROFILING: dict[int, bool] = {}
+# cursor -> whether DuckDB profiling is on; shared by all runners, as the cursors are (per thread). Weak
+# keys: an id() would be reused by a later workbench's cursor, which then never had profiling turned on
+_PROFILING: "weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, bool]" = weakref.WeakKeyDictionary()
 _BYTES_READ = re.compile(r'"total_bytes_read":\s*(\d+)')
 
 
@@ -304,17 +306,17 @@ class SafeBatchRunner(Closing):
         """This thread's cursor; DuckDB profiling on for lake statements only (bytes read), off for views."""
         cur = self.wb.cursor()
         want = lake and self.telemetry is not None
-        if _PROFILING.get(id(cur)) != want:
+        if _PROFILING.get(cur) != want:
             try:
                 cur.execute("PRAGMA enable_profiling = 'no_output'" if want else "PRAGMA disable_profiling")
-                _PROFILING[id(cur)] = want
+                _PROFILING[cur] = want
             except duckdb.Error:
                 pass
         return cur
 
     def _bytes_read(self, cur: duckdb.DuckDBPyConnection) -> int | None:
         """`io.total_bytes_read` of the cursor's last statement (~0.1 ms: the profile is rendered as JSON)."""
-        if self.telemetry is None or not _PROFILING.get(id(cur)):
+        if self.telemetry is None or not _PROFILING.get(cur):
             return None
         try:
             m = _BYTES_READ.search(cur.get_profiling_information())
@@ -361,6 +363,7 @@ class SafeBatchRunner(Closing):
         reports.append(rep)
         sql, params = scan.superset_sql("events")
         try:
+            self.wb.check_lake(m.query for m in members)  # a damaged file: each member alone fails naming it
             w: Watch | None = None
             with self.guard.watch(cur) as w:
                 t0 = time.perf_counter()

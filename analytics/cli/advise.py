@@ -20,7 +20,8 @@ DEFAULT_RETIRE_AFTER = "7d"
 
 def add_budget_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=budget_arg, default=DEFAULT_BUDGET,
-                   help=f"bytes the adaptive views may take, e.g. 500MB, 2GiB, 0 (default {DEFAULT_BUDGET})")
+                   help=f"bytes the adaptive views and indexes may take, e.g. 500MB, 2GiB (default {DEFAULT_BUDGET}); "
+                        "more than 0 and no more than the lake's disk has free")
     p.add_argument("--retire-after", type=duration_arg, default=DEFAULT_RETIRE_AFTER,
                    help="an adaptive view that served no query for this long is retired, and only the telemetry "
                         f"of this window (back from its last event) is advised on, e.g. 12h, 7d (default {DEFAULT_RETIRE_AFTER})")
@@ -30,9 +31,24 @@ def budget_arg(text: str) -> int:
     from analytics.adaptive.advice import parse_budget
 
     try:
-        return parse_budget(text)
+        budget = parse_budget(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if budget <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size above 0, e.g. 500MB or 2GiB, got {text[:40]!r}")
+    return budget
+
+
+def check_budget(budget: int, lake: str) -> None:
+    """Refuse a budget the lake's disk cannot hold (what it has free now): one line, before any work."""
+    import shutil
+
+    from analytics.core.files import format_bytes
+
+    free = shutil.disk_usage(lake).free
+    if budget > free:
+        raise CliError(f"--budget {format_bytes(budget)} is more than the {format_bytes(free)} free on the disk of "
+                       f"{lake}; give at most that")
 
 
 def duration_arg(text: str) -> float:
@@ -61,6 +77,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
     from analytics.lake.manifest import Lake
 
     open_lake(args.lake)
+    check_budget(args.budget, args.lake)
     events = read_workload(args.lake)
     try:
         advice = advise(Lake.open(args.lake), events, args.budget, window_s=args.retire_after)

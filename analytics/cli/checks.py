@@ -1,10 +1,11 @@
-"""`analytics guardrails` and `benchmark`: the correctness checks and the measured comparison.
+"""`analytics guardrails`, `verify` and `benchmark`: the correctness checks, the scrub, the measured comparison.
 
 Must not hold logic a test cannot reach through the package: each command is a thin call.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from analytics.bench import COLD_REPEATS
@@ -28,6 +29,41 @@ def cmd_guardrails(args: argparse.Namespace) -> int:
     except GuardrailError as exc:
         raise CliError(str(exc)) from None
     return report_and_exit(args, report, format_table(report), not report["failed"])
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from analytics.checks.scrub import scrub
+    from analytics.core.files import format_bytes
+
+    open_lake(args.lake)
+    bar = None
+    if sys.stderr.isatty() and not args.quiet:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="verify", file=sys.stderr,
+                   mininterval=0.5)
+
+    def total(n: int) -> None:
+        if bar is not None:
+            bar.total = n
+            bar.refresh()
+
+    try:
+        report = scrub(args.lake, views=not args.lake_only, segments=not args.views_only,
+                       progress=bar.update if bar is not None else None, total=total)
+    finally:
+        if bar is not None:
+            bar.close()
+    for d in report["damaged"]:
+        print(f"DAMAGED {d['file']}: {d['why']} ({d['owner']})")
+    if report["unrecorded"]:
+        print(f"{len(report['unrecorded'])} file(s) written before checksums (checked present only), e.g. "
+              f"{report['unrecorded'][0]}; `analytics build --force` or a new prepare records them")
+    print(f"verified {report['files']} file(s), {format_bytes(report['bytes'])} in {report['seconds']:.1f}s: "
+          f"{len(report['damaged'])} damaged or missing"
+          + ("; `analytics build` rebuilds damaged views and lake indexes, `analytics prepare` re-ingests "
+             "damaged lake segments" if report["damaged"] else ""))
+    return 1 if report["damaged"] else 0
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -63,6 +99,14 @@ def register(add: AddCommand) -> None:
                                                                    "data_types, null_handling, date_boundaries")
     p.add_argument("--memory-limit", type=argtypes.memory_size, default=DEFAULT_MEMORY_LIMIT,
                    help=f"DuckDB memory limit (default {DEFAULT_MEMORY_LIMIT})")
+
+    p = add("verify", cmd_verify, "read every file an answer can come from (lake segments, views, indexes) against "
+                                  "its checksum; print each damaged or missing file; exit 1 if any")
+    p.add_argument("--lake", required=True, help="prepared lake directory")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--views-only", action="store_true", help="check only the views and lake indexes")
+    only.add_argument("--lake-only", action="store_true", help="check only the lake's segments")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is not a terminal)")
 
     p = add("benchmark", cmd_benchmark, "every workload query on the baseline, DuckDB and Polars over the lake, and the "
                                         "product: answers checked against the baseline, cold and warm timings; exit 1 "

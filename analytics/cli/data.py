@@ -72,9 +72,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
     lake = Path(args.lake)
     if not lake.is_dir():
         raise CliError(f"lake directory {args.lake!r} does not exist")
+    from analytics.lake.damage import load_damage
+
     summary = stats(read_events(lake))
     summary["log"] = str(log_path(lake))
+    summary["damaged"] = load_damage(lake)  # found by queries or `analytics verify`, not yet repaired
     print(format_stats(summary))
+    for rel, why in sorted(summary["damaged"].items()):
+        print(f"unhealthy: {rel} is damaged ({why}): `analytics build` repairs views, `analytics prepare` lake files")
     if args.json:
         write_json(args.json, summary, "stats")
     return 0

@@ -30,7 +30,7 @@ def _seconds(text: str) -> float:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from analytics.lake.manifest import MANIFEST
-    from analytics.views.ingest import ingest
+    from analytics.views.ingest import IngestBusy, ingest
 
     out_dir(args.lake, "--lake")
     if os.path.exists(os.path.join(args.lake, MANIFEST)):
@@ -50,15 +50,23 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         counts = ingest(args.raw, args.lake, watch=args.watch, interval=args.interval, settle=args.settle,
-                        jobs=args.jobs, memory_limit=args.memory_limit, stop=stop)
+                        jobs=args.jobs, memory_limit=args.memory_limit, stop=stop, wait=not args.no_wait)
+    except IngestBusy as exc:
+        raise CliError(str(exc)) from None
     finally:
         signal.signal(signal.SIGINT, previous)
-    print(f"ingested {counts['taken']} part(s), dropped {counts['dropped']}, refused {len(counts['refused'])}"
+    resumed = counts["resumed"]
+    print(f"ingested {counts['taken'] + len(resumed)} part(s)"
+          f"{f' ({len(resumed)} finished for an interrupted run: ' + ', '.join(resumed) + ')' if resumed else ''}, "
+          f"dropped {counts['dropped']}, refused {len(counts['refused'])}"
           f"{' (' + ', '.join(counts['refused']) + ')' if counts['refused'] else ''}; "
+          f"{len(counts['failed_steps'])} step(s) failed; "
           f"{len(counts['failed_views'])} view(s) failed; compacted {len(counts['compacted'])}")
+    for why in counts["failed_steps"]:
+        print(f"FAILED {why}", file=sys.stderr)
     if stop.is_set():
         return EXIT_INTERRUPTED
-    return 1 if counts["refused"] or counts["failed_views"] else 0
+    return 1 if counts["refused"] or counts["failed_views"] or counts["failed_steps"] else 0
 
 
 def register(add: AddCommand) -> None:
@@ -71,7 +79,9 @@ def register(add: AddCommand) -> None:
         "name ends in .csv (hidden names and other suffixes, e.g. NAME.csv.tmp, are never read: write under "
         "such a name and rename) and its size and mtime have not changed for --settle seconds. Parts absent "
         "from --raw are dropped from the lake, as with prepare. A part whose header is not this data set's is "
-        "refused (one line naming it) and the others go on; bad rows are quarantined. Ctrl-C stops between "
+        "refused (one line naming it) and the others go on; bad rows are quarantined. A step that fails (e.g. a "
+        "full disk) leaves the last committed state served and makes the exit code 1. One ingest runs on a lake at "
+        "a time: a second one waits for the first (or exits 2 with --no-wait). Ctrl-C stops between "
         "steps; a kill at any point leaves the last committed state served, and the next run resumes.")
     p.add_argument("--raw", required=True, help="landing directory of raw CSV parts")
     p.add_argument("--lake", required=True, help="lake directory (created if missing)")
@@ -83,4 +93,6 @@ def register(add: AddCommand) -> None:
     p.add_argument("--jobs", type=argtypes.threads, default=None, help="views refreshed in parallel (default: cores)")
     p.add_argument("--memory-limit", type=argtypes.memory_size, default=DEFAULT_MEMORY_LIMIT,
                    help=f"DuckDB memory for each step (default {DEFAULT_MEMORY_LIMIT})")
+    p.add_argument("--no-wait", action="store_true",
+                   help="exit at once (code 2) when another ingest is running on --lake (default: wait for it)")
     p.add_argument("--quiet", action="store_true", help="log only warnings and errors")

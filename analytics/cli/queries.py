@@ -125,6 +125,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         try:
             plan = wb.plan(raw)
             print(plan.describe())
+            if plan.route == LAKE and plan.index is None:
+                for why in wb.lake_damage(raw):
+                    print(f"damaged: {why} (this query fails until then)")
             if plan.route == LAKE and plan.fallback_reason != "views disabled (--no-views)":
                 print("\n".join(explain_lake(args.lake, wb.parse(raw))))
         except QueryError as exc:

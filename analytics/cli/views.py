@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from analytics.cli.advise import add_budget_args, read_workload
+from analytics.cli.advise import add_budget_args, check_budget, read_workload
 from analytics.cli.common import (
     AddCommand,
     CliError,
@@ -31,9 +31,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     summary = build(args.lake, args.views or None, jobs=args.jobs, force=args.force, progress=not args.quiet,
                     memory_limit=args.memory_limit, engine=engine_from_args(args),
                     shapes=shapes_by_route(read_workload(args.lake)))
+    for name, outcome in summary["indexes"].items():  # lake indexes whose files were damaged
+        print(f"{name}: lake index {outcome} (its files were damaged or missing)",
+              file=sys.stdout if outcome == "rebuilt" else sys.stderr)
+    index_failed = any(outcome != "rebuilt" for outcome in summary["indexes"].values())
     if not summary["built"] and not summary["failed"]:
-        print(f"all {len(summary['up_to_date'])} view(s) are up to date with lake version {summary['lake_version']}; nothing to do")
-        return 0
+        print(f"all {len(summary['up_to_date'])} view(s) are up to date with lake version {summary['lake_version']}"
+              f"{'' if summary['indexes'] else '; nothing to do'}")
+        return 1 if index_failed else 0
     for r in summary["views"]:
         if r["status"] == "built":
             print(f"{r['view']}: built v{r['version']} ({r['mode']}) {r['rows']:,} rows in {r['seconds']:.1f}s")
@@ -43,7 +48,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"{name}: FAILED - {why}", file=sys.stderr)
     print(f"{len(summary['built'])} built, {len(summary['up_to_date'])} up to date, {len(summary['failed'])} failed "
           f"in {summary['seconds']:.1f}s")
-    return 1 if summary["failed"] else 0
+    return 1 if summary["failed"] or index_failed else 0
 
 
 def _build_adaptive(args: argparse.Namespace) -> int:
@@ -52,6 +57,7 @@ def _build_adaptive(args: argparse.Namespace) -> int:
 
     if args.views or args.force or args.engine != "duckdb":
         raise CliError("--adaptive builds what the telemetry advises: it takes no --views, --force or --engine")
+    check_budget(args.budget, args.lake)
     summary = build_adaptive(args.lake, read_workload(args.lake), budget=args.budget, retire_after_s=args.retire_after,
                              memory_limit=args.memory_limit, progress=not args.quiet, log=print)
     for ix in summary["indexes"]:

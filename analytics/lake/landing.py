@@ -5,8 +5,9 @@ Owns the rule of when a part may be read and the directory of taken parts that `
 `NAME.csv.tmp` or `NAME.csv.part`, are never read: a writer writes under such a name and
 renames) whose size, mtime and inode have not changed for `settle` seconds (with `settle=0` it
 is taken at first sight: only for writers that rename). Taking a part hard-links it (a copy
-across file systems) into the taken directory under a temporary name, then renames it: prepare
-sees a whole part or none, and a part replaced in the landing directory by a rename keeps its
+across file systems) into the taken directory under a temporary name that can never match a
+part (hidden, ending in `.taking`), then renames it; a take that fails (a full disk) leaves no
+temporary file: prepare sees a whole part or none, and a part replaced in the landing directory by a rename keeps its
 old content in the taken directory until the new one is taken. A part gone from the landing
 directory is dropped from the taken one. Changes come one part at a time, so each becomes one
 prepare. Must not prepare the lake or refresh views (that is `views.ingest`).
@@ -16,11 +17,13 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 TAKEN_DIR = "_ingest/parts"
+TAKING = ".taking"  # the suffix of a part being taken
 
 
 @dataclass(frozen=True)
@@ -104,13 +107,16 @@ class Landing:
         """Link (or copy) a landing part into the taken directory, atomically; returns its path there."""
         self.taken.mkdir(parents=True, exist_ok=True)
         src, dst = self.landing / name, self.taken / name
-        tmp = self.taken / f".taking-{name}"
-        tmp.unlink(missing_ok=True)
+        tmp = self.taken / f".{name}.{uuid.uuid4().hex[:8]}{TAKING}"  # never `*.csv`: prepare cannot read it
         try:
-            os.link(src, tmp)
-        except OSError:  # another file system, or links not allowed: a copy keeps size and mtime
-            shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
+            try:
+                os.link(src, tmp)
+            except OSError:  # another file system, or links not allowed: a copy keeps size and mtime
+                shutil.copy2(src, tmp)
+            os.replace(tmp, dst)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self._seen.pop(name, None)
         return dst
 
@@ -127,5 +133,6 @@ class Landing:
 
     def sweep(self) -> None:
         """Remove half-made links left by a killed run."""
-        for tmp in self.taken.glob(".taking-*") if self.taken.is_dir() else ():
-            tmp.unlink(missing_ok=True)
+        for pattern in (f".*{TAKING}", ".taking-*"):  # the second: named by runs before this one
+            for tmp in self.taken.glob(pattern) if self.taken.is_dir() else ():
+                tmp.unlink(missing_ok=True)

@@ -51,7 +51,8 @@ def fingerprint(path: Path, block: int = 1 << 20) -> str:
 @dataclass
 class SegmentEntry:
     """One raw part as the manifest records it: its files (paths relative to the lake), the days
-    each type covers, the counts, and its `source` (file, size, mtime_ns, fingerprint).
+    each type covers, the counts, its `source` (file, size, mtime_ns, fingerprint) and the
+    checksum record of each of its files.
 
     `to_json` writes the keys in the order the manifest always had, so a lake written before this
     class existed reads and re-writes byte for byte."""
@@ -67,6 +68,8 @@ class SegmentEntry:
     quarantine_by_reason: dict[str, int] = field(default_factory=dict)
     quarantine_by_type: dict[str, int] = field(default_factory=dict)
     source: dict[str, Any] | None = None
+    # file (relative to the lake) -> its checksum record (`core.checksum`); None in lakes prepared before
+    checksums: dict[str, dict[str, Any]] | None = None
 
     @classmethod
     def counted(cls, segment: str, *, files: dict[str, str], days: dict[str, list[str]],
@@ -86,6 +89,8 @@ class SegmentEntry:
         }
         if self.source is not None:
             out["source"] = self.source
+        if self.checksums is not None:
+            out["checksums"] = self.checksums
         return out
 
     @classmethod

@@ -32,6 +32,7 @@ from analytics.core.faults import crash_point
 from analytics.core.files import write_atomic
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.core.sql import sql_string
+from analytics.lake.integrity import cheap_damage, segment_record
 from analytics.lake.manifest import (
     DEFAULT_ROW_GROUP_SIZE,
     EVENTS_DIR,
@@ -39,6 +40,7 @@ from analytics.lake.manifest import (
     QUARANTINE_DIR,
     SCHEMA_VERSION,
     STAGING_DIR,
+    Lake,
     RejectedPart,
     SegmentEntry,
     _empty_manifest,
@@ -222,6 +224,10 @@ def ingest_parts(parts: Sequence[tuple[Path, str]], stage: Path, *, row_group_si
         con.close()
 
 
+def _entry_files(entry: SegmentEntry) -> list[str]:
+    return list(entry.files.values()) + ([entry.quarantine_file] if entry.quarantine_file else [])
+
+
 def _sweep(lake: Path, manifest: dict[str, Any]) -> None:
     """Remove what no committed manifest refers to: staging left by a killed run, orphan files."""
     shutil.rmtree(lake / STAGING_DIR, ignore_errors=True)
@@ -275,12 +281,21 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
         manifest = json.loads((lake / MANIFEST).read_text()) if (lake / MANIFEST).is_file() else _empty_manifest()
         _sweep(lake, manifest)
         known = {seg["source"]["file"]: seg for seg in manifest["segments"]}
+        # segments whose files are missing, truncated or noted damaged (`analytics verify`, a query):
+        # re-ingested from their raw part like a changed part; the other segments are not read
+        bad = cheap_damage(Lake(lake, manifest))
+        damaged = {seg["segment"] for seg in manifest["segments"]
+                   if any(rel in bad for rel in [*seg["files"].values(), seg.get("quarantine_file")])}
         keep: list[dict[str, Any]] = []
         todo: list[tuple[Path, dict[str, Any]]] = []
         for src in sources:
             if src.name in unreadable:
                 continue
             old = known.get(src.name)
+            if old and old["segment"] in damaged:
+                log.warning("analytics prepare: segment %s of %s is damaged; re-ingesting the part",
+                            old["segment"], src.name)
+                old = None
             try:
                 st = src.stat()
                 if old and old["source"]["size"] == st.st_size and old["source"]["mtime_ns"] == st.st_mtime_ns:
@@ -317,12 +332,16 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
                 shutil.rmtree(stage, ignore_errors=True)
                 _warn_rejected(rejected)
                 return {**unchanged, "seconds": time.perf_counter() - started}
+            for entry in added:  # each staged file's checksum, recorded beside it in the manifest
+                entry.checksums = {rel: segment_record(stage / rel) for rel in _entry_files(entry)}
             crash_point("prepare:after-stage")
             # promote: move staged files into place (still invisible), then commit the manifest
             moved = 0
             for entry in added:
-                for rel in list(entry.files.values()) + ([entry.quarantine_file] if entry.quarantine_file else []):
+                for rel in _entry_files(entry):
                     (lake / rel).parent.mkdir(parents=True, exist_ok=True)
+                    if (lake / rel).is_dir() and not (lake / rel).is_symlink():
+                        shutil.rmtree(lake / rel)  # a damaged segment replaced by a directory: repaired
                     os.replace(stage / rel, lake / rel)
                     moved += 1
                     if moved == 1:

@@ -10,12 +10,13 @@ that day. The day range is a superset of the days of every row the filters keep 
 covers its seven days, a `minute` text its day, open ends stay open), and DuckDB still applies
 every filter: pruning changes which files are opened, never an answer.
 
-Owns `day_bounds` and `lake_relation`. Must not open files (the manifest is in memory) nor choose
+Owns `day_bounds`, `lake_relation` and `lake_files` (the files it reads). Must not open files (the manifest is in memory) nor choose
 views.
 """
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 from analytics.lake.manifest import Lake
@@ -70,10 +71,22 @@ def lake_relation(lake: Lake, query: Query, default: str = "events") -> str:
     """The relation a lake-routed `query` reads: `default` (every file) when nothing prunes, else
     the files of its event types in the segments holding a day of its range. A segment whose days
     the manifest does not list for a type is kept."""
+    pruned = _pruned(lake, query)
+    return default if pruned is None else lake.relation_sql(*pruned)
+
+
+def lake_files(lake: Lake, query: Query) -> list[Path]:
+    """The committed files `lake_relation` reads for `query`."""
+    pruned = _pruned(lake, query)
+    return lake.event_files() if pruned is None else lake.event_files(*pruned)
+
+
+def _pruned(lake: Lake, query: Query) -> tuple[list[str], list[str]] | None:
+    """(types, segments) a lake-routed `query` can need; None when nothing prunes."""
     types = [t for t in EVENT_TYPES if t in types_selected(query.where)]
     lo, hi = day_bounds(query.where)
     if len(types) == len(EVENT_TYPES) and lo is None and hi is None:
-        return default
+        return None
     segments = []
     for seg in lake.manifest["segments"]:
         days_by_type = seg.get("days") or {}
@@ -84,4 +97,4 @@ def lake_relation(lake: Lake, query: Query, default: str = "events") -> str:
             if days is None or any((lo is None or d >= lo) and (hi is None or d <= hi) for d in days):
                 segments.append(seg["segment"])
                 break
-    return lake.relation_sql(types, segments)
+    return types, segments

@@ -3,7 +3,8 @@
 Owns the warm serving state over one lake: a DuckDB database holding the `events` view over
 the lake's committed files, each view's current version opened on first use by memory-mapping
 its serving copy and those of its deltas (`views.serving_copy`, `views.delta`: opening reads no
-data page, a query touches only the pages of the rows it keeps, so a cold process pays for what
+data page; the first query of an event type checks that type's files against their checksums,
+then a query touches only the pages of the rows it keeps, so a cold process pays for the types
 it reads, not for whole views), a
 second, single-threaded DuckDB database where a view's Parquet file becomes a SQL table for the
 shapes the fast path leaves to SQL (a view answer is a small scan that gains nothing from
@@ -12,7 +13,12 @@ each query seen (a repeated query is not
 routed again while nothing changed). Each query stats the lake manifest and the view registry
 (no file is opened) and reloads state, forgetting the plans, when either changed, so a
 `prepare`, `build` or `ingest` by another process is picked up at once; a query whose files a
-newer state swept meanwhile is planned again on that state. Must stay a shell: validation
+newer state swept meanwhile is planned again on that state. A damaged file never answers: a
+view's or index's files are checked against their checksums when first opened in the process
+(`core.checksum`), and a lake file before the first query that reads it; a damaged view or
+index is marked unhealthy (noted in the damage register, `lake.damage`, named once on stderr)
+and its queries planned again elsewhere, a damaged lake file fails its queries naming its raw
+part (`lake.integrity`). Must stay a shell: validation
 is `query.py`, SQL is `compiler.py`, the choice of source is `router.py`.
 """
 from __future__ import annotations
@@ -22,20 +28,24 @@ import sys
 import threading
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import duckdb
 import pyarrow as pa
 
 from analytics.core import db
+from analytics.core.checksum import ChecksumError, check
 from analytics.core.closing import Closing
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
+from analytics.lake.damage import damage_path, load_damage, update_damage
 from analytics.lake.index.keyfilter import KeyFilter
-from analytics.lake.index.store import FILTER_ROWS
+from analytics.lake.index.store import FILTER_ROWS, index_records
+from analytics.lake.integrity import cheap_damage, check_segments
 from analytics.lake.manifest import MANIFEST, Lake
-from analytics.lake.pruning import lake_relation
+from analytics.lake.pruning import lake_files, lake_relation
 from analytics.query.compiler import ident
-from analytics.query.model import Query, parse_query
+from analytics.query.model import Query, parse_query, types_selected
+from analytics.query.schema import EVENT_TYPES
 from analytics.query.shape import query_shape, shape_columns
 from analytics.serving.router import LAKE, Plan, Router
 from analytics.views.adaptive_catalog import adaptive_path, all_views, load_adaptive, usable_indexes
@@ -43,7 +53,7 @@ from analytics.views.answer.fastpath import ArrowView, RepeatedKeys
 from analytics.views.answer.version import open_version
 from analytics.views.delta import version_relation
 from analytics.views.registry import load_registry, registry_path, staleness
-from analytics.views.serving_copy import ServingError
+from analytics.views.serving_copy import ServingError, check_types
 
 # Plans remembered per workbench; past this many distinct queries the memo starts afresh.
 PLAN_MEMO_SIZE = 4096
@@ -87,8 +97,17 @@ class Workbench(Closing):
         self._plans: dict[tuple[Query, bool], Plan] = {}
         self._filter_dirs: dict[str, Path] = {}  # usable row-group key filters -> their directory
         self._filters: dict[str, KeyFilter] = {}  # those opened (memory-mapped) so far
+        self._index_records: dict[str, dict[str, Any]] = {}  # usable index -> its catalog record
+        self._checked_indexes: set[tuple[str, int]] = set()  # (index, version) whose bytes were checked
+        self._bad_indexes: dict[str, str] = {}  # index -> why it is damaged (this state)
+        self._warned: set[str] = set()  # views and indexes named damaged on stderr by this process
+        # table name -> (its directory, the serving records of its base and deltas), and the types
+        # whose files were checked against their checksums so far (checked on a query's first read)
+        self._serving: dict[str, tuple[Path, list[dict[str, Any]]]] = {}
+        self._types_checked: dict[str, set[str]] = {}
         # plain strings: refresh runs on every query, and pathlib's joins cost more than the stats
-        self._watched = (str(self.root / MANIFEST), str(registry_path(self.root)), str(adaptive_path(self.root)))
+        self._watched = (str(self.root / MANIFEST), str(registry_path(self.root)), str(adaptive_path(self.root)),
+                         str(damage_path(self.root)))
         self.lake: Lake
         self.registry: dict[str, dict[str, Any]] = {}
         self.health: dict[str, str | None] = {}
@@ -97,7 +116,8 @@ class Workbench(Closing):
 
     # ---- state -------------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:
-        """Reload lake, registry and adaptive catalog if one changed on disk since last time (three stat calls)."""
+        """Reload lake, registry, adaptive catalog and damage register if one changed on disk since last
+        time (four stat calls)."""
         stamp = tuple(_mtime(p) for p in self._watched)
         if stamp == self._stamp and not force:
             return
@@ -105,21 +125,54 @@ class Workbench(Closing):
             if stamp == self._stamp and not force:
                 return
             self.lake = Lake.open(self.root)
-            self.lake.register(self._con, "events")
+            try:
+                self.lake.register(self._con, "events")
+            except duckdb.IOException:
+                # a committed file is missing: the views still answer; every lake statement checks its
+                # files first (`_check_lake`, `check_lake`) and fails naming the file and its raw part
+                self._con.execute("DROP VIEW IF EXISTS events")
             self.registry = load_registry(self.root)["views"]
             state = load_adaptive(self.root)  # read once: its views and its indexes
             self.views = all_views(self.root, state)
-            indexes = usable_indexes(self.lake, state)
-            self.router = Router(tuple(self.views.values()), indexes, partial(lake_relation, self.lake))
-            self._filter_dirs = {ix.name: self.root / state["indexes"][ix.name]["dir"]
-                                 for ix, _ in indexes if ix.kind == "filter"}
-            self._filters = {}
+            self.damaged = load_damage(self.root)
+            self._state_indexes = usable_indexes(self.lake, state)
+            self._index_records = {ix.name: state["indexes"][ix.name] for ix, _ in self._state_indexes}
+            self._bad_indexes = {}
+            # (query, index) of lake plans whose files were checked on this state
+            self._lake_checked: set[tuple[Query, str | None]] = set()
+            self._route_indexes()
             self.health = {name: self._check(name) for name in self.views}
+            for name, why in self.health.items():
+                if why is not None and why.startswith("damaged"):
+                    self._warn(f"view {name}", why)
             self._plans = {}
             self._stamp = stamp
 
+    def _route_indexes(self) -> None:
+        """The router over the usable indexes not found damaged (the caller holds the lock)."""
+        indexes = [(ix, rel) for ix, rel in self._state_indexes if ix.name not in self._bad_indexes]
+        self.router = Router(tuple(self.views.values()), indexes, partial(lake_relation, self.lake))
+        self._filter_dirs = {ix.name: self.root / self._index_records[ix.name]["dir"]
+                             for ix, _ in indexes if ix.kind == "filter"}
+        self._filters = {}
+        self._plans = {}
+
+    def _warn(self, what: str, why: str) -> None:
+        """Name a damaged view or index on stderr, once per process."""
+        if what not in self._warned:
+            self._warned.add(what)
+            print(f"analytics: warning: {what} is unhealthy ({why}); its queries are answered from another "
+                  f"view or the lake; `analytics build` repairs it", file=sys.stderr)
+
+    def _damaged(self, exc: ChecksumError) -> str:
+        """Note a file found damaged in the register; the reason a view or index now gives."""
+        path = Path(exc.path)
+        rel = path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else exc.path
+        update_damage(self.root, {rel: exc.why})
+        return f"damaged: {rel}: {exc.why}"
+
     def _check(self, name: str) -> str | None:
-        why = staleness(self.views[name], self.lake, self.registry.get(name))
+        why = staleness(self.views[name], self.lake, self.registry.get(name), self.damaged)
         return why if why is not None else self._load_errors.get(self.table_name(name))
 
     def table_name(self, name: str) -> str:
@@ -146,9 +199,21 @@ class Workbench(Closing):
             if table in self._ready_tables:
                 return True
             try:
-                view = open_version(self.root, definition, entry)
+                vdir = (self.root / entry["file"]).parent
+                view = open_version(self.root, definition, entry, checked=False)  # checked per type: _types_intact
             except ServingError as exc:
-                self._unhealthy(name, table, f"serving copy unusable: {str(exc).splitlines()[0]}")
+                why = f"serving copy unusable: {str(exc).splitlines()[0]}"
+                try:  # name the damaged file when its bytes are what failed the structural checks
+                    for version in [entry, *(entry.get("deltas") or ())]:
+                        if version.get("serving"):
+                            check_types(vdir, version["serving"], version["serving"]["types"])
+                except ChecksumError as damaged:
+                    why = self._damaged(damaged)
+                with self._lock:
+                    self._load_errors[table] = why
+                    self.health[name] = self._load_errors[table]
+                    self._plans = {}  # plans made while it looked healthy may route to it
+                self._warn(f"view {name}", why)
                 return False
             with self._lock:
                 for old in [t for t in self._ready_tables if t.startswith(f"{name}__v")]:
@@ -156,18 +221,40 @@ class Workbench(Closing):
                     self._ready_tables.discard(old)
                     self._sql_tables.discard(old)
                 self._arrow[table] = view
+                self._serving[table] = (vdir, [entry["serving"], *(d["serving"] for d in entry.get("deltas") or ())])
+                self._types_checked[table] = set()
                 self._ready_tables.add(table)
             return True
 
-    def _unhealthy(self, name: str, table: str, why: str, warn: bool = False) -> None:
-        """Mark version `table` of view `name` unhealthy for this process: the router no longer uses
-        it, and plans made while it looked healthy are forgotten; with `warn`, say so on stderr."""
+    def _types_intact(self, name: str, query: Query) -> bool:
+        """Whether the serving files of the types `query` may read (a superset of what the fast path
+        reads) match their checksums: each file read once per process, on the first query of its
+        type, so a cold process pays for the types it answers, not whole views. A damaged one
+        makes the view unhealthy (noted, named on stderr) and returns False: plan again."""
+        table = self.table_name(name)
+        done = self._types_checked.get(table)
+        if done is None or len(done) == len(EVENT_TYPES):
+            return True
+        todo = types_selected(query.where) - done
+        if not todo:
+            return True
+        vdir, records = self._serving[table]
+        try:
+            for record in records:
+                check_types(vdir, record, todo)
+        except ChecksumError as exc:
+            why = self._damaged(exc)
+            with self._lock:
+                self._load_errors[table] = why
+                self.health[name] = why
+                self._ready_tables.discard(table)
+                self._arrow.pop(table, None)
+                self._plans = {}
+            self._warn(f"view {name}", why)
+            return False
         with self._lock:
-            self._load_errors[table] = why
-            self.health[name] = why
-            self._plans = {}
-        if warn:
-            print(f"analytics: view {name} marked unhealthy, its queries go elsewhere: {why}", file=sys.stderr)
+            done |= todo
+        return True
 
     def _ensure_sql(self, name: str, cur: duckdb.DuckDBPyConnection) -> bool:
         """Make the view's current version a SQL table (over its Parquet file, whose zone maps prune
@@ -178,12 +265,19 @@ class Workbench(Closing):
             return True
         entry = self.registry[name]
         try:
+            for version in [entry, *(entry.get("deltas") or ())]:  # the Parquet files this SQL reads
+                check(self.root / version["file"], version.get("checksum"))
             cur.execute(f"CREATE OR REPLACE VIEW {ident(table)} AS SELECT * FROM {version_relation(self.root, entry)}")
             schema = [[r[0], r[1]] for r in cur.execute(f"DESCRIBE {ident(table)}").fetchall()]
             if schema != entry["columns"]:
                 raise ValueError(f"schema differs from the registry: {schema} vs {entry['columns']}")
         except (duckdb.Error, ValueError) as exc:
-            self._unhealthy(name, table, f"unreadable: {str(exc).splitlines()[0]}")
+            why = self._damaged(exc) if isinstance(exc, ChecksumError) else f"unreadable: {str(exc).splitlines()[0]}"
+            with self._lock:
+                self._load_errors[table] = why
+                self.health[name] = self._load_errors[table]
+                self._plans = {}
+            self._warn(f"view {name}", why)
             return False
         with self._lock:
             self._sql_tables.add(table)
@@ -248,12 +342,23 @@ class Workbench(Closing):
             plan, given = (given, None) if given is not None else (self.plan(q, use_views), None)
             if plan.route != LAKE and not self._ensure_loaded(plan.route):
                 continue  # now marked unhealthy: plan again
+            if plan.index is not None and not self._index_intact(plan.index):
+                continue  # now left out of the router: plan again
+            if plan.route == LAKE:
+                self._check_lake(q, plan)
             view = self._arrow.get(self.table_name(plan.route)) if plan.route != LAKE else None
+            if view is not None and self.fast_path and not self._types_intact(plan.route, q):
+                continue  # now marked unhealthy: plan again
             if view is not None and self.fast_path:
                 try:
                     table = view.answer(q)
                 except RepeatedKeys as exc:  # a wrong answer, never returned: another route answers
-                    self._unhealthy(plan.route, self.table_name(plan.route), f"answered wrongly ({exc})", warn=True)
+                    why = f"answered wrongly ({exc})"
+                    with self._lock:
+                        self._load_errors[self.table_name(plan.route)] = why
+                        self.health[plan.route] = why
+                        self._plans = {}
+                    self._warn(f"view {plan.route}", why)
                     continue
                 if table is not None:
                     return table, plan
@@ -271,7 +376,67 @@ class Workbench(Closing):
             except duckdb.IOException:
                 continue  # a file of the state it read was swept by a newer prepare or build: plan again
         plan = self.plan(q, use_views=False)
+        self._check_lake(q, plan)
         return db.fetch_arrow(self.cursor(), plan.sql, plan.params), plan
+
+    def _index_intact(self, name: str) -> bool:
+        """Whether the index's files match their checksums (read once per version and process); a
+        damaged one is noted, named on stderr and left out of the router."""
+        record = self._index_records.get(name)
+        if record is None:
+            return False
+        key = (name, int(record.get("version", 0)))
+        if key in self._checked_indexes:
+            return True
+        try:
+            for rel, rec in index_records(record).items():
+                check(self.root / rel, rec)
+        except ChecksumError as exc:
+            why = self._damaged(exc)
+            with self._lock:
+                self._bad_indexes[name] = why
+                self._route_indexes()
+            self._warn(f"index {name}", why)
+            return False
+        with self._lock:
+            self._checked_indexes.add(key)
+        return True
+
+    def _check_lake(self, query: Query, plan: Plan) -> None:
+        """Check the lake files a lake plan reads (`lake.integrity`: each once per process); a damaged
+        one raises DamagedSegmentError naming it and its raw part. Only the columns the query reads and
+        the footers are checked (`lake.integrity`). A sorted index reads no lake file; a row-group
+        filter reads the lake files of its types."""
+        key = (query, plan.index)
+        if key in self._lake_checked:
+            return
+        columns = shape_columns(query_shape(query))  # only their chunks and the footers are read
+        if plan.index is None:
+            files = lake_files(self.lake, query)
+        elif plan.index in self._filter_dirs:
+            files = self.lake.event_files(self._index_records[plan.index]["types"])
+            columns |= {self._index_records[plan.index]["key"]}
+        else:
+            files = []
+        check_segments(self.lake, files, columns)
+        with self._lock:
+            self._lake_checked.add(key)
+
+    def lake_damage(self, query: dict[str, Any] | Query) -> list[str]:
+        """What a stat and the damage register say of the lake files a lake-routed `query` reads: one
+        message per damaged file, naming its raw part (no file is read; for `explain`)."""
+        q = self.parse(query)
+        self.refresh()
+        wanted = {f.relative_to(self.lake.root).as_posix() for f in lake_files(self.lake, q)}
+        return [why for rel, why in cheap_damage(self.lake, self.damaged).items() if rel in wanted]
+
+    def check_lake(self, queries: Iterable[Query]) -> None:
+        """Check the lake a statement over `events` answering `queries` (a shared scan) reads: the files
+        of their event types in every segment, the columns any of them reads."""
+        qs = list(queries)
+        types = set().union(*(types_selected(q.where) for q in qs))
+        columns = set().union(*(shape_columns(query_shape(q)) for q in qs))
+        check_segments(self.lake, self.lake.event_files(types), columns)
 
     def _through_filter(self, cur: duckdb.DuckDBPyConnection, query: Query, plan: Plan) -> pa.Table:
         """A lake query through a row-group key filter: the lake rows of the key's values from the
@@ -302,4 +467,3 @@ class Workbench(Closing):
         self._con.close()
         if self._views_con is not None:
             self._views_con.close()
-

@@ -12,7 +12,11 @@ connection per thread, each aggregating one event type at a time (bounded pieces
 one file, in type-then-time order without a global sort). A view of the same definition is
 refreshed at the cost of what changed (`views.delta`): appended parts become a delta beside the
 version, dropped or replaced ones have the days they covered recomputed; `compact_due` merges
-the deltas of a view that holds COMPACT_AT of them into a new base.
+the deltas of a view that holds COMPACT_AT of them into a new base. Every file is checksummed
+as it is written (`core.checksum`); a version whose files are missing, truncated or noted
+damaged (`lake.damage`) is rebuilt in full (never refreshed from: a refresh first checks the
+version's Parquet bytes), a full build first checks the lake's bytes, and `repair_indexes`
+rebuilds the lake indexes whose files are damaged.
 Must not decide routes or answer queries.
 """
 from __future__ import annotations
@@ -35,11 +39,16 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from analytics.core import db
+from analytics.core.checksum import ChecksumError, check, file_record
 from analytics.core.faults import crash_point
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT, split_memory
 from analytics.core.sql import sql_string
+from analytics.lake.damage import load_damage, update_damage
+from analytics.lake.index.store import IndexBuildError, build_index, index_files
+from analytics.lake.index.store import files_damage as index_damage
+from analytics.lake.integrity import DamagedSegmentError, cheap_damage, check_segments
 from analytics.lake.manifest import DEFAULT_ROW_GROUP_SIZE, Lake
-from analytics.views.adaptive_catalog import all_views
+from analytics.views.adaptive_catalog import all_views, index_def, load_adaptive, save_adaptive
 from analytics.views.catalog import VIEWS, ViewDef
 from analytics.views.day_ranges import Piece, cut
 from analytics.views.delta import COMPACT_AT, OutgrowsEncoding, append_delta, compact, price_totals
@@ -48,6 +57,7 @@ from analytics.views.registry import (
     LOCK_TIMEOUT_S,
     VIEWS_DIR,
     entry_files,
+    files_damage,
     is_current,
     load_registry,
     sweep_view_dir,
@@ -136,6 +146,45 @@ def lake_distinct(con: duckdb.DuckDBPyConnection, lake: Lake, columns: Sequence[
     return dict(zip(columns, con.execute(f"SELECT {items} FROM {lake.relation_sql()}").fetchone()))
 
 
+def _parquet_intact(root: Path, entry: Mapping[str, Any]) -> bool:
+    """Whether a version's Parquet files (base and deltas: what a refresh or a compaction reads) match
+    their checksums; a damaged one is noted in the damage register. A read of each file, far less
+    than the refresh that follows."""
+    try:
+        for version in [entry, *(entry.get("deltas") or ())]:
+            check(root / version["file"], version.get("checksum"))
+    except ChecksumError as exc:
+        update_damage(root, {Path(exc.path).relative_to(root).as_posix(): exc.why})
+        return False
+    return True
+
+
+def repair_indexes(lake: Lake, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> dict[str, str]:
+    """Rebuild each lake index of the adaptive catalog built for this lake version whose files are
+    missing, truncated or noted damaged (one of another lake version is the adaptive build's to
+    refresh); returns index -> "rebuilt" or why it failed."""
+    state = load_adaptive(lake.root)
+    damaged = load_damage(lake.root)
+    out: dict[str, str] = {}
+    for name, record in sorted(state["indexes"].items()):
+        index = index_def(name, record) if isinstance(record, dict) else None
+        if index is None or record.get("lake_version") != lake.version:
+            continue
+        missing = any(not f.is_file() for f in index_files(lake.root, record).values())
+        if not missing and index_damage(lake.root, record, damaged) is None:
+            continue
+        try:
+            state["indexes"][name] = {**record, **build_index(index, lake, version=int(record["version"]) + 1,
+                                                             memory_limit=memory_limit)}
+        except (IndexBuildError, OSError, RuntimeError) as exc:
+            out[name] = f"failed: {str(exc).splitlines()[0]}"
+            continue
+        out[name] = "rebuilt"
+    if any(v == "rebuilt" for v in out.values()):
+        save_adaptive(lake.root, state)
+    return out
+
+
 def _sweep_idle(vdir: Path, entry: dict[str, Any]) -> None:
     """Sweep a view's leftovers (e.g. of a killed build) unless a build holds its lock right now."""
     lock = FileLock(str(vdir / ".lock"))
@@ -199,7 +248,8 @@ def compact_due(lake_dir: str | os.PathLike, names: Iterable[str] | None = None,
             entry = load_registry(lake.root)["views"].get(name)
             if (entry is None or len(entry.get("deltas") or ()) < at
                     or entry["definition"] != defs[name].definition_hash()
-                    or not all((vdir / f).is_file() for f in entry_files(entry))):
+                    or files_damage(lake.root, entry, load_damage(lake.root)) is not None
+                    or not _parquet_intact(lake.root, entry)):  # left to the next build, which rebuilds it
                 continue
             sweep_view_dir(vdir, entry)
             con = db.connect(memory_limit=memory_limit)
@@ -247,14 +297,18 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
     started = time.perf_counter()
     with FileLock(str(vdir / ".lock"), timeout=LOCK_TIMEOUT_S):
         entry = load_registry(root)["views"].get(view.name)
-        current = entry is not None and all((vdir / f).is_file() for f in entry_files(entry))
+        damaged = load_damage(root)
+        # files missing, truncated or noted damaged: the version is rebuilt in full, never refreshed
+        current = entry is not None and files_damage(root, entry, damaged) is None
         same_def = current and entry["definition"] == view.definition_hash()
         sweep_view_dir(vdir, entry if current else None)
-        if is_current(view, lake, entry) and not force:
+        if is_current(view, lake, entry, damaged) and not force:
             if bar:
                 bar.update(bar.total - bar.n)
             return {"view": view.name, "status": "up-to-date", "version": entry["version"]}
         engine = engine or DuckDBAggregator(memory_limit)
+        if same_def and not force and not _parquet_intact(root, entry):
+            same_def = False  # a refresh would carry the damage into the new version: rebuild in full
         if same_def and not force:
             refreshed = _refresh_in_place(view, lake, entry, engine, memory_limit, bar, shapes)
             if refreshed is not None:
@@ -290,6 +344,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             if bar:
                 bar.update(1)
                 bar.set_postfix_str("promote")
+            checksum = file_record(staging)
             os.replace(staging, final)  # atomic: the new version appears whole or not at all
             if bar:
                 bar.set_postfix_str("serving copy")
@@ -308,7 +363,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
         new_entry = {
             "name": view.name, "version": version, "file": final.relative_to(root).as_posix(),
             "columns": expected, "rows": sum(rows_by_type.values()), "rows_by_type": rows_by_type,
-            "bytes": final.stat().st_size, "built_at": built_at,
+            "bytes": final.stat().st_size, "checksum": checksum, "built_at": built_at,
             "build_seconds": round(time.perf_counter() - started, 3),
             "lake_version": lake.version, "segments": sorted(lake.segment_ids),
             "definition": view.definition_hash(), "mode": "full",
@@ -359,20 +414,30 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
     except ValueError as exc:
         raise BuildError(f"--memory-limit: {exc}; or build with fewer --jobs") from None
     registry = load_registry(lake.root)["views"]
-    if not force and all(is_current(defs[n], lake, registry.get(n)) for n in selected):
+    damaged = load_damage(lake.root)
+    if not force and all(is_current(defs[n], lake, registry.get(n), damaged) for n in selected):
         for name in selected:
             _sweep_idle(lake.root / VIEWS_DIR / name, registry[name])
         compacted = compact_due(lake.root, selected, memory_limit=memory_limit) if compact_deltas else []
         return {"lake_version": lake.version, "views": [], "failed": {}, "built": [], "up_to_date": selected,
-                "compacted": compacted, "seconds": round(time.perf_counter() - started, 3)}
+                "compacted": compacted, "indexes": repair_indexes(lake, memory_limit) if not names else {},
+                "seconds": round(time.perf_counter() - started, 3)}
+    bad_lake = cheap_damage(lake, damaged)
+    if bad_lake:
+        raise BuildError(next(iter(bad_lake.values())))
     engine = engine or DuckDBAggregator(memory_limit)
     totals_cache: list[pa.Table] = []
     lock = threading.Lock()
 
     def totals() -> pa.Table:
-        # one scan of the lake per build, shared by every view's reconciliation
+        # one scan of the lake per build, shared by every view's reconciliation; a full build reads
+        # every lake file, so their bytes are checked first (a view is never built from damage)
         with lock:
             if not totals_cache:
+                try:
+                    check_segments(lake)
+                except DamagedSegmentError as exc:
+                    raise BuildError(str(exc)) from None
                 totals_cache.append(engine.lake_totals(lake))
             return totals_cache[0]
 
@@ -413,6 +478,7 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
     results.sort(key=lambda r: order[r["view"]])
     compacted = compact_due(lake.root, selected, memory_limit=memory_limit) if compact_deltas else []
     return {"lake_version": lake.version, "views": results, "failed": failures, "compacted": compacted,
+            "indexes": repair_indexes(lake, memory_limit) if not names else {},
             "built": [r["view"] for r in results if r["status"] == "built"],
             "up_to_date": [r["view"] for r in results if r["status"] == "up-to-date"],
             "seconds": round(time.perf_counter() - started, 3)}

@@ -2,10 +2,10 @@
 
 A registered view version is a *base* (its Parquet file and serving copy) plus zero or more
 *deltas*, one per refresh: the view's aggregate of only the segments that refresh added, in the
-view's own shape and sort order, with its own Parquet file (`d{version}.parquet`) and serving
-copy. A key may appear in the base and in deltas; readers re-aggregate at query time (counts
-and exact sums add, min/max combine), as they already re-aggregate view rows, so base + deltas
-answers exactly what one merged file would. Deltas keep the base's serving encoding (the same
+view's own shape and sort order, with its own Parquet file (`d{version}.parquet`, checksummed
+like a base's) and serving copy. A key may appear in the base and in deltas; readers re-aggregate
+at query time (counts and exact sums add, min/max combine), as they already re-aggregate view
+rows, so base + deltas answers exactly what one merged file would. Deltas keep the base's serving encoding (the same
 scaled int64 sums, checked against the prices the version holds).
 
 Owns writing a delta (staged, checked against the new segments' own totals, promoted under a new
@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping
 import duckdb
 import pyarrow as pa
 
+from analytics.core.checksum import file_record
 from analytics.core.faults import crash_point
 from analytics.core.sql import sql_string
 from analytics.lake.manifest import Lake
@@ -128,6 +129,7 @@ def append_delta(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entr
         scaled = entry["serving"]["scaled"]
         if not set(scaled) <= set(scalable(totals)):
             raise OutgrowsEncoding(f"{view.name}: price sums outgrow the serving copy's int64 encoding")
+        checksum = file_record(staging)
         os.replace(staging, final)
         serving = write_serving_copy(con, view, final, final.with_suffix(""), rows_by_type, scaled)
         crash_point("build:after-rename-before-registry")
@@ -136,7 +138,7 @@ def append_delta(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entr
         raise
     delta = {"file": final.relative_to(root).as_posix(), "segments": sorted(segments),
              "rows": sum(rows_by_type.values()), "rows_by_type": rows_by_type, "bytes": final.stat().st_size,
-             "serving": serving, "built_at": _now()}
+             "checksum": checksum, "serving": serving, "built_at": _now()}
     new_entry = {**entry, "version": version, "lake_version": lake.version, "segments": sorted(lake.segment_ids),
                  "deltas": list(entry.get("deltas") or []) + [delta], "price_totals": totals,
                  "mode": "incremental", "built_at": delta["built_at"],
@@ -193,6 +195,7 @@ def compact(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entry: di
         crash_point("build:after-aggregate")
         rows_by_type = _checked(con, view, staging, totals)
         staged_totals = price_totals(con, f"read_parquet({sql_string(staging)})")
+        checksum = file_record(staging)
         os.replace(staging, final)
         serving = write_serving_copy(con, view, final, final.with_suffix(""), rows_by_type, scalable(staged_totals))
         crash_point("build:after-rename-before-registry")
@@ -202,7 +205,8 @@ def compact(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entry: di
     rows = sum(rows_by_type.values())
     lake_rows = con.execute(f"SELECT sum(cnt) FROM read_parquet({sql_string(final)})").fetchall()[0][0] or 0
     new_entry = {**entry, **covers, "version": version, "file": final.relative_to(root).as_posix(),
-                 "rows": rows, "rows_by_type": rows_by_type, "bytes": final.stat().st_size, "serving": serving,
+                 "rows": rows, "rows_by_type": rows_by_type, "bytes": final.stat().st_size, "checksum": checksum,
+                 "serving": serving,
                  "deltas": [], "price_totals": staged_totals,
                  "mode": "compacted" if affected is None else "recomputed", "built_at": _now(),
                  "build_seconds": round(time.perf_counter() - started, 3), "previous_files": entry_files(entry),

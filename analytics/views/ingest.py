@@ -9,8 +9,12 @@ crash-safe steps of `prepare` and `build`, so a kill at any point leaves the las
 served; a restart first brings the lake and the views up to date with the taken parts (a part
 is counted once: the manifest knows it by name and content). A part whose header is not this
 data set's is refused with a one-line reason naming it, a part that cannot be read is listed
-as rejected by prepare, bad rows are quarantined; the loop goes on with the next part. A stop
-request (`stop`, set by Ctrl-C in the CLI) is honoured between steps.
+as rejected by prepare, bad rows are quarantined; the loop goes on with the next part. A step
+that fails (a take or a prepare, e.g. on a full disk) leaves the last committed state served and
+no temporary file, is logged and counted in `failed_steps` (the CLI exits non-zero). One ingest
+at a time per lake: the loop holds the lake's ingest lock from start to end, so a second one waits
+(saying so) or, with `wait=False`, raises IngestBusy at once. A stop request (`stop`, set by
+Ctrl-C in the CLI) is honoured between steps.
 Must not answer queries.
 """
 from __future__ import annotations
@@ -23,17 +27,24 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+from filelock import FileLock, Timeout
+
 from analytics.core.faults import crash_point
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
-from analytics.lake.landing import Change, Landing
+from analytics.lake.landing import TAKEN_DIR, Change, Landing
 from analytics.lake.manifest import MANIFEST, Lake
 from analytics.lake.prepare import PrepareError, check_header, prepare
 from analytics.views.adaptive_catalog import all_views
-from analytics.views.build import build, compact_due
+from analytics.views.build import BuildError, build, compact_due
 from analytics.views.delta import COMPACT_AT
 from analytics.views.registry import load_registry
 
 log = logging.getLogger(__name__)
+LOCK = ".ingest.lock"  # in the lake's _ingest directory: held by the one ingest loop running on the lake
+
+
+class IngestBusy(RuntimeError):
+    """Another ingest holds the lake's lock and the caller asked not to wait."""
 
 
 def _part_result(lake: Path, name: str) -> str:
@@ -85,7 +96,11 @@ def _refresh(lake: Path, jobs: int | None, memory_limit: str) -> dict[str, Any]:
     # the smallest views first: the coarse ones, which answer most queries, are fresh soonest
     rows = {n: e.get("rows", 0) for n, e in load_registry(lake)["views"].items()}
     names = sorted(all_views(lake), key=lambda n: (rows.get(n, 0), n))  # adaptive views follow the lake too
-    summary = build(lake, names, jobs=jobs, progress=False, memory_limit=memory_limit, compact_deltas=False)
+    try:
+        summary = build(lake, names, jobs=jobs, progress=False, memory_limit=memory_limit, compact_deltas=False)
+    except BuildError as exc:  # e.g. a damaged lake segment: no view is built from it
+        log.error("ingest: views not refreshed: %s", str(exc).splitlines()[0])
+        return {"views": [], "built": [], "up_to_date": [], "failed": {"(every view)": str(exc).splitlines()[0]}}
     modes = sorted({r["mode"] for r in summary["views"] if r["status"] == "built"})
     log.info("ingest: views refreshed in %.2fs: %d built (%s), %d up to date, %d failed",
              time.perf_counter() - started, len(summary["built"]), ", ".join(modes) or "-",
@@ -97,18 +112,36 @@ def _refresh(lake: Path, jobs: int | None, memory_limit: str) -> dict[str, Any]:
 
 def ingest(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, watch: bool = False, interval: float = 1.0,
            settle: float = 1.0, jobs: int | None = None, memory_limit: str = DEFAULT_MEMORY_LIMIT,
-           stop: threading.Event | None = None,
+           stop: threading.Event | None = None, wait: bool = True,
            on_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Ingest the landing directory `raw_dir` into `lake_dir` part by part; with `watch`, keep
     watching (every `interval` seconds) until `stop` is set. Returns counts of what was done;
-    `on_step` is called with each part's result (name, action, outcome, seconds)."""
+    `on_step` is called with each part's result (name, action, outcome, seconds). Holds the lake's
+    ingest lock throughout: waits for another ingest to finish, or raises IngestBusy if not `wait`."""
     raw, lake = Path(raw_dir), Path(lake_dir)
     if not raw.is_dir():
         raise PrepareError(f"landing directory {str(raw)!r} does not exist or is not a directory")
-    stop = stop or threading.Event()
+    (lake / TAKEN_DIR).parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str((lake / TAKEN_DIR).parent / LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if not wait:
+            raise IngestBusy(f"another ingest is running on {lake}; not waiting (--no-wait)") from None
+        log.warning("ingest: another ingest is running on %s; waiting for it to finish", lake)
+        lock.acquire()
+    try:
+        return _loop(raw, lake, watch, interval, settle, jobs, memory_limit, stop or threading.Event(), on_step)
+    finally:
+        lock.release()
+
+
+def _loop(raw: Path, lake: Path, watch: bool, interval: float, settle: float, jobs: int | None, memory_limit: str,
+          stop: threading.Event, on_step: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     landing = Landing(raw, lake, settle)
     landing.sweep()
-    counts: dict[str, Any] = {"taken": 0, "dropped": 0, "refused": [], "failed_views": {}, "steps": []}
+    counts: dict[str, Any] = {"taken": 0, "dropped": 0, "refused": [], "failed_views": {}, "steps": [],
+                              "failed_steps": [], "resumed": []}
     if (lake / MANIFEST).is_file():
         adopted = landing.adopt(seg["source"] for seg in Lake.open(lake).manifest["segments"] if seg.get("source"))
         if adopted:
@@ -117,8 +150,18 @@ def ingest(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, watch: bo
     compactor = _Compactor(lake, memory_limit)
     try:
         if any(landing.taken.glob("*.csv")):  # resume: a run killed between a step and the next
-            prepare(landing.taken, lake, progress=False, memory_limit=memory_limit)
-            counts["failed_views"].update(_refresh(lake, jobs, memory_limit)["failed"])
+            try:
+                summary = prepare(landing.taken, lake, progress=False, memory_limit=memory_limit)
+            except PrepareError as exc:
+                log.error("ingest: resuming the parts taken by an earlier run failed: %s", str(exc).splitlines()[0])
+                counts["failed_steps"].append(f"resume: {str(exc).splitlines()[0]}")
+            else:
+                counts["resumed"] = list(summary["added"])
+                if summary["added"] or summary["dropped"]:
+                    log.info("ingest: finished what an interrupted run had taken: %s",
+                             ", ".join([f"took {n}" for n in summary["added"]]
+                                       + [f"dropped {n}" for n in summary["dropped"]]))
+                counts["failed_views"].update(_refresh(lake, jobs, memory_limit)["failed"])
         while not stop.is_set():
             changes, settling = landing.scan()
             for change in changes:
@@ -153,7 +196,13 @@ def _step(landing: Landing, lake: Path, change: Change, jobs: int | None, memory
             landing.refuse(change.name)
             counts["refused"].append(change.name)
             return None
-        landing.take(change.name)
+        try:
+            landing.take(change.name)
+        except OSError as exc:
+            log.error("ingest: taking %s failed: %s", change.name, exc.strerror or str(exc).splitlines()[0])
+            landing.refuse(change.name)  # left alone until it changes; the next run tries again
+            counts["failed_steps"].append(f"take {change.name}: {exc.strerror or exc}")
+            return None
         counts["taken"] += 1
     else:
         landing.drop(change.name)
@@ -163,6 +212,7 @@ def _step(landing: Landing, lake: Path, change: Change, jobs: int | None, memory
         summary = prepare(landing.taken, lake, progress=False, memory_limit=memory_limit)
     except PrepareError as exc:
         log.error("ingest: prepare after %s %s failed: %s", change.action, change.name, str(exc).splitlines()[0])
+        counts["failed_steps"].append(f"prepare after {change.action} {change.name}: {str(exc).splitlines()[0]}")
         return {"part": change.name, "action": change.action, "outcome": f"prepare failed: {exc}",
                 "prepare_seconds": time.perf_counter() - started}
     prepared = time.perf_counter()

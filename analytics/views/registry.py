@@ -4,15 +4,16 @@ Owns the registry's location, reading it, recording a promoted version in it (at
 files an entry names (its base version and its deltas, `views.delta`) and the sweep of the files
 no entry names, and `staleness`: why a view's registered version must not answer for the lake as
 it is now (not built, built from another definition or lake version, its Parquet or serving copy
-or a delta's gone), or None. The workbench, the build and the guardrails all ask this one
+or a delta's gone, truncated or noted damaged), or None. The workbench, the build and the guardrails all ask this one
 function. Must not build or load views.
 """
 from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from filelock import FileLock
 
@@ -48,8 +49,14 @@ def update_registry(lake_root: Path, name: str, entry: dict[str, Any]) -> None:
         write_atomic(path, json.dumps(reg, indent=1, sort_keys=True))
 
 
-def staleness(view: ViewDef, lake: Lake, entry: dict[str, Any] | None) -> str | None:
-    """Why `entry` (the registry's record of `view`) must not answer for `lake` now, or None."""
+def staleness(view: ViewDef, lake: Lake, entry: dict[str, Any] | None,
+              damaged: Mapping[str, str] | None = None) -> str | None:
+    """Why `entry` (the registry's record of `view`) must not answer for `lake` now, or None.
+
+    Its files are checked as cheaply as a stat allows: each is a regular file of the size its
+    checksum records (a truncated or grown file is damaged), and none is in `damaged` (the damage
+    register, `lake.damage`: found damaged by a reader or `verify`). The bytes themselves are
+    checked where they are read (`serving_copy`, the workbench) and by `analytics verify`."""
     if entry is None:
         return "not built"
     if entry["definition"] != view.definition_hash():
@@ -60,11 +67,38 @@ def staleness(view: ViewDef, lake: Lake, entry: dict[str, Any] | None) -> str | 
         return f"file missing: {entry['file']}"
     if not entry.get("serving"):
         return "no serving copy (built before serving copies)"
-    vdir = (lake.root / entry["file"]).parent
-    for name in entry_files(entry):
-        if not (vdir / name).is_file():
+    return files_damage(lake.root, entry, damaged)
+
+
+def files_damage(lake_root: Path, entry: Mapping[str, Any], damaged: Mapping[str, str] | None = None) -> str | None:
+    """Why the files of registered version `entry` cannot answer (missing, not a regular file, not
+    the size their checksum records, noted in `damaged`), or None. One stat per file."""
+    vdir = (lake_root / entry["file"]).parent
+    for name, record in entry_records(entry):
+        path = vdir / name
+        try:
+            st = path.stat()
+        except OSError:
             return f"file missing: {name}"
+        if not stat.S_ISREG(st.st_mode):
+            return f"damaged: {name} is not a regular file"
+        if record is not None and st.st_size != record["size"]:
+            return f"damaged: {name} is {st.st_size:,} bytes, its checksum record says {record['size']:,}"
+        rel = path.relative_to(lake_root).as_posix()
+        if damaged and rel in damaged:
+            return f"damaged: {name}: {damaged[rel]}"
     return None
+
+
+def entry_records(entry: Mapping[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
+    """Each file name of a registered version (as `entry_files`) with its checksum record (None for
+    a version built before checksums)."""
+    out: list[tuple[str, dict[str, Any] | None]] = []
+    for version in [entry, *(entry.get("deltas") or ())]:
+        out.append((Path(version["file"]).name, version.get("checksum")))
+        if version.get("serving"):
+            out += [(r["file"], r.get("checksum")) for r in version["serving"]["types"].values()]
+    return out
 
 
 def entry_files(entry: dict[str, Any]) -> list[str]:
@@ -96,6 +130,7 @@ def sweep_view_dir(vdir: Path, entry: dict[str, Any] | None) -> None:
             f.unlink(missing_ok=True)
 
 
-def is_current(view: ViewDef, lake: Lake, entry: dict[str, Any] | None) -> bool:
-    """Whether a registry entry is this definition built from this lake version, its file present."""
-    return staleness(view, lake, entry) is None
+def is_current(view: ViewDef, lake: Lake, entry: dict[str, Any] | None,
+               damaged: Mapping[str, str] | None = None) -> bool:
+    """Whether a registry entry is this definition built from this lake version, its files intact."""
+    return staleness(view, lake, entry, damaged) is None

@@ -1,5 +1,5 @@
 """Materialized-view checks: each view file is registered, readable, current, of the registered
-schema, holds each group key once and reconciles with the lake.
+schema, holds each group key once, matches its checksums and reconciles with the lake.
 
 Owns `reconcile`, `current_lake_version`, `schema_matches_registry`, `unique_group_keys` and
 `present_readable`. Whether a view is built from this definition and lake version, and whether
@@ -9,14 +9,17 @@ not judge the engine's answers (the other categories probe those), nor change th
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import duckdb
 
 from analytics.checks.guardrails.context import SAMPLES, CheckResult, Context, dict_rows, jsonable, one_row, presence
+from analytics.core.checksum import ChecksumError, check
 from analytics.core.sql import sql_string
+from analytics.lake.damage import update_damage
 from analytics.query import compiler
 from analytics.views import build as view_build
-from analytics.views.registry import staleness
+from analytics.views.registry import entry_records, staleness
 
 
 def reconcile(ctx: Context) -> CheckResult:
@@ -115,6 +118,20 @@ def unique_group_keys(ctx: Context) -> CheckResult:
                                                       "views": per_view, "skipped": ctx.skipped_views})
 
 
+def _damaged_file(ctx: Context, entry: dict) -> str | None:
+    """The first file of a registered version (Parquet files and serving copies) that does not match
+    its checksum, as `damaged: FILE: why` (noted in the damage register), or None."""
+    vdir = (ctx.root / entry["file"]).parent
+    try:
+        for name, record in entry_records(entry):
+            check(vdir / name, record)
+    except ChecksumError as exc:
+        rel = Path(exc.path).relative_to(ctx.root).as_posix()
+        update_damage(ctx.root, {rel: exc.why})
+        return f"damaged: {rel}: {exc.why}"
+    return None
+
+
 def present_readable(ctx: Context) -> CheckResult:
     per_view, fails = [], []
     for view in ctx.catalog:
@@ -123,6 +140,11 @@ def present_readable(ctx: Context) -> CheckResult:
         if absent is not None:
             per_view.append({"view": view.name, "problem": absent})
             fails.append(f"{view.name}: {absent}")
+            continue
+        damaged = _damaged_file(ctx, entry)
+        if damaged is not None:
+            per_view.append({"view": view.name, "problem": damaged})
+            fails.append(f"{view.name}: {damaged}")
             continue
         path = ctx.root / entry["file"]
         try:
@@ -137,7 +159,8 @@ def present_readable(ctx: Context) -> CheckResult:
                          "columns_decoded": len(cols), "bytes": path.stat().st_size})
     stale = sorted(set(ctx.registry) - {v.name for v in ctx.catalog})
     summary = "; ".join(fails) if fails else (
-        f"all {len(ctx.catalog)} catalog and adaptive views registered, present and fully decoded "
+        f"all {len(ctx.catalog)} catalog and adaptive views registered, present, matching their checksums and "
+        f"fully decoded "
         f"({sum(v.get('rows', 0) for v in per_view):,} rows)")
     return CheckResult(not fails, {"summary": summary, "views": per_view, "registered_not_in_catalog": stale})
 

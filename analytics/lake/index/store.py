@@ -12,8 +12,9 @@ columns, which the lake's user_id and auction_id are not (~110K distinct values 
 
 Owns `IndexDef` (key, types, columns, kind), building one (written to a staging directory, checked
 against the lake: rows per type and an order-free hash sum of the key, or for a filter the rows per
-type and a sampled key of every row group found in the written file; then renamed into place),
-whether a record is usable for the lake as it is now, and the relation a query reads it through
+type and a sampled key of every row group found in the written file; each file checksummed; then
+renamed into place), whether a record is usable for the lake as it is now (its files there, of
+their recorded sizes, none noted damaged), and the relation a query reads it through
 (time columns derived from ts exactly as the lake's). Must not choose indexes (that is advice in
 `views.adaptive`) nor route queries.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,8 +31,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from analytics.core import db
+from analytics.core.checksum import file_record
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.core.sql import sql_string
+from analytics.lake.damage import load_damage
 from analytics.lake.index import keyfilter
 from analytics.lake.manifest import Lake
 from analytics.query.schema import EVENT_TYPES
@@ -107,8 +111,33 @@ def index_files(lake_root: str | os.PathLike, record: Mapping[str, Any]) -> dict
     return {t: vdir / f"type={t}" / "part.parquet" for t in record["types"]}
 
 
-def usable(index: IndexDef, lake: Lake, record: Mapping[str, Any] | None) -> str | None:
-    """Why this index record must not answer for `lake` now, or None."""
+def index_records(record: Mapping[str, Any]) -> dict[str, dict[str, Any] | None]:
+    """Each file of an index version, relative to the lake, with its checksum record (none for an
+    index built before checksums: `usable` still checks that its files are there)."""
+    return {f"{record['dir']}/{rel}": rec for rel, rec in (record.get("checksums") or {}).items()}
+
+
+def files_damage(lake_root: Path, record: Mapping[str, Any], damaged: Mapping[str, str] | None = None) -> str | None:
+    """Why an index version's files cannot answer (not the size their checksums record, not a
+    regular file, noted in `damaged`), or None. One stat per file."""
+    for rel, rec in index_records(record).items():
+        try:
+            st = os.stat(lake_root / rel)
+        except OSError:
+            return f"file missing: {rel}"
+        if not stat.S_ISREG(st.st_mode):
+            return f"damaged: {rel} is not a regular file"
+        if rec is not None and st.st_size != rec["size"]:
+            return f"damaged: {rel} is {st.st_size:,} bytes, its checksum record says {rec['size']:,}"
+        if damaged and rel in damaged:
+            return f"damaged: {rel}: {damaged[rel]}"
+    return None
+
+
+def usable(index: IndexDef, lake: Lake, record: Mapping[str, Any] | None,
+           damaged: Mapping[str, str] | None = None) -> str | None:
+    """Why this index record must not answer for `lake` now, or None (`damaged`: the damage
+    register, `lake.damage`)."""
     if record is None:
         return "not built"
     if record.get("lake_version") != lake.version:
@@ -119,6 +148,9 @@ def usable(index: IndexDef, lake: Lake, record: Mapping[str, Any] | None) -> str
     for t, f in index_files(lake.root, record).items():
         if not f.is_file():
             return f"file missing: {f.relative_to(lake.root)}"
+    why = files_damage(lake.root, record, load_damage(lake.root) if damaged is None else damaged)
+    if why is not None:
+        return why
     if index.kind == "filter":
         return keyfilter.check_files(lake.root / record["dir"])
     return None
@@ -139,6 +171,8 @@ def build_index(index: IndexDef, lake: Lake, *, version: int, memory_limit: str 
     write = _write_filter if index.kind == "filter" else _write_sorted
     try:
         rows, nbytes, extra = write(index, lake, staging, memory_limit)
+        checksums = {f.relative_to(staging).as_posix(): file_record(f) for f in sorted(staging.rglob("*"))
+                     if f.is_file()}
         shutil.rmtree(final, ignore_errors=True)  # a leftover of a killed build of this version
         os.replace(staging, final)
         for old in idir.glob("v*"):  # the previous version stays for readers that planned on it
@@ -151,7 +185,7 @@ def build_index(index: IndexDef, lake: Lake, *, version: int, memory_limit: str 
         raise
     return {"key": index.key, **extra, "types": list(index.types), "columns": list(index.columns),
             "version": version, "dir": final.relative_to(lake.root).as_posix(), "lake_version": lake.version,
-            "rows_by_type": rows, "bytes": nbytes,
+            "rows_by_type": rows, "bytes": nbytes, "checksums": checksums,
             "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "build_seconds": round(time.perf_counter() - started, 3)}
 

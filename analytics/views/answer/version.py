@@ -14,13 +14,14 @@ from analytics.views.catalog import ViewDef
 from analytics.views.serving_copy import open_serving_copy
 
 
-def open_version(root: Path, view: ViewDef, entry: Mapping[str, Any]) -> ArrowView:
+def open_version(root: Path, view: ViewDef, entry: Mapping[str, Any], *, checked: bool = True) -> ArrowView:
     """The fast path over registry `entry` of `view` (its files under `root`): the base's pieces per
     type, then each delta's; keys may then repeat across pieces, so every answer re-aggregates.
-    Raises `ServingError` when a serving copy does not match its entry."""
+    Raises `ServingError` when a serving copy does not match its entry (with `checked`, its bytes
+    their checksums too; the workbench checks them per type on first use instead)."""
     vdir = (root / entry["file"]).parent
-    pieces, schema = open_serving_copy(vdir, entry)
+    pieces, schema = open_serving_copy(vdir, entry, checked=checked)
     for delta in entry.get("deltas") or ():
-        for t, more in open_serving_copy(vdir, delta)[0].items():
+        for t, more in open_serving_copy(vdir, delta, checked=checked)[0].items():
             pieces.setdefault(t, []).extend(more)
     return ArrowView(view, pieces, schema, scaled=entry["serving"]["scaled"], unique_keys=not entry.get("deltas"))

@@ -1,0 +1,94 @@
+"""Checksums of the files an answer can come from, and the check of a file against its record.
+
+Owns the record's shape and the hash. A record is `{"size": bytes, "block": bytes per block,
+"xxh3": [one hex digest per block]}`: xxHash's XXH3-64 of each fixed-size block of the file,
+so a reader that needs one part of a large file can check only the blocks it reads (`check`
+with a byte range), and a scrub checks whole files a block at a time in bounded memory. XXH3 is
+not cryptographic: it finds the flipped bits, truncations and stray writes of a disk or a
+careless hand, not a forger (measured on this machine: 23.7 GB/s, zlib's crc32 4.0 GB/s,
+blake2b 0.9 GB/s; ARCHITECTURE.md). Writers call `file_record` on the file they have just
+written and fsynced, before they name it in a registry or manifest. Must not know what the
+files hold or where their records are kept.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import xxhash
+
+BLOCK = 4 << 20  # 4 MiB: a record of a 1 GB file holds 256 digests; a check reads at most 4 MiB extra
+
+
+class ChecksumError(ValueError):
+    """A file that does not match its checksum record: damaged, truncated, missing or not a file."""
+
+    def __init__(self, path: str | os.PathLike, why: str) -> None:
+        super().__init__(f"{path}: {why}")
+        self.path = str(path)
+        self.why = why
+
+
+def file_record(path: str | os.PathLike, block: int = BLOCK) -> dict[str, Any]:
+    """The checksum record of the file at `path` as it is now."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if not size:
+            return {"size": 0, "block": block, "xxh3": []}
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            try:
+                digests = [xxhash.xxh3_64_hexdigest(view[i:i + block]) for i in range(0, size, block)]
+            finally:
+                view.release()
+    return {"size": size, "block": block, "xxh3": digests}
+
+
+def check(path: str | os.PathLike, record: Mapping[str, Any] | None, start: int = 0, stop: int | None = None,
+          progress: Callable[[int], None] | None = None) -> None:
+    """Raise ChecksumError unless the file at `path` matches `record` in the blocks covering bytes
+    [start, stop) (default: the whole file). The size is always checked. `progress(n)` is told of
+    each block's bytes as it is read. A record of None (a file written before checksums) passes
+    the existence check only."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise ChecksumError(p, "missing") from None
+    except OSError as exc:
+        raise ChecksumError(p, f"unreadable: {exc.strerror}") from None
+    if not p.is_file():
+        raise ChecksumError(p, "not a regular file")
+    if record is None:
+        return
+    size, block, digests = int(record["size"]), int(record["block"]), record["xxh3"]
+    if st.st_size != size:
+        raise ChecksumError(p, f"{st.st_size:,} bytes, its checksum record says {size:,} (truncated or grown)")
+    if len(digests) != -(-size // block):
+        raise ChecksumError(p, "its checksum record does not fit its size")
+    if not size:
+        return
+    stop = size if stop is None else min(stop, size)
+    first, last = start // block, (max(stop, start + 1) - 1) // block
+    try:
+        # hashed through a read-only mapping: no copy into a buffer (measured 10-12 GB/s from the page
+        # cache, against 1.5 GB/s for read() into a 4 MiB buffer)
+        with open(p, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            try:
+                for i in range(first, min(last + 1, len(digests))):
+                    data = view[i * block:(i + 1) * block]
+                    if xxhash.xxh3_64_hexdigest(data) != digests[i]:
+                        raise ChecksumError(p, f"checksum mismatch in bytes {i * block:,}-{i * block + len(data):,}")
+                    # the block is hashed: drop it from this mapping, so a scrub of a large file
+                    # holds one block, not the whole file, in its resident set
+                    mm.madvise(mmap.MADV_DONTNEED, i * block, len(data))
+                    if progress is not None:
+                        progress(len(data))
+            finally:
+                data = None
+                view.release()
+    except OSError as exc:
+        raise ChecksumError(p, f"unreadable: {exc.strerror or exc}") from None
