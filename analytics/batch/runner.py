@@ -364,7 +364,6 @@ class SafeBatchRunner(Closing):
         sql, params = scan.superset_sql("events")
         try:
             self.wb.check_lake(m.query for m in members)  # a damaged file: each member alone fails naming it
-            w: Watch | None = None
             with self.guard.watch(cur) as w:
                 t0 = time.perf_counter()
                 cur.execute(f"CREATE TEMP TABLE {ident(table_name)} AS {sql}", params)

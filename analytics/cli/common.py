@@ -38,7 +38,7 @@ def open_lake(path: str) -> None:
 
     try:
         lake = Lake.open(path)
-        lake.version, lake.segment_ids  # the fields every command reads first
+        _ = (lake.version, lake.segment_ids)  # the fields every command reads first: a damaged manifest fails here
     except (FileNotFoundError, NotADirectoryError):
         raise CliError(f"{path} is not a prepared lake (no {MANIFEST}); run `analytics prepare` first") from None
     except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:

@@ -145,7 +145,7 @@ def usable(index: IndexDef, lake: Lake, record: Mapping[str, Any] | None,
     if (tuple(record.get("columns", ())) != index.columns or tuple(record.get("types", ())) != index.types
             or record.get("kind", "sorted") != index.kind):
         return "definition changed since the build"
-    for t, f in index_files(lake.root, record).items():
+    for f in index_files(lake.root, record).values():
         if not f.is_file():
             return f"file missing: {f.relative_to(lake.root)}"
     why = files_damage(lake.root, record, load_damage(lake.root) if damaged is None else damaged)
