@@ -7,7 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import record_family
 
+from analytics.adaptive.build import build_adaptive
 from analytics.checks.baseline import connect_baseline
 from analytics.lake.generator import generate
 from analytics.lake.prepare import prepare
@@ -56,11 +58,25 @@ def lake_copy(lake_dir: Path, tmp_path: Path) -> Path:
     shutil.copytree(lake_dir, dst)
     return dst
 
+@pytest.fixture(scope="module")
+def adaptive_lake(lake_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session lake copied, family A run against it (telemetry), then `build --adaptive` (a module
+    fixture shared by the adaptive and integrity tests)."""
+    lake = tmp_path_factory.mktemp("adaptive") / "lake"
+    shutil.copytree(lake_dir, lake)
+    shutil.rmtree(lake / "_telemetry", ignore_errors=True)
+    events = record_family(lake, seed=1)
+    summary = build_adaptive(str(lake), events, budget=2 * 2**30, progress=False)
+    assert summary["built"] and not summary["failed"], summary
+    return lake
+
+
 # ---- markers: `make test-fast` leaves out what is marked `slow` or `integration` -------------------
 # Tests taking 4 s or more on 2 cores (measured with --durations), and modules whose fixtures alone
 # take 10-55 s; `integration`: subprocesses killed at crash points, notebooks, JupyterLab, Spark.
 # Listed here, in one place; a name that no longer matches a test fails the collection.
-SLOW_MODULES = {"test_adaptive.py", "test_benchmark.py", "test_guardrails.py", "test_ingest.py"}
+SLOW_MODULES = {"test_adaptive.py", "test_benchmark.py", "test_guardrails.py", "test_ingest.py", "test_integrity.py",
+                "test_ingest_guard.py"}
 INTEGRATION_MODULES = {"test_lab.py", "test_notebooks.py", "test_spark.py", "test_build_crash.py", "test_ingest_crash.py"}
 SLOW_TESTS = {
     "test_batching.py::test_batching_on_vs_off_identical_and_equal_to_baseline",

@@ -1,5 +1,7 @@
-"""Helpers shared by the test modules: comparing answers with the baseline and with each other,
-and a lake copy without what earlier runs left. Imported by tests, never by the package."""
+"""Helpers shared by the test modules: the public examples and one targeted query per catalog view,
+comparing answers with the baseline and with each other, a lake copy without what earlier runs
+left, and a run of the adaptive workload family with telemetry. Imported by tests, never by the
+package."""
 from __future__ import annotations
 
 import functools
@@ -7,9 +9,45 @@ import json
 import shutil
 from pathlib import Path
 
+from analytics.batch.runner import SafeBatchRunner
+from analytics.batch.telemetry import read_events
+from analytics.bench.workload_family import family
 from analytics.checks.baseline import baseline_query
 from analytics.query.model import parse_query
 from analytics.query.results import compare_rows, output_kind, to_rows
+from analytics.serving.workbench import Workbench
+
+EXAMPLES = json.loads((Path(__file__).parent.parent / "queries" / "examples.json").read_text())
+
+# one query per catalog view, so each is proven by at least one differential comparison
+TARGETED = {
+    "mv_day_advertiser_id_wide": {"select": ["day", {"SUM": "bid_price"}], "from": "events", "group_by": ["day"],
+                                  "where": [{"col": "advertiser_id", "op": "eq", "val": 7},
+                                            {"col": "type", "op": "eq", "val": "impression"}]},
+    "mv_day_country_wide": {"select": ["week", "country", {"COUNT": "*"}], "from": "events", "group_by": ["week", "country"],
+                            "where": [{"col": "type", "op": "eq", "val": "click"}]},
+    "mv_day_type_wide": {"select": ["week", {"AVG": "bid_price"}, {"MAX": "bid_price"}], "from": "events", "group_by": ["week"],
+                         "order_by": [{"col": "week", "dir": "desc"}]},
+    "mv_hour_advertiser_id_wide": {"select": ["hour", {"COUNT": "*"}], "from": "events", "group_by": ["hour"],
+                                   "where": [{"col": "advertiser_id", "op": "in", "val": [3, "4"]},
+                                             {"col": "day", "op": "eq", "val": "2024-02-29"}]},
+    "mv_all_adv_type_counts": EXAMPLES[3],
+    "mv_day_publisher_id_wide": {"select": ["publisher_id", {"SUM": "bid_price"}], "from": "events",
+                                 "group_by": ["publisher_id"], "where": [{"col": "day", "op": "between", "val": ["2024-12-30", "2024-12-31"]}],
+                                 "order_by": [{"col": "SUM(bid_price)", "dir": "desc"}], "limit": 5},
+    "mv_day_country_publisher_id_wide": EXAMPLES[1],
+    "mv_day_country_advertiser_id_wide": {"select": ["advertiser_id", {"COUNT": "*"}], "from": "events", "group_by": ["advertiser_id"],
+                                          "where": [{"col": "country", "op": "eq", "val": "JP"},
+                                                    {"col": "day", "op": "between", "val": ["2024-02-28", "2024-03-01"]}]},
+    "mv_hour_type_wide": {"select": ["hour", {"COUNT": "*"}], "from": "events", "group_by": ["hour"],
+                          "where": [{"col": "hour", "op": "between", "val": ["2024-12-31 00:00", "2024-12-31 23:00"]}]},
+    "mv_hour_country_wide": {"select": ["hour", "country", {"SUM": "total_price"}], "from": "events", "group_by": ["hour", "country"],
+                             "where": [{"col": "day", "op": "eq", "val": "2024-07-01"}, {"col": "type", "op": "eq", "val": "purchase"}]},
+    "mv_minute_type_wide": EXAMPLES[4],
+    "mv_all_country_publisher_id": {"select": ["country", "publisher_id", {"MIN": "bid_price"}, {"COUNT": "bid_price"}],
+                                    "from": "events", "group_by": ["country", "publisher_id"],
+                                    "order_by": [{"col": "COUNT(bid_price)", "dir": "desc"}], "limit": 10},
+}
 
 
 def fresh(lake: Path) -> Path:
@@ -82,3 +120,12 @@ def tables_match(q, expected, actual) -> str | None:
         if expected.select(order).equals(actual.select(order)):  # ...in the same order of keys
             return None
     return same_answer(q, to_rows(q, expected), to_rows(q, actual))
+
+
+def record_family(lake: Path, seed: int, n: int = 40) -> list[dict]:
+    """Run `n` queries of the adaptive workload family `seed` (telemetry on); the events recorded."""
+    with Workbench(lake) as wb:
+        runner = SafeBatchRunner(wb, cache=False, persist_cache=False)
+        runner.run(family(seed, n), batching=False)
+        runner.close()  # flushes the telemetry
+    return list(read_events(lake))

@@ -16,12 +16,10 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-import pytest
-from helpers import check_against_baseline
+from helpers import check_against_baseline, record_family
 
 from analytics.adaptive.advice import advise, explain_lake, minimal_view
 from analytics.adaptive.build import build_adaptive
-from analytics.batch.runner import SafeBatchRunner
 from analytics.batch.telemetry import log_path, read_events
 from analytics.bench.workload_family import family
 from analytics.checks.baseline import baseline_query
@@ -38,26 +36,6 @@ from analytics.views.adaptive_catalog import PREFIX, adaptive_path, index_def, l
 from analytics.views.registry import VIEWS_DIR, load_registry
 
 GIB = 2**30
-
-
-def _record_family(lake: Path, seed: int, n: int = 40) -> list[dict]:
-    with Workbench(lake) as wb:
-        runner = SafeBatchRunner(wb, cache=False, persist_cache=False)
-        runner.run(family(seed, n), batching=False)
-        runner.close()  # flushes the telemetry
-    return list(read_events(lake))
-
-
-@pytest.fixture(scope="module")
-def adaptive_lake(lake_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session lake copied, family A run against it (telemetry), then `build --adaptive`."""
-    lake = tmp_path_factory.mktemp("adaptive") / "lake"
-    shutil.copytree(lake_dir, lake)
-    shutil.rmtree(lake / "_telemetry", ignore_errors=True)
-    events = _record_family(lake, seed=1)
-    summary = build_adaptive(str(lake), events, budget=2 * GIB, progress=False)
-    assert summary["built"] and not summary["failed"], summary
-    return lake
 
 
 def test_shapes_drop_literal_values_but_keep_the_type_filter():
@@ -144,7 +122,7 @@ def test_advice_is_deterministic_for_a_given_log(adaptive_lake):
 
 def test_budget_zero_builds_nothing(lake_copy):
     shutil.rmtree(lake_copy / "_telemetry", ignore_errors=True)
-    events = _record_family(lake_copy, seed=1, n=20)
+    events = record_family(lake_copy, seed=1, n=20)
     before = load_registry(lake_copy)["views"]
     summary = build_adaptive(str(lake_copy), events, budget=0, progress=False)
     assert summary["built"] == [] and summary["bytes"] == 0
@@ -156,7 +134,7 @@ def test_budget_zero_builds_nothing(lake_copy):
 
 def test_a_small_budget_is_respected(lake_copy):
     shutil.rmtree(lake_copy / "_telemetry", ignore_errors=True)
-    events = _record_family(lake_copy, seed=1, n=20)
+    events = record_family(lake_copy, seed=1, n=20)
     budget = 3 * 2**20
     summary = build_adaptive(str(lake_copy), events, budget=budget, progress=False)
     assert summary["bytes"] <= budget
@@ -166,7 +144,7 @@ def test_a_small_budget_is_respected(lake_copy):
 
 def test_retiring_a_view_while_queries_use_it(lake_copy, baseline):
     shutil.rmtree(lake_copy / "_telemetry", ignore_errors=True)
-    events = _record_family(lake_copy, seed=1, n=20)
+    events = record_family(lake_copy, seed=1, n=20)
     build_adaptive(str(lake_copy), events, budget=2 * GIB, progress=False)
     queries = [q for q in family(2, 20)]
     wb = Workbench(lake_copy)

@@ -8,46 +8,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from helpers import check_against_baseline
+from helpers import EXAMPLES, TARGETED, check_against_baseline
 from querygen import random_queries
 
 from analytics.serving.router import LAKE
 from analytics.views.catalog import CATALOG
-
-EXAMPLES = json.loads((Path(__file__).parent.parent / "queries" / "examples.json").read_text())
-
-# one query per catalog view, so each is proven by at least one differential comparison
-TARGETED = {
-    "mv_day_advertiser_id_wide": {"select": ["day", {"SUM": "bid_price"}], "from": "events", "group_by": ["day"],
-                                  "where": [{"col": "advertiser_id", "op": "eq", "val": 7},
-                                            {"col": "type", "op": "eq", "val": "impression"}]},
-    "mv_day_country_wide": {"select": ["week", "country", {"COUNT": "*"}], "from": "events", "group_by": ["week", "country"],
-                            "where": [{"col": "type", "op": "eq", "val": "click"}]},
-    "mv_day_type_wide": {"select": ["week", {"AVG": "bid_price"}, {"MAX": "bid_price"}], "from": "events", "group_by": ["week"],
-                         "order_by": [{"col": "week", "dir": "desc"}]},
-    "mv_hour_advertiser_id_wide": {"select": ["hour", {"COUNT": "*"}], "from": "events", "group_by": ["hour"],
-                                   "where": [{"col": "advertiser_id", "op": "in", "val": [3, "4"]},
-                                             {"col": "day", "op": "eq", "val": "2024-02-29"}]},
-    "mv_all_adv_type_counts": EXAMPLES[3],
-    "mv_day_publisher_id_wide": {"select": ["publisher_id", {"SUM": "bid_price"}], "from": "events",
-                                 "group_by": ["publisher_id"], "where": [{"col": "day", "op": "between", "val": ["2024-12-30", "2024-12-31"]}],
-                                 "order_by": [{"col": "SUM(bid_price)", "dir": "desc"}], "limit": 5},
-    "mv_day_country_publisher_id_wide": EXAMPLES[1],
-    "mv_day_country_advertiser_id_wide": {"select": ["advertiser_id", {"COUNT": "*"}], "from": "events", "group_by": ["advertiser_id"],
-                                          "where": [{"col": "country", "op": "eq", "val": "JP"},
-                                                    {"col": "day", "op": "between", "val": ["2024-02-28", "2024-03-01"]}]},
-    "mv_hour_type_wide": {"select": ["hour", {"COUNT": "*"}], "from": "events", "group_by": ["hour"],
-                          "where": [{"col": "hour", "op": "between", "val": ["2024-12-31 00:00", "2024-12-31 23:00"]}]},
-    "mv_hour_country_wide": {"select": ["hour", "country", {"SUM": "total_price"}], "from": "events", "group_by": ["hour", "country"],
-                             "where": [{"col": "day", "op": "eq", "val": "2024-07-01"}, {"col": "type", "op": "eq", "val": "purchase"}]},
-    "mv_minute_type_wide": EXAMPLES[4],
-    "mv_all_country_publisher_id": {"select": ["country", "publisher_id", {"MIN": "bid_price"}, {"COUNT": "bid_price"}],
-                                    "from": "events", "group_by": ["country", "publisher_id"],
-                                    "order_by": [{"col": "COUNT(bid_price)", "dir": "desc"}], "limit": 10},
-}
 
 
 @pytest.mark.parametrize("i", range(len(EXAMPLES)))

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from test_adaptive import adaptive_lake  # noqa: F401 - the module-scoped fixture, reused
-from test_differential import TARGETED, _check
+from helpers import TARGETED
+from helpers import check_against_baseline as _check
 
 from analytics.checks.guardrails import run_guardrails
 from analytics.cli import main

@@ -312,7 +312,8 @@ def test_guardrail_evidence_is_one_line_with_the_record_folded(runs: Runs, data:
     assert "min-width:14em" in row  # "guards" keeps its words on a line
 
 
-@pytest.mark.parametrize("fault, unhealthy", [("view_file_truncated", "serving copy unusable"), ("view_file_deleted", "file missing")])
+@pytest.mark.parametrize("fault, unhealthy", [("view_file_truncated", "its checksum record says"),
+                                             ("view_file_deleted", "file missing")])
 def test_guardrail_demonstration_faults(runs: Runs, data: dict[str, Any], fault: str, unhealthy: str) -> None:
     clean = data["clean"]
     s = runs.scraps("04_guardrail_validation", lake=clean["lake"], raw=clean["raw"], fault=fault)
@@ -470,7 +471,7 @@ def test_reporting_says_a_failing_notebook_and_keeps_its_kernel_stderr(tmp_path:
                     nbformat.v4.new_code_cell(body)]
         nbformat.write(nb, str(nb_dir / f"{name}.ipynb"))
     out = tmp_path / "reports"
-    proc = subprocess.run([sys.executable, "-m", "analytics.reports.notebooks", "--lake", data["clean"]["lake"],
+    proc = subprocess.run([sys.executable, "-m", "analytics", "bench", "reports", "--lake", data["clean"]["lake"],
                            "--notebooks", str(nb_dir), "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1
     assert re.fullmatch(rf"00_works +\d+\.\d s  {re.escape(str(out))}/00_works\.html\n", proc.stdout), proc.stdout
