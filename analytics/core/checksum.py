@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -44,6 +45,20 @@ def file_record(path: str | os.PathLike, block: int = BLOCK) -> dict[str, Any]:
             finally:
                 view.release()
     return {"size": size, "block": block, "xxh3": digests}
+
+
+def stat_damage(path: str | os.PathLike, name: str, record: Mapping[str, Any] | None) -> str | None:
+    """Why the file at `path` (called `name` in the reason) cannot be the one `record` describes,
+    from one stat: missing, not a regular file, or not the recorded size; None when it may be."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"file missing: {name}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"damaged: {name} is not a regular file"
+    if record is not None and st.st_size != record["size"]:
+        return f"damaged: {name} is {st.st_size:,} bytes, its checksum record says {record['size']:,}"
+    return None
 
 
 def check(path: str | os.PathLike, record: Mapping[str, Any] | None, start: int = 0, stop: int | None = None,

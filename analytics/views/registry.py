@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
 from typing import Any, Mapping
 
 from filelock import FileLock
 
+from analytics.core.checksum import stat_damage
 from analytics.core.files import write_atomic
 from analytics.lake.manifest import Lake
 from analytics.views.catalog import ViewDef
@@ -76,14 +76,9 @@ def files_damage(lake_root: Path, entry: Mapping[str, Any], damaged: Mapping[str
     vdir = (lake_root / entry["file"]).parent
     for name, record in entry_records(entry):
         path = vdir / name
-        try:
-            st = path.stat()
-        except OSError:
-            return f"file missing: {name}"
-        if not stat.S_ISREG(st.st_mode):
-            return f"damaged: {name} is not a regular file"
-        if record is not None and st.st_size != record["size"]:
-            return f"damaged: {name} is {st.st_size:,} bytes, its checksum record says {record['size']:,}"
+        why = stat_damage(path, name, record)
+        if why is not None:
+            return why
         rel = path.relative_to(lake_root).as_posix()
         if damaged and rel in damaged:
             return f"damaged: {name}: {damaged[rel]}"

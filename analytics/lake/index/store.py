@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from analytics.core import db
-from analytics.core.checksum import file_record
+from analytics.core.checksum import file_record, stat_damage
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.core.sql import sql_string
 from analytics.lake.damage import load_damage
@@ -121,14 +120,9 @@ def files_damage(lake_root: Path, record: Mapping[str, Any], damaged: Mapping[st
     """Why an index version's files cannot answer (not the size their checksums record, not a
     regular file, noted in `damaged`), or None. One stat per file."""
     for rel, rec in index_records(record).items():
-        try:
-            st = os.stat(lake_root / rel)
-        except OSError:
-            return f"file missing: {rel}"
-        if not stat.S_ISREG(st.st_mode):
-            return f"damaged: {rel} is not a regular file"
-        if rec is not None and st.st_size != rec["size"]:
-            return f"damaged: {rel} is {st.st_size:,} bytes, its checksum record says {rec['size']:,}"
+        why = stat_damage(lake_root / rel, rel, rec)
+        if why is not None:
+            return why
         if damaged and rel in damaged:
             return f"damaged: {rel}: {damaged[rel]}"
     return None
