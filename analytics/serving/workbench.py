@@ -157,6 +157,19 @@ class Workbench(Closing):
         self._filters = {}
         self._plans = {}
 
+    def _unhealthy(self, name: str, table: str, why: str, *, unload: bool = False) -> None:
+        """Mark version `table` of view `name` unhealthy for this process and name it on stderr: the
+        router no longer uses it and the plans made while it looked healthy are forgotten; with
+        `unload`, its opened fast path is dropped too."""
+        with self._lock:
+            self._load_errors[table] = why
+            self.health[name] = why
+            if unload:
+                self._ready_tables.discard(table)
+                self._arrow.pop(table, None)
+            self._plans = {}
+        self._warn(f"view {name}", why)
+
     def _warn(self, what: str, why: str) -> None:
         """Name a damaged view or index on stderr, once per process."""
         if what not in self._warned:
@@ -209,11 +222,7 @@ class Workbench(Closing):
                             check_types(vdir, version["serving"], version["serving"]["types"])
                 except ChecksumError as damaged:
                     why = self._damaged(damaged)
-                with self._lock:
-                    self._load_errors[table] = why
-                    self.health[name] = self._load_errors[table]
-                    self._plans = {}  # plans made while it looked healthy may route to it
-                self._warn(f"view {name}", why)
+                self._unhealthy(name, table, why)
                 return False
             with self._lock:
                 for old in [t for t in self._ready_tables if t.startswith(f"{name}__v")]:
@@ -243,14 +252,7 @@ class Workbench(Closing):
             for record in records:
                 check_types(vdir, record, todo)
         except ChecksumError as exc:
-            why = self._damaged(exc)
-            with self._lock:
-                self._load_errors[table] = why
-                self.health[name] = why
-                self._ready_tables.discard(table)
-                self._arrow.pop(table, None)
-                self._plans = {}
-            self._warn(f"view {name}", why)
+            self._unhealthy(name, table, self._damaged(exc), unload=True)
             return False
         with self._lock:
             done |= todo
@@ -273,11 +275,7 @@ class Workbench(Closing):
                 raise ValueError(f"schema differs from the registry: {schema} vs {entry['columns']}")
         except (duckdb.Error, ValueError) as exc:
             why = self._damaged(exc) if isinstance(exc, ChecksumError) else f"unreadable: {str(exc).splitlines()[0]}"
-            with self._lock:
-                self._load_errors[table] = why
-                self.health[name] = self._load_errors[table]
-                self._plans = {}
-            self._warn(f"view {name}", why)
+            self._unhealthy(name, table, why)
             return False
         with self._lock:
             self._sql_tables.add(table)
@@ -353,12 +351,7 @@ class Workbench(Closing):
                 try:
                     table = view.answer(q)
                 except RepeatedKeys as exc:  # a wrong answer, never returned: another route answers
-                    why = f"answered wrongly ({exc})"
-                    with self._lock:
-                        self._load_errors[self.table_name(plan.route)] = why
-                        self.health[plan.route] = why
-                        self._plans = {}
-                    self._warn(f"view {plan.route}", why)
+                    self._unhealthy(plan.route, self.table_name(plan.route), f"answered wrongly ({exc})")
                     continue
                 if table is not None:
                     return table, plan

@@ -213,8 +213,7 @@ def _refresh_in_place(view: ViewDef, lake: Lake, entry: dict[str, Any], engine: 
     try:
         if bar:
             bar.set_postfix_str("delta" if affected is None else "recompute days")
-        def check(new: dict[str, Any]) -> dict[str, Any]:
-            return proved(view, lake, new, entry, shapes, memory_limit)
+        check = partial(proved, view, lake, old_entry=entry, shapes=shapes, memory_limit=memory_limit)
         if affected is None:
             try:
                 new_entry = append_delta(con, view, lake, entry, new_segments,
