@@ -129,3 +129,9 @@ def record_family(lake: Path, seed: int, n: int = 40) -> list[dict]:
         runner.run(family(seed, n), batching=False)
         runner.close()  # flushes the telemetry
     return list(read_events(lake))
+
+
+def state_file(lake: Path) -> Path:
+    """The state file of the lake's newest Delta version: where a test edits what the lake says of itself."""
+    from analytics.lake.table import latest_version, state_path
+    return state_path(lake, latest_version(lake))

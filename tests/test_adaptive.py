@@ -26,7 +26,7 @@ from analytics.checks.baseline import baseline_query
 from analytics.core import db
 from analytics.lake.index.keyfilter import META_FILE, KeyFilter, key_hashes
 from analytics.lake.index.store import usable
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.query.model import parse_query
 from analytics.query.results import compare_rows, to_rows
 from analytics.query.shape import query_shape
@@ -223,7 +223,7 @@ def test_a_lake_index_serves_only_the_lake_version_it_was_built_from(adaptive_la
     for name, record in state["indexes"].items():
         index = index_def(name, record)
         assert usable(index, lake, record) is None
-        assert record["rows_by_type"] == {t: lake.manifest["totals"]["lake_by_type"].get(t, 0) for t in index.types}
+        assert record["rows_by_type"] == {t: lake.state["totals"]["lake_by_type"].get(t, 0) for t in index.types}
         assert "lake version" in usable(index, lake, {**record, "lake_version": "other"})
         assert "definition changed" in usable(index, lake, {**record, "columns": record["columns"][:1] + ["country"]})
         assert "file missing" in usable(index, lake, {**record, "dir": "indexes/nope/v9"})
@@ -253,7 +253,7 @@ def test_the_auction_filter_finds_every_row_group_of_a_key(adaptive_lake):
     position = {(t, rel, rg): g for g, (t, rel, rg, _) in enumerate(kf.groups)}
     holding: dict[str, set[int]] = {}
     key_bytes = 0
-    for seg in lake.manifest["segments"]:
+    for seg in lake.state["segments"]:
         for t, rel in seg["files"].items():
             pf = pq.ParquetFile(adaptive_lake / rel)
             for rg in range(pf.metadata.num_row_groups):
@@ -283,7 +283,7 @@ def test_a_damaged_auction_filter_sends_its_queries_to_the_whole_lake(adaptive_l
 
     queries = [q for q in family(6, 40) if any(w["col"] == "auction_id" for w in q["where"])]
     # the family's auction ids are random (no rows); these are the lake's own, some with clicks
-    seg = Lake.open(lake_root).manifest["segments"][0]
+    seg = Lake.open(lake_root).state["segments"][0]
     real = [pq.read_table(lake_root / seg["files"][t], columns=["auction_id"]).column(0)[5].as_py()
             for t in ("serve", "impression", "click") if t in seg["files"]]
     queries += [

@@ -98,7 +98,7 @@ def test_prepare_that_appends_data_invalidates(raw_dir, lake_copy, tmp_path):
         assert prepare(raw, lake, progress=False)["changed"]
         after = runner.run([COUNT, BY_TYPE, LAKE_Q])  # views are stale now: answered from the lake
         assert after.report["cache_hits"] == 0
-        assert _count(after) == wb.lake.manifest["totals"]["rows_lake"] > _count(before)
+        assert _count(after) == wb.lake.state["totals"]["rows_lake"] > _count(before)
         assert runner.run([COUNT, BY_TYPE, LAKE_Q]).report["cache_hits"] == 3
         runner.close()
 

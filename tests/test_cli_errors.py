@@ -76,8 +76,8 @@ CASES: list[tuple[str, int, str]] = [
     ("prepare --raw {C}/afile.txt --lake {O}/l", BAD, "afile.txt"),
     ("prepare --raw {C}/emptydir --lake {O}/l", BAD, "emptydir"),
     ("prepare --raw {R} --lake {C}/afile.txt", BAD, "afile.txt"),
-    ("prepare --raw {R} --lake {C}/badlake", BAD, "badlake/_manifest.json is damaged"),
-    ("prepare --raw {R} --lake {C}/listlake", BAD, "listlake/_manifest.json is damaged"),
+    ("prepare --raw {R} --lake {C}/badlake", BAD, "badlake is damaged"),
+    ("prepare --raw {R} --lake {C}/listlake", BAD, "listlake is damaged"),
     ("prepare --raw {R} --lake {O}/l --memory-limit lots", BAD, "--memory-limit"),
     ("prepare --raw {R} --lake {O}/l --memory-limit 0MB", BAD, "--memory-limit"),
     ("prepare --raw {R} --lake {O}/l --memory-limit -1GB", BAD, "--memory-limit"),
@@ -85,15 +85,15 @@ CASES: list[tuple[str, int, str]] = [
     ("ingest --raw {C}/nope --lake {O}/l", BAD, "nope does not exist"),
     ("ingest --raw {C}/afile.txt --lake {O}/l", BAD, "afile.txt"),
     ("ingest --raw {R} --lake {C}/afile.txt", BAD, "afile.txt exists and is not a directory"),
-    ("ingest --raw {R} --lake {C}/badlake", BAD, "badlake/_manifest.json is damaged"),
+    ("ingest --raw {R} --lake {C}/badlake", BAD, "badlake is damaged"),
     ("ingest --raw {R} --lake {O}/l --interval -1", BAD, "--interval"),
     ("ingest --raw {R} --lake {O}/l --settle lots", BAD, "--settle"),
     ("ingest --raw {C}/alienland --lake {O}/l --settle 0", FAILED, "refused 1 (alien.csv)"),
     ("build --lake {C}/nope", BAD, "nope is not a prepared lake"),
     ("build --lake {C}/emptydir", BAD, "emptydir is not a prepared lake"),
     ("build --lake {C}/afile.txt", BAD, "afile.txt is not a prepared lake"),
-    ("build --lake {C}/badlake", BAD, "badlake/_manifest.json is damaged"),
-    ("build --lake {C}/listlake", BAD, "listlake/_manifest.json is damaged"),
+    ("build --lake {C}/badlake", BAD, "badlake is damaged"),
+    ("build --lake {C}/listlake", BAD, "listlake is damaged"),
     ("build --lake {L} --views nope", BAD, "unknown view(s) nope"),
     ("build --lake {L} --jobs -1", BAD, "--jobs"),
     ("build --lake {L} --jobs " + "9" * 12, BAD, "--jobs"),
@@ -104,7 +104,7 @@ CASES: list[tuple[str, int, str]] = [
     ("build --lake {L} --adaptive --retire-after soon", BAD, "--retire-after"),
     # advise
     ("advise --lake {C}/nope", BAD, "nope is not a prepared lake"),
-    ("advise --lake {C}/badlake", BAD, "badlake/_manifest.json is damaged"),
+    ("advise --lake {C}/badlake", BAD, "badlake is damaged"),
     ("advise --lake {L} --budget -1GB", BAD, "--budget"),
     ("advise --lake {L} --budget 0", BAD, "--budget"),
     ("advise --lake {L} --budget 900TiB", BAD, "free on the disk"),
@@ -137,8 +137,8 @@ CASES: list[tuple[str, int, str]] = [
     # run: bad places and options
     ("run --lake {C}/nope --queries {C}/unknown.json --out {O}/r", BAD, "nope is not a prepared lake"),
     ("run --lake {C}/afile.txt --queries {C}/unknown.json --out {O}/r", BAD, "afile.txt is not a prepared lake"),
-    ("run --lake {C}/badlake --queries {C}/unknown.json --out {O}/r", BAD, "_manifest.json is damaged"),
-    ("run --lake {C}/listlake --queries {C}/unknown.json --out {O}/r", BAD, "_manifest.json is damaged"),
+    ("run --lake {C}/badlake --queries {C}/unknown.json --out {O}/r", BAD, "is damaged"),
+    ("run --lake {C}/listlake --queries {C}/unknown.json --out {O}/r", BAD, "is damaged"),
     ("run --lake {L} --queries {C}/unknown.json --out {C}/afile.txt", BAD, "afile.txt exists and is not a directory"),
     (f"{RUN} {{C}}/unknown.json --batch-size 0", BAD, "--batch-size"),
     (f"{RUN} {{C}}/unknown.json --batch-size " + "9" * 30, BAD, "--batch-size"),
@@ -165,7 +165,7 @@ CASES: list[tuple[str, int, str]] = [
     # explain
     ("explain --lake {L} --queries {C}/bignumber.json", BAD, "more than 4300 digits"),
     ("explain --lake {C}/nope --queries {C}/unknown.json", BAD, "nope is not a prepared lake"),
-    ("explain --lake {C}/badlake --queries {C}/unknown.json", BAD, "_manifest.json is damaged"),
+    ("explain --lake {C}/badlake --queries {C}/unknown.json", BAD, "is damaged"),
     ("explain --lake {L} --queries {C}/hugelimit.json", FAILED, "limit: must be a positive integer"),
     ("explain --lake {L} --queries {C}/wrongtypes.json", FAILED, "a query must be a JSON object, got NoneType"),
     # stats
@@ -174,22 +174,22 @@ CASES: list[tuple[str, int, str]] = [
     ("stats --lake {C}/badtelemetry --json {C}/adir", BAD, "adir"),
     # remediation
     ("verify --lake {C}/nope", BAD, "nope is not a prepared lake"),
-    ("verify --lake {C}/badlake", BAD, "_manifest.json is damaged"),
+    ("verify --lake {C}/badlake", BAD, "is damaged"),
     ("verify --lake {L} --views-only --lake-only", BAD, "not allowed with argument"),
     ("remediation --lake {C}/nope", BAD, "nope is not a prepared lake"),
-    ("remediation --lake {C}/badlake", BAD, "_manifest.json is damaged"),
+    ("remediation --lake {C}/badlake", BAD, "is damaged"),
     ("remediation --lake {L} --samples -1", BAD, "--samples"),
     ("remediation --lake {L} --samples many", BAD, "--samples"),
     # guardrails
     ("guardrails --lake {C}/nope", BAD, "nope is not a prepared lake"),
-    ("guardrails --lake {C}/listlake", BAD, "_manifest.json is damaged"),
+    ("guardrails --lake {C}/listlake", BAD, "is damaged"),
     ("guardrails --lake {L} --only nope", BAD, "unknown category 'nope'"),
     ("guardrails --lake {L} --raw {C}/nope --only timezone", BAD, "nope"),
     ("guardrails --lake {L} --memory-limit lots", BAD, "--memory-limit"),
     # benchmark
     ("benchmark --raw {C}/nope --lake {L}", BAD, "nope"),
     ("benchmark --raw {R} --lake {C}/nope", BAD, "nope is not a prepared lake"),
-    ("benchmark --raw {R} --lake {C}/badlake", BAD, "_manifest.json is damaged"),
+    ("benchmark --raw {R} --lake {C}/badlake", BAD, "is damaged"),
     ("benchmark --raw {R} --lake {L} --workload {C}/deep_list.json", BAD, "deep_list.json"),
     ("benchmark --raw {R} --lake {L} --workload {C}/adir", BAD, "adir"),
     ("benchmark --raw {R} --lake {L} --repeats 0", BAD, "--repeats"),
@@ -215,8 +215,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (c / "afile.txt").write_text("not a directory\n")
     (c / "alienland").mkdir()
     (c / "alienland" / "alien.csv").write_text("a,b,c\n1,2,3\n")
-    (c / "badlake" / "_manifest.json").write_text("{not json")
-    (c / "listlake" / "_manifest.json").write_text("[1, 2]")
+    for name, text in (("badlake", "{not json"), ("listlake", "[1, 2]")):  # a table whose state file is damaged
+        (c / name / "events" / "_delta_log").mkdir(parents=True)
+        (c / name / "events" / "_delta_log" / "00000000000000000000.json").write_text("{}")
+        (c / name / "_state").mkdir()
+        (c / name / "_state" / "00000000000000000000.json").write_text(text)
     (c / "answers.json").write_text(json.dumps([COUNT]))
     (c / "badanswers" / "q1.csv").write_bytes(b"COUNT(*)\n\xff\xfe\n")
     (c / "badtelemetry" / "_telemetry" / "queries.jsonl").write_bytes(b"[" * 100_000 + b"\n\xff\n{\"route\": [1]}\n")

@@ -25,6 +25,7 @@ from typing import Callable
 
 import duckdb
 import pytest
+from helpers import state_file
 
 from analytics import cli
 from analytics.checks import guardrails as G
@@ -79,7 +80,7 @@ def rewrite(path: Path, select: str) -> int:
 def _record_checksum(path: Path) -> None:
     """Record the rewritten file's checksum where its writer would: the fault is a writer's bug, in
     what the bytes mean, not damage at rest (which tests/test_integrity.py injects)."""
-    lake = next(p for p in path.parents if (p / "_manifest.json").exists())
+    lake = next(p for p in path.parents if (p / "_state").is_dir())
     rel = path.relative_to(lake).as_posix()
 
     def in_registry(reg: dict) -> None:
@@ -96,11 +97,11 @@ def _record_checksum(path: Path) -> None:
     if rel.startswith("views/"):
         edit_json(registry_path(lake), in_registry)
     else:
-        edit_json(lake / "_manifest.json", in_manifest)
+        edit_json(state_file(lake), in_manifest)
 
 
 def lake_file(lake: Path, type_: str, day: str = FAULT_DAY) -> Path:
-    manifest = json.loads((lake / "_manifest.json").read_text())
+    manifest = json.loads(state_file(lake).read_text())
     for seg in manifest["segments"]:
         if day in seg["days"].get(type_, []):
             return lake / seg["files"][type_]
@@ -382,9 +383,9 @@ def view_missing_a_day(env: FaultEnv) -> None:
 
 @fault("mv_consistency.current_lake_version")
 def views_from_an_old_lake_version(env: FaultEnv) -> None:
-    edit_json(env.broken / "_manifest.json", lambda m: m.update(lake_version="0123456789abcdef"))
+    edit_json(state_file(env.broken), lambda m: m.update(data_version=123456789, data_aliases=[]))
     report = G.run_guardrails(env.broken, env.raw)
-    c = env.assert_only(report, "lake is now 0123456789abcdef")
+    c = env.assert_only(report, "lake is now 123456789")
     assert all(v["problems"] for v in c["evidence"]["views"])
 
 
@@ -548,9 +549,9 @@ def last_day_missing_from_the_day_index(env: FaultEnv) -> None:
         for seg in m["segments"]:
             for t in seg["days"]:
                 seg["days"][t] = [d for d in seg["days"][t] if d != "2024-12-31"]
-    edit_json(env.broken / "_manifest.json", edit)
+    edit_json(state_file(env.broken), edit)
     report = G.run_guardrails(env.broken, env.raw)
-    env.assert_only(report, "manifest day index", "2024-12-31")
+    env.assert_only(report, "lake state's day index", "2024-12-31")
 
 
 # ---- every check against its faults ------------------------------------------------------------
@@ -591,7 +592,7 @@ def test_cli_prints_table_writes_json_and_exits_by_outcome(small, tmp_path: Path
 
     broken = tmp_path / "broken"
     shutil.copytree(small[1], broken)
-    edit_json(broken / "_manifest.json", lambda m: m.update(lake_version="ffffffffffffffff"))
+    edit_json(state_file(broken), lambda m: m.update(data_version=987654321, data_aliases=[]))
     assert cli.main(["guardrails", "--lake", str(broken), "--only", "mv_consistency", "--json", str(out)]) == 1
     data = json.loads(out.read_text())
     assert {c["category"] for c in data["checks"]} == {"mv_consistency"} and data["failed"] == 1

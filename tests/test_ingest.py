@@ -19,7 +19,7 @@ from querygen import random_queries
 
 from analytics.checks.baseline import baseline_query, connect_baseline
 from analytics.lake.generator import generate
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.query.model import parse_query
 from analytics.query.results import compare_rows, to_rows
 from analytics.serving.router import LAKE, Router
@@ -110,7 +110,7 @@ def wait_caught_up(lake: Path, landing: Path, timeout: float = 120) -> None:
         try:
             lake_ = Lake.open(lake)
             reg = load_registry(lake)["views"]
-            have = sorted((s["source"]["file"], s["source"]["size"]) for s in lake_.manifest["segments"])
+            have = sorted((s["source"]["file"], s["source"]["size"]) for s in lake_.state["segments"])
             if have == want and len(reg) == len(CATALOG) and all(
                     e["lake_version"] == lake_.version for e in reg.values()):
                 return
@@ -194,7 +194,7 @@ def test_a_stream_of_parts_while_four_threads_query(parts, tmp_path):
     assert not wrong, (len(wrong), wrong[:2])
 
     # the end state: the dirty part's malformed lines quarantined with reasons, the rest in the lake
-    seg = next(s for s in Lake.open(lake).manifest["segments"] if s["source"]["file"] == name_of("p3dirty"))
+    seg = next(s for s in Lake.open(lake).state["segments"] if s["source"]["file"] == name_of("p3dirty"))
     assert seg["rows_quarantined"] == len(MALFORMED) and len(seg["quarantine_by_reason"]) >= 3
     final = expected_answers(with_name(parts, states[-1], True, tmp_path), queries, tmp_path)
     wb.refresh()
@@ -254,7 +254,7 @@ def test_a_header_that_is_not_this_data_sets_is_refused_and_the_others_go_on(par
     counts = ingest(landing, lake, settle=0)
     assert counts["refused"] == ["alien.csv"] and counts["taken"] == 2
     assert any("alien.csv refused" in r.getMessage() and "header" in r.getMessage() for r in caplog.records)
-    have = sorted(s["source"]["file"] for s in Lake.open(lake).manifest["segments"])
+    have = sorted(s["source"]["file"] for s in Lake.open(lake).state["segments"])
     assert have == [name_of("p0"), name_of("p2")]
     q = parse_query(FIXED[0])
     exp = expected_answers(with_name(parts, ["p0", "p2"], True, tmp_path), [FIXED[0]], tmp_path)[0]
@@ -293,7 +293,7 @@ def test_ctrl_c_stops_the_watcher_between_steps(parts, tmp_path):
         wait_caught_up(lake, landing)
         put(landing, parts["p1"], name_of("p1"))
         deadline = time.monotonic() + 60
-        while name_of("p1") not in {s["source"]["file"] for s in Lake.open(lake).manifest["segments"]}:
+        while name_of("p1") not in {s["source"]["file"] for s in Lake.open(lake).state["segments"]}:
             assert time.monotonic() < deadline
             time.sleep(0.02)
         proc.send_signal(signal.SIGINT)  # the manifest has the part; its view refresh is under way

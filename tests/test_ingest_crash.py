@@ -21,7 +21,7 @@ from analytics.checks.baseline import baseline_query, connect_baseline
 from analytics.core.faults import ENV
 from analytics.lake.generator import generate
 from analytics.lake.landing import TAKEN_DIR
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.query.model import parse_query
 from analytics.query.results import compare_rows, to_rows
 from analytics.serving.router import LAKE, Router, coverage
@@ -79,7 +79,7 @@ def ingest_cli(landing: Path, lake: Path, crash_at: str | None = None) -> subpro
 
 
 def sources(lake: Path) -> set[str]:
-    return {s["source"]["file"] for s in Lake.open(lake).manifest["segments"]}
+    return {s["source"]["file"] for s in Lake.open(lake).state["segments"]}
 
 
 def assert_served(lake: Path, expected: list, *, every_view: bool = False) -> set[str]:

@@ -25,7 +25,7 @@ from analytics.cli import main
 from analytics.core.faults import ENV
 from analytics.lake.generator import generate
 from analytics.lake.landing import TAKEN_DIR
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.query.model import parse_query
 from analytics.query.results import compare_rows, to_rows
 from analytics.serving.workbench import Workbench
@@ -99,7 +99,7 @@ def test_concurrent_ingests_on_one_lake_take_turns_and_count_each_part_once(part
     taken = [int(out.split("ingested ")[1].split(" ")[0]) for out, _ in results]
     assert sum(taken) == len(parts), results  # each part once: nothing doubled, nothing lost
     assert sum("waiting for it to finish" in err for _, err in results) >= 1, [e for _, e in results]
-    manifest = Lake.open(lake).manifest
+    manifest = Lake.open(lake).state
     assert sorted(s["source"]["file"] for s in manifest["segments"]) == [p.name for p in parts]
     expected = _expected(parts, tmp_path)
     _served(lake, expected)

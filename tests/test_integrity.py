@@ -24,8 +24,8 @@ from analytics.cli import main
 from analytics.core.checksum import ChecksumError, check, file_record
 from analytics.lake.damage import load_damage
 from analytics.lake.integrity import DamagedSegmentError
-from analytics.lake.manifest import Lake
 from analytics.lake.prepare import prepare
+from analytics.lake.state import Lake
 from analytics.query.model import parse_query, types_selected
 from analytics.query.results import to_rows
 from analytics.serving.router import LAKE
@@ -196,7 +196,7 @@ POINT = {"select": ["type", {"COUNT": "*"}], "from": "events", "group_by": ["typ
 @pytest.mark.parametrize("damage", list(DAMAGES))
 def test_a_damaged_lake_segment_fails_its_queries_naming_its_part_and_prepare_reingests_it(
         lake_copy, raw_dir, baseline, capsys, damage):
-    seg = Lake.open(lake_copy).manifest["segments"][0]
+    seg = Lake.open(lake_copy).state["segments"][0]
     rel, part = seg["files"]["impression"], seg["source"]["file"]
     DAMAGES[damage](lake_copy / rel)
     with Workbench(lake_copy) as wb:
@@ -234,7 +234,7 @@ def _index_query(lake: Path, kind: str) -> tuple[str, dict]:
 
     state = load_adaptive(lake)
     name, record = next((n, r) for n, r in state["indexes"].items() if r.get("kind", "sorted") == kind)
-    seg = Lake.open(lake).manifest["segments"][0]
+    seg = Lake.open(lake).state["segments"][0]
     value = pq.read_table(lake / seg["files"]["impression"], columns=[record["key"]]).column(0)[3].as_py()
     return name, {"select": ["type", {"COUNT": "*"}], "from": "events", "group_by": ["type"],
                   "where": [{"col": record["key"], "op": "eq", "val": value},
@@ -279,7 +279,7 @@ def test_verify_is_clean_on_a_fresh_lake_and_its_options_split_the_work(lake_dir
     lake_only = int(_verify(lake_dir, capsys, "--lake-only")[1].split("verified ")[1].split(" ")[0])
     views_only = int(_verify(lake_dir, capsys, "--views-only")[1].split("verified ")[1].split(" ")[0])
     assert lake_only + views_only == files and lake_only == sum(
-        len(s["files"]) + bool(s.get("quarantine_file")) for s in Lake.open(lake_dir).manifest["segments"])
+        len(s["files"]) + bool(s.get("quarantine_file")) for s in Lake.open(lake_dir).state["segments"])
     assert main(["verify", "--lake", str(lake_dir / "nope")]) == 2
 
 
@@ -288,7 +288,7 @@ def test_a_lake_query_checks_the_column_chunks_it_reads_and_no_other(lake_copy, 
     column answers exactly; one that reads it fails naming the file and its part."""
     import pyarrow.parquet as pq
 
-    seg = Lake.open(lake_copy).manifest["segments"][0]
+    seg = Lake.open(lake_copy).state["segments"][0]
     rel, part = seg["files"]["impression"], seg["source"]["file"]
     meta = pq.read_metadata(lake_copy / rel)
     col = meta.schema.to_arrow_schema().names.index("auction_id")
@@ -310,7 +310,7 @@ def test_a_damaged_lake_file_fails_the_queries_of_a_shared_scan_that_read_it(lak
     from analytics.checks.baseline import baseline_query
     from analytics.query.results import compare_rows, read_csv_rows
 
-    seg = Lake.open(lake_copy).manifest["segments"][0]
+    seg = Lake.open(lake_copy).state["segments"][0]
     rel = seg["files"]["impression"]
     meta = pq.read_metadata(lake_copy / rel)
     chunk = meta.row_group(0).column(meta.schema.to_arrow_schema().names.index("auction_id"))

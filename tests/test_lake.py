@@ -1,7 +1,6 @@
 """prepare: remediation accounting, layout, no-op re-runs, appends, crash safety, clear errors."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -11,11 +10,13 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from helpers import state_file
 
 from analytics.core import faults
 from analytics.lake.generator import generate
-from analytics.lake.manifest import MANIFEST, Lake
 from analytics.lake.prepare import PrepareError, prepare
+from analytics.lake.state import Lake
+from analytics.lake.table import latest_version
 from analytics.query.schema import EVENT_TYPES, RAW_HEADER
 
 
@@ -77,10 +78,10 @@ def test_layout_is_typed_partitioned_sorted_and_derived_in_utc(lake_dir):
 
 
 def test_rerun_on_unchanged_input_is_a_noop(raw_dir, lake_copy):
-    before = json.loads((lake_copy / MANIFEST).read_text())
+    version, before = latest_version(lake_copy), state_file(lake_copy).read_bytes()
     summary = prepare(raw_dir, lake_copy, progress=False)
     assert summary["changed"] is False
-    assert json.loads((lake_copy / MANIFEST).read_text()) == before
+    assert latest_version(lake_copy) == version and state_file(lake_copy).read_bytes() == before
 
 
 def test_new_part_is_appended_without_rewriting_others(tmp_path):
@@ -109,7 +110,7 @@ def test_removed_part_is_dropped(tmp_path):
     summary = prepare(raw, tmp_path / "lake", progress=False)
     assert summary["dropped"] == ["events_part_00001.csv"]
     lake = Lake.open(tmp_path / "lake")
-    assert len(lake.manifest["segments"]) == 1
+    assert len(lake.state["segments"]) == 1
     assert len(list((tmp_path / "lake" / "events").rglob("*.parquet"))) == len(lake.event_files())
 
 
@@ -126,8 +127,11 @@ def crash_raw(tmp_path_factory) -> Path:
     return raw
 
 
-@pytest.mark.parametrize("point", ["prepare:after-stage", "prepare:mid-rename", "prepare:after-rename-before-manifest",
-                                   "prepare:after-manifest"])
+COMMITTED = ("commit:after-delta", "prepare:after-commit")  # killed once the Delta log has the new version
+
+
+@pytest.mark.parametrize("point", ["prepare:after-stage", "prepare:mid-rename", "prepare:after-rename-before-commit",
+                                   "commit:before-delta", *COMMITTED])
 def test_prepare_killed_at_each_commit_step_serves_a_whole_lake(crash_raw, tmp_path, point):
     raw = tmp_path / "raw"
     shutil.copytree(crash_raw, raw)
@@ -137,28 +141,28 @@ def test_prepare_killed_at_each_commit_step_serves_a_whole_lake(crash_raw, tmp_p
         shutil.move(raw / name, held / name)
     lake = tmp_path / "lake"
     prepare(raw, lake, progress=False)
-    before = json.loads((lake / MANIFEST).read_text())
+    before = Lake.open(lake).state
     for f in held.iterdir():
         shutil.move(f, raw / f.name)
     proc = subprocess.run([sys.executable, "-m", "analytics", "prepare", "--raw", str(raw), "--lake", str(lake),
                            "--quiet"], capture_output=True, text=True, env={**os.environ, faults.ENV: point})
     assert proc.returncode == -signal.SIGKILL, proc.stderr  # killed at that step, not before nor after it
     after = Lake.open(lake)
-    if point == "prepare:after-manifest":
-        assert len(after.manifest["segments"]) == 4
-    else:  # the previous manifest, and exactly its rows, whatever was staged or promoted
-        assert after.manifest == before
-    assert _served_by_type(after) == after.manifest["totals"]["lake_by_type"]
+    if point in COMMITTED:  # the new version, its state derived from the log when its file was not written
+        assert after.version == 1 and len(after.state["segments"]) == 4
+    else:  # the previous version, and exactly its rows, whatever was staged or promoted
+        assert after.state == before
+    assert _served_by_type(after) == after.state["totals"]["lake_by_type"]
 
     summary = prepare(raw, lake, progress=False)  # the next run finishes the job and sweeps leftovers
-    assert summary["changed"] is (point != "prepare:after-manifest")
+    assert summary["changed"] is (point not in COMMITTED)
     final = Lake.open(lake)
-    segments = final.manifest["segments"]
+    segments = final.state["segments"]
     assert sorted(s["source"]["file"] for s in segments) == sorted(p.name for p in raw.glob("*.csv"))
-    assert final.manifest["totals"]["rows_read"] == 40_000
-    assert final.manifest["totals"]["rows_lake"] == sum(s["rows_lake"] for s in segments)
-    assert final.manifest["totals"] == prepare(raw, tmp_path / "fresh", progress=False)["totals"]  # as if never killed
-    assert _served_by_type(final) == final.manifest["totals"]["lake_by_type"]  # no part counted twice
+    assert final.state["totals"]["rows_read"] == 40_000
+    assert final.state["totals"]["rows_lake"] == sum(s["rows_lake"] for s in segments)
+    assert final.state["totals"] == prepare(raw, tmp_path / "fresh", progress=False)["totals"]  # as if never killed
+    assert _served_by_type(final) == final.state["totals"]["lake_by_type"]  # no part counted twice
     assert not (lake / "_staging").exists()
     assert sorted((lake / "events").rglob("*.parquet")) == sorted(final.event_files())
     assert len(list((lake / "quarantine").rglob("*.parquet"))) == len(final.quarantine_files())

@@ -22,6 +22,7 @@ import pytest
 import scrapbook as sb
 
 from analytics.lake.prepare import prepare
+from analytics.lake.state import Lake
 from analytics.reports import notebooks as rep
 from analytics.views.catalog import VIEWS
 
@@ -48,7 +49,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         if name == "clean":  # answers then come from the views where the router picks one
             build(lake, progress=False)
         out[name] = {"raw": str(raw), "lake": str(lake), "generated": summary,
-                     "manifest": json.loads((lake / "_manifest.json").read_text())}
+                     "manifest": Lake.open(lake).state}
     return out
 
 
@@ -69,7 +70,7 @@ def appended(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     shutil.copy(first, raw)
     prepare(raw, lake, progress=False)
     build(lake, progress=False)
-    built_from = json.loads((lake / "_manifest.json").read_text())
+    built_from = Lake.open(lake).state
     queries = [{"select": ["day", {"COUNT": "*"}], "from": "events", "group_by": ["day"]},
                {"select": ["country", {"SUM": "bid_price"}], "from": "events", "group_by": ["country"]},
                {"select": ["country", {"SUM": "bid_price"}], "from": "events", "group_by": ["country"]},
@@ -78,9 +79,9 @@ def appended(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         run = run_workbench(wb, queries, None, parallel=False)
     shutil.copy(second, raw)
     prepare(raw, lake, progress=False)
-    manifest = json.loads((lake / "_manifest.json").read_text())
+    manifest = Lake.open(lake).state
     return {"lake": str(lake), "routes": Counter(q["route"] for q in run.report["queries"]),
-            "built_from": built_from["lake_version"], "manifest": manifest, "second_file": second.name,
+            "built_from": built_from["data_version"], "manifest": manifest, "second_file": second.name,
             "new_segments": sorted(set(s["segment"] for s in manifest["segments"])
                                    - set(s["segment"] for s in built_from["segments"]))}
 

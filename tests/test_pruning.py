@@ -7,8 +7,8 @@ import datetime as dt
 
 from helpers import check_against_baseline
 
-from analytics.lake.manifest import Lake
 from analytics.lake.pruning import day_bounds, lake_relation
+from analytics.lake.state import Lake
 from analytics.query.model import parse_query
 from analytics.serving.router import LAKE
 
@@ -31,7 +31,7 @@ def test_day_bounds_cover_every_row_the_filters_keep():
 
 def test_pruned_lake_answers_equal_the_baseline_at_segment_edges(baseline, workbench, lake_dir):
     lake = Lake.open(lake_dir)
-    segments = lake.manifest["segments"]
+    segments = lake.state["segments"]
     assert len(segments) >= 3
     all_files = len(lake.event_files())
     pruned = 0

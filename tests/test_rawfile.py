@@ -13,15 +13,16 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from helpers import state_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import analytics.lake.prepare as prepare_mod
 from analytics.checks.remediation import format_report, remediation_report
 from analytics.lake import rawfile
-from analytics.lake.manifest import MANIFEST, Lake, SegmentEntry
 from analytics.lake.prepare import PrepareError, prepare
 from analytics.lake.rules import MAX_LINE_BYTES, REMEDIATION_RULES
+from analytics.lake.state import Lake, SegmentEntry
 from analytics.query.schema import RAW_HEADER
 
 HEADER = ",".join(RAW_HEADER).encode() + b"\n"
@@ -64,7 +65,7 @@ def test_an_empty_part_counts_zero_rows_and_the_others_are_ingested(tmp_path: Pa
     with caplog.at_level(logging.WARNING):
         summary = prepare(tmp_path / "raw", tmp_path / "lake", progress=False)
     assert summary["totals"]["rows_lake"] == 5 == lake_rows(tmp_path / "lake")
-    empty = [s for s in Lake.open(tmp_path / "lake").manifest["segments"] if s["source"]["file"] == "events_part_00001.csv"]
+    empty = [s for s in Lake.open(tmp_path / "lake").state["segments"] if s["source"]["file"] == "events_part_00001.csv"]
     assert len(empty) == 1 and (empty[0]["rows_read"], empty[0]["files"]) == (0, {})
     messages = [r.getMessage() for r in caplog.records]
     assert any("events_part_00001.csv is empty (0 bytes)" in m and "\n" not in m for m in messages), messages
@@ -121,7 +122,7 @@ def test_an_unreadable_part_is_rejected_and_the_others_are_ingested(tmp_path: Pa
     write_part(raw / "events_part_00003.csv", good_rows(4, start=10))
     summary = prepare(raw, lake, progress=False)
     assert summary["totals"]["rows_lake"] == 9 == lake_rows(lake)
-    rejected = Lake.open(lake).manifest["rejected"]
+    rejected = Lake.open(lake).state["rejected"]
     assert [r["file"] for r in rejected] == ["events_part_00001.csv", "events_part_00002.csv"]
     assert rejected[0]["reason"] == "cannot read: Is a directory" and "CSV" in rejected[1]["reason"]
     assert summary["rejected"] == rejected
@@ -141,7 +142,7 @@ def test_a_full_disk_removes_the_staging_at_once_and_names_the_part(tmp_path: Pa
     raw, lake = tmp_path / "raw", tmp_path / "lake"
     write_part(raw / "events_part_00000.csv", good_rows(5))
     prepare(raw, lake, progress=False)
-    before = (lake / MANIFEST).read_bytes()
+    before = state_file(lake).read_bytes()
     write_part(raw / "events_part_00001.csv", good_rows(5, start=5))
     write_part(raw / "events_part_00002.csv", good_rows(5, start=10))
     real = prepare_mod._ingest
@@ -160,10 +161,10 @@ def test_a_full_disk_removes_the_staging_at_once_and_names_the_part(tmp_path: Pa
     assert "\n" not in message and "events_part_00002.csv" in message and "No space left on device" in message
     assert seen[-1], "the failure must come after something was staged"
     assert not any((lake / "_staging").iterdir())
-    assert (lake / MANIFEST).read_bytes() == before
+    assert state_file(lake).name == "00000000000000000000.json" and state_file(lake).read_bytes() == before
 
 
-def test_a_manifest_written_before_segment_entries_reads_and_round_trips(tmp_path: Path) -> None:
+def test_a_state_written_before_segment_entries_reads_and_round_trips(tmp_path: Path) -> None:
     # a segment exactly as the code before SegmentEntry wrote it (key order included), and no `rejected`
     old_segment = {
         "segment": "seg-0123456789ab", "files": {"serve": "events/type=serve/seg-0123456789ab.parquet"},
@@ -177,13 +178,13 @@ def test_a_manifest_written_before_segment_entries_reads_and_round_trips(tmp_pat
     raw, lake = tmp_path / "raw", tmp_path / "lake"
     write_part(raw / "events_part_00000.csv", good_rows(5))
     prepare(raw, lake, progress=False)
-    manifest = json.loads((lake / MANIFEST).read_text())
-    del manifest["rejected"]  # the old shape
-    (lake / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    before = (lake / MANIFEST).read_bytes()
+    state = json.loads(state_file(lake).read_text())
+    del state["rejected"]  # the old shape
+    state_file(lake).write_text(json.dumps(state, indent=1))
+    before = state_file(lake).read_bytes()
     assert lake_rows(lake) == 5 and remediation_report(lake)["ok"]
     assert prepare(raw, lake, progress=False)["changed"] is False
-    assert (lake / MANIFEST).read_bytes() == before
+    assert state_file(lake).read_bytes() == before
 
 
 # ---- property: random bytes appended to a valid part ---------------------------------------------

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from helpers import state_file
 
 from analytics.checks.remediation import remediation_report
 from analytics.cli import main
 from analytics.lake.generator import generate
 from analytics.lake.prepare import prepare
 from analytics.lake.rules import REASONS
+from analytics.lake.state import Lake
 
 HEADER = "ts,type,auction_id,advertiser_id,publisher_id,bid_price,user_id,total_price,country\n"
 # 2024-03-01 00:00:00 UTC and 2024-03-02 12:00:00 UTC in ms
@@ -99,7 +101,7 @@ def test_samples_are_capped_per_reason(tmp_path: Path) -> None:
 
 
 def _tamper(lake: Path, edit) -> None:  # noqa: ANN001
-    path = lake / "_manifest.json"
+    path = state_file(lake)
     manifest = json.loads(path.read_text())
     edit(manifest)
     path.write_text(json.dumps(manifest))
@@ -140,8 +142,8 @@ def test_counts_are_checked_against_the_files(hand_lake: Path, tmp_path: Path) -
     _tamper(lake, edit)
     r = remediation_report(lake)
     failed = [c for c in r["checks"] if not c["ok"]]
-    assert [c["check"].split(": ", 1)[1] for c in failed] == ["rows in events/type=serve/" +
-                                                            Path(r["segments"][0]["segment"]).name + ".parquet"]
+    serve_file = Lake.open(lake).state["segments"][0]["files"]["serve"]
+    assert [c["check"].split(": ", 1)[1] for c in failed] == [f"rows in {serve_file}"]
     assert failed[0]["expected"] == 3 and failed[0]["actual"] == 2
 
 

@@ -23,6 +23,7 @@ pytest.importorskip("pyspark")
 if shutil.which("java") is None:  # pragma: no cover
     pytest.skip("Spark needs Java", allow_module_level=True)
 
+from helpers import state_file
 from querygen import random_queries  # noqa: E402
 
 from analytics.checks.baseline import baseline_query, connect_baseline  # noqa: E402
@@ -31,9 +32,10 @@ from analytics.cli import main  # noqa: E402
 from analytics.engines.spark_engine import SparkEngine, compile_spark  # noqa: E402
 from analytics.engines.spark_sql import SPARK_FUNCTIONS  # noqa: E402
 from analytics.lake.generator import generate  # noqa: E402
-from analytics.lake.manifest import Lake
 from analytics.lake.prepare import PrepareError, prepare
 from analytics.lake.rules import DUCKDB_FUNCTIONS, render_rule_sql  # noqa: E402
+from analytics.lake.state import Lake
+from analytics.lake.table import latest_version
 from analytics.query.compare import compare_dirs  # noqa: E402
 from analytics.query.model import QueryError, parse_query  # noqa: E402
 from analytics.query.results import compare_rows, to_rows  # noqa: E402
@@ -139,7 +141,7 @@ def clean(raw: Path, lakes: tuple[Path, Path], tmp_path_factory: pytest.TempPath
     out = tmp_path_factory.mktemp("spark_clean")
     lake = Lake.open(lakes[0])
     con = duckdb.connect()
-    for seg in lake.manifest["segments"]:
+    for seg in lake.state["segments"]:
         drop: collections.Counter[str] = collections.Counter()
         if seg["quarantine_file"]:
             for row in con.execute("SELECT * FROM read_parquet(?)", [str(lake.root / seg["quarantine_file"])]).fetchall():
@@ -171,7 +173,7 @@ def _same_files(con: duckdb.DuckDBPyConnection, a: Path, b: Path) -> str | None:
 
 
 def _assert_same_lake(duck: Path, spark: Path) -> None:
-    md, ms = Lake.open(duck).manifest, Lake.open(spark).manifest
+    md, ms = Lake.open(duck).state, Lake.open(spark).state
     assert ms["lake_version"] == md["lake_version"]
     assert ms["totals"] == md["totals"]
     assert ms["layout"] == md["layout"]
@@ -236,7 +238,7 @@ def test_odd_csv_lines_are_classified_alike(tmp_path: Path, spark_engine: SparkE
     prepare(raw, tmp_path / "duck", progress=False)
     prepare(raw, tmp_path / "spark", progress=False, engine=spark_engine)
     _assert_same_lake(tmp_path / "duck", tmp_path / "spark")
-    totals = Lake.open(tmp_path / "spark").manifest["totals"]
+    totals = Lake.open(tmp_path / "spark").state["totals"]
     assert totals["rows_read"] == len([line for line in ODD_LINES if line]) + 3
     reasons = totals["quarantine_by_reason"]
     assert reasons["wrong_field_count"] == 4 and reasons["price_unparseable"] == 4 and reasons["price_negative"] == 1
@@ -249,7 +251,7 @@ def test_quoting_it_cannot_split_by_line_is_refused(tmp_path: Path, spark_engine
     _write_part(raw / "events_part_00000.csv", [f"{T1},serve,a1,1,2,,10,,US", line])
     with pytest.raises(PrepareError, match=r"events_part_00000\.csv line 3"):
         prepare(raw, tmp_path / "lake", progress=False, engine=spark_engine)
-    assert not (tmp_path / "lake" / "_manifest.json").exists()
+    assert latest_version(tmp_path / "lake") is None
 
 
 def test_a_bom_and_an_empty_part_are_read_alike_and_lines_the_pre_pass_diverts_are_refused(
@@ -262,13 +264,13 @@ def test_a_bom_and_an_empty_part_are_read_alike_and_lines_the_pre_pass_diverts_a
     prepare(raw, tmp_path / "duck", progress=False)
     prepare(raw, tmp_path / "spark", progress=False, engine=spark_engine)
     _assert_same_lake(tmp_path / "duck", tmp_path / "spark")
-    assert Lake.open(tmp_path / "spark").manifest["totals"]["rows_lake"] == 2
+    assert Lake.open(tmp_path / "spark").state["totals"]["rows_lake"] == 2
     (raw / "events_part_00002.csv").write_bytes(f"{HEADER}\n{T1},serve,a3,1,2,,10,,US\n".encode()
                                                 + b"\xff" + f"{T1},serve,a4,1,2,,10,,US\n".encode())
-    before = (tmp_path / "spark" / "_manifest.json").read_bytes()
+    before = state_file(tmp_path / "spark").read_bytes()
     with pytest.raises(PrepareError, match=r"events_part_00002\.csv line 3: not_utf8.*--engine duckdb"):
         prepare(raw, tmp_path / "spark", progress=False, engine=spark_engine)
-    assert (tmp_path / "spark" / "_manifest.json").read_bytes() == before
+    assert state_file(tmp_path / "spark").read_bytes() == before
     assert not any((tmp_path / "spark" / "_staging").iterdir())
 
 

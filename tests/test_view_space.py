@@ -230,7 +230,7 @@ def test_every_buildable_view_answers_like_the_baseline(space: dict[str, Any], t
 
     # a part lands: the refresh writes a delta beside the version (keys now repeat across pieces)
     shutil.copytree(space["lake_grown"] / "events", lake / "events", dirs_exist_ok=True)
-    shutil.copy(space["lake_grown"] / "_manifest.json", lake / "_manifest.json")
+    shutil.copytree(space["lake_grown"] / "_state", lake / "_state", dirs_exist_ok=True)
     summary = build(lake, [view.name], progress=False, compact_deltas=False)
     assert not summary["failed"], summary["failed"]
     entry = load_registry(lake)["views"][view.name]

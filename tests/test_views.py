@@ -18,8 +18,8 @@ from analytics.checks.baseline import baseline_query, connect_baseline
 from analytics.core import db, faults
 from analytics.core.memory import parse_size
 from analytics.lake.generator import generate
-from analytics.lake.manifest import Lake
 from analytics.lake.prepare import prepare
+from analytics.lake.state import Lake
 from analytics.query.model import parse_query
 from analytics.query.results import compare_rows, to_rows
 from analytics.serving.router import LAKE

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 from analytics.adaptive.indexes import IndexProposal, index_bytes, index_candidates
 from analytics.core import db
 from analytics.core.memory import parse_size
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.query.model import Query
 from analytics.query.schema import EVENT_TYPES
 from analytics.query.shape import SHAPE_DIMS, query_shape, shape_columns, shape_key, shape_query
@@ -193,7 +193,7 @@ def estimate(view: ViewDef, lake: Lake, domains: Domains) -> tuple[int, int, flo
     manifest's rows and days per type and each key's measured domain (`lake_domains`): rows thrown
     uniformly into the view's key cells, K * (1 - exp(-n / K)) occupied (skew only makes the real
     view smaller)."""
-    lake_by_type = (lake.manifest.get("totals") or {}).get("lake_by_type") or {}
+    lake_by_type = (lake.state.get("totals") or {}).get("lake_by_type") or {}
     days = lake.days_by_type()
     rows = 0.0
     lake_rows = 0
@@ -221,7 +221,7 @@ def view_ms(view: ViewDef, est_rows: int, shape: dict[str, Any], lake: Lake, dom
     for each row it reads, the view's rows of the shape's types (in proportion to the lake's) cut
     by its time filters (one value of a time column keeps that many days of the lake's) and by the
     values of the view's first dimension (runs found by binary search)."""
-    lake_by_type = (lake.manifest.get("totals") or {}).get("lake_by_type") or {}
+    lake_by_type = (lake.state.get("totals") or {}).get("lake_by_type") or {}
     types = [t for t in view.types if t in (shape["types"] or view.types)]
     held = sum(lake_by_type.get(t, 0) for t in view.types) or 1
     rows = est_rows * sum(lake_by_type.get(t, 0) for t in types) / held

@@ -22,7 +22,7 @@ import pyarrow as pa
 from analytics.adaptive.advice import DEFAULT_RETIRE_AFTER_S, actual_bytes, advise
 from analytics.adaptive.indexes import build_indexes, index_bytes, retire_indexes
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.views.adaptive_catalog import PREFIX, load_adaptive, save_adaptive, view_from_entry
 from analytics.views.catalog import VIEWS, ViewDef
 from analytics.views.registry import VIEWS_DIR, load_registry

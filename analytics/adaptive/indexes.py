@@ -29,7 +29,7 @@ from analytics.lake.index.store import (
     column_bytes,
     usable,
 )
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.query.schema import EVENT_TYPES
 from analytics.query.shape import shape_columns
 from analytics.views.adaptive_catalog import index_def

@@ -234,7 +234,7 @@ class SafeBatchRunner(Closing):
         singles = [it for it in todo if id(it) not in shared_ids]
         scans: list[SharedScan] = []
         if shareable:
-            rows_by_type = (self.wb.lake.manifest.get("totals") or {}).get("lake_by_type")
+            rows_by_type = (self.wb.lake.state.get("totals") or {}).get("lake_by_type")
             for g in plan_shared_scans([(it, it.query) for it in shareable], max_groups=self.max_groups,
                                        max_ratio=self.max_group_ratio, rows_by_type=rows_by_type):
                 if g.size == 1:

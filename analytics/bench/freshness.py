@@ -27,8 +27,8 @@ from typing import Any, Sequence
 from analytics.bench.summary import attach
 from analytics.core.files import write_atomic
 from analytics.lake.generator import generate
-from analytics.lake.manifest import Lake
 from analytics.lake.prepare import prepare
+from analytics.lake.state import Lake
 from analytics.query.model import parse_query
 from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
@@ -112,7 +112,7 @@ def measure_freshness(lake_src: str | os.PathLike, raw_src: str | os.PathLike, p
     landing.mkdir(parents=True)
     for p in raw_src.glob("*.csv"):
         os.link(p, landing / p.name)
-    out: dict[str, Any] = {"lake_rows": Lake.open(lake).manifest["totals"]["rows_lake"]}
+    out: dict[str, Any] = {"lake_rows": Lake.open(lake).state["totals"]["rows_lake"]}
     started = time.perf_counter()
     ingest(landing, lake, settle=0)  # adopts the lake's own parts: nothing to prepare or refresh
     out["adopt_seconds"] = round(time.perf_counter() - started, 3)

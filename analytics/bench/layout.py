@@ -19,9 +19,9 @@ from analytics.batch.telemetry import percentile
 from analytics.bench.workloads import ROOT
 from analytics.core import db
 from analytics.core.sql import sql_string
-from analytics.lake.manifest import Lake
 from analytics.lake.prepare import prepare
 from analytics.lake.rules import LAKE_PROJECTION, raw_csv_sql
+from analytics.lake.state import Lake
 from analytics.query.compiler import compile_query
 from analytics.query.model import Query, load_queries, parse_query
 from analytics.query.results import compare_rows, to_rows

@@ -17,7 +17,7 @@ import pyarrow as pa
 from analytics.checks.baseline import baseline_query, connect_baseline
 from analytics.core import db
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.query.compiler import compile_query
 from analytics.query.model import Query
 

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from analytics.bench.peers import Unsupported
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.query.model import Agg, Condition, Query
 
 

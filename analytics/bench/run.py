@@ -40,7 +40,7 @@ from analytics.bench.summary import evaluate_targets, rounded, summarize
 from analytics.bench.workloads import DEFAULT_WORKLOADS, ROOT, load_workloads
 from analytics.core.files import write_atomic
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.query.model import Query
 from analytics.query.results import compare_rows, to_rows
 
@@ -214,7 +214,7 @@ def run_benchmark(raw_dir: str | os.PathLike | None, lake_dir: str | os.PathLike
     lake = Lake.open(lake_dir)
     items = load_workloads(workloads)
     valid = [it for it in items if it["query"] is not None]
-    n_rows = int(rows) if rows else int(lake.manifest.get("totals", {}).get("rows_read") or 0)
+    n_rows = int(rows) if rows else int(lake.state.get("totals", {}).get("rows_read") or 0)
     say(f"benchmark: {len(items)} queries ({', '.join(sorted({it['workload'] for it in items}))}) on "
         f"{n_rows:,} rows; engines {', '.join(engines)}; {repeats} warm repeats")
     load_start = os.getloadavg()

@@ -20,7 +20,7 @@ from analytics.bench.text import format_ms
 from analytics.bench.workloads import JUDGES
 from analytics.core.files import format_bytes, write_atomic
 from analytics.core.memory import parse_size
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.serving.router import LAKE
 
 TARGET_ROWS = 15_000_000

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 
 from analytics.core import db
 from analytics.core.sql import sql_string
-from analytics.lake.manifest import Lake
 from analytics.lake.rules import REASONS
+from analytics.lake.state import Lake
 from analytics.query.schema import EVENT_TYPES, RAW_HEADER
 
 # Columns of a quarantine file, in order, as `lake.prepare` writes them.
@@ -62,7 +62,7 @@ def remediation_report(lake_dir: str | os.PathLike, samples: int = 5) -> dict[st
     if samples < 0:
         raise ValueError(f"samples must be >= 0, got {samples}")
     lake = Lake.open(lake_dir)
-    manifest = lake.manifest
+    manifest = lake.state
     segments = manifest.get("segments", [])
     totals = manifest.get("totals") or {}
     checks: list[dict[str, Any]] = []
@@ -191,7 +191,7 @@ def raw_accounting(lake_dir: str | os.PathLike, raw_dir: str | os.PathLike) -> l
     its non-empty data lines equal `rows_read`. Every `*.csv` in `raw_dir` is in the lake or in its
     `rejected` list (else `prepare` has not run since it appeared).
     """
-    from analytics.lake.manifest import fingerprint
+    from analytics.lake.state import fingerprint
 
     lake = Lake.open(lake_dir)
     raw = Path(raw_dir)
@@ -199,7 +199,7 @@ def raw_accounting(lake_dir: str | os.PathLike, raw_dir: str | os.PathLike) -> l
         raise FileNotFoundError(f"raw directory {str(raw)!r} does not exist or is not a directory")
     checks: list[dict[str, Any]] = []
     known = set()
-    for seg in lake.manifest.get("segments", []):
+    for seg in lake.state.get("segments", []):
         name = seg["source"]["file"]
         known.add(name)
         path = raw / name
@@ -210,7 +210,7 @@ def raw_accounting(lake_dir: str | os.PathLike, raw_dir: str | os.PathLike) -> l
         _check(checks, f"raw {name}: unchanged since prepare (fingerprint)", True, same)
         if same:
             _check(checks, f"raw {name}: data lines == rows_read", seg["rows_read"], count_data_lines(path))
-    known |= {r["file"] for r in lake.manifest.get("rejected") or []}
+    known |= {r["file"] for r in lake.state.get("rejected") or []}
     extra = sorted(p.name for p in raw.glob("*.csv") if p.name not in known)
     _check(checks, f"raw {raw}: every *.csv part is in the lake or listed as rejected", [], extra)
     return checks

@@ -20,7 +20,7 @@ from analytics.core.checksum import ChecksumError, check
 from analytics.lake.damage import update_damage
 from analytics.lake.index.store import index_records
 from analytics.lake.integrity import segment_files
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.views.adaptive_catalog import load_adaptive
 from analytics.views.registry import entry_records, load_registry
 

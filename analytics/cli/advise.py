@@ -74,7 +74,7 @@ def read_workload(lake: str) -> list[dict[str, Any]]:
 def cmd_advise(args: argparse.Namespace) -> int:
     from analytics.adaptive.advice import advise
     from analytics.core.files import format_bytes
-    from analytics.lake.manifest import Lake
+    from analytics.lake.state import Lake
 
     open_lake(args.lake)
     check_budget(args.budget, args.lake)

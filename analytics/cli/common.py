@@ -34,15 +34,18 @@ class CliError(Exception):
 
 def open_lake(path: str) -> None:
     """Refuse a `--lake` that is not a readable prepared lake before any work starts."""
-    from analytics.lake.manifest import MANIFEST, Lake
+    from analytics.lake.state import Lake
+    from analytics.lake.table import VersionUnavailable
 
     try:
         lake = Lake.open(path)
-        _ = (lake.version, lake.segment_ids)  # the fields every command reads first: a damaged manifest fails here
-    except (FileNotFoundError, NotADirectoryError):
-        raise CliError(f"{path} is not a prepared lake (no {MANIFEST}); run `analytics prepare` first") from None
-    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
-        raise CliError(f"{os.path.join(path, MANIFEST)} is damaged ({type(exc).__name__}: {first_line(exc)}); "
+        _ = (lake.version, lake.segment_ids)  # the fields every command reads first: a damaged state fails here
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise CliError(first_line(exc)) from None
+    except VersionUnavailable as exc:
+        raise CliError(first_line(exc)) from None
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError, OSError) as exc:
+        raise CliError(f"the table state of {path} is damaged ({type(exc).__name__}: {first_line(exc)}); "
                        f"prepare the lake again into a new directory") from None
 
 

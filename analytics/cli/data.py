@@ -5,7 +5,6 @@ Must not hold logic a test cannot reach through the package: each command is a t
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from analytics.cli.common import (
@@ -34,12 +33,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from analytics.lake.manifest import MANIFEST
     from analytics.lake.prepare import prepare
+    from analytics.lake.table import latest_version
 
     out_dir(args.lake, "--lake")
-    if os.path.exists(os.path.join(args.lake, MANIFEST)):
-        open_lake(args.lake)  # a damaged manifest: stop before adding to a lake of unknown state
+    if latest_version(Path(args.lake)) is not None:
+        open_lake(args.lake)  # a damaged state: stop before adding to a lake of unknown state
 
     summary = prepare(args.raw, args.lake, progress=not args.quiet, memory_limit=args.memory_limit,
                       engine=engine_from_args(args))

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 
 from analytics.cli.common import EXIT_INTERRUPTED, AddCommand, CliError, open_lake, out_dir
@@ -29,12 +30,12 @@ def _seconds(text: str) -> float:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from analytics.lake.manifest import MANIFEST
+    from analytics.lake.table import latest_version
     from analytics.views.ingest import IngestBusy, ingest
 
     out_dir(args.lake, "--lake")
-    if os.path.exists(os.path.join(args.lake, MANIFEST)):
-        open_lake(args.lake)
+    if latest_version(Path(args.lake)) is not None:
+        open_lake(args.lake)  # a damaged state: stop before adding to a lake of unknown state
     if not os.path.isdir(args.raw):
         raise CliError(f"--raw: {args.raw} does not exist or is not a directory")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,

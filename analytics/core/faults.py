@@ -18,8 +18,10 @@ ENV = "ANALYTICS_CRASH_AT"
 POINTS: dict[str, str] = {
     "prepare:after-stage": "every new segment is written to staging; nothing is promoted",
     "prepare:mid-rename": "the first staged file is renamed into the lake; the others are not",
-    "prepare:after-rename-before-manifest": "every file is in place; the manifest still names the old set",
-    "prepare:after-manifest": "the new manifest is committed; leftovers are not yet swept",
+    "prepare:after-rename-before-commit": "every file is in place; the Delta log still names the old set",
+    "commit:before-delta": "the commit's actions are ready; the Delta log has no new version",
+    "commit:after-delta": "the Delta log has the new version; its state file is not written",
+    "prepare:after-commit": "the new version and its state are committed; leftovers are not yet swept",
     "build:after-aggregate": "a view version is staged under a hidden name; nothing is checked or promoted",
     "build:after-rename-before-registry": "the new version file is in place; the registry still names the old one",
     "build:after-registry": "the registry names the new version; old versions are not yet swept",

@@ -25,8 +25,8 @@ from typing import Mapping, Protocol
 import pyarrow as pa
 
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
-from analytics.lake.manifest import Lake
 from analytics.lake.prepare import Ingester
+from analytics.lake.state import Lake
 from analytics.query.model import Query
 from analytics.views.build import Aggregator
 

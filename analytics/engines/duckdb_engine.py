@@ -12,8 +12,8 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from analytics.core import db
-from analytics.lake.manifest import Lake
 from analytics.lake.prepare import ingest_parts
+from analytics.lake.state import Lake
 from analytics.query.compiler import compile_query
 from analytics.query.model import Query
 from analytics.views.build import DuckDBAggregator

@@ -49,10 +49,10 @@ from analytics.engines.spark_sql import (
     Conversions,
     spark_str,
 )
-from analytics.lake.manifest import DEFAULT_ROW_GROUP_SIZE, EVENTS_DIR, QUARANTINE_DIR, Lake, RejectedPart, SegmentEntry
 from analytics.lake.prepare import PrepareError
 from analytics.lake.rawfile import first_diverted
 from analytics.lake.rules import WRONG_FIELD_COUNT, reason_case_sql
+from analytics.lake.state import DEFAULT_ROW_GROUP_SIZE, EVENTS_DIR, QUARANTINE_DIR, Lake, RejectedPart, SegmentEntry
 from analytics.query.compiler import compile_query
 from analytics.query.model import Query
 from analytics.query.schema import EVENT_TYPES, LAKE_TYPES, RAW_HEADER

@@ -28,7 +28,7 @@ import xxhash
 
 from analytics.core.checksum import ChecksumError, check, file_record
 from analytics.lake.damage import load_damage, update_damage
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 
 REST = "(footer)"  # the digest of a file's bytes outside its column chunks
 
@@ -49,7 +49,7 @@ def segment_files(lake: Lake, paths: Iterable[Path] | None = None) -> list[Segme
     # paths as `Lake.event_files` gives them: under lake.root as it was opened
     wanted = {Path(p).relative_to(lake.root).as_posix() for p in paths} if paths is not None else None
     out = []
-    for seg in lake.manifest["segments"]:
+    for seg in lake.state["segments"]:
         part = (seg.get("source") or {}).get("file", seg["segment"])
         records = seg.get("checksums") or {}
         rels = list(seg["files"].values()) + ([seg["quarantine_file"]] if seg.get("quarantine_file") else [])

@@ -1,13 +1,15 @@
-"""The lake: raw CSV parts remediated into Parquet, with a quarantine and a manifest that commits.
+"""The lake: raw CSV parts remediated into Parquet, with a quarantine, committed to a Delta table.
 
 Owns `prepare` (read every `*.csv` with an explicit schema after the raw-file pre-pass of
 `rawfile`, quarantine untrustworthy rows with a reason, write typed Parquet partitioned by
-`type`, sorted by `ts`, ZSTD) and DuckDB's ingester. The manifest is the commit point: readers
-see exactly the files it lists, so files promoted by a run that was killed before writing it
-stay invisible and are swept by the next run (each step between two durable states is a named
-crash point of `core.faults`). Each CSV part becomes one *segment* (one file per type plus its
+`type`, sorted by `ts`, ZSTD) and DuckDB's ingester. A run is one Delta commit (`table.commit`):
+readers see exactly the files of the version they open, so files promoted by a run killed
+before its commit stay invisible and are swept by the next run (each step between two durable
+states is a named crash point of `core.faults`). Files a commit removes stay on disk for time
+travel until `analytics vacuum`. Each CSV part becomes one *segment* (one file per type plus its
 quarantine), so a new part is appended without rewriting anything else; a part that cannot be
-read is listed as rejected and never stops the others. Must not know about queries or views.
+read is listed as rejected and never stops the others. A lake of the old format (`_manifest.json`)
+is upgraded in place by its next run. Must not know about queries or views.
 """
 from __future__ import annotations
 
@@ -29,26 +31,9 @@ from tqdm.auto import tqdm
 
 from analytics.core import db
 from analytics.core.faults import crash_point
-from analytics.core.files import write_atomic
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.core.sql import sql_string
 from analytics.lake.integrity import cheap_damage, segment_record
-from analytics.lake.manifest import (
-    DEFAULT_ROW_GROUP_SIZE,
-    EVENTS_DIR,
-    MANIFEST,
-    QUARANTINE_DIR,
-    SCHEMA_VERSION,
-    STAGING_DIR,
-    Lake,
-    RejectedPart,
-    SegmentEntry,
-    _empty_manifest,
-    _lake_version,
-    _segment_id,
-    _totals,
-    fingerprint,
-)
 from analytics.lake.rawfile import BOM, RawScan, scan_part
 from analytics.lake.rules import (
     DUCKDB_FUNCTIONS,
@@ -58,6 +43,29 @@ from analytics.lake.rules import (
     WRONG_FIELD_COUNT,
     raw_csv_sql,
     reason_case_sql,
+)
+from analytics.lake.state import (
+    DEFAULT_ROW_GROUP_SIZE,
+    LEGACY_MANIFEST,
+    QUARANTINE_DIR,
+    SCHEMA_VERSION,
+    STAGING_DIR,
+    Lake,
+    RejectedPart,
+    SegmentEntry,
+    _segment_id,
+    fingerprint,
+)
+from analytics.lake.table import (
+    EVENTS_DIR,
+    commit,
+    files_of,
+    latest_version,
+    mark_pending,
+    read_state,
+    sweep_pending,
+    totals,
+    write_state,
 )
 from analytics.query.schema import EVENT_TYPES, RAW_HEADER
 
@@ -228,15 +236,16 @@ def _entry_files(entry: SegmentEntry) -> list[str]:
     return list(entry.files.values()) + ([entry.quarantine_file] if entry.quarantine_file else [])
 
 
-def _sweep(lake: Path, manifest: dict[str, Any]) -> None:
-    """Remove what no committed manifest refers to: staging left by a killed run, orphan files."""
-    shutil.rmtree(lake / STAGING_DIR, ignore_errors=True)
-    live = {seg["files"][t] for seg in manifest["segments"] for t in seg["files"]}
-    live |= {seg["quarantine_file"] for seg in manifest["segments"] if seg.get("quarantine_file")}
-    for sub in (EVENTS_DIR, QUARANTINE_DIR):
-        for f in (lake / sub).rglob("*.parquet") if (lake / sub).exists() else ():
-            if f.relative_to(lake).as_posix() not in live:
-                f.unlink(missing_ok=True)
+def _current(lake: Path) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The state the run starts from: (the table's newest state or None, the segments to start from),
+    the latter from the old format's manifest when the lake has not been upgraded yet."""
+    latest = latest_version(lake)
+    if latest is not None:
+        state = read_state(lake, latest)
+        return state, state
+    if (lake / LEGACY_MANIFEST).is_file():
+        return None, json.loads((lake / LEGACY_MANIFEST).read_text())
+    return None, {"segments": [], "totals": {}, "rejected": [], "history": [], "lake_version": None}
 
 
 def _warn_rejected(rejected: list[RejectedPart]) -> None:
@@ -252,14 +261,15 @@ def _source(src: Path) -> dict[str, Any]:
 
 def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress: bool = True,
             memory_limit: str = DEFAULT_MEMORY_LIMIT, row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
-            engine: Ingester | None = None) -> dict[str, Any]:
+            engine: Ingester | None = None, operation: str = "prepare") -> dict[str, Any]:
     """Bring the lake in line with the CSV parts in `raw_dir`; returns a summary of what changed.
 
     New or changed parts are ingested, parts gone from `raw_dir` are dropped, unchanged parts
-    are untouched; with nothing to do it is a no-op (`summary["changed"] is False`). A part that
-    cannot be read is listed in the manifest's `rejected` (and the summary's) with the reason,
-    and the others are still ingested; an empty part counts with 0 rows. A header that is not
-    RAW_HEADER stops everything before anything is written (the part is not this data set's).
+    are untouched, all in one Delta commit (`operation` names it in the commit's metadata); with
+    nothing to do it is a no-op (`summary["changed"] is False`). A part that cannot be read is
+    listed in the state's `rejected` (and the summary's) with the reason, and the others are
+    still ingested; an empty part counts with 0 rows. A header that is not RAW_HEADER stops
+    everything before anything is written (the part is not this data set's).
     """
     raw = Path(raw_dir)
     lake = Path(lake_dir)
@@ -278,13 +288,14 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
     lake.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with FileLock(str(lake / ".prepare.lock")):
-        manifest = json.loads((lake / MANIFEST).read_text()) if (lake / MANIFEST).is_file() else _empty_manifest()
-        _sweep(lake, manifest)
-        known = {seg["source"]["file"]: seg for seg in manifest["segments"]}
+        base, current = _current(lake)
+        shutil.rmtree(lake / STAGING_DIR, ignore_errors=True)
+        sweep_pending(lake, files_of(current["segments"]))
+        known = {seg["source"]["file"]: seg for seg in current["segments"] if seg.get("source")}
         # segments whose files are missing, truncated or noted damaged (`analytics verify`, a query):
         # re-ingested from their raw part like a changed part; the other segments are not read
-        bad = cheap_damage(Lake(lake, manifest))
-        damaged = {seg["segment"] for seg in manifest["segments"]
+        bad = cheap_damage(Lake(lake, current))
+        damaged = {seg["segment"] for seg in current["segments"]
                    if any(rel in bad for rel in [*seg["files"].values(), seg.get("quarantine_file")])}
         keep: list[dict[str, Any]] = []
         todo: list[tuple[Path, dict[str, Any]]] = []
@@ -311,12 +322,12 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
                 continue
             todo.append((src, source))
         rejected = sorted(unreadable.values(), key=lambda r: r.file)
-        unchanged = {
-            "changed": False, "lake_version": manifest["lake_version"], "added": [], "dropped": [],
-            "rejected": manifest.get("rejected") or [], "totals": manifest["totals"]}
+        version = base["version"] if base else None
+        unchanged = {"changed": False, "lake_version": version, "added": [], "dropped": [],
+                     "rejected": current.get("rejected") or [], "totals": current["totals"]}
 
         def same_as_before(added: list[SegmentEntry]) -> bool:
-            return (not added and set(known) == {seg["source"]["file"] for seg in keep}
+            return (base is not None and not added and set(known) == {seg["source"]["file"] for seg in keep}
                     and [r.to_json() for r in rejected] == unchanged["rejected"])
 
         if not todo and same_as_before([]):
@@ -332,61 +343,86 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
                 shutil.rmtree(stage, ignore_errors=True)
                 _warn_rejected(rejected)
                 return {**unchanged, "seconds": time.perf_counter() - started}
-            for entry in added:  # each staged file's checksum, recorded beside it in the manifest
-                entry.checksums = {rel: segment_record(stage / rel) for rel in _entry_files(entry)}
+            moves = _name_files(added, stage)
             crash_point("prepare:after-stage")
-            # promote: move staged files into place (still invisible), then commit the manifest
-            moved = 0
-            for entry in added:
-                for rel in _entry_files(entry):
-                    (lake / rel).parent.mkdir(parents=True, exist_ok=True)
-                    if (lake / rel).is_dir() and not (lake / rel).is_symlink():
-                        shutil.rmtree(lake / rel)  # a damaged segment replaced by a directory: repaired
-                    os.replace(stage / rel, lake / rel)
-                    moved += 1
-                    if moved == 1:
-                        crash_point("prepare:mid-rename")
-            crash_point("prepare:after-rename-before-manifest")
+            # promote: move staged files into place (still invisible: no version lists them), then commit
+            mark_pending(lake, moves)
+            for n, (rel, staged) in enumerate(moves.items()):
+                (lake / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staged, lake / rel)
+                if n == 0:
+                    crash_point("prepare:mid-rename")
+            crash_point("prepare:after-rename-before-commit")
             segments = sorted(keep + [e.to_json() for e in added], key=lambda s: s["source"]["file"])
             now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             dropped = sorted(set(known) - {seg["source"]["file"] for seg in segments})
             live = {seg["segment"] for seg in segments}
+            leaving = [seg for seg in current["segments"] if seg["segment"] not in live or seg["segment"] in damaged]
             # the days each segment leaving the lake covered: what a view refresh must recompute
-            gone = {seg["segment"]: seg["days"] for seg in manifest["segments"] if seg["segment"] not in live}
-            new_manifest = {
-                "schema_version": SCHEMA_VERSION,
-                "lake_version": _lake_version(segments),
-                "created_at": manifest.get("created_at") or now,
-                "updated_at": now,
-                "layout": {"partitioning": ["type"], "sort": ["ts"], "compression": "zstd",
-                           "row_group_size": row_group_size, "segment": "one file per source part and type"},
-                "segments": segments,
-                "totals": _totals(segments),
-                "history": (manifest.get("history") or [])[-49:] + [
-                    {"at": now, "added": [e.source["file"] for e in added], "dropped": dropped,
-                     "dropped_days": gone}],
+            gone = {seg["segment"]: seg["days"] for seg in leaving if seg["segment"] not in live}
+            run = {"at": now, "operation": operation, "added": [e.source["file"] for e in added],
+                   "dropped": dropped, "dropped_days": gone}
+            layout = {"partitioning": ["type"], "sort": ["ts"], "compression": "zstd",
+                      "row_group_size": row_group_size, "segment": "one file per source part and type"}
+            new_state = {
+                "schema_version": SCHEMA_VERSION, "created_at": current.get("created_at") or now, "updated_at": now,
+                "layout": layout, "segments": segments, "totals": totals(segments),
+                "history": (current.get("history") or [])[-49:] + [run],
                 "rejected": [r.to_json() for r in rejected],
             }
-            write_atomic(lake / MANIFEST, json.dumps(new_manifest, indent=1))
+            upgrade = base is None and current.get("lake_version") is not None
+            # the commit's metadata holds what a reader needs to rebuild the state from the log alone
+            described = segments if base is None else [e.to_json() for e in added]
+            meta = {"operation": "upgrade" if upgrade else operation, "parts_added": run["added"],
+                    "parts_dropped": dropped, "rejected": new_state["rejected"], "accounting": totals(described),
+                    "segments": described, "layout": layout, "history": run}
+            added_files = [rel for seg in described for rel in seg["files"].values()]
+            removed_files = [rel for seg in leaving for rel in seg["files"].values()] if base else []
+            state = commit(lake, base, new_state, added=added_files, removed=removed_files, meta=meta)
+            if upgrade and not added and not dropped:
+                # the same data as the old format's version: what was built from it stays valid
+                state["data_aliases"] = [current["lake_version"]]
+                write_state(lake, state)
         except BaseException as exc:  # nothing half-staged stays behind, whatever stopped the run
             shutil.rmtree(stage, ignore_errors=True)
             if isinstance(exc, PrepareError) or not isinstance(exc, Exception):
                 raise
-            names = ", ".join(src.name for src, _ in todo)
+            names = ", ".join(src.name for src, _ in todo) or "the lake's upgrade"
             raise PrepareError(f"prepare of {names} failed: {_first_line(exc)}") from None
-        crash_point("prepare:after-manifest")
-        _sweep(lake, new_manifest)
+        crash_point("prepare:after-commit")
+        (lake / LEGACY_MANIFEST).unlink(missing_ok=True)
+        sweep_pending(lake, files_of(state["segments"]))
+        shutil.rmtree(lake / STAGING_DIR, ignore_errors=True)
         _warn_rejected(rejected)
         changed_days: dict[str, set[str]] = {}
-        kept = {seg["source"]["file"] for seg in keep}
-        for seg in [e.to_json() for e in added] + [old for name, old in known.items() if name not in kept]:
+        for seg in [e.to_json() for e in added] + leaving:
             for t, days in seg["days"].items():
                 changed_days.setdefault(t, set()).update(days)
-        return {"changed": True, "lake_version": new_manifest["lake_version"],
+        return {"changed": True, "lake_version": state["version"],
                 "added": [e.source["file"] for e in added], "dropped": dropped,
-                "rejected": new_manifest["rejected"],
+                "rejected": state["rejected"],
                 "changed_days": {t: sorted(d) for t, d in changed_days.items()},
-                "seconds": time.perf_counter() - started, "totals": new_manifest["totals"]}
+                "seconds": time.perf_counter() - started, "totals": state["totals"]}
+
+
+def _name_files(added: list[SegmentEntry], stage: Path) -> dict[str, Path]:
+    """Give each staged file its name in the lake, unique to this run (a file removed by a commit stays
+    for time travel until vacuum, so a part ingested again never writes over it), and record its checksum;
+    returns lake path -> staged file."""
+    run = uuid.uuid4().hex[:8]
+    moves: dict[str, Path] = {}
+
+    def rename(rel: str) -> str:
+        new = rel.removesuffix(".parquet") + f".{run}.parquet"
+        moves[new] = stage / rel
+        return new
+
+    for entry in added:
+        entry.files = {t: rename(rel) for t, rel in entry.files.items()}
+        if entry.quarantine_file:
+            entry.quarantine_file = rename(entry.quarantine_file)
+        entry.checksums = {rel: segment_record(moves[rel]) for rel in _entry_files(entry)}
+    return moves
 
 
 def _stage(todo: list[tuple[Path, dict[str, Any]]], stage: Path, rejected: list[RejectedPart],

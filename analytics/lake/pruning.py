@@ -19,7 +19,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.query.model import Condition, Query, types_selected
 from analytics.query.schema import EVENT_TYPES
 
@@ -88,7 +88,7 @@ def _pruned(lake: Lake, query: Query) -> tuple[list[str], list[str]] | None:
     if len(types) == len(EVENT_TYPES) and lo is None and hi is None:
         return None
     segments = []
-    for seg in lake.manifest["segments"]:
+    for seg in lake.state["segments"]:
         days_by_type = seg.get("days") or {}
         for t in types:
             if t not in seg["files"]:

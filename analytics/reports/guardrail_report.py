@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from analytics.checks.guardrails import run_guardrails
 from analytics.core.files import write_atomic
-from analytics.lake.manifest import MANIFEST
+from analytics.lake.table import latest_version, read_state, write_state
 from analytics.serving.workbench import Workbench
 from analytics.views.registry import load_registry
 from analytics.views.serving_copy import serving_files
@@ -31,12 +31,15 @@ DEMO_VIEW = "mv_day_type_wide"  # the view a view-file fault damages
 
 
 def _stale_views(lake: Path) -> str:
-    path = lake / MANIFEST
-    manifest = json.loads(path.read_text())
-    old = manifest["lake_version"]
-    manifest["lake_version"] = "f" * len(old)
-    write_atomic(path, json.dumps(manifest, indent=1))
-    return f"{MANIFEST}: lake_version {old} -> {manifest['lake_version']}, as if `prepare` had committed new data"
+    version = latest_version(lake)
+    if version is None:
+        raise ValueError(f"{lake} is not a prepared lake")
+    state = read_state(lake, version)
+    old = state["data_version"]
+    state.update(data_version=old + 1_000_000, data_aliases=[])
+    write_state(lake, state)
+    return (f"state of lake version {version}: data version {old} -> {state['data_version']}, "
+            "as if `prepare` had committed new data")
 
 
 def _view_file(lake: Path) -> Path:

@@ -344,11 +344,11 @@ def run_query(wb: Any, query: dict[str, Any]) -> dict[str, Any]:
 
 
 def lake_summary(lake_dir: str | os.PathLike) -> dict[str, Any]:
-    """The lake as its manifest commits it: version, layout, and per segment its files and sizes."""
-    from analytics.lake.manifest import Lake
+    """The lake as its newest version commits it: version, layout, and per segment its files and sizes."""
+    from analytics.lake.state import Lake
 
     lake = Lake.open(lake_dir)
-    m = lake.manifest
+    m = lake.state
     segments = []
     for seg in m.get("segments", []):
         files = [lake.root / f for f in seg["files"].values()]
@@ -361,7 +361,7 @@ def lake_summary(lake_dir: str | os.PathLike) -> dict[str, Any]:
         })
     totals = m.get("totals") or {}
     return {
-        "lake": str(lake.root), "lake_version": m.get("lake_version"), "schema_version": m.get("schema_version"),
+        "lake": str(lake.root), "lake_version": lake.version, "schema_version": m.get("schema_version"),
         "created_at": m.get("created_at"), "updated_at": m.get("updated_at"), "layout": m.get("layout", {}),
         "rows_read": totals.get("rows_read", 0), "rows_lake": totals.get("rows_lake", 0),
         "rows_quarantined": totals.get("rows_quarantined", 0), "lake_by_type": totals.get("lake_by_type", {}),

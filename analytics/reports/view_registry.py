@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from analytics.batch.telemetry import read_events, stats
 from analytics.core.files import format_bytes
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.views.adaptive_catalog import all_views
 from analytics.views.build import build
 from analytics.views.catalog import VIEWS
@@ -44,7 +44,7 @@ def registry_table(lake_root: str | os.PathLike, health: Mapping[str, str | None
     docstring); `health` is `Workbench.health` (view name -> None when healthy, else why not)."""
     lake = Lake.open(lake_root)
     registry = load_registry(lake.root)["views"]
-    by_type = (lake.manifest.get("totals") or {}).get("lake_by_type", {})
+    by_type = (lake.state.get("totals") or {}).get("lake_by_type", {})
     use = router_use(lake.root)["routes"]
     rows = []
     for view in all_views(lake.root).values():
@@ -102,7 +102,7 @@ def refresh(lake_root: str | os.PathLike, **options: Any) -> dict[str, Any]:
     before = load_registry(root)["views"]
     summary = build(root, progress=False, **options)
     after = load_registry(root)["views"]
-    sources = {s["segment"]: s.get("source", {}).get("file") for s in Lake.open(root).manifest["segments"]}
+    sources = {s["segment"]: s.get("source", {}).get("file") for s in Lake.open(root).state["segments"]}
     status = {**{n: "up to date" for n in summary["up_to_date"]}, **{n: "built" for n in summary["built"]},
               **{n: f"FAILED: {why}" for n, why in summary["failed"].items()}}
     changes = []

@@ -10,7 +10,7 @@ second, single-threaded DuckDB database where a view's Parquet file becomes a SQ
 shapes the fast path leaves to SQL (a view answer is a small scan that gains nothing from
 parallel workers), one cursor per thread on each, the health of every view, and the plan of
 each query seen (a repeated query is not
-routed again while nothing changed). Each query stats the lake manifest and the view registry
+routed again while nothing changed). Each query stats the Delta log directory and the view registry
 (no file is opened) and reloads state, forgetting the plans, when either changed, so a
 `prepare`, `build` or `ingest` by another process is picked up at once; a query whose files a
 newer state swept meanwhile is planned again on that state. A damaged file never answers: a
@@ -41,8 +41,9 @@ from analytics.lake.damage import damage_path, load_damage, update_damage
 from analytics.lake.index.keyfilter import KeyFilter
 from analytics.lake.index.store import FILTER_ROWS, index_records
 from analytics.lake.integrity import cheap_damage, check_segments
-from analytics.lake.manifest import MANIFEST, Lake
 from analytics.lake.pruning import lake_files, lake_relation
+from analytics.lake.state import Lake
+from analytics.lake.table import LOG_DIR, take_lease
 from analytics.query.compiler import ident
 from analytics.query.model import Query, parse_query, types_selected
 from analytics.query.schema import EVENT_TYPES
@@ -74,8 +75,12 @@ class Workbench(Closing):
     """
 
     def __init__(self, lake: str | os.PathLike, *, use_views: bool = True, memory_limit: str = DEFAULT_MEMORY_LIMIT,
-                 threads: int | None = None, fast_path: bool = True) -> None:
+                 threads: int | None = None, fast_path: bool = True, as_of: int | str | None = None) -> None:
         self.root = Path(lake)
+        # time travel: the lake as it stood at a version or time; views answer only where they hold
+        # exactly its data. None follows the newest version.
+        self.as_of = None if as_of is None else Lake.open(self.root, as_of).version
+        self._lease: Path | None = None
         self.use_views = use_views
         self.fast_path = fast_path  # answer view routes with Arrow (arrow_exec) before falling back to SQL
         self.memory_limit = memory_limit
@@ -106,7 +111,8 @@ class Workbench(Closing):
         self._serving: dict[str, tuple[Path, list[dict[str, Any]]]] = {}
         self._types_checked: dict[str, set[str]] = {}
         # plain strings: refresh runs on every query, and pathlib's joins cost more than the stats
-        self._watched = (str(self.root / MANIFEST), str(registry_path(self.root)), str(adaptive_path(self.root)),
+        # a commit adds a file to the Delta log, which changes the log directory's mtime
+        self._watched = (str(self.root / LOG_DIR), str(registry_path(self.root)), str(adaptive_path(self.root)),
                          str(damage_path(self.root)))
         self.lake: Lake
         self.registry: dict[str, dict[str, Any]] = {}
@@ -124,7 +130,8 @@ class Workbench(Closing):
         with self._lock:
             if stamp == self._stamp and not force:
                 return
-            self.lake = Lake.open(self.root)
+            self.lake = Lake.open(self.root, self.as_of)
+            self._renew_lease()
             try:
                 self.lake.register(self._con, "events")
             except duckdb.IOException:
@@ -147,6 +154,12 @@ class Workbench(Closing):
                     self._warn(f"view {name}", why)
             self._plans = {}
             self._stamp = stamp
+
+    def _renew_lease(self) -> None:
+        """Hold a lease on the version read, so that `analytics vacuum` keeps its files meanwhile."""
+        old, self._lease = self._lease, take_lease(self.root, self.lake.version)
+        if old is not None:
+            old.unlink(missing_ok=True)
 
     def _route_indexes(self) -> None:
         """The router over the usable indexes not found damaged (the caller holds the lock)."""
@@ -457,6 +470,8 @@ class Workbench(Closing):
         return self.plan(query).describe()
 
     def close(self) -> None:
+        if self._lease is not None:
+            self._lease.unlink(missing_ok=True)
         self._con.close()
         if self._views_con is not None:
             self._views_con.close()

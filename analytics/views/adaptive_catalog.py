@@ -18,7 +18,7 @@ from filelock import FileLock
 
 from analytics.core.files import write_atomic
 from analytics.lake.index.store import IndexDef, index_files, usable
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.query.schema import EVENT_TYPES
 from analytics.query.shape import SHAPE_DIMS
 from analytics.views.catalog import CATALOG, TIME_GRAINS, VIEWS, ViewDef

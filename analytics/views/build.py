@@ -47,7 +47,7 @@ from analytics.lake.damage import load_damage, update_damage
 from analytics.lake.index.store import IndexBuildError, build_index, index_files
 from analytics.lake.index.store import files_damage as index_damage
 from analytics.lake.integrity import DamagedSegmentError, cheap_damage, check_segments
-from analytics.lake.manifest import DEFAULT_ROW_GROUP_SIZE, Lake
+from analytics.lake.state import DEFAULT_ROW_GROUP_SIZE, Lake
 from analytics.views.adaptive_catalog import all_views, index_def, load_adaptive, save_adaptive
 from analytics.views.catalog import VIEWS, ViewDef
 from analytics.views.day_ranges import Piece, cut
@@ -168,7 +168,7 @@ def repair_indexes(lake: Lake, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> dict
     out: dict[str, str] = {}
     for name, record in sorted(state["indexes"].items()):
         index = index_def(name, record) if isinstance(record, dict) else None
-        if index is None or record.get("lake_version") != lake.version:
+        if index is None or not lake.covers(record.get("lake_version")):
             continue
         missing = any(not f.is_file() for f in index_files(lake.root, record).values())
         if not missing and index_damage(lake.root, record, damaged) is None:
@@ -255,7 +255,7 @@ def compact_due(lake_dir: str | os.PathLike, names: Iterable[str] | None = None,
             try:
                 # proved against the lake the deltas cover: only a current version is compacted
                 check = (partial(proved, defs[name], lake, old_entry=entry, shapes=(), memory_limit=memory_limit)
-                         if entry["lake_version"] == lake.version else None)
+                         if lake.covers(entry["lake_version"]) else None)
                 compact(con, defs[name], lake, entry, check=check)
             finally:
                 con.close()
@@ -364,7 +364,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             "columns": expected, "rows": sum(rows_by_type.values()), "rows_by_type": rows_by_type,
             "bytes": final.stat().st_size, "checksum": checksum, "built_at": built_at,
             "build_seconds": round(time.perf_counter() - started, 3),
-            "lake_version": lake.version, "segments": sorted(lake.segment_ids),
+            "lake_version": lake.data_version, "segments": sorted(lake.segment_ids),
             "definition": view.definition_hash(), "mode": "full",
             "grain": view.grain, "dims": list(view.group_columns),
             "serving": serving,  # its files beside the Parquet version

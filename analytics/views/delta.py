@@ -32,7 +32,7 @@ import pyarrow as pa
 from analytics.core.checksum import file_record
 from analytics.core.faults import crash_point
 from analytics.core.sql import sql_string
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.views.catalog import MEASURE_COLUMNS, ViewDef
 from analytics.views.registry import VIEWS_DIR, entry_files, update_registry
 from analytics.views.serving_copy import INT64_MAX, SCALE, write_serving_copy
@@ -139,7 +139,7 @@ def append_delta(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entr
     delta = {"file": final.relative_to(root).as_posix(), "segments": sorted(segments),
              "rows": sum(rows_by_type.values()), "rows_by_type": rows_by_type, "bytes": final.stat().st_size,
              "checksum": checksum, "serving": serving, "built_at": _now()}
-    new_entry = {**entry, "version": version, "lake_version": lake.version, "segments": sorted(lake.segment_ids),
+    new_entry = {**entry, "version": version, "lake_version": lake.data_version, "segments": sorted(lake.segment_ids),
                  "deltas": list(entry.get("deltas") or []) + [delta], "price_totals": totals,
                  "mode": "incremental", "built_at": delta["built_at"],
                  "build_seconds": round(time.perf_counter() - started, 3), "previous_files": entry_files(entry)}
@@ -189,7 +189,7 @@ def compact(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entry: di
         select = view.reaggregate_sql(f"(SELECT * FROM {kept} UNION ALL BY NAME {view.aggregate_sql(fresh)})")
         totals = (f"(SELECT {keys}, {measures} FROM {kept} UNION ALL BY NAME "
                   f"SELECT {keys}, {measures} FROM ({lake_totals_sql(fresh)}))")
-        covers = {"lake_version": lake.version, "segments": sorted(lake.segment_ids)}
+        covers = {"lake_version": lake.data_version, "segments": sorted(lake.segment_ids)}
     try:
         _write_sorted(con, view, select, staging)
         crash_point("build:after-aggregate")

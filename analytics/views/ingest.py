@@ -32,8 +32,9 @@ from filelock import FileLock, Timeout
 from analytics.core.faults import crash_point
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.lake.landing import TAKEN_DIR, Change, Landing
-from analytics.lake.manifest import MANIFEST, Lake
 from analytics.lake.prepare import PrepareError, check_header, prepare
+from analytics.lake.state import Lake
+from analytics.lake.table import latest_version
 from analytics.views.adaptive_catalog import all_views
 from analytics.views.build import BuildError, build, compact_due
 from analytics.views.delta import COMPACT_AT
@@ -48,8 +49,8 @@ class IngestBusy(RuntimeError):
 
 
 def _part_result(lake: Path, name: str) -> str:
-    """What the manifest says of one part: rows in the lake and quarantined (by reason), or why rejected."""
-    manifest = Lake.open(lake).manifest
+    """What the lake's state says of one part: rows in the lake and quarantined (by reason), or why rejected."""
+    manifest = Lake.open(lake).state
     for r in manifest.get("rejected") or ():
         if r["file"] == name:
             return f"rejected: {r['reason']}"
@@ -142,8 +143,8 @@ def _loop(raw: Path, lake: Path, watch: bool, interval: float, settle: float, jo
     landing.sweep()
     counts: dict[str, Any] = {"taken": 0, "dropped": 0, "refused": [], "failed_views": {}, "steps": [],
                               "failed_steps": [], "resumed": []}
-    if (lake / MANIFEST).is_file():
-        adopted = landing.adopt(seg["source"] for seg in Lake.open(lake).manifest["segments"] if seg.get("source"))
+    if latest_version(lake) is not None:
+        adopted = landing.adopt(seg["source"] for seg in Lake.open(lake).state["segments"] if seg.get("source"))
         if adopted:
             log.info("ingest: %d part(s) already in the lake as they are: %s", len(adopted), ", ".join(adopted[:5])
                      + (" ..." if len(adopted) > 5 else ""))
@@ -151,7 +152,8 @@ def _loop(raw: Path, lake: Path, watch: bool, interval: float, settle: float, jo
     try:
         if any(landing.taken.glob("*.csv")):  # resume: a run killed between a step and the next
             try:
-                summary = prepare(landing.taken, lake, progress=False, memory_limit=memory_limit)
+                summary = prepare(landing.taken, lake, progress=False, memory_limit=memory_limit,
+                                  operation="ingest")
             except PrepareError as exc:
                 log.error("ingest: resuming the parts taken by an earlier run failed: %s", str(exc).splitlines()[0])
                 counts["failed_steps"].append(f"resume: {str(exc).splitlines()[0]}")
@@ -209,7 +211,8 @@ def _step(landing: Landing, lake: Path, change: Change, jobs: int | None, memory
         counts["dropped"] += 1
     crash_point("ingest:after-take")
     try:
-        summary = prepare(landing.taken, lake, progress=False, memory_limit=memory_limit)
+        summary = prepare(landing.taken, lake, progress=False, memory_limit=memory_limit,
+                          operation=f"ingest {change.action} {change.name}")
     except PrepareError as exc:
         log.error("ingest: prepare after %s %s failed: %s", change.action, change.name, str(exc).splitlines()[0])
         counts["failed_steps"].append(f"prepare after {change.action} {change.name}: {str(exc).splitlines()[0]}")

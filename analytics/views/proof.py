@@ -24,8 +24,8 @@ from typing import Any, Iterable, Mapping
 import duckdb
 
 from analytics.core import db
-from analytics.lake.manifest import Lake
 from analytics.lake.pruning import lake_relation
+from analytics.lake.state import Lake
 from analytics.query.compiler import compile_query
 from analytics.query.model import Query, QueryError, parse_query
 from analytics.query.results import compare_rows, to_rows

@@ -18,7 +18,7 @@ from filelock import FileLock
 
 from analytics.core.checksum import stat_damage
 from analytics.core.files import write_atomic
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.views.catalog import ViewDef
 from analytics.views.serving_copy import SUFFIX as SERVING_SUFFIX
 from analytics.views.serving_copy import serving_files
@@ -61,8 +61,8 @@ def staleness(view: ViewDef, lake: Lake, entry: dict[str, Any] | None,
         return "not built"
     if entry["definition"] != view.definition_hash():
         return "catalog definition changed since the build"
-    if entry["lake_version"] != lake.version:
-        return f"built from lake version {entry['lake_version']}, lake is now {lake.version}"
+    if not lake.covers(entry["lake_version"]):
+        return f"built from lake version {entry['lake_version']}, lake is now {lake.data_version}"
     if not (lake.root / entry["file"]).is_file():
         return f"file missing: {entry['file']}"
     if not entry.get("serving"):

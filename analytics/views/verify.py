@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from analytics.core import db
 from analytics.core.sql import sql_string
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.views.catalog import MEASURE_COLUMNS, SUM_TYPE, ViewDef
 from analytics.views.day_ranges import Piece
 

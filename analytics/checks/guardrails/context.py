@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 from analytics.core import db
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.core.sql import sql_string
-from analytics.lake.manifest import Lake
 from analytics.lake.rules import DUCKDB_FUNCTIONS, raw_csv_sql, reason_case_sql
+from analytics.lake.state import Lake
 from analytics.query import compiler
 from analytics.query.model import Query, parse_query
 from analytics.query.results import compare_rows, to_rows
@@ -92,7 +92,7 @@ def presence(view: ViewDef, lake: Lake, entry: dict[str, Any] | None) -> str | N
     definition and lake version the entry was built from (those are judged by
     mv_consistency.current_lake_version, a missing file by mv_consistency.present_readable)."""
     if entry is not None:
-        entry = {**entry, "definition": view.definition_hash(), "lake_version": lake.version}
+        entry = {**entry, "definition": view.definition_hash(), "lake_version": lake.data_version}
     return staleness(view, lake, entry)
 
 

@@ -103,7 +103,7 @@ def first_last_day_complete(ctx: Context) -> CheckResult:
     edges = {first.isoformat(), last.isoformat()}
     edge_missing = [x for x in missing if x[1] in edges]
     if missing or phantom:
-        fails.append(f"manifest day index differs from the lake files: {len(missing)} (type, day) missing"
+        fails.append(f"lake state's day index differs from the lake files: {len(missing)} (type, day) missing"
                      f"{' incl. ' + str(edge_missing[:4]) if edge_missing else ''}, {len(phantom)} listed without rows")
     probes = []
     for d in (first, last):

@@ -129,7 +129,7 @@ def null_keys_quarantined(ctx: Context) -> CheckResult:
                 FROM read_parquet([{listing}], union_by_name = true) WHERE reason NOT IN ({', '.join(map(sql_string, UNPARSED_REASONS))})""")
         else:
             q_nulls = {"rows": 0, **{c: 0 for c in KEY_COLUMNS}}
-        totals = ctx.lake.manifest.get("totals", {})
+        totals = ctx.lake.state.get("totals", {})
         by_reason = totals.get("quarantine_by_reason") or {}
         expected_read = totals.get("rows_read", 0) - sum(by_reason.get(r, 0) for r in UNPARSED_REASONS)
         diffs = {c: {"raw": int(raw_nulls[c] or 0), "quarantined": int(q_nulls[c] or 0)} for c in KEY_COLUMNS

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from analytics.core import db
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.query.schema import LAKE_TYPES
 
 BITS_PER_ROW = 16
@@ -47,7 +47,7 @@ class KeyFilterError(RuntimeError):
 def row_groups(lake: Lake, types: Iterable[str]) -> list[list[Any]]:
     """[type, file relative to the lake, row group, rows] of every row group of `types`, in a fixed order."""
     wanted, out = set(types), []
-    for seg in lake.manifest["segments"]:
+    for seg in lake.state["segments"]:
         for t, rel in sorted(seg["files"].items()):
             if t in wanted:
                 meta = pq.ParquetFile(lake.root / rel).metadata

@@ -35,7 +35,7 @@ from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.core.sql import sql_string
 from analytics.lake.damage import load_damage
 from analytics.lake.index import keyfilter
-from analytics.lake.manifest import Lake
+from analytics.lake.state import Lake
 from analytics.query.schema import EVENT_TYPES
 
 INDEX_DIR = "indexes"
@@ -134,8 +134,8 @@ def usable(index: IndexDef, lake: Lake, record: Mapping[str, Any] | None,
     register, `lake.damage`)."""
     if record is None:
         return "not built"
-    if record.get("lake_version") != lake.version:
-        return f"built from lake version {record.get('lake_version')}, lake is now {lake.version}"
+    if not lake.covers(record.get("lake_version")):
+        return f"built from lake version {record.get('lake_version')}, lake is now {lake.data_version}"
     if (tuple(record.get("columns", ())) != index.columns or tuple(record.get("types", ())) != index.types
             or record.get("kind", "sorted") != index.kind):
         return "definition changed since the build"
@@ -178,7 +178,7 @@ def build_index(index: IndexDef, lake: Lake, *, version: int, memory_limit: str 
             raise IndexBuildError(f"{index.name}: {exc}") from exc
         raise
     return {"key": index.key, **extra, "types": list(index.types), "columns": list(index.columns),
-            "version": version, "dir": final.relative_to(lake.root).as_posix(), "lake_version": lake.version,
+            "version": version, "dir": final.relative_to(lake.root).as_posix(), "lake_version": lake.data_version,
             "rows_by_type": rows, "bytes": nbytes, "checksums": checksums,
             "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "build_seconds": round(time.perf_counter() - started, 3)}
@@ -215,7 +215,7 @@ def _write_filter(index: IndexDef, lake: Lake, staging: Path, memory_limit: str
     rows = {t: 0 for t in index.types}
     for t, _, _, n in meta["row_groups"]:
         rows[t] += int(n)
-    want = (lake.manifest.get("totals") or {}).get("lake_by_type") or {}
+    want = (lake.state.get("totals") or {}).get("lake_by_type") or {}
     if any(rows[t] != int(want.get(t, 0)) for t in index.types):
         raise IndexBuildError(f"{index.name}: rows per type {rows} differ from the lake's {want}")
     return rows, int(meta["bytes"]), {"kind": "filter", "row_groups": len(meta["row_groups"])}

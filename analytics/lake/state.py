@@ -1,14 +1,14 @@
-"""The manifest, the lake's commit point, and `Lake`, the read-only view of what it commits to.
+"""`Lake`, the read-only view of one version of the lake, and the shape of a version's state.
 
-Owns the on-disk names of the lake, the manifest's shape (segments as `SegmentEntry`, parts
-that could not be read as `RejectedPart`, totals, lake version) and the content fingerprint of a
-raw part. Readers see exactly the files the manifest lists.
+Owns the lake's on-disk names, the state's shape (segments as `SegmentEntry`, parts that could
+not be read as `RejectedPart`, totals) and the content fingerprint of a raw part. Which files are
+live is the Delta log's to say (`table`): readers see exactly the files of the version they opened.
 Must not write the lake (that is `prepare`).
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +17,11 @@ from typing import Any, Iterable
 import duckdb
 
 from analytics.core.sql import sql_string
+from analytics.lake.table import EVENTS_DIR, check_available, latest_version, read_state, resolve
 from analytics.query.schema import EVENT_TYPES, LAKE_TYPES
 
-SCHEMA_VERSION = 1
-MANIFEST = "_manifest.json"
-EVENTS_DIR = "events"
+SCHEMA_VERSION = 2  # 1: the hand-written `_manifest.json`; 2: a Delta table and a state file per version
+LEGACY_MANIFEST = "_manifest.json"
 QUARANTINE_DIR = "quarantine"
 STAGING_DIR = "_staging"
 # Measured on 15M rows (ARCHITECTURE.md): smaller groups prune single-day scans better, larger
@@ -111,48 +111,74 @@ class RejectedPart:
 
 @dataclass
 class Lake:
-    """A read-only view of a prepared lake: its manifest and the files it commits to."""
+    """A read-only view of one version of a prepared lake: its state and the files it commits to."""
 
     root: Path
-    manifest: dict[str, Any]
+    state: dict[str, Any]
 
     @classmethod
-    def open(cls, root: str | os.PathLike) -> "Lake":
+    def open(cls, root: str | os.PathLike, as_of: int | str | dt.datetime | None = None) -> "Lake":
+        """The lake's newest version, or the one `as_of` names (a version or a time: `table.resolve`).
+
+        FileNotFoundError when `root` holds no table; `table.VersionUnavailable` when the version
+        asked for does not exist or `vacuum` removed its files."""
         root = Path(root)
-        path = root / MANIFEST
-        if not path.is_file():
-            raise FileNotFoundError(f"{root} is not a prepared lake (no {MANIFEST}); run `analytics prepare` first")
-        return cls(root, json.loads(path.read_text()))
+        latest = latest_version(root)
+        if latest is None:
+            if (root / LEGACY_MANIFEST).is_file():
+                raise FileNotFoundError(f"{root} is a lake of the old format ({LEGACY_MANIFEST}); run "
+                                        "`analytics prepare` or `analytics ingest` on it once to upgrade it in place")
+            raise FileNotFoundError(f"{root} is not a prepared lake (no Delta table at {root / EVENTS_DIR}); "
+                                    "run `analytics prepare` first")
+        version = latest if as_of is None else resolve(root, as_of)
+        lake = cls(root, read_state(root, version))
+        if version != latest:
+            check_available(root, lake.state)
+        return lake
 
     @property
-    def version(self) -> str:
-        return self.manifest["lake_version"]
+    def version(self) -> int:
+        """The Delta version this view of the lake reads."""
+        return self.state["version"]
+
+    @property
+    def data_version(self) -> int:
+        """The last version at or before `version` that changed the data (vacuum and repairs do not)."""
+        return self.state["data_version"]
+
+    def covers(self, recorded: Any) -> bool:
+        """Whether something built from lake version `recorded` (a view, an index) holds this version's data."""
+        return recorded == self.data_version or recorded in self.state.get("data_aliases", ())
+
+    @property
+    def segments(self) -> list[dict[str, Any]]:
+        return self.state["segments"]
 
     @property
     def segment_ids(self) -> list[str]:
-        return [seg["segment"] for seg in self.manifest["segments"]]
+        return [seg["segment"] for seg in self.segments]
 
     def event_files(self, types: Iterable[str] | None = None, segments: Iterable[str] | None = None) -> list[Path]:
         wanted = set(types) if types is not None else None
         segs = set(segments) if segments is not None else None
-        return [self.root / f for seg in self.manifest["segments"] for t, f in sorted(seg["files"].items())
+        return [self.root / f for seg in self.segments for t, f in sorted(seg["files"].items())
                 if (wanted is None or t in wanted) and (segs is None or seg["segment"] in segs)]
 
     def quarantine_files(self) -> list[Path]:
-        return [self.root / seg["quarantine_file"] for seg in self.manifest["segments"] if seg.get("quarantine_file")]
+        return [self.root / seg["quarantine_file"] for seg in self.segments if seg.get("quarantine_file")]
 
     def days_by_type(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {t: set() for t in EVENT_TYPES}
-        for seg in self.manifest["segments"]:
+        for seg in self.segments:
             for t, days in seg["days"].items():
                 out[t].update(days)
         return out
 
     def segment_days(self, segments: Iterable[str]) -> dict[str, set[str]] | None:
         """Per type, the days `segments` cover, whether in the lake or dropped from it (their days are
-        in the manifest's history of the last 50 runs); None if a segment is in neither."""
-        known = {seg["segment"]: seg["days"] for seg in self.manifest["segments"]}
-        for run in self.manifest.get("history") or ():
+        in the state's history of the last 50 runs); None if a segment is in neither."""
+        known = {seg["segment"]: seg["days"] for seg in self.segments}
+        for run in self.state.get("history") or ():
             known.update(run.get("dropped_days") or {})
         out: dict[str, set[str]] = {}
         for seg in segments:
@@ -177,30 +203,6 @@ class Lake:
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.event_files() + self.quarantine_files())
-
-
-def _empty_manifest() -> dict[str, Any]:
-    return {"schema_version": SCHEMA_VERSION, "lake_version": None, "segments": [], "totals": {}, "layout": {},
-            "rejected": []}
-
-
-def _lake_version(segments: list[dict[str, Any]]) -> str:
-    h = hashlib.blake2b(digest_size=8)
-    for seg in sorted(segments, key=lambda s: s["segment"]):
-        h.update(seg["segment"].encode())
-    return h.hexdigest()
-
-
-def _totals(segments: list[dict[str, Any]]) -> dict[str, Any]:
-    totals: dict[str, Any] = {"rows_read": 0, "rows_lake": 0, "rows_quarantined": 0, "lake_by_type": {},
-                              "quarantine_by_reason": {}, "quarantine_by_type": {}}
-    for seg in segments:
-        for key in ("rows_read", "rows_lake", "rows_quarantined"):
-            totals[key] += seg[key]
-        for key in ("lake_by_type", "quarantine_by_reason", "quarantine_by_type"):
-            for k, v in seg[key].items():
-                totals[key][k] = totals[key].get(k, 0) + v
-    return totals
 
 
 def _segment_id(name: str, fp: str) -> str:
