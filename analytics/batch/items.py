@@ -43,6 +43,8 @@ class QueryItem:
     retry_alone: bool = False
     computed: bool = False  # executed now (not from the cache)
     rows: int | None = None
+    lake_version: int | None = None  # the Delta version of the lake the answer reflects
+    view_version: int | None = None  # for a view route: the view's registered version
 
     @property
     def id(self) -> str:
@@ -74,6 +76,9 @@ class QueryItem:
             e["fallback_reason"] = self.fallback
         if self.bytes_read is not None:
             e["bytes_read"] = self.bytes_read
+        e["lake_version"] = self.lake_version
+        if self.route != LAKE:
+            e["view_version"] = self.view_version
         e["query_hash"] = self.qhash
         return e
 

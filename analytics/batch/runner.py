@@ -217,6 +217,8 @@ class SafeBatchRunner(Closing):
                     hit = self.cache.get(it.key, persist_stamp)
                     if hit is not None:
                         it.table, it.route, it.fallback, it.cache = hit.table, hit.route, hit.fallback_reason, True
+                        it.lake_version = self.wb.lake.version  # the cache key holds the lake and view versions
+                        it.view_version = self.wb.registry[it.route]["version"] if it.route != LAKE else None
                         it.ms_pre = (time.perf_counter() - t0) * 1000
                         continue
                     first_by_key[it.key] = it
@@ -268,6 +270,7 @@ class SafeBatchRunner(Closing):
             if it.same_as is not None:
                 src = it.same_as
                 it.table, it.route, it.fallback, it.error = src.table, src.route, src.fallback, src.error
+                it.lake_version, it.view_version = src.lake_version, src.view_version
         for it in items:
             if it.error is None and it.table is None:
                 it.error = "internal error: no answer was produced"  # never expected; never silent
@@ -339,6 +342,7 @@ class SafeBatchRunner(Closing):
                 raise GuardTrip()
             it.ms_exec = (time.perf_counter() - t0) * 1000
             it.table, it.route, it.fallback, it.computed = table, plan.route, plan.fallback_reason, True
+            it.lake_version, it.view_version = plan.lake_version, plan.view_version
             it.bytes_read = self._bytes_read(cur) if plan.route == LAKE else None
         except (duckdb.InterruptException, *MEMORY_ERRORS) as exc:
             guard_hit = w is not None and w.tripped is not None
@@ -381,6 +385,7 @@ class SafeBatchRunner(Closing):
                         it.retry_alone = True  # derive failed: its own plan, alone, decides
                         continue
                     it.table, it.route, it.fallback, it.computed = table, LAKE, it.plan.fallback_reason, True
+                    it.lake_version = it.plan.lake_version
                     it.ms_exec = share + (time.perf_counter() - t1) * 1000
                     it.scan, it.scan_members, it.bytes_read = scan_id, len(members), rep["bytes_read"]
             if w.tripped is not None:

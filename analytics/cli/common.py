@@ -32,13 +32,13 @@ class CliError(Exception):
     """A user-facing failure: printed as one line, exit code 2."""
 
 
-def open_lake(path: str) -> None:
-    """Refuse a `--lake` that is not a readable prepared lake before any work starts."""
+def open_lake(path: str, as_of: str | None = None) -> None:
+    """Refuse a `--lake` that is not a readable prepared lake (or has no version `as_of`) before any work starts."""
     from analytics.lake.state import Lake
     from analytics.lake.table import VersionUnavailable
 
     try:
-        lake = Lake.open(path)
+        lake = Lake.open(path, as_of)
         _ = (lake.version, lake.segment_ids)  # the fields every command reads first: a damaged state fails here
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise CliError(first_line(exc)) from None

@@ -65,6 +65,25 @@ def cmd_remediation(args: argparse.Namespace) -> int:
     return report_and_exit(args, report, format_report(report), report["ok"])
 
 
+def cmd_vacuum(args: argparse.Namespace) -> int:
+    from analytics.core.files import format_bytes
+    from analytics.lake.table import latest_version, parse_retention, vacuum
+    from analytics.views.adaptive_catalog import covered_lake_versions
+
+    open_lake(args.lake)
+    try:
+        retain = parse_retention(args.retain)
+    except ValueError as exc:
+        raise CliError(f"--retain: {exc}") from None
+    lake = Path(args.lake)
+    done = vacuum(lake, retain, covered_lake_versions(lake), dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"lake {args.lake} version {latest_version(lake)}: {verb} {len(done['removed_files'])} file(s) "
+          f"({format_bytes(done['bytes'])}) of {len(done['removed_versions'])} version(s) older than {args.retain}; "
+          f"kept versions {', '.join(map(str, done['kept_versions']))}")
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     from analytics.batch.telemetry import format_stats, log_path, read_events, stats
 
@@ -94,7 +113,7 @@ def register(add: AddCommand) -> None:
                    help="fraction of rows made untrustworthy, to exercise remediation, from 0 to 1 (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = add("prepare", cmd_prepare, "remediate raw CSVs into the partitioned Parquet lake (+ quarantine, manifest)")
+    p = add("prepare", cmd_prepare, "remediate raw CSVs into the lake's Delta table (+ quarantine), one commit per run")
     p.add_argument("--raw", required=True, help="directory of raw *.csv parts")
     p.add_argument("--lake", required=True, help="lake directory (created if missing)")
     p.add_argument("--memory-limit", type=argtypes.memory_size, default=DEFAULT_MEMORY_LIMIT,
@@ -107,6 +126,13 @@ def register(add: AddCommand) -> None:
     p.add_argument("--json", default=None, metavar="FILE", help="also write the full report (checks, samples) as JSON to FILE")
     p.add_argument("--samples", type=argtypes.int_in(0, 10_000), default=5,
                    help="offending rows kept per quarantine reason (default 5)")
+
+    p = add("vacuum", cmd_vacuum, "remove lake files no version within the retention (or a view, or a running "
+            "query) still reads; time travel to older versions then fails")
+    p.add_argument("--lake", required=True, help="prepared lake directory")
+    p.add_argument("--retain", default="7d", metavar="DURATION",
+                   help="keep every version committed within this long: 7d, 12h, 30m or 0 (default 7d)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
 
     p = add("stats", cmd_stats, "query telemetry of a lake: view hit rate, cache hit rate, p50/p95/p99 latency per route")
     p.add_argument("--lake", required=True, help="prepared lake directory")

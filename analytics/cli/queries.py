@@ -32,12 +32,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from analytics.serving.workbench import Workbench
 
     queries = load_queries(args.queries)
-    open_lake(args.lake)
+    open_lake(args.lake, args.as_of)
     out_dir(args.out)
     if args.engine == "duckdb":
         engine_from_args(args)  # refuses the Spark-only flags
     try:
-        wb = Workbench(args.lake, memory_limit=args.memory_limit, use_views=not args.no_views)
+        wb = Workbench(args.lake, memory_limit=args.memory_limit, use_views=not args.no_views, as_of=args.as_of)
     except duckdb.Error as exc:
         raise CliError(f"cannot open lake {args.lake}: {str(exc).splitlines()[0]}") from None
     if args.engine != "duckdb":
@@ -142,6 +142,9 @@ def register(add: AddCommand) -> None:
     p.add_argument("--queries", required=True, help="JSON file with a list of queries")
     p.add_argument("--out", required=True, help="directory for q{i}.csv and run.json")
     p.add_argument("--no-views", action="store_true", help="answer from the lake only")
+    p.add_argument("--as-of", default=None, metavar="VERSION|TIMESTAMP",
+                   help="answer as the lake stood at a Delta version (e.g. 3) or time (e.g. 2026-12-01T09:00:00Z); "
+                        "views answer only where they hold exactly that data (default: the newest version)")
     p.add_argument("--memory-limit", type=argtypes.memory_size, default=DEFAULT_MEMORY_LIMIT,
                    help="memory limit for query execution, e.g. 512MB or 4GiB (default "
                         f"{DEFAULT_MEMORY_LIMIT}); a query that "

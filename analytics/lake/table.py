@@ -99,13 +99,11 @@ def resolve(root: Path, as_of: int | str | dt.datetime) -> int:
     when = as_of if isinstance(as_of, dt.datetime) else _parse_time(str(as_of))
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
-    table = _table(root)
-    try:
-        table.load_as_version(when)
-    except Exception as exc:  # deltalake raises its own errors for a time before the first commit
-        raise VersionUnavailable(f"{root} has no version committed at or before {when.isoformat()} "
-                                 f"({str(exc).splitlines()[0][:120]})") from None
-    return table.version()
+    at_ms = when.timestamp() * 1000
+    committed = [int(h["version"]) for h in _table(root).history() if h.get("timestamp", 0) <= at_ms]
+    if not committed:
+        raise VersionUnavailable(f"{root} has no version committed at or before {when.isoformat()}")
+    return max(committed)
 
 
 def _parse_time(text: str) -> dt.datetime:
@@ -250,7 +248,7 @@ def commit(root: Path, base: dict[str, Any] | None, new_state: dict[str, Any], *
              "data_version": version if data_change else (base or {}).get("data_version", version),
              "data_aliases": [] if data_change else (base or {}).get("data_aliases", [])}
     live = {rel for seg in state["segments"] for rel in seg["files"].values()}
-    logged = {f"{EVENTS_DIR}/{p}" for p in table.get_add_actions(flatten=True).column("path").to_pylist()}
+    logged = {f"{EVENTS_DIR}/{p}" for p in _add_actions(table).column("path").to_pylist()}
     if live != logged:
         return derive_state(root, version)
     write_state(root, state)
@@ -271,6 +269,11 @@ def _file_records(seg: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None]
 def _schema(root: Path, files: list[str]) -> pa.Schema:
     base = pq.read_schema(root / files[0]) if files else EVENTS_SCHEMA
     return base.append(pa.field("type", pa.string()))
+
+
+def _add_actions(table: "DeltaTable") -> pa.Table:
+    """The live files of `table`'s version with their stats (`deltalake` hands an arro3 table over)."""
+    return pa.table(table.get_add_actions(flatten=True))
 
 
 def _version_of(table: "DeltaTable", token: str) -> int:
@@ -305,7 +308,7 @@ def derive_state(root: Path, version: int) -> dict[str, Any]:
     log's; each segment's details come from the newest older state file and the metadata of the commits
     after it, and a file no commit of this package describes (another tool's) is a segment of its own."""
     table = _table(root, version)
-    live = {f"{EVENTS_DIR}/{a['path']}": a for a in table.get_add_actions(flatten=True).to_pylist()}
+    live = {f"{EVENTS_DIR}/{a['path']}": a for a in _add_actions(table).to_pylist()}
     older = [v for v in available_versions(root) if v < version]
     base = json.loads(state_path(root, older[-1]).read_text()) if older else {}
     after = base.get("version", -1)
@@ -343,6 +346,7 @@ def derive_state(root: Path, version: int) -> dict[str, Any]:
         "totals": {}, "history": history[-50:], "rejected": rejected,
     }
     state["totals"] = totals(state["segments"])
+    check_available(root, state)  # an old version whose files vacuum removed is not brought back
     write_state(root, state)
     return state
 

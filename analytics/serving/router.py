@@ -40,6 +40,8 @@ class Plan:
     candidates: tuple[Candidate, ...] = ()
     fallback_reason: str | None = None  # why no view answered, when the route is the lake
     index: str | None = None  # the lake index a lake route reads instead of the whole lake
+    lake_version: int | None = None  # the Delta version of the lake the plan was made on
+    view_version: int | None = None  # the registered version of the view a view route reads
 
     def describe(self) -> str:
         lines = [f"route: {self.route}"]

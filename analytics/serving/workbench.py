@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterable
@@ -336,6 +337,8 @@ class Workbench(Closing):
         plan = plans.get(key)
         if plan is None:
             plan = self.router.plan(key[0], self.registry, self.health, self._table_names(), key[1])
+            plan = replace(plan, lake_version=self.lake.version,
+                           view_version=self.registry[plan.route]["version"] if plan.route != LAKE else None)
             if len(plans) >= PLAN_MEMO_SIZE:
                 plans.clear()
             plans[key] = plan

@@ -22,7 +22,7 @@ from analytics.lake.state import Lake
 from analytics.query.schema import EVENT_TYPES
 from analytics.query.shape import SHAPE_DIMS
 from analytics.views.catalog import CATALOG, TIME_GRAINS, VIEWS, ViewDef
-from analytics.views.registry import VIEWS_DIR
+from analytics.views.registry import VIEWS_DIR, load_registry
 
 ADAPTIVE = "_adaptive.json"
 PREFIX = "ad_"  # adaptive view names start so: never a catalog name
@@ -107,3 +107,9 @@ def usable_indexes(lake: Lake, state: dict[str, Any] | None = None) -> list[tupl
         if index is not None and usable(index, lake, record) is None:
             out.append((index, index.relation(index_files(lake.root, record))))
     return out
+
+
+def covered_lake_versions(lake_root: Path) -> set[int]:
+    """The lake versions the registered views and lake indexes were built from: `vacuum` keeps them."""
+    records = [*load_registry(lake_root)["views"].values(), *load_adaptive(lake_root)["indexes"].values()]
+    return {r["lake_version"] for r in records if isinstance(r, dict) and isinstance(r.get("lake_version"), int)}
