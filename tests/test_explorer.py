@@ -17,8 +17,10 @@ import duckdb
 import pytest
 
 from analytics import Workbench, parse_query
+from analytics.lake.table import latest_version
 from analytics.reports import explorer as ex
 from analytics.views.catalog import VIEWS
+from analytics.views.registry import load_registry
 
 ROWS = 4000
 
@@ -169,7 +171,10 @@ def test_answer_shows_route_explanation_and_csv(wb: Workbench, lake: Path) -> No
     res = ex.answer(wb, q)
     expected = lake_count(lake, "type = 'impression'", [])
     assert res["rows"] == len(expected) and res["route"] in VIEWS
-    assert re.fullmatch(rf"{len(expected)} row\(s\) via route {res['route']} in \d+\.\d ms", res["status"])
+    versions = (f"lake version {latest_version(lake)}, "
+                f"view version {load_registry(lake)['views'][res['route']]['version']}")
+    assert re.fullmatch(rf"{len(expected)} row\(s\) via route {res['route']} \({versions}\) in \d+\.\d ms",
+                        res["status"])
     assert res["explain"].startswith(f"route: {res['route']}\n")
     assert f"*candidate {res['route']}" in res["explain"] and "rejected mv_" in res["explain"]
     assert res["figure"].layout.title.text == "COUNT(*) of impression events by country"

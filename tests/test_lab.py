@@ -280,7 +280,7 @@ def _drive_the_explorer(page: Any, url: str, server_log: Path, expected: dict[st
     page.wait_for_function("() => (document.querySelector('.explorer-chart .gtitle')?.textContent || '')"
                            ".includes('COUNT(*) of click events by country')")
     line = status.inner_text()
-    m = re.match(r"([\d,]+) row\(s\) via route (\S+) in [\d.]+ ms", line)
+    m = re.match(r"([\d,]+) row\(s\) via route (\S+) \(lake version \d+(?:, view version \d+)?\) in [\d.]+ ms", line)
     assert m, line
     assert int(m.group(1).replace(",", "")) == len(expected)
     assert m.group(2) in VIEWS  # built views cover a per-country count
@@ -338,7 +338,7 @@ def _drive_the_guidance(page: Any, before: str) -> None:
     _select(page, "group by", "advertiser_id")
     _select(page, "advertisers/publishers", "top 10")
     line = _run(page, line)
-    m = re.fullmatch(r"10 row\(s\) via route \S+ in [\d.]+ ms · (top 10 of ([\d,]+) advertisers) by COUNT\(\*\)", line)
+    m = re.fullmatch(r"10 row\(s\) via route \S+ \(lake version \d+(?:, view version \d+)?\) in [\d.]+ ms · (top 10 of ([\d,]+) advertisers) by COUNT\(\*\)", line)
     assert m and int(m.group(2).replace(",", "")) > 10, line
     page.wait_for_function("(cut) => (document.querySelector('.explorer-chart .gtitle')?.textContent || '')"
                            ".endsWith(cut)", arg=m.group(1))

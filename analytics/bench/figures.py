@@ -17,8 +17,8 @@ from analytics.serving.router import LAKE
 
 
 def correctness_frame(result: Mapping[str, Any]) -> Any:
-    """One row per query: workload, route, rows, whether every engine's answer matched the baseline
-    (else which did not, or could not answer) and why."""
+    """One row per query: workload, route, the lake and view versions the product's answer reflects,
+    rows, whether every engine's answer matched the baseline (else which did not, or could not answer) and why."""
     import pandas as pd
 
     rows = []
@@ -26,7 +26,8 @@ def correctness_frame(result: Mapping[str, Any]) -> Any:
         verdicts = {e: "unsupported" if ok is None else ("match" if ok else "MISMATCH")
                     for e, ok in (q.get("engine_match") or {}).items() if e != "baseline"}
         odd = [f"{e}: {v}" for e, v in verdicts.items() if v != "match"]
-        rows.append({"id": q["id"], "workload": q["workload"], "route": q.get("route"), "rows": q.get("rows"),
+        rows.append({"id": q["id"], "workload": q["workload"], "route": q.get("route"),
+                     "lake version": q.get("lake_version"), "view version": q.get("view_version"), "rows": q.get("rows"),
                      "match": q["match"], "engines": "; ".join(odd) or f"all {len(verdicts)} match",
                      "reason": "; ".join(f"{e}: {r}" for e, r in (q.get("reasons") or {}).items())})
     return pd.DataFrame(rows)

@@ -100,6 +100,11 @@ class ProductEngine:
         res = self.runner.run(list(queries), keep_tables=True)
         return res.tables, res.report, (time.perf_counter() - t0) * 1000
 
+    def versions(self, query: Query) -> dict[str, int | None]:
+        """The lake version the answer reflects and, for a view route, the view's version (run.json's provenance)."""
+        plan = self.wb.plan(query)
+        return {"lake_version": plan.lake_version, "view_version": plan.view_version}
+
     def plan_ms(self, query: Query) -> float:
         t0 = time.perf_counter()
         self.wb.plan(query)

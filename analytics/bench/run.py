@@ -241,7 +241,8 @@ def run_benchmark(raw_dir: str | os.PathLike | None, lake_dir: str | os.PathLike
         "product": Strategy(
             "product", lambda: peers.ProductEngine(lake_dir, memory_limit), fresh_per_query=False, warm_runs=repeats,
             run=lambda eng, q: eng.run_timed(q),
-            extra=lambda eng, q: {"plan_ms": statistics.median(eng.plan_ms(q) for _ in range(max(repeats, 5)))},
+            extra=lambda eng, q: {"plan_ms": statistics.median(eng.plan_ms(q) for _ in range(max(repeats, 5))),
+                                  **eng.versions(q)},
             started=product_started,
             finish=lambda eng: _product_batch(eng, valid, per, answers, product_extra, say)),
     }

@@ -114,6 +114,7 @@ def _query_entry(it: dict[str, Any], recs: dict[str, dict[str, Any]], cold: Mapp
                     if recs[e].get("ms") is not None},
         "status": {e: recs[e].get("status") for e in ran},
         "plan_ms": rounded(prod.get("plan_ms")),
+        "lake_version": prod.get("lake_version"), "view_version": prod.get("view_version"),
     }
     if cold:
         entry["cold_pass_ms"] = {e: rounded(r.get("ms")) for e, r in cold.items()}

@@ -65,7 +65,6 @@ from analytics.lake.table import (
     read_state,
     sweep_pending,
     totals,
-    write_state,
 )
 from analytics.query.schema import EVENT_TYPES, RAW_HEADER
 
@@ -378,11 +377,10 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
                     "segments": described, "layout": layout, "history": run}
             added_files = [rel for seg in described for rel in seg["files"].values()]
             removed_files = [rel for seg in leaving for rel in seg["files"].values()] if base else []
-            state = commit(lake, base, new_state, added=added_files, removed=removed_files, meta=meta)
             if upgrade and not added and not dropped:
                 # the same data as the old format's version: what was built from it stays valid
-                state["data_aliases"] = [current["lake_version"]]
-                write_state(lake, state)
+                meta["data_aliases"] = [current["lake_version"]]
+            state = commit(lake, base, new_state, added=added_files, removed=removed_files, meta=meta)
         except BaseException as exc:  # nothing half-staged stays behind, whatever stopped the run
             shutil.rmtree(stage, ignore_errors=True)
             if isinstance(exc, PrepareError) or not isinstance(exc, Exception):

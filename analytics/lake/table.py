@@ -212,6 +212,7 @@ def commit(root: Path, base: dict[str, Any] | None, new_state: dict[str, Any], *
     """Commit the lake files `added` and `removed` (paths relative to the lake) as one Delta version
     on top of `base` (the state read before; None creates the table), with `meta` in the commit's
     metadata; returns `new_state` as committed (its version, checked against the log's files).
+    `meta["data_aliases"]` names versions of the old format holding the same data (an upgrade).
 
     Another writer's commit in between is rebased over by `deltalake` when the two do not conflict;
     the state is then derived from the log, so nothing either wrote is lost. A conflict raises."""
@@ -246,7 +247,7 @@ def commit(root: Path, base: dict[str, Any] | None, new_state: dict[str, Any], *
         return derive_state(root, version)  # rebased over another writer's commit: the log decides
     state = {**new_state, "version": version,
              "data_version": version if data_change else (base or {}).get("data_version", version),
-             "data_aliases": [] if data_change else (base or {}).get("data_aliases", [])}
+             "data_aliases": meta.get("data_aliases", []) if data_change else (base or {}).get("data_aliases", [])}
     live = {rel for seg in state["segments"] for rel in seg["files"].values()}
     logged = {f"{EVENTS_DIR}/{p}" for p in _add_actions(table).column("path").to_pylist()}
     if live != logged:
@@ -340,7 +341,8 @@ def derive_state(root: Path, version: int) -> dict[str, Any]:
     state = {
         "schema_version": 2, "version": version,
         "data_version": max(changed) if changed else base.get("data_version", version),
-        "data_aliases": [] if changed else base.get("data_aliases", []),
+        "data_aliases": meta.get(max(changed), {}).get("data_aliases", []) if changed
+        else base.get("data_aliases", []),
         "created_at": base.get("created_at") or now, "updated_at": now, "layout": layout,
         "segments": sorted(segments, key=lambda s: ((s.get("source") or {}).get("file") or "", s["segment"])),
         "totals": {}, "history": history[-50:], "rejected": rejected,

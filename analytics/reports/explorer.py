@@ -213,9 +213,12 @@ def cut_text(result: dict[str, Any]) -> str:
 
 
 def status_line(result: dict[str, Any]) -> str:
-    """`N row(s) via route R in T ms`, then the top-N cut if any: what the explorer shows above the chart."""
+    """`N row(s) via route R (lake version L, view version V) in T ms`, then the top-N cut if any: what
+    the explorer shows above the chart."""
     cut = cut_text(result)
-    return (f"{result['rows']:,} row(s) via route {result['route']} in {result['ms']:.1f} ms"
+    view = f", view version {result['view_version']}" if result.get("view_version") is not None else ""
+    return (f"{result['rows']:,} row(s) via route {result['route']} (lake version {result.get('lake_version')}{view}) "
+            f"in {result['ms']:.1f} ms"
             + (f" · {cut} by {result['measure']}" if cut else ""))
 
 

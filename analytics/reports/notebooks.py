@@ -337,10 +337,11 @@ def timed(fn: Any, *args: Any, repeats: int = 1) -> tuple[Any, list[float]]:
 
 
 def run_query(wb: Any, query: dict[str, Any]) -> dict[str, Any]:
-    """One explorer query: its table (pandas), the route actually taken and the compute time."""
+    """One explorer query: its table (pandas), the route actually taken, the lake and view versions the
+    answer reflects and the compute time."""
     (table, plan), ms = timed(wb.execute, query)
     return {"query": query, "table": table, "frame": table.to_pandas(), "route": plan.route, "ms": ms[0],
-            "rows": table.num_rows}
+            "rows": table.num_rows, "lake_version": plan.lake_version, "view_version": plan.view_version}
 
 
 def lake_summary(lake_dir: str | os.PathLike) -> dict[str, Any]:
