@@ -1,6 +1,7 @@
 """prepare: remediation accounting, layout, no-op re-runs, appends, crash safety, clear errors."""
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ from analytics.core import faults
 from analytics.lake.generator import generate
 from analytics.lake.prepare import PrepareError, prepare
 from analytics.lake.state import Lake
-from analytics.lake.table import latest_version
+from analytics.lake.table import latest_version, vacuum
 from analytics.query.schema import EVENT_TYPES, RAW_HEADER
 
 
@@ -106,12 +107,16 @@ def test_removed_part_is_dropped(tmp_path):
     raw = tmp_path / "raw"
     generate(raw, 6_000, seed=5, parts=2, progress=False)
     prepare(raw, tmp_path / "lake", progress=False)
+    before = set((tmp_path / "lake" / "events").rglob("*.parquet"))
     (raw / "events_part_00001.csv").unlink()
     summary = prepare(raw, tmp_path / "lake", progress=False)
     assert summary["dropped"] == ["events_part_00001.csv"]
     lake = Lake.open(tmp_path / "lake")
     assert len(lake.state["segments"]) == 1
-    assert len(list((tmp_path / "lake" / "events").rglob("*.parquet"))) == len(lake.event_files())
+    # the dropped part's files stay for time travel to version 0, until vacuum removes them
+    assert set((tmp_path / "lake" / "events").rglob("*.parquet")) == before
+    vacuum(tmp_path / "lake", dt.timedelta(0))
+    assert sorted((tmp_path / "lake" / "events").rglob("*.parquet")) == sorted(lake.event_files())
 
 
 def _served_by_type(lake: Lake) -> dict[str, int]:

@@ -192,7 +192,7 @@ def test_remediation_of_a_clean_lake(runs: Runs, data: dict[str, Any]) -> None:
 def test_mv_builds_summarizes_the_lake(runs: Runs, data: dict[str, Any]) -> None:
     clean = data["clean"]
     s = runs.scraps("02_mv_builds", lake=clean["lake"])
-    assert s["lake_version"] == clean["manifest"]["lake_version"]
+    assert s["lake_version"] == clean["manifest"]["version"]
     assert s["rows_lake"] == ROWS and s["segments"] == len(clean["manifest"]["segments"]) == 1
     assert s["size_bytes"] > 0
 
@@ -236,7 +236,7 @@ def test_mv_builds_shows_stale_views_and_router_use(runs: Runs, appended: dict[s
     for v in s["views"]:
         assert v["healthy"] is False and v["built_from"] == appended["built_from"]
         assert v["health"] == (f"built from lake version {appended['built_from']}, "
-                               f"lake is now {appended['manifest']['lake_version']}")
+                               f"lake is now {appended['manifest']['data_version']}")
         assert v["router_uses"] == appended["routes"].get(v["view"], 0)
     assert s["router_use"]["lake"]["queries"] == appended["routes"]["lake"] >= 1
     assert sum(u["queries"] for u in s["router_use"].values()) == 4
@@ -253,7 +253,7 @@ def test_mv_builds_refreshes_incrementally(runs: Runs, appended: dict[str, Any])
         assert c["segments_added"] == appended["new_segments"] and c["files_added"] == [appended["second_file"]]
     for v in s["views"]:
         assert v["mode"] == "incremental" and v["segments"] == 2 and v["deltas"] == 1
-        assert v["built_from"] == appended["manifest"]["lake_version"] and v["lake_rows"] == ROWS
+        assert v["built_from"] == appended["manifest"]["data_version"] and v["lake_rows"] == ROWS
 
 
 def test_benchmark_answers_match_the_baseline(runs: Runs, data: dict[str, Any]) -> None:

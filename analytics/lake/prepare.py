@@ -370,9 +370,13 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
                 "rejected": [r.to_json() for r in rejected],
             }
             upgrade = base is None and current.get("lake_version") is not None
+            # damaged segments re-ingested from unchanged parts, nothing else: the same rows in new
+            # files (Delta's dataChange=false), so what was built from the lake stays valid
+            repair = (base is not None and {e.segment for e in added} <= damaged
+                      and live == {seg["segment"] for seg in current["segments"]})
             # the commit's metadata holds what a reader needs to rebuild the state from the log alone
             described = segments if base is None else [e.to_json() for e in added]
-            meta = {"operation": "upgrade" if upgrade else operation, "parts_added": run["added"],
+            meta = {"operation": "upgrade" if upgrade else "repair" if repair else operation, "parts_added": run["added"],
                     "parts_dropped": dropped, "rejected": new_state["rejected"], "accounting": totals(described),
                     "segments": described, "layout": layout, "history": run}
             added_files = [rel for seg in described for rel in seg["files"].values()]
@@ -380,7 +384,8 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
             if upgrade and not added and not dropped:
                 # the same data as the old format's version: what was built from it stays valid
                 meta["data_aliases"] = [current["lake_version"]]
-            state = commit(lake, base, new_state, added=added_files, removed=removed_files, meta=meta)
+            state = commit(lake, base, new_state, added=added_files, removed=removed_files, meta=meta,
+                           data_change=not repair)
         except BaseException as exc:  # nothing half-staged stays behind, whatever stopped the run
             shutil.rmtree(stage, ignore_errors=True)
             if isinstance(exc, PrepareError) or not isinstance(exc, Exception):

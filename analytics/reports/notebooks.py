@@ -265,8 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a transient "running NAME" line only on a terminal; a pipe or a log gets the result lines alone
     live = sys.stderr.isatty()
     try:
-        if not (Path(args.lake) / "_manifest.json").is_file():
-            raise ReportError(f"{args.lake} is not a prepared lake (no _manifest.json); run `analytics prepare` first")
+        from analytics.lake.table import latest_version
+
+        if latest_version(Path(args.lake)) is None:
+            raise ReportError(f"{args.lake} is not a prepared lake (no Delta table in it); run `analytics prepare` first")
         notebooks = list_notebooks(args.notebooks, args.only)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         width = max(len(nb.stem + args.suffix) for nb in notebooks)
