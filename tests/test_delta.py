@@ -337,3 +337,21 @@ def test_a_missing_state_file_is_derived_from_the_log(parts: list[Path], tmp_pat
         assert after[key] == before[key], key
     assert duckdb.sql(f"SELECT count(*) FROM {Lake.open(lake).relation_sql()}").fetchall()[0][0] == sum(
         r[1] for r in baseline(raw)["per_type"])
+
+
+def test_a_reader_between_a_commit_and_its_state_file_reads_the_version_before(parts: list[Path],
+                                                                              tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    from analytics.lake.table import WRITE_LOCK
+
+    p0, p1, _, _ = parts
+    raw, lake = raw_of(tmp_path, "raw", [(p0, p0.name)]), tmp_path / "lake"
+    prepare(raw, lake, progress=False)
+    shutil.copy(p1, raw / p1.name)
+    prepare(raw, lake, progress=False)
+    state_file(lake).unlink()  # version 1 is committed, its state file not yet written
+    with FileLock(str(lake / WRITE_LOCK)):  # ... by a writer still at work
+        assert Lake.open(lake).version == 0  # a whole version: a moment earlier
+        assert not state_file(lake).exists()
+    assert Lake.open(lake).version == 1  # no writer: derived from the log

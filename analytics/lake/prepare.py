@@ -58,6 +58,7 @@ from analytics.lake.state import (
 )
 from analytics.lake.table import (
     EVENTS_DIR,
+    WRITE_LOCK,
     commit,
     files_of,
     latest_version,
@@ -286,7 +287,7 @@ def prepare(raw_dir: str | os.PathLike, lake_dir: str | os.PathLike, *, progress
 
     lake.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with FileLock(str(lake / ".prepare.lock")):
+    with FileLock(str(lake / WRITE_LOCK)):
         base, current = _current(lake)
         shutil.rmtree(lake / STAGING_DIR, ignore_errors=True)
         sweep_pending(lake, files_of(current["segments"]))

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import duckdb
 
 from analytics.core.sql import sql_string
-from analytics.lake.table import EVENTS_DIR, check_available, latest_version, read_state, resolve
+from analytics.lake.table import EVENTS_DIR, check_available, latest_version, read_newest, read_state, resolve
 from analytics.query.schema import EVENT_TYPES, LAKE_TYPES
 
 SCHEMA_VERSION = 2  # 1: the hand-written `_manifest.json`; 2: a Delta table and a state file per version
@@ -130,9 +130,10 @@ class Lake:
                                         "`analytics prepare` or `analytics ingest` on it once to upgrade it in place")
             raise FileNotFoundError(f"{root} is not a prepared lake (no Delta table at {root / EVENTS_DIR}); "
                                     "run `analytics prepare` first")
-        version = latest if as_of is None else resolve(root, as_of)
-        lake = cls(root, read_state(root, version))
-        if version != latest:
+        if as_of is None:
+            return cls(root, read_newest(root, latest))
+        lake = cls(root, read_state(root, resolve(root, as_of)))
+        if lake.version != latest:
             check_available(root, lake.state)
         return lake
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
 
 from analytics.core.faults import crash_point
 from analytics.core.files import write_atomic
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from deltalake import DeltaTable
 
 EVENTS_DIR = "events"
+WRITE_LOCK = ".prepare.lock"  # held by the one writer (`prepare`, ingest's steps) from reading the state to its commit
 LOG_DIR = f"{EVENTS_DIR}/_delta_log"
 STATE_DIR = "_state"
 READERS_DIR = "_readers"
@@ -78,6 +80,20 @@ def read_state(root: Path, version: int) -> dict[str, Any]:
     if state.get("version") != version:
         raise ValueError(f"{state_path(root, version)} describes version {state.get('version')}, not {version}")
     return state
+
+
+def read_newest(root: Path, latest: int) -> dict[str, Any]:
+    """The state of the newest version a reader can take: `latest`, or, while a writer that has just
+    committed it is still writing its state file, the version before (a whole version all the same:
+    the reader is simply a moment earlier); derived from the log when no writer is at work."""
+    if not state_path(root, latest).is_file() and latest > 0 and state_path(root, latest - 1).is_file():
+        try:
+            FileLock(str(root / WRITE_LOCK)).acquire(timeout=0).lock.release()
+        except Timeout:
+            return read_state(root, latest - 1)
+        except OSError:
+            pass  # a read-only lake: no writer can be at work
+    return read_state(root, latest)
 
 
 def _table(root: Path, version: int | None = None) -> "DeltaTable":

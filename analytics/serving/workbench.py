@@ -44,7 +44,7 @@ from analytics.lake.index.store import FILTER_ROWS, index_records
 from analytics.lake.integrity import cheap_damage, check_segments
 from analytics.lake.pruning import lake_files, lake_relation
 from analytics.lake.state import Lake
-from analytics.lake.table import LOG_DIR, take_lease
+from analytics.lake.table import LOG_DIR, STATE_DIR, take_lease
 from analytics.query.compiler import ident
 from analytics.query.model import Query, parse_query, types_selected
 from analytics.query.schema import EVENT_TYPES
@@ -112,8 +112,8 @@ class Workbench(Closing):
         self._serving: dict[str, tuple[Path, list[dict[str, Any]]]] = {}
         self._types_checked: dict[str, set[str]] = {}
         # plain strings: refresh runs on every query, and pathlib's joins cost more than the stats
-        # a commit adds a file to the Delta log, which changes the log directory's mtime
-        self._watched = (str(self.root / LOG_DIR), str(registry_path(self.root)), str(adaptive_path(self.root)),
+        # a commit adds a file to the Delta log and then its state file: each changes its directory's mtime
+        self._watched = (str(self.root / LOG_DIR), str(self.root / STATE_DIR), str(registry_path(self.root)), str(adaptive_path(self.root)),
                          str(damage_path(self.root)))
         self.lake: Lake
         self.registry: dict[str, dict[str, Any]] = {}
@@ -124,7 +124,7 @@ class Workbench(Closing):
     # ---- state -------------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:
         """Reload lake, registry, adaptive catalog and damage register if one changed on disk since last
-        time (four stat calls)."""
+        time (five stat calls)."""
         stamp = tuple(_mtime(p) for p in self._watched)
         if stamp == self._stamp and not force:
             return
