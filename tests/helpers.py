@@ -8,6 +8,7 @@ import functools
 import json
 import shutil
 from pathlib import Path
+from typing import Any, Callable
 
 from analytics.batch.runner import SafeBatchRunner
 from analytics.batch.telemetry import read_events
@@ -48,6 +49,14 @@ TARGETED = {
                                     "from": "events", "group_by": ["country", "publisher_id"],
                                     "order_by": [{"col": "COUNT(bid_price)", "dir": "desc"}], "limit": 10},
 }
+
+
+def edit_json(path: Path, fn: Callable[[Any], None]) -> None:
+    """Change a JSON file (a registry, a manifest) in place as `fn` changes its parsed document: a
+    writer's bug, or a state the code cannot produce, made by hand."""
+    data = json.loads(path.read_text())
+    fn(data)
+    path.write_text(json.dumps(data, indent=1))
 
 
 def fresh(lake: Path) -> Path:

@@ -49,16 +49,16 @@ def test_a_cold_view_query_reads_only_the_pages_it_needs(tmp_path):
     prepare(raw, lake, progress=False)
     summary = build(lake, ["mv_hour_advertiser_id_wide"], progress=False)
     assert not summary["failed"], summary["failed"]
-    entry = load_registry(lake)["views"]["mv_hour_advertiser_id_wide"]
-    vdir = (lake / entry["file"]).parent.resolve()
-    assert entry["rows"] >= 1_500_000 and entry["serving"]["bytes"] >= 50_000_000  # large enough to tell
+    entry = load_registry(lake)["mv_hour_advertiser_id_wide"]
+    vdir = (lake / entry.file).parent.resolve()
+    assert entry.rows >= 1_500_000 and entry.serving["bytes"] >= 50_000_000  # large enough to tell
     with Workbench(lake) as wb:
         table, plan = wb.execute(HOUR_ADV_Q)
         assert plan.route == "mv_hour_advertiser_id_wide" and table.num_rows > 0
-        resident = sum(_resident_bytes(vdir / r["file"]) for r in entry["serving"]["types"].values())
+        resident = sum(_resident_bytes(vdir / r["file"]) for r in entry.serving["types"].values())
         # a probe maps the whole page-cache folio around it (up to 2 MiB on ext4 with large folios),
         # so a few binary searches per type show as megabytes: still a small share of the view
-        assert 0 < resident < entry["serving"]["bytes"] // 4, (resident, entry["serving"]["bytes"])
+        assert 0 < resident < entry.serving["bytes"] // 4, (resident, entry.serving["bytes"])
         # and the answer is the lake's
         lake_table, lake_plan = wb.execute(HOUR_ADV_Q, use_views=False)
         assert lake_plan.route == LAKE
@@ -72,8 +72,8 @@ def test_a_mapped_version_stays_valid_while_another_process_promotes_new_ones(la
     table, plan = wb.execute(q)
     assert plan.route == "mv_day_type_wide"
     old_view = wb._arrow[wb.table_name("mv_day_type_wide")]
-    entry = load_registry(lake_copy)["views"]["mv_day_type_wide"]
-    old_file = (lake_copy / entry["file"]).parent / entry["serving"]["types"]["impression"]["file"]
+    entry = load_registry(lake_copy)["mv_day_type_wide"]
+    old_file = (lake_copy / entry.file).parent / entry.serving["types"]["impression"]["file"]
     for _ in range(3):  # three new versions: the first one's files are swept (unlinked) meanwhile
         subprocess.run([sys.executable, "-m", "analytics", "build", "--lake", str(lake_copy), "--quiet", "--views",
                         "mv_day_type_wide", "--force"], check=True, capture_output=True)
@@ -105,14 +105,14 @@ def test_serving_copy_holds_each_type_as_time_sorted_batches(lake_dir, name):
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
-    entry = load_registry(lake_dir)["views"][name]
-    for t, rec in entry["serving"]["types"].items():
-        reader = ipc.open_file(pa.memory_map(str((lake_dir / entry["file"]).parent / rec["file"])))
+    entry = load_registry(lake_dir)[name]
+    for t, rec in entry.serving["types"].items():
+        reader = ipc.open_file(pa.memory_map(str((lake_dir / entry.file).parent / rec["file"])))
         batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
-        assert sum(b.num_rows for b in batches) == entry["rows_by_type"][t]
+        assert sum(b.num_rows for b in batches) == entry.rows_by_type[t]
         types = pa.concat_arrays([b.column("type").dictionary_decode() for b in batches])
         assert set(types.to_pylist()) == {t}
-        key = pa.concat_arrays([b.column(entry["grain"]) for b in batches]).to_pylist()
+        key = pa.concat_arrays([b.column(entry.grain) for b in batches]).to_pylist()
         assert key == sorted(key)
         assert reader.schema.field("type").type.index_type == pa.int8()
         price = "bid_price" if t == "impression" else "total_price" if t == "purchase" else None
@@ -127,11 +127,11 @@ def test_a_parquet_version_out_of_time_order_gets_no_serving_copy(lake_dir, tmp_
     from analytics.views.catalog import VIEWS
     from analytics.views.serving_copy import ServingError, write_serving_copy
 
-    entry = load_registry(lake_dir)["views"]["mv_hour_type_wide"]
+    entry = load_registry(lake_dir)["mv_hour_type_wide"]
     shuffled = tmp_path / "v9.parquet"
     con = duckdb.connect()
-    con.execute(f"COPY (SELECT * FROM read_parquet('{lake_dir / entry['file']}') ORDER BY type, hour DESC) "
+    con.execute(f"COPY (SELECT * FROM read_parquet('{lake_dir / entry.file}') ORDER BY type, hour DESC) "
                 f"TO '{shuffled}' (FORMAT parquet)")
     with pytest.raises(ServingError, match="not sorted by type then hour"):
-        write_serving_copy(con, VIEWS["mv_hour_type_wide"], shuffled, tmp_path / "v9", entry["rows_by_type"], [])
+        write_serving_copy(con, VIEWS["mv_hour_type_wide"], shuffled, tmp_path / "v9", entry.rows_by_type, [])
     assert not list(tmp_path.glob("*.arrow")) and not list(tmp_path.glob(".staging-*"))

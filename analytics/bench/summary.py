@@ -78,8 +78,8 @@ def _sizes(raw_dir: Path | None, lake: Lake) -> dict[str, Any]:
     csv = sum(f.stat().st_size for f in raw_dir.glob("*.csv")) if raw_dir is not None else 0
     lake_bytes = lake.size_bytes()
     views: dict[str, int] = {}
-    for name, entry in load_registry(lake.root)["views"].items():
-        f = lake.root / entry["file"]
+    for name, entry in load_registry(lake.root).items():
+        f = lake.root / entry.file
         if f.is_file():
             views[name] = f.stat().st_size
     view_bytes = sum(views.values())
