@@ -108,7 +108,6 @@ SLOW_TESTS = {
     "test_runner.py::test_cli_memory_limit_and_exit_code",
     "test_runner.py::test_parallel_vs_sequential_identical",
     "test_runner.py::test_progress_bar_only_on_a_terminal",
-    "test_serving_copy.py::test_a_cold_view_query_reads_only_the_pages_it_needs",
     "test_serving_copy.py::test_a_mapped_version_stays_valid_while_another_process_promotes_new_ones",
     "test_telemetry.py::test_cli_stats",
     "test_view_space.py::test_every_buildable_view_answers_like_the_baseline",

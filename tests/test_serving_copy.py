@@ -1,26 +1,24 @@
-"""Serving copies: a view is opened by memory-mapping, a query reads only the pages it needs, an old
+"""Serving copies: a view is opened by memory-mapping, a query reads only the rows it needs, an old
 mapping survives the promotion of a new version, and opening one view never waits for another."""
 from __future__ import annotations
 
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
+import duckdb
 import pytest
 
 from analytics.checks.baseline import baseline_query
-from analytics.lake.generator import generate
-from analytics.lake.prepare import prepare
 from analytics.query.model import parse_query
 from analytics.query.results import compare_rows, to_rows
 from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
-from analytics.views.build import build
+from analytics.views.answer.fastpath import ArrowView
 from analytics.views.registry import load_registry
 
 HOUR_ADV_Q = {"select": ["hour", {"COUNT": "*"}, {"SUM": "bid_price"}], "from": "events", "group_by": ["hour"],
-              "where": [{"col": "advertiser_id", "op": "in", "val": [3, 4]},
+              "where": [{"col": "advertiser_id", "op": "in", "val": [354, 720, 1051]},  # with rows that day
                         {"col": "day", "op": "eq", "val": "2024-02-29"}]}
 DAY_Q = {"select": ["day", {"SUM": "bid_price"}, {"COUNT": "*"}], "from": "events",
          "where": [{"col": "type", "op": "eq", "val": "impression"}], "group_by": ["day"]}
@@ -31,39 +29,34 @@ def _expect(baseline, raw):
     return q, to_rows(q, baseline_query(baseline, q))
 
 
-def _resident_bytes(path: Path) -> int:
-    """Bytes of `path`'s mappings in this process that are resident (faulted in), from /proc/self/smaps."""
-    total, inside = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()
-        if head and "-" in head[0] and len(head) >= 5:  # a mapping's header line
-            inside = line.endswith(str(path))
-        elif inside and head and head[0] == "Rss:":
-            total += int(head[1]) * 1024
-    return total
+def test_a_cold_view_query_reads_only_the_rows_of_its_day(lake_dir, monkeypatch):
+    """The fast path reads a piece's rows only between the bounds its time filters give (binary
+    searches: `ArrowView._bounds`); on a newly opened view, a one-day query's bounds hold exactly
+    that day's rows, a small share of the view, and the answer is the lake's."""
+    name = "mv_hour_advertiser_id_wide"
+    bounds = []
+    searched = ArrowView._bounds
 
+    def recording(n, cond, left, right, values):  # noqa: ANN001, ANN202 - _bounds' own signature
+        b = searched(n, cond, left, right, values)
+        bounds.append((cond.col, b))
+        return b
 
-def test_a_cold_view_query_reads_only_the_pages_it_needs(tmp_path):
-    raw, lake = tmp_path / "raw", tmp_path / "lake"
-    generate(raw, 2_000_000, seed=3, parts=2, progress=False)
-    prepare(raw, lake, progress=False)
-    summary = build(lake, ["mv_hour_advertiser_id_wide"], progress=False)
-    assert not summary["failed"], summary["failed"]
-    entry = load_registry(lake)["mv_hour_advertiser_id_wide"]
-    vdir = (lake / entry.file).parent.resolve()
-    assert entry.rows >= 1_500_000 and entry.serving["bytes"] >= 50_000_000  # large enough to tell
-    with Workbench(lake) as wb:
+    monkeypatch.setattr(ArrowView, "_bounds", staticmethod(recording))
+    with Workbench(lake_dir) as wb:
         table, plan = wb.execute(HOUR_ADV_Q)
-        assert plan.route == "mv_hour_advertiser_id_wide" and table.num_rows > 0
-        resident = sum(_resident_bytes(vdir / r["file"]) for r in entry.serving["types"].values())
-        # a probe maps the whole page-cache folio around it (up to 2 MiB on ext4 with large folios),
-        # so a few binary searches per type show as megabytes: still a small share of the view
-        assert 0 < resident < entry.serving["bytes"] // 4, (resident, entry.serving["bytes"])
-        # and the answer is the lake's
+        assert plan.route == name and table.num_rows > 0
         lake_table, lake_plan = wb.execute(HOUR_ADV_Q, use_views=False)
-        assert lake_plan.route == LAKE
-        q = parse_query(HOUR_ADV_Q)
-        assert compare_rows(q, to_rows(q, lake_table), to_rows(q, table)) is None
+    assert lake_plan.route == LAKE
+    q = parse_query(HOUR_ADV_Q)
+    assert compare_rows(q, to_rows(q, lake_table), to_rows(q, table)) is None
+    entry = load_registry(lake_dir)[name]
+    (day_rows,) = duckdb.connect().execute(
+        f"SELECT count(*) FROM read_parquet('{lake_dir / entry.file}') WHERE CAST(hour AS DATE) = DATE '2024-02-29'"
+    ).fetchone()
+    assert {col for col, _ in bounds} == {"day"} and len(bounds) >= len(entry.serving["types"])  # a search per piece
+    assert sum(hi - lo for _, (lo, hi) in bounds) == day_rows > 0
+    assert day_rows * 100 < entry.rows  # one day of 366
 
 
 def test_a_mapped_version_stays_valid_while_another_process_promotes_new_ones(lake_copy, baseline):
