@@ -73,7 +73,7 @@ def test_adaptive_views_are_checked_registered_and_carry_why(adaptive_lake):
     registry = load_registry(adaptive_lake)
     for name, entry in state["views"].items():
         assert name.startswith(PREFIX) and name in registry
-        assert registry[name]["columns"] and registry[name]["rollup"] > 0
+        assert registry[name].columns and registry[name].rollup > 0
         chosen = entry["chosen"]
         assert chosen["queries"] > 0 and chosen["shapes"] and chosen["est_rows"] > 0
     # per-user and per-auction keys: a lake index serves them for fewer bytes (or the view would not
