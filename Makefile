@@ -87,8 +87,9 @@ test: setup nbval-data ## ruff, then pytest on tests/ (2 workers), then nbval on
 	$(MAKE) --no-print-directory test-nbval || rc=$$?; \
 	exit $$rc
 
-lint: setup ## ruff over analytics/ and tests/ (the rules are in pyproject.toml)
+lint: setup ## ruff over analytics/ and tests/, then the package's import contracts (rules in pyproject.toml)
 	$(VENV)/bin/ruff check analytics tests
+	$(VENV)/bin/lint-imports --no-cache
 
 test-fast: setup ## the quick loop: pytest without the tests marked slow or integration (under 2 minutes on 2 cores)
 	$(PY) -m pytest $(XDIST) -m "not slow and not integration" $(PYTEST_ARGS) tests

@@ -51,8 +51,8 @@ def test_help_is_the_default_goal_and_every_listed_target_exists() -> None:
         assert proc.returncode in (0, 1), f"`make help` lists {target}, but: {proc.stderr.strip()}"
 
 
-# The targets below run for real, in a copy of the Makefile whose .venv holds a stand-in for python
-# and ruff: each call is recorded (its arguments, one JSON list a line) and does nothing else, except
+# The targets below run for real, in a copy of the Makefile whose .venv holds stand-ins for python,
+# ruff and lint-imports: each call is recorded (its arguments, one JSON list a line) and does nothing else, except
 # making the directory an `--out` names and writing the JSON a `--json` names (what the recipes go on
 # with), and failing when its
 # arguments contain $FAIL. So a test sees which steps a target runs, on which data, in which order,
@@ -73,12 +73,12 @@ sys.exit(1 if os.environ.get("FAIL") and os.environ["FAIL"] in " ".join(args) el
 
 def _stand_in(tmp_path: Path) -> Path:
     """A directory holding a copy of the Makefile and pyproject.toml, its .venv installed (stamped)
-    with the stand-ins for python and ruff."""
+    with the stand-ins for python, ruff and lint-imports."""
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
-    for tool in ("python", "ruff"):
+    for tool in ("python", "ruff", "lint-imports"):
         (bin_dir / tool).write_text(STAND_IN)
         (bin_dir / tool).chmod(0o755)
     (tmp_path / ".venv" / f".installed-{hashlib.sha256((tmp_path / 'pyproject.toml').read_bytes()).hexdigest()[:16]}"
@@ -124,13 +124,15 @@ def test_make_test_runs_the_linter_then_pytest_on_two_workers_and_fails_when_eit
     cwd = _stand_in(tmp_path)
     code, calls = _run(cwd, "test")
     assert code == 0
-    assert [c[:2] for c in calls] == [["ruff", "check"], ["python", "-m"]], calls
-    lint, pytest = calls
-    assert set(lint[2:]) == {"analytics", "tests"}
+    assert [c[0] for c in calls] == ["ruff", "lint-imports", "python"], calls
+    ruff, _, pytest = calls
+    assert ruff[1] == "check" and set(ruff[2:]) == {"analytics", "tests"}
     assert pytest[1:3] == ["-m", "pytest"] and _option(pytest, "-n") == "2" and pytest[-1] == "tests"
-    for failing in ("check", "pytest"):  # the linter failing, then pytest: every step still runs
-        code, calls = _run(cwd, "test", fail=failing)
-        assert code != 0 and len(calls) == 2, (failing, calls)
+    # ruff failing stops the lint (the import contracts are the lint's second step), not the tests
+    code, calls = _run(cwd, "test", fail="check")
+    assert code != 0 and [c[0] for c in calls] == ["ruff", "python"], calls
+    code, calls = _run(cwd, "test", fail="pytest")
+    assert code != 0 and [c[0] for c in calls] == ["ruff", "lint-imports", "python"], calls
 
 
 def test_make_test_fast_leaves_out_the_slow_and_integration_tests(tmp_path: Path) -> None:
