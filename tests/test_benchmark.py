@@ -125,9 +125,9 @@ def test_judges_workload_is_realistic_and_mostly_view_covered() -> None:
     assert any(q.order_by for q in parsed) and any(q.limit for q in parsed)
 
 
-def test_json_structure(result: dict[str, Any], tiny: dict[str, Path]) -> None:
+def test_json_structure(result: BenchmarkSummary, tiny: dict[str, Path]) -> None:
     on_disk = json.loads((tiny["root"] / "benchmark.json").read_text())
-    for doc in (result, on_disk):
+    for doc in (result.to_json(), on_disk):
         assert doc["rows"] == ROWS
         assert isinstance(doc["all_match"], bool)
         assert 0.0 <= doc["view_hit_rate"] <= 1.0
@@ -231,9 +231,9 @@ def test_phase_records_keep_the_last_real_run(tmp_path: Path) -> None:
 
 
 def test_sweep_combines_sizes(tmp_path: Path, result: BenchmarkSummary) -> None:
-    small = dict(result, rows=1000, median_ms={e: 1.0 for e in ENGINES})
-    (tmp_path / "a.json").write_text(json.dumps(result))
-    (tmp_path / "b.json").write_text(json.dumps(small))
+    small = replace(result, rows=1000, median_ms={e: 1.0 for e in ENGINES})
+    (tmp_path / "a.json").write_text(json.dumps(result.to_json()))
+    (tmp_path / "b.json").write_text(json.dumps(small.to_json()))
     (tmp_path / "b.json.notes.json").write_text(json.dumps({"compared": 72}))  # matched, not a result
     combined = sweep_from_files([tmp_path / "a.json", tmp_path / "b.json", tmp_path / "b.json.notes.json"])
     assert combined["rows"] == [1000, ROWS]
@@ -258,7 +258,8 @@ def test_an_engine_that_cannot_start_is_a_reported_failure(tiny: dict[str, Path]
     assert "MISMATCH" in summary_table(res, color=False)
 
 
-def test_cold_pass_runs_every_engine_in_one_new_process_per_workload(cold_result: BenchmarkSummary) -> None:
+def test_cold_pass_runs_every_engine_in_one_new_process_per_workload(cold_result: BenchmarkSummary,
+                                                                     tiny: dict[str, Path]) -> None:
     assert cold_result.all_match is True, cold_result.mismatches
     cold = cold_result.cold
     assert list(cold["engines"]) == list(COLD_ENGINES)
@@ -393,7 +394,7 @@ def test_peak_rss_is_the_commands_own_not_inherited_from_this_process(tmp_path: 
     del ballast
 
 
-def test_freshness_and_adaptive_benchmarks_add_their_figures_and_targets(tiny: dict[str, Path], result: dict[str, Any],
+def test_freshness_and_adaptive_benchmarks_add_their_figures_and_targets(tiny: dict[str, Path], result: BenchmarkSummary,
                                                                          tmp_path: Path) -> None:
     """What `make benchmark` runs beside the engines: both on copies, neither touching the lake."""
     from analytics.views.adaptive_catalog import ADAPTIVE
