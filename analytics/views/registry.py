@@ -1,7 +1,8 @@
 """The view registry, `LAKE/views/_registry.json`, and the one rule of whether a registered view may serve.
 
-Owns the registry's location, reading it, recording a promoted version in it (atomically), the
-files an entry names (its base version and its deltas, `views.delta`) and the sweep of the files
+Owns the registry's entry type (`ViewEntry`, with its `DeltaEntry`s: what an entry's JSON holds,
+read from a registry of any age), the registry's location, reading it, recording a promoted
+version in it (atomically), the files an entry names (its base version and its deltas, `views.delta`) and the sweep of the files
 no entry names, and `staleness`: why a view's registered version must not answer for the lake as
 it is now (not built, built from another definition or lake version, its Parquet or serving copy
 or a delta's gone, truncated or noted damaged), or None. The workbench, the build and the guardrails all ask this one
