@@ -121,7 +121,6 @@ SLOW_TESTS = {
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    seen = set()
     for item in items:
         module = Path(str(item.fspath)).name
         name = f"{module}::{item.originalname}"
@@ -129,8 +128,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
         if module in SLOW_MODULES or name in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
-            seen.add(name)
+    # against the tests each collected module defines, not those selected: `pytest FILE::TEST` collects one
+    defined = {f"{Path(str(i.fspath)).name}::{name}" for i in items if getattr(i, "module", None)
+               for name in vars(i.module) if name.startswith("test_")}
     collected = {Path(str(i.fspath)).name for i in items}
-    stale = sorted(n for n in SLOW_TESTS if n.split("::")[0] in collected and n not in seen)
+    stale = sorted(n for n in SLOW_TESTS if n.split("::")[0] in collected and n not in defined)
     if stale:
         raise pytest.UsageError(f"tests/conftest.py SLOW_TESTS names tests that do not exist: {stale}")
