@@ -35,8 +35,9 @@ SUFFIX ?=
 SWEEP_ROWS ?= 1000000 5000000 15000000
 REPORT_TIMEOUT ?=
 
-# Tests: pytest over tests/ (modules kept whole per worker: module-scoped fixtures build data once),
-# then nbval over notebooks/ on the small data set in data/nbval.
+# Tests: pytest over tests/ (modules kept whole per worker: module-scoped fixtures build data once);
+# tests/test_notebooks.py runs each notebook with its defaults through `make reports`. `make test-nbval`
+# runs them in place on the small data set their defaults name (data/nbval, what `make lab` opens).
 PYTEST_ARGS ?=
 XDIST ?= -n 2 --dist loadfile
 NBVAL_DIR := data/nbval
@@ -80,15 +81,15 @@ lab: setup nbval-data ## open JupyterLab on notebooks/ (00_explore, the explorer
 		$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root) \
 		$(LAB_ARGS)
 
-test: setup nbval-data ## ruff, then pytest on tests/ (2 workers), then nbval on the notebooks
+test: setup ## ruff, then pytest on tests/ (2 workers; the notebooks run once each, in tests/test_notebooks.py)
 	@rc=0; \
 	$(MAKE) --no-print-directory lint || rc=$$?; \
 	$(MAKE) --no-print-directory test-py || rc=$$?; \
-	$(MAKE) --no-print-directory test-nbval || rc=$$?; \
 	exit $$rc
 
-lint: setup ## ruff over analytics/ and tests/ (the rules are in pyproject.toml)
+lint: setup ## ruff over analytics/ and tests/, then the package's import contracts (rules in pyproject.toml)
 	$(VENV)/bin/ruff check analytics tests
+	$(VENV)/bin/lint-imports --no-cache
 
 test-fast: setup ## the quick loop: pytest without the tests marked slow or integration (under 2 minutes on 2 cores)
 	$(PY) -m pytest $(XDIST) -m "not slow and not integration" $(PYTEST_ARGS) tests
@@ -103,7 +104,7 @@ view-space: setup ## build VIEW_SPACE_EXAMPLES random view definitions and check
 	VIEW_SPACE_EXAMPLES=$(VIEW_SPACE_EXAMPLES) VIEW_SPACE_RANDOM=1 $(PY) -m pytest -q -p no:cacheprovider \
 		tests/test_view_space.py -k every_buildable_view
 
-test-nbval: setup nbval-data ## execute every notebook in place with its default parameters (nbval)
+test-nbval: setup nbval-data ## execute every notebook in place on data/nbval with its default parameters (nbval)
 	$(PY) -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks
 

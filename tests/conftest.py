@@ -108,7 +108,6 @@ SLOW_TESTS = {
     "test_runner.py::test_cli_memory_limit_and_exit_code",
     "test_runner.py::test_parallel_vs_sequential_identical",
     "test_runner.py::test_progress_bar_only_on_a_terminal",
-    "test_serving_copy.py::test_a_cold_view_query_reads_only_the_pages_it_needs",
     "test_serving_copy.py::test_a_mapped_version_stays_valid_while_another_process_promotes_new_ones",
     "test_telemetry.py::test_cli_stats",
     "test_view_space.py::test_every_buildable_view_answers_like_the_baseline",
@@ -122,7 +121,6 @@ SLOW_TESTS = {
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    seen = set()
     for item in items:
         module = Path(str(item.fspath)).name
         name = f"{module}::{item.originalname}"
@@ -130,8 +128,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
         if module in SLOW_MODULES or name in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
-            seen.add(name)
+    # against the tests each collected module defines, not those selected: `pytest FILE::TEST` collects one
+    defined = {f"{Path(str(i.fspath)).name}::{name}" for i in items if getattr(i, "module", None)
+               for name in vars(i.module) if name.startswith("test_")}
     collected = {Path(str(i.fspath)).name for i in items}
-    stale = sorted(n for n in SLOW_TESTS if n.split("::")[0] in collected and n not in seen)
+    stale = sorted(n for n in SLOW_TESTS if n.split("::")[0] in collected and n not in defined)
     if stale:
         raise pytest.UsageError(f"tests/conftest.py SLOW_TESTS names tests that do not exist: {stale}")

@@ -70,10 +70,10 @@ def test_family_b_from_adaptive_views_equals_lake_and_baseline(adaptive_lake, ba
 
 def test_adaptive_views_are_checked_registered_and_carry_why(adaptive_lake):
     state = load_adaptive(adaptive_lake)
-    registry = load_registry(adaptive_lake)["views"]
+    registry = load_registry(adaptive_lake)
     for name, entry in state["views"].items():
         assert name.startswith(PREFIX) and name in registry
-        assert registry[name]["columns"] and registry[name]["rollup"] > 0
+        assert registry[name].columns and registry[name].rollup > 0
         chosen = entry["chosen"]
         assert chosen["queries"] > 0 and chosen["shapes"] and chosen["est_rows"] > 0
     # per-user and per-auction keys: a lake index serves them for fewer bytes (or the view would not
@@ -92,7 +92,7 @@ def test_the_view_registry_report_lists_adaptive_views_with_why(adaptive_lake):
         rows = {r["view"]: r for r in registry_table(adaptive_lake, wb.warm())}
     assert set(rows) == set(VIEWS) | set(state["views"])
     for name, entry in state["views"].items():
-        assert rows[name]["healthy"] and rows[name]["rows"] == load_registry(adaptive_lake)["views"][name]["rows"]
+        assert rows[name]["healthy"] and rows[name]["rows"] == load_registry(adaptive_lake)[name].rows
         assert entry["note"] in rows[name]["origin"]
     assert {rows[n]["origin"] for n in VIEWS} == {"catalog"}
 
@@ -123,11 +123,11 @@ def test_advice_is_deterministic_for_a_given_log(adaptive_lake):
 def test_budget_zero_builds_nothing(lake_copy):
     shutil.rmtree(lake_copy / "_telemetry", ignore_errors=True)
     events = record_family(lake_copy, seed=1, n=20)
-    before = load_registry(lake_copy)["views"]
+    before = load_registry(lake_copy)
     summary = build_adaptive(str(lake_copy), events, budget=0, progress=False)
     assert summary["built"] == [] and summary["bytes"] == 0
     assert load_adaptive(lake_copy)["views"] == {}
-    assert load_registry(lake_copy)["views"] == before
+    assert load_registry(lake_copy) == before
     assert not any(p.name.startswith(PREFIX) for p in (lake_copy / VIEWS_DIR).iterdir())
     assert all("budget" in p["reason"] or "rollup" in p["reason"] for p in summary["refused"])
 
@@ -138,8 +138,8 @@ def test_a_small_budget_is_respected(lake_copy):
     budget = 3 * 2**20
     summary = build_adaptive(str(lake_copy), events, budget=budget, progress=False)
     assert summary["bytes"] <= budget
-    reg = load_registry(lake_copy)["views"]
-    assert sum(reg[n]["bytes"] + reg[n]["serving"]["bytes"] for n in load_adaptive(lake_copy)["views"]) <= budget
+    reg = load_registry(lake_copy)
+    assert sum(reg[n].bytes + reg[n].serving["bytes"] for n in load_adaptive(lake_copy)["views"]) <= budget
 
 
 def test_retiring_a_view_while_queries_use_it(lake_copy, baseline):

@@ -8,6 +8,7 @@ import json
 import shutil
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from analytics.bench.figures import adaptive_frame, cold_frame, figure_cold, fig
 from analytics.bench.peers import ENGINES, PEERS, Unsupported
 from analytics.bench.phases import load_phases, run_phase
 from analytics.bench.polars_engine import polars_condition
+from analytics.bench.result import BenchmarkSummary
 from analytics.bench.run import run_benchmark
 from analytics.bench.summary import evaluate_targets, sweep_from_files
 from analytics.bench.text import summary_table
@@ -83,7 +85,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def result(tiny: dict[str, Path]) -> dict[str, Any]:
+def result(tiny: dict[str, Path]) -> BenchmarkSummary:
     phases = tiny["root"] / "phases"
     code = run_phase("prepare", phases, [sys.executable, "-c", "print('prepared')"])
     assert code == 0
@@ -92,7 +94,7 @@ def result(tiny: dict[str, Path]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def cold_result(tiny: dict[str, Path]) -> dict[str, Any]:
+def cold_result(tiny: dict[str, Path]) -> BenchmarkSummary:
     """The benchmark with its cold pass on a few queries in two workload files: view-routed ones and lake-routed ones."""
     from analytics.query.model import parse_query
     from analytics.serving.router import coverage
@@ -123,9 +125,9 @@ def test_judges_workload_is_realistic_and_mostly_view_covered() -> None:
     assert any(q.order_by for q in parsed) and any(q.limit for q in parsed)
 
 
-def test_json_structure(result: dict[str, Any], tiny: dict[str, Path]) -> None:
+def test_json_structure(result: BenchmarkSummary, tiny: dict[str, Path]) -> None:
     on_disk = json.loads((tiny["root"] / "benchmark.json").read_text())
-    for doc in (result, on_disk):
+    for doc in (result.to_json(), on_disk):
         assert doc["rows"] == ROWS
         assert isinstance(doc["all_match"], bool)
         assert 0.0 <= doc["view_hit_rate"] <= 1.0
@@ -149,22 +151,22 @@ def test_json_structure(result: dict[str, Any], tiny: dict[str, Path]) -> None:
     assert on_disk["queries"][0]["id"] == "examples-q1"
 
 
-def test_every_engine_matches_the_baseline(result: dict[str, Any]) -> None:
-    assert result["all_match"] is True, result["mismatches"]
-    assert result["product"]["batch"]["all_match"] is True
-    for q in result["queries"]:
+def test_every_engine_matches_the_baseline(result: BenchmarkSummary) -> None:
+    assert result.all_match is True, result.mismatches
+    assert result.product["batch"]["all_match"] is True
+    for q in result.queries:
         assert q["match"] is True
         assert q["status"]["baseline"] == "ok"
         for e in ("duckdb_lake", "product"):
             assert q["status"][e] == "ok", (q["id"], e, q.get("reasons"))
         assert q["status"]["polars_lake"] in ("ok", "unsupported")
     # the workload needs the lake for a few queries and the views for the rest
-    assert 0.9 <= result["view_hit_rate_judges"] < 1.0
-    assert result["product"]["lake_queries"] >= 3
-    assert sum(result["product"]["route_mix"].values()) == result["n_queries"]
+    assert 0.9 <= result.view_hit_rate_judges < 1.0
+    assert result.product["lake_queries"] >= 3
+    assert sum(result.product["route_mix"].values()) == result.n_queries
 
 
-def test_summary_table(result: dict[str, Any]) -> None:
+def test_summary_table(result: BenchmarkSummary) -> None:
     text = summary_table(result, color=False)
     assert "ALL ANSWERS MATCH THE BASELINE" in text
     for e in ENGINES:
@@ -176,10 +178,10 @@ def test_polars_edge_semantics(tiny: dict[str, Path], tmp_path: Path) -> None:
     path = tmp_path / "edges.json"
     path.write_text(json.dumps(EDGE_QUERIES))
     res = run_benchmark(tiny["raw"], tiny["lake"], workloads=[path], repeats=1, progress=False, cold=False)
-    assert res["all_match"] is True, res["mismatches"]
-    assert not res["unsupported"], res["unsupported"]
-    assert all(q["status"]["polars_lake"] == "ok" for q in res["queries"])
-    assert res["queries"][1]["rows"] == 1  # the empty selection's one aggregate row
+    assert res.all_match is True, res.mismatches
+    assert not res.unsupported, res.unsupported
+    assert all(q["status"]["polars_lake"] == "ok" for q in res.queries)
+    assert res.queries[1]["rows"] == 1  # the empty selection's one aggregate row
 
 
 def test_polars_records_unsupported_instead_of_answering() -> None:
@@ -228,10 +230,10 @@ def test_phase_records_keep_the_last_real_run(tmp_path: Path) -> None:
     assert phases["generate"]["exit_code"] == 3
 
 
-def test_sweep_combines_sizes(tmp_path: Path, result: dict[str, Any]) -> None:
-    small = dict(result, rows=1000, median_ms={e: 1.0 for e in ENGINES})
-    (tmp_path / "a.json").write_text(json.dumps(result))
-    (tmp_path / "b.json").write_text(json.dumps(small))
+def test_sweep_combines_sizes(tmp_path: Path, result: BenchmarkSummary) -> None:
+    small = replace(result, rows=1000, median_ms={e: 1.0 for e in ENGINES})
+    (tmp_path / "a.json").write_text(json.dumps(result.to_json()))
+    (tmp_path / "b.json").write_text(json.dumps(small.to_json()))
     (tmp_path / "b.json.notes.json").write_text(json.dumps({"compared": 72}))  # matched, not a result
     combined = sweep_from_files([tmp_path / "a.json", tmp_path / "b.json", tmp_path / "b.json.notes.json"])
     assert combined["rows"] == [1000, ROWS]
@@ -250,15 +252,16 @@ def test_an_engine_that_cannot_start_is_a_reported_failure(tiny: dict[str, Path]
     wl.write_text(json.dumps([{"select": [{"COUNT": "*"}]}]))
     out = tmp_path / "b.json"
     res = run_benchmark(tiny["raw"], tiny["lake"], workloads=[wl], repeats=1, out_json=out, progress=False, cold=False)
-    assert out.is_file() and res["all_match"] is False
-    assert res["mismatches"][0]["engine"] == "product" and "did not start" in res["mismatches"][0]["reason"]
-    assert res["queries"][0]["status"]["duckdb_lake"] == "ok"
+    assert out.is_file() and res.all_match is False
+    assert res.mismatches[0]["engine"] == "product" and "did not start" in res.mismatches[0]["reason"]
+    assert res.queries[0]["status"]["duckdb_lake"] == "ok"
     assert "MISMATCH" in summary_table(res, color=False)
 
 
-def test_cold_pass_runs_every_engine_in_one_new_process_per_workload(cold_result: dict[str, Any]) -> None:
-    assert cold_result["all_match"] is True, cold_result["mismatches"]
-    cold = cold_result["cold"]
+def test_cold_pass_runs_every_engine_in_one_new_process_per_workload(cold_result: BenchmarkSummary,
+                                                                     tiny: dict[str, Path]) -> None:
+    assert cold_result.all_match is True, cold_result.mismatches
+    cold = cold_result.cold
     assert list(cold["engines"]) == list(COLD_ENGINES)
     for s in cold["engines"].values():
         assert s["processes"] == 2 and s["errors"] == 0 and s["queries"] == 5
@@ -272,30 +275,29 @@ def test_cold_pass_runs_every_engine_in_one_new_process_per_workload(cold_result
     assert "analytics run" in cold["engines"]["product"]["command"]
     assert "--no-views" in cold["engines"]["product_no_views"]["command"]
     assert cold["repeats"] == 2 and "2 such processes in a row" in cold["how"]
-    for q in cold_result["queries"]:
+    for q in cold_result.queries:
         assert set(q["cold_pass_ms"]) == set(COLD_ENGINES), q["id"]
         assert all(ms is not None and ms > 0 for ms in q["cold_pass_ms"].values()), q
         assert q["cold_pass_route"]["product"] == q["route"]
         assert q["cold_pass_route"]["product_no_views"] == LAKE
-    routes = [q["route"] for q in cold_result["queries"] if q["workload"] == "judges"]
+    routes = [q["route"] for q in cold_result.queries if q["workload"] == "judges"]
     assert LAKE in routes and any(r != LAKE for r in routes)
-    view_cold = [q["cold_pass_ms"]["product"] for q in cold_result["queries"] if q["route"] != LAKE]
+    view_cold = [q["cold_pass_ms"]["product"] for q in cold_result.queries if q["route"] != LAKE]
     assert cold["view_routed_cold_median_ms"] == pytest.approx(statistics.median(view_cold), abs=1e-3)
-    assert cold_result["product"]["view_routed_cold_median_ms"] == cold["view_routed_cold_median_ms"]
-    on_disk = json.loads((Path(cold_result["json"])).read_text())
-    assert on_disk["cold"] == cold
+    assert cold_result.product["view_routed_cold_median_ms"] == cold["view_routed_cold_median_ms"]
+    assert BenchmarkSummary.read(tiny["root"] / "cold.json").cold == cold
 
 
-def test_cold_targets_are_evaluated(cold_result: dict[str, Any]) -> None:
-    targets = {t["target"]: t for t in cold_result["targets"]}
-    judges = cold_result["cold"]["engines"]["product"]["workloads"]["judges"]
-    no_views = cold_result["cold"]["engines"]["product_no_views"]["workloads"]["judges"]
+def test_cold_targets_are_evaluated(cold_result: BenchmarkSummary) -> None:
+    targets = {t["target"]: t for t in cold_result.targets}
+    judges = cold_result.cold["engines"]["product"]["workloads"]["judges"]
+    no_views = cold_result.cold["engines"]["product_no_views"]["workloads"]["judges"]
     wall = targets["cold judges run: wall of one new process"]
     assert wall["value"] == judges["wall_ms"] and wall["ok"] is (judges["wall_ms"] <= 1000)
     versus = targets["cold judges run: wall against the same run with --no-views"]
-    assert cold_result["rows"] < 1_000_000  # a ratio to a peer cannot apply on this little data
+    assert cold_result.rows < 1_000_000  # a ratio to a peer cannot apply on this little data
     assert versus["ok"] is None and versus["verdict"] == "n/a below 1M rows"
-    at_scale = {t["target"]: t for t in evaluate_targets({**cold_result, "rows": 1_000_000})}
+    at_scale = {t["target"]: t for t in evaluate_targets(replace(cold_result, rows=1_000_000))}
     assert at_scale[versus["target"]]["ok"] is (judges["wall_ms"] <= no_views["wall_ms"])
     assert at_scale[versus["target"]]["verdict"] == ("met" if judges["wall_ms"] <= no_views["wall_ms"] else "MISSED")
     for name in ("speedup over baseline on the median", "speedup over duckdb_lake on the median"):
@@ -306,17 +308,17 @@ def test_cold_targets_are_evaluated(cold_result: dict[str, Any]) -> None:
     view = targets["cold judges run: view-routed median (first touch included)"]
     assert view["value"] == judges["view_median_ms"] is not None
     # the sum is recomputed here from the per-query cold times of the judges' view-routed queries
-    view_ms = [q["cold_pass_ms"]["product"] for q in cold_result["queries"]
+    view_ms = [q["cold_pass_ms"]["product"] for q in cold_result.queries
                if q["workload"] == "judges" and q["route"] != LAKE]
     assert judges["view_sum_ms"] == pytest.approx(sum(view_ms), abs=1e-2)
     summed = targets["cold judges run: view-routed queries summed (target stated at 245M rows)"]
     assert summed["value"] == judges["view_sum_ms"] and summed["ok"] is (judges["view_sum_ms"] <= 100)
     warm = targets["warm view-routed median, next to the cold run (stated at 15M and 245M rows)"]
-    assert warm["value"] == cold_result["product"]["view_median_ms"] is not None
-    assert warm["ok"] is (cold_result["product"]["view_median_ms"] <= 0.3)
+    assert warm["value"] == cold_result.product["view_median_ms"] is not None
+    assert warm["ok"] is (cold_result.product["view_median_ms"] <= 0.3)
 
 
-def test_summary_shows_the_cold_row(cold_result: dict[str, Any]) -> None:
+def test_summary_shows_the_cold_row(cold_result: BenchmarkSummary) -> None:
     text = summary_table(cold_result, color=False)
     assert "cold: a new process per engine and workload file" in text
     lines = text.splitlines()
@@ -392,7 +394,7 @@ def test_peak_rss_is_the_commands_own_not_inherited_from_this_process(tmp_path: 
     del ballast
 
 
-def test_freshness_and_adaptive_benchmarks_add_their_figures_and_targets(tiny: dict[str, Path], result: dict[str, Any],
+def test_freshness_and_adaptive_benchmarks_add_their_figures_and_targets(tiny: dict[str, Path], result: BenchmarkSummary,
                                                                          tmp_path: Path) -> None:
     """What `make benchmark` runs beside the engines: both on copies, neither touching the lake."""
     from analytics.views.adaptive_catalog import ADAPTIVE
@@ -409,20 +411,20 @@ def test_freshness_and_adaptive_benchmarks_add_their_figures_and_targets(tiny: d
     assert sorted((p.relative_to(tiny["lake"]), p.stat().st_mtime_ns) for p in tiny["lake"].rglob("*")) == lake_files
     assert not (tiny["lake"] / "views" / ADAPTIVE).exists() and (tmp_path / "adaptive" / "views" / ADAPTIVE).exists()
 
-    out = json.loads(bench_json.read_text())
-    assert out["freshness"]["part_rows"] == 3_000 and out["freshness"]["freshness_seconds"] > 0
-    after = out["adaptive"]["after"]["family_b"]
-    assert after["viewable_from_views"] > out["adaptive"]["before"]["family_b"]["viewable_from_views"]
-    targets = {t["target"]: t for t in out["targets"]}
+    out = BenchmarkSummary.read(bench_json)
+    assert out.freshness["part_rows"] == 3_000 and out.freshness["freshness_seconds"] > 0
+    after = out.adaptive["after"]["family_b"]
+    assert after["viewable_from_views"] > out.adaptive["before"]["family_b"]["viewable_from_views"]
+    targets = {t["target"]: t for t in out.targets}
     share = targets["adaptive: family B queries a rollup can answer (no per-user/auction keys), from views after "
                     "build --adaptive"]
     assert share["value"] == after["rollup_viewable_from_views"] / after["rollup_viewable"]
     assert targets["freshness: a 3,000-row part, rename to first view answer including it"]["value"] == \
-        out["freshness"]["freshness_seconds"]
+        out.freshness["freshness_seconds"]
     assert {"view-routed median with 10 pending deltas", "adaptive: family B lake-routed p95, before / after",
             "adaptive: judges workload warm total (target stated at 245M rows)"} <= set(targets)
     # family C, taught on a copy of its own: exact after adapting, and a wrong answer fails its target
-    unseen = out["adaptive"]["unseen"]
+    unseen = out.adaptive["unseen"]
     assert unseen["after"]["from_views"] > unseen["before"]["from_views"] and unseen["mismatches"] == []
     exact = "adaptive: family C (unseen), fresh answers after build --adaptive that differ from the lake"
     assert targets[exact]["ok"] is True

@@ -88,15 +88,15 @@ def test_a_build_killed_at_each_commit_step(point, pending_lake, baseline, tmp_p
     assert len(BUILD_POINTS) == 3
     lake = tmp_path / "lake"
     shutil.copytree(pending_lake, lake)
-    before = load_registry(lake)["views"]
+    before = load_registry(lake)
     vdir = lake / VIEWS_DIR / FIRST
 
     proc = build_cli(lake, crash_at=point)
     assert proc.returncode == -9, (proc.returncode, proc.stderr[-2000:])
 
-    after = load_registry(lake)["views"]
+    after = load_registry(lake)
     if point == "build:after-registry":
-        assert after[FIRST]["version"] == before[FIRST]["version"] + 1 and after[FIRST]["mode"] == "incremental"
+        assert after[FIRST].version == before[FIRST].version + 1 and after[FIRST].mode == "incremental"
         assert {n: e for n, e in after.items() if n != FIRST} == {n: e for n, e in before.items() if n != FIRST}
     else:
         assert after == before  # the registry still names the previous versions
@@ -114,7 +114,7 @@ def test_a_build_killed_at_each_commit_step(point, pending_lake, baseline, tmp_p
 
     proc = build_cli(lake)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    final = load_registry(lake)["views"]
-    assert all(e["version"] == before[n]["version"] + 1 for n, e in final.items())
+    final = load_registry(lake)
+    assert all(e.version == before[n].version + 1 for n, e in final.items())
     assert not list((lake / VIEWS_DIR).glob("*/.staging-*"))
     assert_every_view_exact(lake, baseline)  # no view counts the old parts twice

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pyarrow as pa
 from helpers import fresh, tables_match
@@ -37,9 +38,10 @@ def test_key_ignores_where_order_and_value_spelling():
                      "where": [{"col": "day", "op": "eq", "val": "2024-03-02"}, {"col": "advertiser_id", "op": "in", "val": [7, 8]}]})
     assert cache_key(a, "s") == cache_key(b, "s") != cache_key(c, "s")
     assert cache_key(a, "s") != cache_key(a, "t")
-    reg = {"v": {"version": 1, "lake_version": "x", "definition": "d"}}
+    entry = SimpleNamespace(version=1, lake_version="x", definition="d")  # what the stamp reads of a ViewEntry
+    reg = {"v": entry}
     assert content_stamp("x", reg, True) != content_stamp("y", reg, True)
-    assert content_stamp("x", reg, True) != content_stamp("x", {"v": {**reg["v"], "version": 2}}, True)
+    assert content_stamp("x", reg, True) != content_stamp("x", {"v": SimpleNamespace(**{**vars(entry), "version": 2})}, True)
     assert content_stamp("x", reg, True) != content_stamp("x", reg, False)
 
 

@@ -138,6 +138,8 @@ CASES: list[tuple[str, int, str]] = [
     ("run --lake {C}/nope --queries {C}/unknown.json --out {O}/r", BAD, "nope is not a prepared lake"),
     ("run --lake {C}/afile.txt --queries {C}/unknown.json --out {O}/r", BAD, "afile.txt is not a prepared lake"),
     ("run --lake {C}/badlake --queries {C}/unknown.json --out {O}/r", BAD, "is damaged"),
+    ("run --lake {L} --queries {C}/answers.json --out {O}/r --as-of 99", BAD, "version 99 of"),
+    ("run --lake {L} --queries {C}/answers.json --out {O}/r --as-of soon", BAD, "neither a version number nor"),
     ("run --lake {C}/listlake --queries {C}/unknown.json --out {O}/r", BAD, "is damaged"),
     ("run --lake {L} --queries {C}/unknown.json --out {C}/afile.txt", BAD, "afile.txt exists and is not a directory"),
     (f"{RUN} {{C}}/unknown.json --batch-size 0", BAD, "--batch-size"),
@@ -180,6 +182,11 @@ CASES: list[tuple[str, int, str]] = [
     ("remediation --lake {C}/badlake", BAD, "is damaged"),
     ("remediation --lake {L} --samples -1", BAD, "--samples"),
     ("remediation --lake {L} --samples many", BAD, "--samples"),
+    # vacuum
+    ("vacuum --lake {C}/nope", BAD, "nope is not a prepared lake"),
+    ("vacuum --lake {C}/badlake", BAD, "is damaged"),
+    ("vacuum --lake {L} --retain soon", BAD, "--retain: retention 'soon' is not a duration"),
+    ("vacuum --lake {L} --retain 1w", BAD, "use e.g. 7d, 12h, 30m or 0"),
     # guardrails
     ("guardrails --lake {C}/nope", BAD, "nope is not a prepared lake"),
     ("guardrails --lake {C}/listlake", BAD, "is damaged"),

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from analytics.bench import docs
+from analytics.bench import docs, summary
+from analytics.bench.result import BenchmarkSummary
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMITS = {"README.md": 10 * 1024, "ARCHITECTURE.md": 20 * 1024}
@@ -52,22 +54,28 @@ def test_readme_shows_one_benchmark_table_generated_from_the_latest_run() -> Non
     runs = docs.load_history(ROOT / "docs" / "benchmarks")
     assert docs.readme_block(runs[-1]) in readme  # regenerate with `analytics bench docs`
     assert len(re.findall(r"^\| engine \| median \|", readme, re.M)) == 1
-    assert f"**{runs[-1]['rows']:,} generated rows**" in readme  # the data size is said with the table
+    assert f"**{runs[-1].rows:,} generated rows**" in readme  # the data size is said with the table
     assert (ROOT / "docs" / "benchmark.md").read_text() == docs.benchmark_md(runs)
+
+
+def test_recorded_runs_read_and_write_back_byte_for_byte(tmp_path: Path) -> None:
+    for path in sorted((ROOT / "docs" / "benchmarks").glob("*.json")):
+        summary.write(tmp_path / path.name, BenchmarkSummary.read(path))
+        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
 
 
 def test_docs_record_each_run_and_rewrite_only_the_block(tmp_path: Path) -> None:
     (latest,) = sorted((ROOT / "docs" / "benchmarks").glob("*.json"))[-1:]
-    result = json.loads(latest.read_text())
-    older = {**result, "started_at": "2026-01-02T03:04:05+00:00", "rows": 5000}
-    (tmp_path / "older.json").write_text(json.dumps(older))
+    result = BenchmarkSummary.read(latest)
+    older = replace(result, started_at="2026-01-02T03:04:05+00:00", rows=5000)
+    (tmp_path / "older.json").write_text(json.dumps(older.to_json()))
     history = tmp_path / "benchmarks"
     assert docs.record(tmp_path / "older.json", history).name == "2026-01-02T0304-5000.json"
     assert docs.record(latest, history).name == latest.name
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\nbefore\n\n{docs.README_START}\nstale table\n{docs.README_END}\n\nafter\n")
     written = docs.write_docs(history, tmp_path / "benchmark.md", readme)
-    assert written["started_at"] == result["started_at"]  # the latest by date, not by file order
+    assert written.started_at == result.started_at  # the latest by date, not by file order
     text = readme.read_text()
     assert text.startswith("# x\n\nbefore\n\n") and text.endswith("\n\nafter\n") and "stale table" not in text
     assert docs.headline(result) in text and "**5,000 generated rows**" not in text  # the older run is not the latest

@@ -172,7 +172,7 @@ def test_answer_shows_route_explanation_and_csv(wb: Workbench, lake: Path) -> No
     expected = lake_count(lake, "type = 'impression'", [])
     assert res["rows"] == len(expected) and res["route"] in VIEWS
     versions = (f"lake version {latest_version(lake)}, "
-                f"view version {load_registry(lake)['views'][res['route']]['version']}")
+                f"view version {load_registry(lake)[res['route']].version}")
     assert re.fullmatch(rf"{len(expected)} row\(s\) via route {res['route']} \({versions}\) in \d+\.\d ms",
                         res["status"])
     assert res["explain"].startswith(f"route: {res['route']}\n")

@@ -25,7 +25,7 @@ from typing import Callable
 
 import duckdb
 import pytest
-from helpers import state_file
+from helpers import edit_json, state_file
 
 from analytics import cli
 from analytics.checks import guardrails as G
@@ -109,13 +109,7 @@ def lake_file(lake: Path, type_: str, day: str = FAULT_DAY) -> Path:
 
 
 def view_file(lake: Path, name: str) -> Path:
-    return lake / load_registry(lake)["views"][name]["file"]
-
-
-def edit_json(path: Path, fn) -> None:  # noqa: ANN001 - a mutator
-    data = json.loads(path.read_text())
-    fn(data)
-    path.write_text(json.dumps(data, indent=1))
+    return lake / load_registry(lake)[name].file
 
 
 def rebuild(lake: Path) -> None:

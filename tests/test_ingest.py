@@ -109,10 +109,10 @@ def wait_caught_up(lake: Path, landing: Path, timeout: float = 120) -> None:
     while time.monotonic() < deadline:
         try:
             lake_ = Lake.open(lake)
-            reg = load_registry(lake)["views"]
+            reg = load_registry(lake)
             have = sorted((s["source"]["file"], s["source"]["size"]) for s in lake_.state["segments"])
             if have == want and len(reg) == len(CATALOG) and all(
-                    e["lake_version"] == lake_.version for e in reg.values()):
+                    e.lake_version == lake_.version for e in reg.values()):
                 return
         except (FileNotFoundError, ValueError, KeyError):
             pass
@@ -213,8 +213,8 @@ def test_views_with_pending_deltas_equal_the_baseline(parts, tmp_path):
     for key in ("p0", "p1", "p2", "p3"):
         put(landing, parts[key], name_of(key))
         ingest(landing, lake, settle=0)
-    reg = load_registry(lake)["views"]
-    assert all(len(e["deltas"]) == 3 for e in reg.values()), {n: len(e["deltas"]) for n, e in reg.items()}
+    reg = load_registry(lake)
+    assert all(len(e.deltas) == 3 for e in reg.values()), {n: len(e.deltas) for n, e in reg.items()}
     queries = FIXED + random_queries(260, seed=17, view_shaped=True)
     expected = expected_answers(with_name(parts, ["p0", "p1", "p2", "p3"], True, tmp_path), queries, tmp_path)
 
@@ -239,7 +239,7 @@ def test_views_with_pending_deltas_equal_the_baseline(parts, tmp_path):
                 table, _ = fast.execute(q, plan=plan)
                 assert compare_rows(q, expected[FIXED.index(raw)], to_rows(q, table)) is None, view.name
     assert sorted(compact_due(lake, at=1)) == sorted(v.name for v in CATALOG)
-    assert all(e["deltas"] == [] and e["mode"] == "compacted" for e in load_registry(lake)["views"].values())
+    assert all(e.deltas == [] and e.mode == "compacted" for e in load_registry(lake).values())
     with Workbench(lake) as wb:
         assert check_all(wb) >= 150
 
@@ -303,7 +303,7 @@ def test_ctrl_c_stops_the_watcher_between_steps(parts, tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "stopping after the current step" in err
     version = Lake.open(lake).version
-    assert all(e["lake_version"] == version for e in load_registry(lake)["views"].values())  # the step finished
+    assert all(e.lake_version == version for e in load_registry(lake).values())  # the step finished
     ingest(landing, lake, settle=0)
     q = parse_query(FIXED[0])
     exp = expected_answers(with_name(parts, ["p0", "p1"], True, tmp_path), [FIXED[0]], tmp_path)[0]
@@ -320,9 +320,9 @@ def test_the_watcher_compacts_in_the_background_and_stays_exact(parts, tmp_path,
         put(landing, parts[key], name_of(key))
     counts = ingest(landing, lake, settle=0)
     assert counts["taken"] == 4 and counts["compacted"], counts
-    reg = load_registry(lake)["views"]
+    reg = load_registry(lake)
     for name in counts["compacted"]:  # a new base (later parts may have added deltas to it since)
-        assert reg[name]["file"] != f"views/{name}/v1.parquet" and len(reg[name]["deltas"]) < 3, reg[name]
+        assert reg[name].file != f"views/{name}/v1.parquet" and len(reg[name].deltas) < 3, reg[name]
     queries = FIXED + random_queries(60, seed=29, view_shaped=True)
     expected = expected_answers(with_name(parts, ["p0", "p1", "p2", "p3"], True, tmp_path), queries, tmp_path)
     with Workbench(lake) as wb:

@@ -109,8 +109,8 @@ def test_ingest_killed_mid_step_serves_the_last_commit_and_resumes_without_dupli
     landing, lake = tmp_path / "landing", tmp_path / "lake"
     shutil.copytree(world["landing"], landing)
     shutil.copytree(world["lake"], lake)
-    before = load_registry(lake)["views"]
-    first = min(before, key=lambda n: (before[n]["rows"], n))
+    before = load_registry(lake)
+    first = min(before, key=lambda n: (before[n].rows, n))
     new_name = P[2] if scenario == "append" else P[1]
     tmp = landing / f"{new_name}.tmp"
     shutil.copy(world["sets"][scenario][new_name], tmp)
@@ -120,7 +120,7 @@ def test_ingest_killed_mid_step_serves_the_last_commit_and_resumes_without_dupli
     assert proc.returncode == -9, (proc.returncode, proc.stderr[-2000:])
 
     # where it died: mid-step, the step's durable result not yet (or only just) there
-    after = load_registry(lake)["views"]
+    after = load_registry(lake)
     committed = "old" if point in PREPARE_POINTS[:-2] else scenario  # the last two: the Delta log has it
     assert sources(lake) == set(world["sets"][committed])
     if point == "ingest:after-take":
@@ -132,9 +132,9 @@ def test_ingest_killed_mid_step_serves_the_last_commit_and_resumes_without_dupli
         assert after == before and list(vdir.glob(".staging-*"))
     elif point == "build:after-rename-before-registry":
         kind = "d" if scenario == "append" else "v"
-        assert after == before and (vdir / f"{kind}{before[first]['version'] + 1}.parquet").is_file()
+        assert after == before and (vdir / f"{kind}{before[first].version + 1}.parquet").is_file()
     elif point == "build:after-registry":
-        assert after[first]["lake_version"] == Lake.open(lake).data_version
+        assert after[first].lake_version == Lake.open(lake).data_version
         assert {n: e for n, e in after.items() if n != first} == {n: e for n, e in before.items() if n != first}
 
     routes = assert_served(lake, world["expected"][committed])
@@ -145,6 +145,6 @@ def test_ingest_killed_mid_step_serves_the_last_commit_and_resumes_without_dupli
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sources(lake) == set(world["sets"][scenario])
     assert_served(lake, world["expected"][scenario], every_view=True)
-    final = load_registry(lake)["views"]
-    assert all(e["lake_version"] == Lake.open(lake).version for e in final.values())
+    final = load_registry(lake)
+    assert all(e.lake_version == Lake.open(lake).version for e in final.values())
     assert not list((lake / VIEWS_DIR).glob("*/.staging-*"))

@@ -111,13 +111,13 @@ def test_a_checksum_finds_every_damage_and_checks_only_the_blocks_asked(tmp_path
 @pytest.mark.parametrize("damage", list(DAMAGES))
 @pytest.mark.parametrize("kind", ["serving", "parquet"])
 def test_a_damaged_view_file_never_answers_is_named_and_rebuilt(lake_copy, baseline, capsys, kind, damage):
-    entry = load_registry(lake_copy)["views"][VIEW]
-    vdir = (lake_copy / entry["file"]).parent
+    entry = load_registry(lake_copy)[VIEW]
+    vdir = (lake_copy / entry.file).parent
     if kind == "serving":  # the largest file of the types the query reads
-        recs = [r for t, r in entry["serving"]["types"].items() if t in types_selected(parse_query(QUERY).where)]
+        recs = [r for t, r in entry.serving["types"].items() if t in types_selected(parse_query(QUERY).where)]
         target = vdir / max(recs, key=lambda r: r["bytes"])["file"]
     else:  # the Parquet version: read by the SQL path (the fast path off)
-        target = lake_copy / entry["file"]
+        target = lake_copy / entry.file
     rel = target.relative_to(lake_copy).as_posix()
     fast = kind == "serving"
     with Workbench(lake_copy, fast_path=fast) as wb:
@@ -154,18 +154,18 @@ def test_a_damaged_delta_never_answers_and_build_rebuilds_the_version(raw_dir, b
         shutil.copy2(p, first / p.name)
     prepare(first, lake, progress=False)
     build(lake, [VIEW], progress=False, jobs=1)
-    DAMAGES["flip-middle"](lake / load_registry(lake)["views"][VIEW]["file"])
+    DAMAGES["flip-middle"](lake / load_registry(lake)[VIEW].file)
     shutil.copy2(parts[-2], first / parts[-2].name)
     prepare(first, lake, progress=False)
     assert [r["mode"] for r in build(lake, [VIEW], progress=False, jobs=1)["views"]] == ["full"]
     shutil.copy2(parts[-1], first / parts[-1].name)
     prepare(first, lake, progress=False)
     build(lake, [VIEW], progress=False, jobs=1)
-    entry = load_registry(lake)["views"][VIEW]
-    assert len(entry["deltas"]) == 1
-    delta = entry["deltas"][0]
-    rec = max(delta["serving"]["types"].values(), key=lambda r: r["bytes"])
-    target = (lake / entry["file"]).parent / rec["file"]
+    entry = load_registry(lake)[VIEW]
+    assert len(entry.deltas) == 1
+    delta = entry.deltas[0]
+    rec = max(delta.serving["types"].values(), key=lambda r: r["bytes"])
+    target = (lake / entry.file).parent / rec["file"]
     DAMAGES["flip-middle"](target)
     with Workbench(lake) as wb:
         plan = _check(baseline, wb, QUERY)
@@ -175,7 +175,7 @@ def test_a_damaged_delta_never_answers_and_build_rebuilds_the_version(raw_dir, b
     rc, out = _verify(lake, capsys, "--views-only")
     assert rc == 1 and rel in out
     assert build(lake, [VIEW], progress=False, jobs=1)["built"] == [VIEW]
-    assert not load_registry(lake)["views"][VIEW]["deltas"]
+    assert not load_registry(lake)[VIEW].deltas
     assert _verify(lake, capsys)[0] == 0
     with Workbench(lake) as wb:
         assert _check(baseline, wb, QUERY).route == VIEW

@@ -1,9 +1,11 @@
 """The notebooks, run by papermill on small generated data: what they compute, and that their reports render.
 
-Each notebook runs once per parameter set (a few seconds each) with parameters pointing at a tmp
-lake; the tests assert on the values it glued with scrapbook, not only that it ran. Every report is
-opened in real headless Chromium, offline, and must show its plotly charts drawn. No notebook's
-prose may promise what it does not do yet ("filled in when X lands").
+`make reports` on the clean data set runs every notebook once with its defaults (the lake and raw
+data named): the run the suite makes of each notebook as committed, and the one the tests of those
+parameters read. Other parameter sets run once each (a few seconds); the tests assert on the
+values a notebook glued with scrapbook, not only that it ran. Every report is opened in real
+headless Chromium, offline, and must show its plotly charts drawn. No notebook's prose may promise
+what it does not do yet ("filled in when X lands").
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from analytics.lake.generator import generate
     from analytics.views.build import build
 
-    root = tmp_path_factory.mktemp("notebook_data")
+    root = tmp_path_factory.mktemp("notebook_data").resolve()  # as `bench reports` names the lake
     out: dict[str, Any] = {}
     for name, seed, dirty in (("clean", 11, 0.0), ("dirty", 12, 0.05)):
         raw, lake = root / name / "raw", root / name / "lake"
@@ -86,28 +88,70 @@ def appended(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                                    - set(s["segment"] for s in built_from["segments"]))}
 
 
+@pytest.fixture(scope="module")
+def reports(data: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """`make reports` on the clean data set, as a user runs it in a pipe: every notebook executed
+    with its defaults and the lake and raw data named, into OUT/NN_name.{ipynb,html,results.html};
+    what it printed, and the lake's files before and after (the notebooks must only read it)."""
+    clean = data["clean"]
+    out = tmp_path_factory.mktemp("reports")
+    lake = Path(clean["lake"])
+    before = {p: p.read_bytes() for p in sorted(lake.rglob("*")) if p.is_file()}
+    proc = subprocess.run(["make", "--no-print-directory", "reports", f"LAKE={clean['lake']}", f"RAW={clean['raw']}",
+                           f"REPORTS={out}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout
+    after = {p: p.read_bytes() for p in sorted(lake.rglob("*")) if p.is_file()}
+    return {"out": out, "stdout": proc.stdout, "lake_before": before, "lake_after": after,
+            "params": {"lake": clean["lake"], "raw": clean["raw"]}}
+
+
 class Runs:
-    """Executes a notebook once per distinct parameter set and keeps its output path."""
+    """Executes a notebook once per distinct parameter set (those it declares) and keeps the
+    executed notebook; its HTML reports are exported from it when a test asks for them."""
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
-        self.done: dict[str, Path] = {}
+        self.done: dict[str, dict[str, Path]] = {}
+
+    @staticmethod
+    def key(name: str, params: dict[str, Any]) -> str:
+        declared = rep.notebook_parameters(NOTEBOOKS_DIR / f"{name}.ipynb")
+        return name + json.dumps({k: v for k, v in params.items() if k in declared}, sort_keys=True)
+
+    def adopt(self, name: str, params: dict[str, Any], report_dir: Path) -> None:
+        """Take the report `build_report` wrote into `report_dir` as the run of `name` with `params`."""
+        self.done[self.key(name, params)] = rep.report_paths(report_dir, name)
 
     def run(self, name: str, **params: Any) -> Path:
-        key = name + json.dumps(params, sort_keys=True)
+        key = self.key(name, params)
         if key not in self.done:
-            out = self.out_dir / f"{name}-{len(self.done)}.ipynb"
-            rep.execute_notebook(NOTEBOOKS_DIR / f"{name}.ipynb", out, params, timeout=CELL_TIMEOUT)
-            self.done[key] = out
-        return self.done[key]
+            paths = rep.report_paths(self.out_dir / str(len(self.done)), name)
+            paths["ipynb"].parent.mkdir()
+            rep.execute_notebook(NOTEBOOKS_DIR / f"{name}.ipynb", paths["ipynb"], params, timeout=CELL_TIMEOUT)
+            self.done[key] = paths
+        return self.done[key]["ipynb"]
+
+    def report(self, name: str, **params: Any) -> dict[str, Path]:
+        """The run's report files (`build_report`'s names), exported from the executed notebook."""
+        self.run(name, **params)
+        paths = self.done[self.key(name, params)]
+        if not paths["results_html"].exists():
+            rep.export_html(paths["ipynb"], paths["html"])
+            rep.export_html(paths["ipynb"], paths["results_html"], no_input=True)
+        return paths
 
     def scraps(self, name: str, **params: Any) -> dict[str, Any]:
         return sb.read_notebook(str(self.run(name, **params))).scraps.data_dict
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    return Runs(tmp_path_factory.mktemp("executed"))
+def runs(tmp_path_factory: pytest.TempPathFactory, reports: dict[str, Any]) -> Runs:
+    """The runs of the notebooks, starting with those `make reports` made (the clean data set, defaults)."""
+    runs = Runs(tmp_path_factory.mktemp("executed"))
+    for name in NOTEBOOKS:
+        runs.adopt(name, reports["params"], reports["out"])
+    return runs
 
 
 def test_the_five_notebooks_exist() -> None:
@@ -184,7 +228,7 @@ def test_remediation_accounts_for_every_row(runs: Runs, data: dict[str, Any]) ->
 
 
 def test_remediation_of_a_clean_lake(runs: Runs, data: dict[str, Any]) -> None:
-    s = runs.scraps("01_data_remediation", lake=data["clean"]["lake"], samples=3)
+    s = runs.scraps("01_data_remediation", lake=data["clean"]["lake"])
     assert (s["rows_read"], s["rows_lake"], s["rows_quarantined"]) == (ROWS, ROWS, 0)
     assert s["sample_reasons"] == [] and s["accounting_ok"] is True
 
@@ -258,7 +302,7 @@ def test_mv_builds_refreshes_incrementally(runs: Runs, appended: dict[str, Any])
 
 def test_benchmark_answers_match_the_baseline(runs: Runs, data: dict[str, Any]) -> None:
     clean = data["clean"]
-    s = runs.scraps("03_batch_benchmark", lake=clean["lake"], raw=clean["raw"], repeats=2)
+    s = runs.scraps("03_batch_benchmark", lake=clean["lake"], raw=clean["raw"])
     examples = json.loads((ROOT / "queries" / "examples.json").read_text())
     assert s["n_queries"] == len(examples) == len(s["results"]) == 5
     assert s["all_match"] is True, [(r["id"], r["reason"]) for r in s["results"] if not r["match"]]
@@ -277,10 +321,9 @@ def test_benchmark_reports_mismatches(runs: Runs, data: dict[str, Any]) -> None:
     assert any(not r["match"] and r["reason"] for r in s["results"])
 
 
-def test_guardrails_all_pass_and_the_demonstration_catches_stale_views(runs: Runs, data: dict[str, Any]) -> None:
+def test_guardrails_all_pass_and_the_demonstration_catches_stale_views(runs: Runs, data: dict[str, Any],
+                                                                     reports: dict[str, Any]) -> None:
     clean = data["clean"]
-    lake = Path(clean["lake"])
-    before = {p: p.read_bytes() for p in sorted(lake.rglob("*")) if p.is_file()}
     s = runs.scraps("04_guardrail_validation", lake=clean["lake"], raw=clean["raw"])
     assert (s["checks_total"], s["checks_failed"], s["failed_ids"], s["raw_checked"]) == (23, 0, [], True)
     assert [c["category"] for c in s["categories"]] == ["timezone", "between", "avg", "mv_consistency", "data_types",
@@ -291,9 +334,9 @@ def test_guardrails_all_pass_and_the_demonstration_catches_stale_views(runs: Run
     assert demo["expected"] == "mv_consistency.current_lake_version"
     assert demo["views"] == len(VIEWS) == len(demo["unhealthy_views"])
     assert all(why.startswith("built from lake version") for why in demo["unhealthy_views"].values())
-    # the fault went into a temporary copy: the lake is byte for byte what it was
-    assert {p: p.read_bytes() for p in sorted(lake.rglob("*")) if p.is_file() and "_telemetry" not in p.parts} == \
-        {p: b for p, b in before.items() if "_telemetry" not in p.parts}
+    # the fault went into a temporary copy: the lake is byte for byte what it was before the notebooks ran
+    assert {p: b for p, b in reports["lake_after"].items() if "_telemetry" not in p.parts} == \
+        {p: b for p, b in reports["lake_before"].items() if "_telemetry" not in p.parts}
 
 
 def test_guardrail_evidence_is_one_line_with_the_record_folded(runs: Runs, data: dict[str, Any]) -> None:
@@ -361,12 +404,8 @@ def _dump_dom(html: Path, tmp_path: Path) -> str:
     return proc.stdout
 
 
-def test_report_html_renders_charts_offline_in_chromium(tmp_path: Path, data: dict[str, Any]) -> None:
-    out = tmp_path / "reports"
-    paths = rep.build_report(NOTEBOOKS_DIR / "01_data_remediation.ipynb", out,
-                             {"lake": data["dirty"]["lake"], "raw": None, "samples": 2}, timeout=CELL_TIMEOUT)
-    assert sorted(p.name for p in out.iterdir()) == ["01_data_remediation.html", "01_data_remediation.ipynb",
-                                                     "01_data_remediation.results.html"]
+def test_report_html_renders_charts_offline_in_chromium(tmp_path: Path, runs: Runs, data: dict[str, Any]) -> None:
+    paths = runs.report("01_data_remediation", lake=data["dirty"]["lake"], samples=3)
     full = paths["html"].read_text()
     results = paths["results_html"].read_text()
     assert "format_report" in full and "format_report" not in results  # the code is hidden, the results are not
@@ -380,9 +419,8 @@ def test_report_html_renders_charts_offline_in_chromium(tmp_path: Path, data: di
     assert "Quarantined rows by reason" in dom
 
 
-def test_explore_report_keeps_widget_state_and_renders_offline(tmp_path: Path, data: dict[str, Any]) -> None:
-    paths = rep.build_report(NOTEBOOKS_DIR / "00_explore.ipynb", tmp_path / "reports",
-                             {"lake": data["clean"]["lake"], "raw": None}, timeout=CELL_TIMEOUT)
+def test_explore_report_keeps_widget_state_and_renders_offline(tmp_path: Path, runs: Runs, data: dict[str, Any]) -> None:
+    paths = runs.report("00_explore", lake=data["clean"]["lake"])
     html = paths["html"].read_text()
     assert "application/vnd.jupyter.widget-state+json" in html
     dom = _dump_dom(paths["results_html"], tmp_path)
@@ -394,15 +432,16 @@ def test_explore_report_keeps_widget_state_and_renders_offline(tmp_path: Path, d
 @pytest.mark.parametrize("name, params, charts, texts", [
     ("02_mv_builds", lambda d: {"lake": d["clean"]["lake"]}, 3,
      ["View size against the lake", "Build time per view", "12/12 views healthy"]),
-    ("03_batch_benchmark", lambda d: {"lake": d["clean"]["lake"], "raw": d["clean"]["raw"], "repeats": 1}, 1, []),
+    ("03_batch_benchmark", lambda d: {"lake": d["clean"]["lake"], "raw": d["clean"]["raw"]}, 1, []),
     ("04_guardrail_validation", lambda d: {"lake": d["dirty"]["lake"], "raw": d["dirty"]["raw"], "demonstrate": False},
      1, ["Guardrails passed and failed by category", "FAIL", "mv_consistency.present_readable"]),
     ("04_guardrail_validation", lambda d: {"lake": d["clean"]["lake"], "raw": d["clean"]["raw"]}, 2,
      ["23/23 guardrails pass", "Guardrails on the copy with fault stale_views", "caught the fault"]),
 ])
-def test_report_charts_render_offline_in_chromium_for_each_report(tmp_path: Path, data: dict[str, Any], name: str,
-                                                                   params: Any, charts: int, texts: list[str]) -> None:
-    paths = rep.build_report(NOTEBOOKS_DIR / f"{name}.ipynb", tmp_path / "reports", params(data), timeout=CELL_TIMEOUT)
+def test_report_charts_render_offline_in_chromium_for_each_report(tmp_path: Path, runs: Runs, data: dict[str, Any],
+                                                                   name: str, params: Any, charts: int,
+                                                                   texts: list[str]) -> None:
+    paths = runs.report(name, **params(data))
     dom = _dump_dom(paths["results_html"], tmp_path)
     drawn = len(re.findall(r'class="plot-container plotly"', dom))
     assert drawn >= charts, f"{name}: expected at least {charts} charts drawn, found {drawn}"
@@ -414,14 +453,12 @@ def test_report_charts_render_offline_in_chromium_for_each_report(tmp_path: Path
                          r'FAIL</span></td>', dom)
 
 
-def test_benchmark_report_fits_the_page_and_says_na_below_1m_rows(tmp_path: Path, data: dict[str, Any]) -> None:
+def test_benchmark_report_fits_the_page_and_says_na_below_1m_rows(runs: Runs, data: dict[str, Any]) -> None:
     """Notebook 03 on 4,000 rows: a ratio target is "n/a below 1M rows", never MISSED, and every
     table fits a ~1,000 px page as a browser lays it out."""
     from playwright.sync_api import sync_playwright
 
-    paths = rep.build_report(NOTEBOOKS_DIR / "03_batch_benchmark.ipynb", tmp_path / "reports",
-                             {"lake": data["clean"]["lake"], "raw": data["clean"]["raw"], "repeats": 1},
-                             timeout=CELL_TIMEOUT)
+    paths = runs.report("03_batch_benchmark", lake=data["clean"]["lake"], raw=data["clean"]["raw"])
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
         try:
@@ -492,20 +529,18 @@ def test_reporting_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert rep.main(["--lake", data["clean"]["lake"], "-p", "novalue", "--out", str(tmp_path / "r")]) == 2
 
 
-def test_make_reports_prints_one_line_per_notebook(tmp_path: Path, data: dict[str, Any]) -> None:
+def test_make_reports_prints_one_line_per_notebook(reports: dict[str, Any]) -> None:
     """`make reports` in a pipe: each notebook's name, seconds and report, and nothing else (no
-    progress bars, no kernel warnings); an error would add its own lines."""
-    clean = data["clean"]
-    proc = subprocess.run(["make", "--no-print-directory", "reports", f"LAKE={clean['lake']}", f"RAW={clean['raw']}",
-                           f"REPORTS={tmp_path}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout
-    lines = proc.stdout.splitlines()
-    assert len(lines) <= len(NOTEBOOKS) + 1, proc.stdout  # + make's "kernel analytics: up to date"
+    progress bars, no kernel warnings); an error would add its own lines. Each notebook's report is
+    its executed notebook, its HTML and its input-hidden HTML, and nothing else is left."""
+    out, stdout = reports["out"], reports["stdout"]
+    lines = stdout.splitlines()
+    assert len(lines) <= len(NOTEBOOKS) + 1, stdout  # + make's "kernel analytics: up to date"
     for name in NOTEBOOKS:
-        assert sum(bool(re.fullmatch(rf"{name} +\d+\.\d s  {re.escape(str(tmp_path / name))}\.html", line))
-                   for line in lines) == 1, proc.stdout
-    assert not list(tmp_path.glob(".*.log")) and not list(tmp_path.glob("*FAILED*"))
+        assert sum(bool(re.fullmatch(rf"{name} +\d+\.\d s  {re.escape(str(out / name))}\.html", line))
+                   for line in lines) == 1, stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{name}{ext}" for name in NOTEBOOKS
+                                                           for ext in (".html", ".ipynb", ".results.html"))
 
 
 def test_kernel_runs_this_interpreter() -> None:

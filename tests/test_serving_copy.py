@@ -1,26 +1,24 @@
-"""Serving copies: a view is opened by memory-mapping, a query reads only the pages it needs, an old
+"""Serving copies: a view is opened by memory-mapping, a query reads only the rows it needs, an old
 mapping survives the promotion of a new version, and opening one view never waits for another."""
 from __future__ import annotations
 
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
+import duckdb
 import pytest
 
 from analytics.checks.baseline import baseline_query
-from analytics.lake.generator import generate
-from analytics.lake.prepare import prepare
 from analytics.query.model import parse_query
 from analytics.query.results import compare_rows, to_rows
 from analytics.serving.router import LAKE
 from analytics.serving.workbench import Workbench
-from analytics.views.build import build
+from analytics.views.answer.fastpath import ArrowView
 from analytics.views.registry import load_registry
 
 HOUR_ADV_Q = {"select": ["hour", {"COUNT": "*"}, {"SUM": "bid_price"}], "from": "events", "group_by": ["hour"],
-              "where": [{"col": "advertiser_id", "op": "in", "val": [3, 4]},
+              "where": [{"col": "advertiser_id", "op": "in", "val": [354, 720, 1051]},  # with rows that day
                         {"col": "day", "op": "eq", "val": "2024-02-29"}]}
 DAY_Q = {"select": ["day", {"SUM": "bid_price"}, {"COUNT": "*"}], "from": "events",
          "where": [{"col": "type", "op": "eq", "val": "impression"}], "group_by": ["day"]}
@@ -31,39 +29,33 @@ def _expect(baseline, raw):
     return q, to_rows(q, baseline_query(baseline, q))
 
 
-def _resident_bytes(path: Path) -> int:
-    """Bytes of `path`'s mappings in this process that are resident (faulted in), from /proc/self/smaps."""
-    total, inside = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()
-        if head and "-" in head[0] and len(head) >= 5:  # a mapping's header line
-            inside = line.endswith(str(path))
-        elif inside and head and head[0] == "Rss:":
-            total += int(head[1]) * 1024
-    return total
+def test_a_cold_view_query_reads_only_the_rows_of_its_day(lake_dir, monkeypatch):
+    """The fast path narrows each piece to the rows its time filters leave (binary searches), and
+    every later step (the first dimension's runs, the masks, the take) reads only that span
+    (`ArrowView._dim_runs` is given it): on a newly opened view, a one-day query's spans hold
+    exactly that day's rows, a small share of the view, and the answer is the lake's."""
+    name = "mv_hour_advertiser_id_wide"
+    spans = []
+    runs = ArrowView._dim_runs
 
+    def recording(self, piece, lo, hi, rest):  # noqa: ANN001, ANN202 - _dim_runs' own signature
+        spans.append((piece.table.num_rows, lo, hi))
+        return runs(self, piece, lo, hi, rest)
 
-def test_a_cold_view_query_reads_only_the_pages_it_needs(tmp_path):
-    raw, lake = tmp_path / "raw", tmp_path / "lake"
-    generate(raw, 2_000_000, seed=3, parts=2, progress=False)
-    prepare(raw, lake, progress=False)
-    summary = build(lake, ["mv_hour_advertiser_id_wide"], progress=False)
-    assert not summary["failed"], summary["failed"]
-    entry = load_registry(lake)["views"]["mv_hour_advertiser_id_wide"]
-    vdir = (lake / entry["file"]).parent.resolve()
-    assert entry["rows"] >= 1_500_000 and entry["serving"]["bytes"] >= 50_000_000  # large enough to tell
-    with Workbench(lake) as wb:
+    monkeypatch.setattr(ArrowView, "_dim_runs", recording)
+    with Workbench(lake_dir) as wb:
         table, plan = wb.execute(HOUR_ADV_Q)
-        assert plan.route == "mv_hour_advertiser_id_wide" and table.num_rows > 0
-        resident = sum(_resident_bytes(vdir / r["file"]) for r in entry["serving"]["types"].values())
-        # a probe maps the whole page-cache folio around it (up to 2 MiB on ext4 with large folios),
-        # so a few binary searches per type show as megabytes: still a small share of the view
-        assert 0 < resident < entry["serving"]["bytes"] // 4, (resident, entry["serving"]["bytes"])
-        # and the answer is the lake's
+        assert plan.route == name and table.num_rows > 0
         lake_table, lake_plan = wb.execute(HOUR_ADV_Q, use_views=False)
-        assert lake_plan.route == LAKE
-        q = parse_query(HOUR_ADV_Q)
-        assert compare_rows(q, to_rows(q, lake_table), to_rows(q, table)) is None
+    assert lake_plan.route == LAKE
+    q = parse_query(HOUR_ADV_Q)
+    assert compare_rows(q, to_rows(q, lake_table), to_rows(q, table)) is None
+    entry = load_registry(lake_dir)[name]
+    (day_rows,) = duckdb.connect().execute(
+        f"SELECT count(*) FROM read_parquet('{lake_dir / entry.file}') WHERE CAST(hour AS DATE) = DATE '2024-02-29'"
+    ).fetchone()
+    assert sum(hi - lo for _, lo, hi in spans) == day_rows > 0, spans
+    assert day_rows * 100 < entry.rows  # one day of 366
 
 
 def test_a_mapped_version_stays_valid_while_another_process_promotes_new_ones(lake_copy, baseline):
@@ -72,8 +64,8 @@ def test_a_mapped_version_stays_valid_while_another_process_promotes_new_ones(la
     table, plan = wb.execute(q)
     assert plan.route == "mv_day_type_wide"
     old_view = wb._arrow[wb.table_name("mv_day_type_wide")]
-    entry = load_registry(lake_copy)["views"]["mv_day_type_wide"]
-    old_file = (lake_copy / entry["file"]).parent / entry["serving"]["types"]["impression"]["file"]
+    entry = load_registry(lake_copy)["mv_day_type_wide"]
+    old_file = (lake_copy / entry.file).parent / entry.serving["types"]["impression"]["file"]
     for _ in range(3):  # three new versions: the first one's files are swept (unlinked) meanwhile
         subprocess.run([sys.executable, "-m", "analytics", "build", "--lake", str(lake_copy), "--quiet", "--views",
                         "mv_day_type_wide", "--force"], check=True, capture_output=True)
@@ -105,14 +97,14 @@ def test_serving_copy_holds_each_type_as_time_sorted_batches(lake_dir, name):
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
-    entry = load_registry(lake_dir)["views"][name]
-    for t, rec in entry["serving"]["types"].items():
-        reader = ipc.open_file(pa.memory_map(str((lake_dir / entry["file"]).parent / rec["file"])))
+    entry = load_registry(lake_dir)[name]
+    for t, rec in entry.serving["types"].items():
+        reader = ipc.open_file(pa.memory_map(str((lake_dir / entry.file).parent / rec["file"])))
         batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
-        assert sum(b.num_rows for b in batches) == entry["rows_by_type"][t]
+        assert sum(b.num_rows for b in batches) == entry.rows_by_type[t]
         types = pa.concat_arrays([b.column("type").dictionary_decode() for b in batches])
         assert set(types.to_pylist()) == {t}
-        key = pa.concat_arrays([b.column(entry["grain"]) for b in batches]).to_pylist()
+        key = pa.concat_arrays([b.column(entry.grain) for b in batches]).to_pylist()
         assert key == sorted(key)
         assert reader.schema.field("type").type.index_type == pa.int8()
         price = "bid_price" if t == "impression" else "total_price" if t == "purchase" else None
@@ -127,11 +119,11 @@ def test_a_parquet_version_out_of_time_order_gets_no_serving_copy(lake_dir, tmp_
     from analytics.views.catalog import VIEWS
     from analytics.views.serving_copy import ServingError, write_serving_copy
 
-    entry = load_registry(lake_dir)["views"]["mv_hour_type_wide"]
+    entry = load_registry(lake_dir)["mv_hour_type_wide"]
     shuffled = tmp_path / "v9.parquet"
     con = duckdb.connect()
-    con.execute(f"COPY (SELECT * FROM read_parquet('{lake_dir / entry['file']}') ORDER BY type, hour DESC) "
+    con.execute(f"COPY (SELECT * FROM read_parquet('{lake_dir / entry.file}') ORDER BY type, hour DESC) "
                 f"TO '{shuffled}' (FORMAT parquet)")
     with pytest.raises(ServingError, match="not sorted by type then hour"):
-        write_serving_copy(con, VIEWS["mv_hour_type_wide"], shuffled, tmp_path / "v9", entry["rows_by_type"], [])
+        write_serving_copy(con, VIEWS["mv_hour_type_wide"], shuffled, tmp_path / "v9", entry.rows_by_type, [])
     assert not list(tmp_path.glob("*.arrow")) and not list(tmp_path.glob(".staging-*"))

@@ -227,14 +227,14 @@ def test_remediation_accounting_is_identical(lakes: tuple[Path, Path]) -> None:
 
 def test_views_and_registry_are_identical(lakes: tuple[Path, Path]) -> None:
     duck, spark = lakes
-    rd, rs = load_registry(duck)["views"], load_registry(spark)["views"]
+    rd, rs = load_registry(duck), load_registry(spark)
     assert set(rs) == set(rd)
     con = duckdb.connect()
     for name, a in rd.items():
         b = rs[name]
         for key in ("columns", "rows", "rows_by_type", "lake_version", "segments", "definition", "mode", "file"):
-            assert b[key] == a[key], (name, key)
-        assert _same_files(con, duck / a["file"], spark / b["file"]) is None, name
+            assert getattr(b, key) == getattr(a, key), (name, key)
+        assert _same_files(con, duck / a.file, spark / b.file) is None, name
     wb = Workbench(spark)
     assert all(why is None for why in wb.warm().values())  # the serving side loads Spark's files as they are
     wb.close()
@@ -304,12 +304,12 @@ def test_incremental_build_on_spark_equals_a_full_one(lakes: tuple[Path, Path], 
     shutil.copytree(lake, full)
     build(full, names, force=True, progress=False)  # DuckDB, from scratch
     con = duckdb.connect()
-    ra, rb = load_registry(lake)["views"], load_registry(full)["views"]
+    ra, rb = load_registry(lake), load_registry(full)
     for name in names:
         # the Spark-built base plus its delta, re-aggregated as readers do, equals DuckDB's full build
-        assert ra[name]["deltas"], ra[name]
+        assert ra[name].deltas, ra[name]
         merged = con.execute(f"{VIEWS[name].reaggregate_sql(version_relation(lake, ra[name]))} ORDER BY ALL").fetchall()
-        whole = con.execute("SELECT * FROM read_parquet(?) ORDER BY ALL", [str(full / rb[name]["file"])]).fetchall()
+        whole = con.execute("SELECT * FROM read_parquet(?) ORDER BY ALL", [str(full / rb[name].file)]).fetchall()
         assert merged == whole, name
 
 

@@ -233,12 +233,12 @@ def test_every_buildable_view_answers_like_the_baseline(space: dict[str, Any], t
     shutil.copytree(space["lake_grown"] / "_state", lake / "_state", dirs_exist_ok=True)
     summary = build(lake, [view.name], progress=False, compact_deltas=False)
     assert not summary["failed"], summary["failed"]
-    entry = load_registry(lake)["views"][view.name]
-    assert entry["deltas"] or not any(entry["rows_by_type"].values()), entry["mode"]
+    entry = load_registry(lake)[view.name]
+    assert entry.deltas or not any(entry.rows_by_type.values()), entry.mode
     _check_state(lake, view, space["grown"], queries, "with a delta")
 
     compact_due(lake, [view.name], at=1)
-    assert not load_registry(lake)["views"][view.name]["deltas"]
+    assert not load_registry(lake)[view.name].deltas
     _check_state(lake, view, space["grown"], queries, "after compaction")
 
 
@@ -329,13 +329,13 @@ def test_a_version_that_answers_wrongly_is_never_registered(space: dict[str, Any
     assert MINUTE_VIEW.name in failed, failed
     assert "answers differently from the lake" in failed[MINUTE_VIEW.name]
     assert '"group_by": ["minute", "country"]' in failed[MINUTE_VIEW.name]
-    assert MINUTE_VIEW.name not in load_registry(lake)["views"]
+    assert MINUTE_VIEW.name not in load_registry(lake)
     assert not list((lake / "views" / MINUTE_VIEW.name).glob("v*"))
     with Workbench(lake) as wb:
         assert wb.plan(parse_query(MINUTE_QUERY)).route != MINUTE_VIEW.name
     monkeypatch.undo()
     assert not build(lake, [MINUTE_VIEW.name], progress=False)["failed"]
-    assert load_registry(lake)["views"][MINUTE_VIEW.name]["proof"]["queries"] >= 4
+    assert load_registry(lake)[MINUTE_VIEW.name].proof["queries"] >= 4
 
 
 def test_a_version_proves_itself_on_the_telemetry_shapes_it_served(space: dict[str, Any], tmp_path: Path) -> None:
@@ -349,9 +349,9 @@ def test_a_version_proves_itself_on_the_telemetry_shapes_it_served(space: dict[s
     routed = shapes_by_route(events)
     assert routed == {MINUTE_VIEW.name: [shape]}
     assert not build(lake, [MINUTE_VIEW.name], progress=False, shapes=routed)["failed"]
-    entry = load_registry(lake)["views"][MINUTE_VIEW.name]
+    entry = load_registry(lake)[MINUTE_VIEW.name]
     queries = sample_queries(MINUTE_VIEW, open_version(lake, MINUTE_VIEW, entry), routed[MINUTE_VIEW.name],
-                             seed=str(entry["version"]))
+                             seed=str(entry.version))
     assert query_shape(queries[0][1]) == shape
     assert to_rows(queries[0][1], baseline_query(space["base"], queries[0][1]))
-    assert entry["proof"]["queries"] == len(queries) >= 1 + 4
+    assert entry.proof["queries"] == len(queries) >= 1 + 4

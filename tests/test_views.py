@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import shutil
 import signal
@@ -9,13 +10,16 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
 import pytest
+from helpers import edit_json
 
 from analytics.checks.baseline import baseline_query, connect_baseline
 from analytics.core import db, faults
+from analytics.core.checksum import file_record
 from analytics.core.memory import parse_size
 from analytics.lake.generator import generate
 from analytics.lake.prepare import prepare
@@ -27,7 +31,7 @@ from analytics.serving.workbench import Workbench
 from analytics.views.build import PROCESS_MEMORY, BuildError, build
 from analytics.views.catalog import CATALOG, VIEWS
 from analytics.views.delta import version_relation
-from analytics.views.registry import load_registry, update_registry
+from analytics.views.registry import load_registry, registry_path, staleness, update_registry
 from analytics.views.serving_copy import WRITER_MEMORY
 
 DAY_Q = {"select": ["day", {"SUM": "bid_price"}, {"COUNT": "*"}], "from": "events",
@@ -47,20 +51,43 @@ def _same(wb, q, expected):
     return plan
 
 
+# the keys of the first registries (before checksums, serving copies, deltas and proofs)
+FIRST_REGISTRY_KEYS = ("name", "version", "file", "columns", "rows", "rows_by_type", "bytes", "built_at",
+                       "build_seconds", "lake_version", "segments", "definition", "mode", "grain", "dims")
+
+
+def test_registry_entries_round_trip_and_an_old_lakes_entries_still_load(lake_dir, lake_copy):
+    written = json.loads(registry_path(lake_dir).read_text())["views"]
+    for name, entry in load_registry(lake_dir).items():
+        assert entry.to_json() == written[name]  # byte for byte once dumped with sorted keys
+    # an entry as the first builds wrote it, beside one holding a key of a newer writer
+    old = {k: v for k, v in written["mv_day_type_wide"].items() if k in FIRST_REGISTRY_KEYS}
+    edit_json(registry_path(lake_copy), lambda reg: reg["views"].update(
+        mv_day_type_wide=old, mv_hour_type_wide={**written["mv_hour_type_wide"], "added_later": 1}))
+    reg = load_registry(lake_copy)
+    entry = reg["mv_day_type_wide"]
+    assert (entry.checksum, entry.serving, entry.deltas, entry.previous_files, entry.proof) == (None, None, [], [], None)
+    assert staleness(VIEWS["mv_day_type_wide"], Lake.open(lake_copy), entry) == "no serving copy (built before serving copies)"
+    assert reg["mv_hour_type_wide"].to_json() == written["mv_hour_type_wide"]
+    # rewriting one entry keeps the others as they were read, keys unknown to this code included
+    update_registry(lake_copy, replace(reg["mv_day_country_wide"], mode="full"))
+    assert json.loads(registry_path(lake_copy).read_text())["views"]["mv_hour_type_wide"]["added_later"] == 1
+
+
 def test_registry_records_every_view(lake_dir):
-    reg = load_registry(lake_dir)["views"]
+    reg = load_registry(lake_dir)
     lake = Lake.open(lake_dir)
     assert set(reg) == set(VIEWS)
     for name, entry in reg.items():
-        assert entry["columns"] == [[c, t] for c, t in VIEWS[name].schema()]
-        assert entry["lake_version"] == lake.version and entry["version"] >= 1
-        assert entry["rows"] == sum(entry["rows_by_type"].values()) > 0
-        assert entry["build_seconds"] >= 0 and entry["built_at"]
-        assert (lake_dir / entry["file"]).is_file()
-        serving = entry["serving"]
-        files = [(lake_dir / entry["file"]).parent / r["file"] for r in serving["types"].values()]
+        assert entry.columns == [[c, t] for c, t in VIEWS[name].schema()]
+        assert entry.lake_version == lake.version and entry.version >= 1
+        assert entry.rows == sum(entry.rows_by_type.values()) > 0
+        assert entry.build_seconds >= 0 and entry.built_at
+        assert (lake_dir / entry.file).is_file()
+        serving = entry.serving
+        files = [(lake_dir / entry.file).parent / r["file"] for r in serving["types"].values()]
         assert sum(f.stat().st_size for f in files) == serving["bytes"]
-        assert set(serving["types"]) == {t for t, n in entry["rows_by_type"].items() if n}
+        assert set(serving["types"]) == {t for t, n in entry.rows_by_type.items() if n}
         assert serving["scaled"] == ["sum_bid_price", "sum_total_price"]  # small data: far below the bound
         # each type's file holds only the prices the type has
         assert {t: r["dropped"] for t, r in serving["types"].items()} == {
@@ -68,7 +95,7 @@ def test_registry_records_every_view(lake_dir):
             "click": [f"{p}_{m}" for m in ("bid_price", "total_price") for p in ("nn", "sum", "min", "max")],
             "impression": [f"{p}_total_price" for p in ("nn", "sum", "min", "max")],
             "purchase": [f"{p}_bid_price" for p in ("nn", "sum", "min", "max")]}, name
-        assert entry["rollup"] >= 1.0
+        assert entry.rollup >= 1.0
 
 
 def test_build_with_nothing_to_do_says_so(lake_dir):
@@ -105,8 +132,8 @@ def test_a_view_cut_into_day_ranges_equals_the_view_built_whole(lake_copy, basel
     from analytics.views import day_ranges
 
     con = duckdb.connect()
-    whole_entry = load_registry(lake_copy)["views"][name]
-    read = f"SELECT * FROM read_parquet('{lake_copy / whole_entry['file']}')"
+    whole_entry = load_registry(lake_copy)[name]
+    read = f"SELECT * FROM read_parquet('{lake_copy / whole_entry.file}')"
     whole = con.execute(read).fetchall()
     cuts: list[int] = []
     real_cut = day_ranges.cut
@@ -120,9 +147,9 @@ def test_a_view_cut_into_day_ranges_equals_the_view_built_whole(lake_copy, basel
     summary = build(lake_copy, [name], jobs=1, force=True, memory_limit="1GiB", progress=False)
     assert summary["built"] == [name], summary
     assert max(cuts) > len(VIEWS[name].types), cuts  # really cut into more pieces than types
-    entry = load_registry(lake_copy)["views"][name]
-    assert entry["version"] == whole_entry["version"] + 1
-    assert con.execute(f"SELECT * FROM read_parquet('{lake_copy / entry['file']}')").fetchall() == whole
+    entry = load_registry(lake_copy)[name]
+    assert entry.version == whole_entry.version + 1
+    assert con.execute(f"SELECT * FROM read_parquet('{lake_copy / entry.file}')").fetchall() == whole
     q, expected = _expect(baseline, DAY_Q)
     _same(Workbench(lake_copy), q, expected)
 
@@ -177,8 +204,8 @@ def test_plans_are_remembered_until_the_registry_or_a_views_health_changes(lake_
 
 def test_deleted_view_file_falls_back_to_the_lake(lake_copy, baseline):
     q, expected = _expect(baseline, DAY_Q)
-    entry = load_registry(lake_copy)["views"]["mv_day_type_wide"]
-    (lake_copy / entry["file"]).unlink()
+    entry = load_registry(lake_copy)["mv_day_type_wide"]
+    (lake_copy / entry.file).unlink()
     wb = Workbench(lake_copy)
     plan = _same(wb, q, expected)
     assert plan.route != "mv_day_type_wide"
@@ -187,7 +214,7 @@ def test_deleted_view_file_falls_back_to_the_lake(lake_copy, baseline):
     for name in ("mv_day_country_wide", "mv_day_advertiser_id_wide", "mv_day_publisher_id_wide", "mv_hour_type_wide",
                  "mv_hour_advertiser_id_wide", "mv_hour_country_wide", "mv_minute_type_wide",
                  "mv_day_country_publisher_id_wide", "mv_day_country_advertiser_id_wide"):
-        (lake_copy / load_registry(lake_copy)["views"][name]["file"]).unlink()
+        (lake_copy / load_registry(lake_copy)[name].file).unlink()
     wb = Workbench(lake_copy)
     plan = _same(wb, q, expected)
     assert plan.route == LAKE and "file missing" in plan.fallback_reason
@@ -203,18 +230,15 @@ def _overwrite_same_size(path: Path) -> None:
 
 def _serving_file(lake: Path, name: str, t: str) -> Path:
     """The serving copy file holding type `t` of view `name`."""
-    entry = load_registry(lake)["views"][name]
-    return (lake / entry["file"]).parent / entry["serving"]["types"][t]["file"]
+    entry = load_registry(lake)[name]
+    return (lake / entry.file).parent / entry.serving["types"][t]["file"]
 
 
 def _only_view(lake: Path, name: str) -> None:
     """Remove every view but `name` from the registry, so covered queries can only go to it or the lake."""
-    import json
-
-    from analytics.views.registry import registry_path
-    reg = load_registry(lake)
-    reg["views"] = {name: reg["views"][name]}
-    registry_path(lake).write_text(json.dumps(reg))
+    def only(reg: dict) -> None:
+        reg["views"] = {name: reg["views"][name]}
+    edit_json(registry_path(lake), only)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "missing"])
@@ -250,14 +274,10 @@ def test_serving_copy_whose_schema_differs_from_registry_is_unhealthy(lake_copy,
         writer.write_table(table)
     os.replace(tmp, path)
     # the registry's size and checksum agree with the new file: only the schema tells them apart
-    import json
-
-    from analytics.core.checksum import file_record
-    from analytics.views.registry import registry_path
-    reg = load_registry(lake_copy)
-    reg["views"]["mv_all_adv_type_counts"]["serving"]["types"]["purchase"]["bytes"] = path.stat().st_size
-    reg["views"]["mv_all_adv_type_counts"]["serving"]["types"]["purchase"]["checksum"] = file_record(path)
-    registry_path(lake_copy).write_text(json.dumps(reg))
+    def rewritten(reg: dict) -> None:
+        rec = reg["views"]["mv_all_adv_type_counts"]["serving"]["types"]["purchase"]
+        rec.update(bytes=path.stat().st_size, checksum=file_record(path))
+    edit_json(registry_path(lake_copy), rewritten)
     wb = Workbench(lake_copy)
     assert _same(wb, q, expected).route == LAKE
     assert "schema differs" in wb.health["mv_all_adv_type_counts"]
@@ -265,19 +285,15 @@ def test_serving_copy_whose_schema_differs_from_registry_is_unhealthy(lake_copy,
 
 def test_view_parquet_whose_schema_differs_from_registry_is_unhealthy_for_sql(lake_copy, baseline):
     q, expected = _expect(baseline, ADV_Q)
-    entry = load_registry(lake_copy)["views"]["mv_all_adv_type_counts"]
-    path = lake_copy / entry["file"]
+    entry = load_registry(lake_copy)["mv_all_adv_type_counts"]
+    path = lake_copy / entry.file
     con = duckdb.connect()
     con.execute(f"COPY (SELECT * EXCLUDE (max_total_price) FROM read_parquet('{path}')) TO '{path}.tmp' (FORMAT parquet)")
     os.replace(f"{path}.tmp", path)
     # its checksum recorded as the registry's: only the schema tells them apart
-    import json
-
-    from analytics.core.checksum import file_record
-    from analytics.views.registry import registry_path
-    reg = load_registry(lake_copy)
-    reg["views"]["mv_all_adv_type_counts"]["checksum"] = file_record(path)
-    registry_path(lake_copy).write_text(json.dumps(reg))
+    def rewritten(reg: dict) -> None:
+        reg["views"]["mv_all_adv_type_counts"]["checksum"] = file_record(path)
+    edit_json(registry_path(lake_copy), rewritten)
     wb = Workbench(lake_copy, fast_path=False)  # the shapes the fast path leaves to SQL read the Parquet
     assert _same(wb, q, expected).route != "mv_all_adv_type_counts"
     assert "schema differs" in wb.health["mv_all_adv_type_counts"]
@@ -307,15 +323,15 @@ def test_lake_change_after_build_makes_views_fall_back_then_incremental_refresh(
     assert _same(wb, q, expected).route == "mv_day_type_wide"
     # incremental result (the base and its delta, re-aggregated) == full rebuild, row for row
     con = duckdb.connect()
-    reg = load_registry(lake_copy)["views"]
-    assert all(len(e["deltas"]) == 1 for e in reg.values())
+    reg = load_registry(lake_copy)
+    assert all(len(e.deltas) == 1 for e in reg.values())
     incremental = {n: con.execute(f"{VIEWS[n].reaggregate_sql(version_relation(lake_copy, e))} ORDER BY ALL").fetchall()
                    for n, e in reg.items()}
     build(lake_copy, force=True, progress=False)
-    reg = load_registry(lake_copy)["views"]
+    reg = load_registry(lake_copy)
     for n, e in reg.items():
-        assert e["mode"] == "full"
-        assert con.execute(f"SELECT * FROM read_parquet('{lake_copy / e['file']}') ORDER BY ALL").fetchall() == incremental[n], n
+        assert e.mode == "full"
+        assert con.execute(f"SELECT * FROM read_parquet('{lake_copy / e.file}') ORDER BY ALL").fetchall() == incremental[n], n
     for raw_q in (ADV_Q, {"select": ["minute", {"COUNT": "*"}], "from": "events", "group_by": ["minute"],
                           "where": [{"col": "day", "op": "eq", "val": "2024-12-31"}]}):
         q, expected = _expect(base, raw_q)
@@ -353,7 +369,7 @@ def test_rebuild_while_eight_threads_query(lake_copy, baseline):
         for t in threads:
             t.join()
     assert not errors, errors[:3]
-    assert load_registry(lake_copy)["views"]["mv_day_type_wide"]["version"] == 3
+    assert load_registry(lake_copy)["mv_day_type_wide"].version == 3
     assert "mv_day_type_wide" in routes
 
 
@@ -364,20 +380,20 @@ def _build_proc(lake: Path, *views: str, force: bool = True) -> subprocess.Popen
 
 def test_two_builds_of_one_view_never_both_write(lake_copy):
     name = "mv_hour_advertiser_id_wide"
-    entry = load_registry(lake_copy)["views"][name]
+    entry = load_registry(lake_copy)[name]
     # the view made stale (its recorded definition is another's) so there is real work: the lock
     # lets one build it, the other then finds it current
-    update_registry(lake_copy, name, {**entry, "definition": "an older definition"})
+    update_registry(lake_copy, replace(entry, definition="an older definition"))
     procs = [_build_proc(lake_copy, name, force=False) for _ in range(2)]
     outs = [p.communicate() for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    assert load_registry(lake_copy)["views"][name]["version"] == entry["version"] + 1
+    assert load_registry(lake_copy)[name].version == entry.version + 1
     assert sorted("built v" in out for out, _ in outs) == [False, True], outs
     procs = [_build_proc(lake_copy, name) for _ in range(2)]
     outs = [p.communicate() for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    after = load_registry(lake_copy)["views"][name]
-    assert after["version"] == entry["version"] + 3  # serialized: each forced build made its own version
+    after = load_registry(lake_copy)[name]
+    assert after.version == entry.version + 3  # serialized: each forced build made its own version
     vdir = lake_copy / "views" / "mv_hour_advertiser_id_wide"
     assert not list(vdir.glob(".staging-*"))
 
@@ -387,8 +403,8 @@ def test_four_different_views_build_at_once(lake_copy, baseline):
     procs = [_build_proc(lake_copy, n) for n in names]
     outs = [p.communicate() for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    reg = load_registry(lake_copy)["views"]
-    assert all(reg[n]["version"] == 2 for n in names)
+    reg = load_registry(lake_copy)
+    assert all(reg[n].version == 2 for n in names)
     q, expected = _expect(baseline, DAY_Q)
     assert _same(Workbench(lake_copy), q, expected).route == "mv_day_type_wide"
 
@@ -396,15 +412,15 @@ def test_four_different_views_build_at_once(lake_copy, baseline):
 @pytest.mark.parametrize("point", ["build:after-aggregate", "build:after-rename-before-registry",
                                    "build:after-registry"])
 def test_build_killed_at_each_commit_step_leaves_whole_views_and_the_next_build_cleans_up(lake_copy, baseline, point):
-    before = load_registry(lake_copy)["views"]
+    before = load_registry(lake_copy)
     args = [sys.executable, "-m", "analytics", "build", "--lake", str(lake_copy), "--quiet", "--force",
             "--views", *[v.name for v in CATALOG]]
     proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, faults.ENV: point})
     assert proc.returncode == -signal.SIGKILL, proc.stderr  # killed at that step, not before nor after
-    after = load_registry(lake_copy)["views"]
+    after = load_registry(lake_copy)
     staged = list((lake_copy / "views").rglob(".staging-*"))
     unregistered = [f for f in (lake_copy / "views").rglob("v*.parquet")
-                    if f.relative_to(lake_copy).as_posix() not in {e["file"] for e in after.values()}]
+                    if f.relative_to(lake_copy).as_posix() not in {e.file for e in after.values()}]
     if point == "build:after-aggregate":
         assert after == before and staged and not unregistered
     elif point == "build:after-rename-before-registry":
@@ -416,7 +432,7 @@ def test_build_killed_at_each_commit_step_leaves_whole_views_and_the_next_build_
         q, expected = _expect(baseline, raw)
         _same(wb, q, expected)
     for name, entry in after.items():
-        assert (lake_copy / entry["file"]).is_file(), name
+        assert (lake_copy / entry.file).is_file(), name
     build(lake_copy, progress=False)
     assert not list((lake_copy / "views").rglob(".staging-*"))
     assert all(h is None for h in Workbench(lake_copy).warm().values())
@@ -434,8 +450,8 @@ def test_a_view_that_fails_its_check_is_not_promoted(lake_copy, monkeypatch):
         return t.set_column(t.schema.get_field_index("cnt"), "cnt", pc.add(t.column("cnt"), 1))
 
     monkeypatch.setattr(views_mod, "lake_totals", off_by_one)
-    before = load_registry(lake_copy)["views"]["mv_day_type_wide"]
+    before = load_registry(lake_copy)["mv_day_type_wide"]
     summary = build(lake_copy, ["mv_day_type_wide"], force=True, progress=False)
     assert "do not reconcile" in summary["failed"]["mv_day_type_wide"]
-    assert load_registry(lake_copy)["views"]["mv_day_type_wide"] == before
+    assert load_registry(lake_copy)["mv_day_type_wide"] == before
     assert not list((lake_copy / "views" / "mv_day_type_wide").glob(".staging-*"))

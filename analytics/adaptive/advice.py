@@ -417,8 +417,8 @@ def _iso_minus(iso: str, seconds: float) -> str:
 
 def actual_bytes(lake: Lake, name: str) -> int:
     """Bytes of a view's registered version: its Parquet and its serving copy."""
-    entry = load_registry(lake.root)["views"].get(name) or {}
-    return int(entry.get("bytes", 0)) + int((entry.get("serving") or {}).get("bytes", 0))
+    entry = load_registry(lake.root).get(name)
+    return entry.base_bytes() if entry else 0
 
 
 def explain_lake(lake_root: str, query: Query) -> list[str]:

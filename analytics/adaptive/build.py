@@ -103,8 +103,8 @@ def build_adaptive(lake_dir: str, events: Iterable[dict[str, Any]], *, budget: i
             continue
         if p["status"] == "kept":
             continue
-        entry = load_registry(lake.root)["views"][view.name]
-        actual = entry["bytes"] + entry["serving"]["bytes"]
+        entry = load_registry(lake.root)[view.name]
+        actual = entry.base_bytes()
         if sum(actual_bytes(lake, n) for n in state["views"]) + index_bytes(state) + actual > budget:
             # the estimate was low: unlisted at once, so it never serves; its files go with the sweep
             state["retired"][view.name] = {"retired_at": _iso(now), "reason": f"built {actual:,} bytes: over the budget",
@@ -115,12 +115,12 @@ def build_adaptive(lake_dir: str, events: Iterable[dict[str, Any]], *, budget: i
         chosen = {k: p[k] for k in ("est_rows", "est_bytes", "rollup", "queries", "saved_ms", "shapes")}
         state["views"][view.name] = {"grain": view.grain, "dims": list(view.dims), "types": list(view.types),
                                      "created_at": _iso(now), "chosen": chosen,
-                                     "built": {"rows": entry["rows"], "bytes": entry["bytes"] + entry["serving"]["bytes"],
-                                               "seconds": res.get("seconds", 0.0), "version": entry["version"]},
+                                     "built": {"rows": entry.rows, "bytes": actual,
+                                               "seconds": res.get("seconds", 0.0), "version": entry.version},
                                      "note": f"covers {p['queries']} lake queries of {len(p['shapes'])} shape(s)"}
         state["retired"].pop(view.name, None)
         built.append({"view": view.name, **state["views"][view.name]["built"]})
-        log(f"{view.name}: built {entry['rows']:,} rows, {state['views'][view.name]['built']['bytes']:,} bytes")
+        log(f"{view.name}: built {entry.rows:,} rows, {actual:,} bytes")
     ix_started = time.perf_counter()
     ix_built, ix_failed = build_indexes(lake, [ix for ix in advice["indexes"] if ix["status"] != "refused"], state,
                                         now, memory_limit)

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from analytics.query.model import Query
+from analytics.views.registry import ViewEntry
 
 CACHE_DIR = "_cache"
 DEFAULT_MAX_BYTES = 256 << 20
@@ -34,9 +35,9 @@ DEFAULT_DISK_MAX_BYTES = 512 << 20
 DEFAULT_DISK_MAX_ENTRY_BYTES = 64 << 20
 
 
-def content_stamp(lake_version: str | None, registry: Mapping[str, Mapping[str, Any]], use_views: bool) -> str:
+def content_stamp(lake_version: str | None, registry: Mapping[str, ViewEntry], use_views: bool) -> str:
     """Changes whenever `prepare` changes the lake or `build` produces a new version of any view."""
-    views = sorted((name, e.get("version"), e.get("lake_version"), e.get("definition"))
+    views = sorted((name, e.version, e.lake_version, e.definition)
                    for name, e in registry.items())
     text = json.dumps([lake_version, views, bool(use_views)], default=str)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()

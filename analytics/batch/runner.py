@@ -218,7 +218,7 @@ class SafeBatchRunner(Closing):
                     if hit is not None:
                         it.table, it.route, it.fallback, it.cache = hit.table, hit.route, hit.fallback_reason, True
                         it.lake_version = self.wb.lake.version  # the cache key holds the lake and view versions
-                        it.view_version = self.wb.registry[it.route]["version"] if it.route != LAKE else None
+                        it.view_version = self.wb.registry[it.route].version if it.route != LAKE else None
                         it.ms_pre = (time.perf_counter() - t0) * 1000
                         continue
                     first_by_key[it.key] = it

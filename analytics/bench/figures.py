@@ -11,18 +11,19 @@ import json
 from typing import Any, Mapping
 
 from analytics.bench.peers import ENGINES, PEERS
+from analytics.bench.result import BenchmarkSummary
 from analytics.bench.text import format_pct, target_verdict
 from analytics.core.files import format_bytes
 from analytics.serving.router import LAKE
 
 
-def correctness_frame(result: Mapping[str, Any]) -> Any:
+def correctness_frame(result: BenchmarkSummary) -> Any:
     """One row per query: workload, route, the lake and view versions the product's answer reflects,
     rows, whether every engine's answer matched the baseline (else which did not, or could not answer) and why."""
     import pandas as pd
 
     rows = []
-    for q in result["queries"]:
+    for q in result.queries:
         verdicts = {e: "unsupported" if ok is None else ("match" if ok else "MISMATCH")
                     for e, ok in (q.get("engine_match") or {}).items() if e != "baseline"}
         odd = [f"{e}: {v}" for e, v in verdicts.items() if v != "match"]
@@ -33,13 +34,13 @@ def correctness_frame(result: Mapping[str, Any]) -> Any:
     return pd.DataFrame(rows)
 
 
-def timings_frame(result: Mapping[str, Any]) -> Any:
+def timings_frame(result: BenchmarkSummary) -> Any:
     """One row per query: warm median ms per engine (the baseline's one run), the product's speedup
     over each peer, and the routing time."""
     import pandas as pd
 
     rows = []
-    for q in result["queries"]:
+    for q in result.queries:
         row: dict[str, Any] = {"id": q["id"]}
         row.update({f"{e} ms": q["ms"][e] for e in ENGINES if e in q.get("ms", {})})
         row.update({f"x vs {p}": s for p, s in (q.get("speedup") or {}).items()})
@@ -79,10 +80,10 @@ def narrow(frame: Any) -> Any:
             .set_table_styles([{"selector": "th", "props": "white-space: normal; max-width: 7em"}]))
 
 
-def notebook_results(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+def notebook_results(result: BenchmarkSummary) -> list[dict[str, Any]]:
     """Per query, the product against the baseline in the flat form notebook 03 has always glued as `results`."""
     out = []
-    for q in result["queries"]:
+    for q in result.queries:
         rows = q.get("engine_rows") or {}
         row: dict[str, Any] = {"id": q["id"], "query": json.dumps(q["query"], separators=(",", ":")),
                                "rows": rows.get("product"), "route": q.get("route"),
@@ -90,21 +91,21 @@ def notebook_results(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         if "baseline" in q["ms"]:
             row.update(baseline_rows=rows.get("baseline"), baseline_ms=q["ms"]["baseline"],
                        speedup=(q.get("speedup") or {}).get("baseline"))
-        row["match"] = bool(q["match"]) if result.get("checked", True) else None
+        row["match"] = bool(q["match"]) if result.checked else None
         row["reason"] = "; ".join(f"{e}: {r}" for e, r in (q.get("reasons") or {}).items()
                                   if (q.get("engine_match") or {}).get(e) is False) or q.get("error") or ""
         out.append(row)
     return out
 
 
-def engines_frame(result: Mapping[str, Any]) -> Any:
+def engines_frame(result: BenchmarkSummary) -> Any:
     """One row per engine: median, p95, total, cold median, best-run median, peak RSS, and the product's
     speedup over it (of the medians, and the median of per-query ratios). `engine_labels` says what each is."""
     import pandas as pd
 
     rows = []
-    for e, s in result["engines"].items():
-        sp = result["speedup"].get(e, {})
+    for e, s in result.engines.items():
+        sp = result.speedup.get(e, {})
         rows.append({"engine": e, "queries": s["queries"], "median ms": s["median_ms"], "p95 ms": s["p95_ms"],
                      "total ms": s["total_ms"], "cold median ms": s["cold_median_ms"],
                      "best median ms": s.get("best_median_ms"), "peak RSS": format_bytes(s.get("peak_rss_bytes")),
@@ -112,16 +113,16 @@ def engines_frame(result: Mapping[str, Any]) -> Any:
     return pd.DataFrame(rows)
 
 
-def engine_labels(result: Mapping[str, Any]) -> str:
+def engine_labels(result: BenchmarkSummary) -> str:
     """`engine`: what it is, one per line (Markdown), for the legend under the engines table."""
-    return "  \n".join(f"`{e}`: {s['label']}" for e, s in result["engines"].items())
+    return "  \n".join(f"`{e}`: {s['label']}" for e, s in result.engines.items())
 
 
-def cold_frame(result: Mapping[str, Any]) -> Any:
+def cold_frame(result: BenchmarkSummary) -> Any:
     """One row per cold engine: wall of each new process (one per workload), peak RSS, cold and warm medians."""
     import pandas as pd
 
-    cold = result.get("cold") or {}
+    cold = result.cold or {}
     rows = []
     for e, s in (cold.get("engines") or {}).items():
         row: dict[str, Any] = {"engine": e}
@@ -129,40 +130,40 @@ def cold_frame(result: Mapping[str, Any]) -> Any:
             row[f"{w} wall ms"] = p["wall_ms"]
         row.update({"wall ms (all)": s["wall_ms"], "peak RSS": format_bytes(s.get("peak_rss_bytes")),
                     "cold median ms": s["median_ms"],
-                    "cold p95 ms": s["p95_ms"], "warm median ms": (result["engines"].get(e) or {}).get("median_ms"),
+                    "cold p95 ms": s["p95_ms"], "warm median ms": (result.engines.get(e) or {}).get("median_ms"),
                     "errors": s["errors"]})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def figure_cold(result: Mapping[str, Any]) -> Any:
+def figure_cold(result: BenchmarkSummary) -> Any:
     """The cold pass per engine: wall time of its new processes (by workload) and their peak RSS, side by side."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    engines = (result.get("cold") or {}).get("engines") or {}
+    engines = (result.cold or {}).get("engines") or {}
     names = list(engines)
     fig = make_subplots(rows=1, cols=2,
                         subplot_titles=("wall time of one new process, median (s)", "peak RSS, largest (MiB)"))
-    for w in result["workloads"]:
+    for w in result.workloads:
         walls = [(engines[e]["workloads"].get(w) or {}).get("wall_ms") for e in names]
         fig.add_trace(go.Bar(x=names, y=[None if v is None else v / 1000 for v in walls], name=w,
                              hovertemplate="%{x}<br>%{y:.2f} s"), row=1, col=1)
     fig.add_trace(go.Bar(x=names, y=[(engines[e].get("peak_rss_bytes") or 0) / 2**20 for e in names],
                          name="peak RSS", marker_color="#7f7f7f", showlegend=False,
                          hovertemplate="%{x}<br>%{y:,.0f} MiB"), row=1, col=2)
-    repeats = (result.get("cold") or {}).get("repeats", 1)
-    fig.update_layout(title=f"Cold pass at {result['rows']:,} rows: each engine in one new process per workload, "
+    repeats = (result.cold or {}).get("repeats", 1)
+    fig.update_layout(title=f"Cold pass at {result.rows:,} rows: each engine in one new process per workload, "
                             f"no result cache (median of {repeats})", barmode="stack", height=420)
     return fig
 
 
-def freshness_frame(result: Mapping[str, Any]) -> Any:
-    """Live ingest of one part (`result["freshness"]`): what each step took, and the view-routed
+def freshness_frame(result: BenchmarkSummary) -> Any:
+    """Live ingest of one part (`result.freshness`): what each step took, and the view-routed
     median with pending deltas; None when that benchmark did not run."""
     import pandas as pd
 
-    fr = result.get("freshness")
+    fr = result.freshness
     if not fr:
         return None
     rows = [("part rows", f"{fr['part_rows']:,}"), ("lake rows before", f"{fr['lake_rows']:,}"),
@@ -178,14 +179,14 @@ def freshness_frame(result: Mapping[str, Any]) -> Any:
     return pd.DataFrame(rows, columns=["what", "measured"])
 
 
-def adaptive_frame(result: Mapping[str, Any]) -> Any:
-    """The adaptive-views benchmark (`result["adaptive"]`): per workload, before and after `build
+def adaptive_frame(result: BenchmarkSummary) -> Any:
+    """The adaptive-views benchmark (`result.adaptive`): per workload, before and after `build
     --adaptive`, the share from views (of the view-answerable queries, and of those a rollup without
     per-user/auction keys answers: the share the target counts), the lake-routed p50/p95 and the total;
     None when it did not run."""
     import pandas as pd
 
-    ad = result.get("adaptive")
+    ad = result.adaptive
     if not ad:
         return None
     rows = []
@@ -201,63 +202,63 @@ def adaptive_frame(result: Mapping[str, Any]) -> Any:
     return pd.DataFrame(rows)
 
 
-def targets_frame(result: Mapping[str, Any]) -> Any:
+def targets_frame(result: BenchmarkSummary) -> Any:
     """The targets with this run's figure and verdict (met, MISSED, n/a below the size a ratio needs,
     or - when not measured), long names wrapped to the page."""
     import pandas as pd
 
     frame = pd.DataFrame([{"target": t["target"], "want": t["want"], "this run": t["shown"],
-                           "verdict": target_verdict(t)} for t in result["targets"]])
+                           "verdict": target_verdict(t)} for t in result.targets])
     colour = {"met": "color: #006000", "MISSED": "color: #a00000; font-weight: bold"}
     styler = frame.style.hide(axis="index").set_properties(subset=["target"], **WRAP)
     paint = styler.map if hasattr(styler, "map") else styler.applymap
     return paint(lambda v: colour.get(v, "color: #666666"), subset=["verdict"])
 
 
-def figure_latency(result: Mapping[str, Any]) -> Any:
+def figure_latency(result: BenchmarkSummary) -> Any:
     """Per-query warm latency by engine (log scale), queries in workload order."""
     import plotly.graph_objects as go
 
-    ids = [q["id"] for q in result["queries"]]
+    ids = [q["id"] for q in result.queries]
     fig = go.Figure()
     for e in ENGINES:
-        if e not in result["engines"]:
+        if e not in result.engines:
             continue
-        ys = [q["ms"].get(e) for q in result["queries"]]
+        ys = [q["ms"].get(e) for q in result.queries]
         fig.add_trace(go.Scatter(x=ids, y=ys, mode="markers", name=e,
-                                 text=[q.get("route") or "" for q in result["queries"]],
+                                 text=[q.get("route") or "" for q in result.queries],
                                  hovertemplate="%{x}<br>%{y:.3f} ms<br>route %{text}"))
-    bad = [q["id"] for q in result["queries"] if not q["match"]]
+    bad = [q["id"] for q in result.queries if not q["match"]]
     for qid in bad:
         fig.add_vline(x=qid, line_color="red", line_width=2, opacity=0.5)
-    fig.update_layout(title=f"Warm latency per query and engine at {result['rows']:,} rows (median of "
-                            f"{result['repeats']}; baseline one run)", yaxis_type="log", yaxis_title="ms (log)",
+    fig.update_layout(title=f"Warm latency per query and engine at {result.rows:,} rows (median of "
+                            f"{result.repeats}; baseline one run)", yaxis_type="log", yaxis_title="ms (log)",
                       xaxis_title="query", height=480)
     return fig
 
 
-def figure_route_mix(result: Mapping[str, Any]) -> Any:
+def figure_route_mix(result: BenchmarkSummary) -> Any:
     """How many queries each route answered (views and the lake)."""
     import plotly.graph_objects as go
 
-    mix = result["product"].get("route_mix", {})
+    mix = result.product.get("route_mix", {})
     colors = ["#d62728" if r == LAKE else "#1f77b4" for r in mix]
     fig = go.Figure(go.Bar(x=list(mix.values()), y=list(mix.keys()), orientation="h", marker_color=colors))
-    fig.update_layout(title=f"Route mix: view hit rate {format_pct(result['view_hit_rate'])}", xaxis_title="queries",
+    fig.update_layout(title=f"Route mix: view hit rate {format_pct(result.view_hit_rate)}", xaxis_title="queries",
                       yaxis={"autorange": "reversed"}, height=120 + 28 * len(mix))
     return fig
 
 
-def figure_ratios(result: Mapping[str, Any]) -> Any:
+def figure_ratios(result: BenchmarkSummary) -> Any:
     """Distribution of the per-query speedup of the product over each peer (log scale)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
     for p in PEERS:
-        vals = [q["speedup"][p] for q in result["queries"] if (q.get("speedup") or {}).get(p)]
+        vals = [q["speedup"][p] for q in result.queries if (q.get("speedup") or {}).get(p)]
         if vals:
             fig.add_trace(go.Box(y=vals, name=f"vs {p}", boxpoints="all", jitter=0.4,
-                                 text=[q["id"] for q in result["queries"] if (q.get("speedup") or {}).get(p)]))
+                                 text=[q["id"] for q in result.queries if (q.get("speedup") or {}).get(p)]))
     fig.add_hline(y=1, line_dash="dot", line_color="grey")
     fig.update_layout(title="Speedup of the product per query (peer ms / product ms)", yaxis_type="log",
                       yaxis_title="x (log)", height=450)

@@ -98,7 +98,7 @@ def view_median_ms(wb: Workbench, repeats: int = 7) -> dict[str, Any]:
 
 
 def _pending(lake: Path) -> int:
-    return max(len(e.get("deltas") or ()) for e in load_registry(lake)["views"].values())
+    return max(len(e.deltas) for e in load_registry(lake).values())
 
 
 def measure_freshness(lake_src: str | os.PathLike, raw_src: str | os.PathLike, part: str | os.PathLike,
@@ -116,7 +116,7 @@ def measure_freshness(lake_src: str | os.PathLike, raw_src: str | os.PathLike, p
     started = time.perf_counter()
     ingest(landing, lake, settle=0)  # adopts the lake's own parts: nothing to prepare or refresh
     out["adopt_seconds"] = round(time.perf_counter() - started, 3)
-    if not all("price_totals" in e for e in load_registry(lake)["views"].values()):
+    if not all(e.price_totals is not None for e in load_registry(lake).values()):
         # views built before deltas existed learn their price totals (a read of each view) on their
         # first delta: a one-time cost, paid here on a small part so it is not counted below
         generate(work / "warmup", 1_000, seed=98, parts=1, progress=False)

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from analytics.bench import docs
 from analytics.bench.phases import run_phase
+from analytics.bench.result import BenchmarkSummary
 from analytics.bench.summary import sweep_from_files
 from analytics.bench.text import summary_table
 from analytics.core.files import write_atomic
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             print(f"recorded {docs.record(args.json, args.history)}")
         latest = docs.write_docs(args.history, args.out, args.readme)
-        print(f"{args.out} and {args.readme}: the run of {latest['started_at']} at {latest['rows']:,} rows")
+        print(f"{args.out} and {args.readme}: the run of {latest.started_at} at {latest.rows:,} rows")
         return 0
     if args.command == "phase":
         cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -57,12 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not path.is_file():
             print(f"benchmark: error: {path} does not exist (did the notebook run?)", file=sys.stderr)
             return 2
-        result = json.loads(path.read_text())
+        result = BenchmarkSummary.read(path)
         print(summary_table(result))
         if args.report:
             print(f"report: {args.report}")
         print(f"figures: {path}")
-        return 0 if result["all_match"] else 1
+        return 0 if result.all_match else 1
     combined = sweep_from_files(args.jsons)
     write_atomic(args.out, json.dumps(combined, indent=1))
     print(f"sweep over {', '.join(f'{n:,}' for n in combined['rows'])} rows in {args.out}")

@@ -18,7 +18,6 @@ the answer into memory as Arrow). Must not choose routes or build SQL itself.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -36,9 +35,9 @@ from analytics.bench.cold import cold_engines, cold_pass
 from analytics.bench.peers import ENGINES, Unsupported
 from analytics.bench.phases import load_phases, measured
 from analytics.bench.polars_engine import PolarsLakeEngine
-from analytics.bench.summary import evaluate_targets, rounded, summarize
+from analytics.bench.result import BenchmarkSummary
+from analytics.bench.summary import evaluate_targets, rounded, summarize, write
 from analytics.bench.workloads import DEFAULT_WORKLOADS, ROOT, load_workloads
-from analytics.core.files import write_atomic
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.lake.state import Lake
 from analytics.query.model import Query
@@ -189,7 +188,7 @@ def run_benchmark(raw_dir: str | os.PathLike | None, lake_dir: str | os.PathLike
                   out_json: str | os.PathLike | None = None, phases: str | os.PathLike | Mapping[str, Any] | None = None,
                   engines: Sequence[str] = ENGINES, rows: int | None = None, progress: bool = True,
                   memory_limit: str = DEFAULT_MEMORY_LIMIT, cold: bool = True,
-                  cold_repeats: int = COLD_REPEATS) -> dict[str, Any]:
+                  cold_repeats: int = COLD_REPEATS) -> BenchmarkSummary:
     """Run every workload query on every engine, compare each answer with the baseline, time it.
 
     `raw_dir` holds the CSVs the lake at `lake_dir` was prepared from (views built); without it the
@@ -258,24 +257,23 @@ def run_benchmark(raw_dir: str | os.PathLike | None, lake_dir: str | os.PathLike
                        phases=load_phases(phases), engine_runs=engine_runs, product_extra=product_extra,
                        cold=cold_result)
     if not checked:
-        result["all_match"] = False
-        result["targets"] = evaluate_targets(result)
-    result["checked"] = checked
-    result["environment"] = _environment(load_start)
-    result["started_at"] = started_at
-    result["seconds"] = round(time.perf_counter() - t_start, 3)
-    result["phases"].setdefault("benchmark", {})
-    result["phases"]["benchmark"].update({
-        "seconds": result["seconds"],
+        result.all_match = False
+        result.targets = evaluate_targets(result)
+    result.checked = checked
+    result.environment = _environment(load_start)
+    result.started_at = started_at
+    result.seconds = round(time.perf_counter() - t_start, 3)
+    result.phases.setdefault("benchmark", {})
+    result.phases["benchmark"].update({
+        "seconds": result.seconds,
         "peak_rss_bytes": max((r.get("peak_rss_bytes") or 0) for r in engine_runs.values()) if engine_runs else None,
         "engines": engine_runs,
     })
     if out_json is not None:
         Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(out_json, json.dumps(result, indent=1, default=str))
-        result["json"] = str(out_json)
-    say(f"benchmark: done in {result['seconds']:.0f}s; "
-        f"{'all answers match the baseline' if result['all_match'] else 'MISMATCHES: ' + ', '.join(m['id'] for m in result['mismatches'])}")
+        write(out_json, result)
+    say(f"benchmark: done in {result.seconds:.0f}s; "
+        f"{'all answers match the baseline' if result.all_match else 'MISMATCHES: ' + ', '.join(m['id'] for m in result.mismatches)}")
     return result
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import statistics
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from analytics.batch.telemetry import percentile
 from analytics.bench.cold import COLD_ENGINES, COLD_LABELS
 from analytics.bench.peers import ENGINE_LABELS, ENGINES, PEERS
+from analytics.bench.result import BenchmarkSummary
 from analytics.bench.text import format_ms
 from analytics.bench.workloads import JUDGES
 from analytics.core.files import format_bytes, write_atomic
@@ -78,8 +80,8 @@ def _sizes(raw_dir: Path | None, lake: Lake) -> dict[str, Any]:
     csv = sum(f.stat().st_size for f in raw_dir.glob("*.csv")) if raw_dir is not None else 0
     lake_bytes = lake.size_bytes()
     views: dict[str, int] = {}
-    for name, entry in load_registry(lake.root)["views"].items():
-        f = lake.root / entry["file"]
+    for name, entry in load_registry(lake.root).items():
+        f = lake.root / entry.file
         if f.is_file():
             views[name] = f.stat().st_size
     view_bytes = sum(views.values())
@@ -216,7 +218,7 @@ def _cold_summary(cold: Mapping[str, Any], queries: list[dict[str, Any]]) -> dic
 def summarize(items: list[dict[str, Any]], per: dict[str, dict[str, dict[str, Any]]], *, engines: Sequence[str],
               repeats: int, rows: int, raw_dir: Path | None, lake: Lake, phases: dict[str, Any],
               engine_runs: dict[str, Any], product_extra: dict[str, Any],
-              cold: Mapping[str, Any] | None = None) -> dict[str, Any]:
+              cold: Mapping[str, Any] | None = None) -> BenchmarkSummary:
     """The result document from the per-query, per-engine records (and the cold pass's, if it ran)."""
     mismatches: list[dict[str, Any]] = []
     unsupported: list[dict[str, Any]] = []
@@ -280,30 +282,30 @@ def summarize(items: list[dict[str, Any]], per: dict[str, dict[str, dict[str, An
         for proc in run["processes"]:
             if proc.get("error"):
                 mismatches.append({"id": proc["workload"], "engine": f"{e} (cold run)", "reason": proc["error"]})
-    result: dict[str, Any] = {
-        "rows": rows,
-        "all_match": not mismatches,
-        "view_hit_rate": rounded(sum(1 for q in routed if q["route"] != LAKE) / len(routed)) if routed else None,
-        "view_hit_rate_judges": by_workload.get(JUDGES, {}).get("view_hit_rate"),
-        "median_ms": {e: engine_stats[e]["median_ms"] for e in engines},
-        "p95_ms": {e: engine_stats[e]["p95_ms"] for e in engines},
-        "total_ms": {e: engine_stats[e]["total_ms"] for e in engines},
-        "speedup": _speedups(queries, engines),
-        "engines": engine_stats,
-        "product": product,
-        "cold": cold_summary,
-        "workloads": by_workload,
-        "sizes": _sizes(raw_dir, lake),
-        "phases": phases,
-        "repeats": repeats,
-        "n_queries": len(queries),
-        "mismatches": mismatches,
-        "unsupported": unsupported,
-        "raw_dir": str(raw_dir) if raw_dir is not None else None, "lake_dir": str(lake.root), "lake_version": lake.version,
-        "target_rows": TARGET_ROWS,
-        "queries": queries,
-    }
-    result["targets"] = evaluate_targets(result)
+    result = BenchmarkSummary(
+        rows=rows,
+        all_match=not mismatches,
+        view_hit_rate=rounded(sum(1 for q in routed if q["route"] != LAKE) / len(routed)) if routed else None,
+        view_hit_rate_judges=by_workload.get(JUDGES, {}).get("view_hit_rate"),
+        median_ms={e: engine_stats[e]["median_ms"] for e in engines},
+        p95_ms={e: engine_stats[e]["p95_ms"] for e in engines},
+        total_ms={e: engine_stats[e]["total_ms"] for e in engines},
+        speedup=_speedups(queries, engines),
+        engines=engine_stats,
+        product=product,
+        cold=cold_summary,
+        workloads=by_workload,
+        sizes=_sizes(raw_dir, lake),
+        phases=phases,
+        repeats=repeats,
+        n_queries=len(queries),
+        mismatches=mismatches,
+        unsupported=unsupported,
+        raw_dir=str(raw_dir) if raw_dir is not None else None, lake_dir=str(lake.root), lake_version=lake.version,
+        target_rows=TARGET_ROWS,
+        queries=queries,
+    )
+    result.targets = evaluate_targets(result)
     return result
 
 
@@ -313,14 +315,14 @@ def _ms_at_most(name: str, key: str, value: float | None) -> tuple[str, str, Any
             format_ms(value))
 
 
-def _cold_targets(result: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+def _cold_targets(result: BenchmarkSummary) -> list[tuple[Any, ...]]:
     """The cold-serving targets, on the product's cold run of the judges workload (None: it did not run)."""
-    runs = ((result.get("cold") or {}).get("engines") or {})
+    runs = ((result.cold or {}).get("engines") or {})
     judges = (runs.get("product") or {}).get("workloads", {}).get(JUDGES, {})
     no_views = (runs.get("product_no_views") or {}).get("workloads", {}).get(JUDGES, {})
     wall, wall_nv = judges.get("wall_ms"), no_views.get("wall_ms")
     view, rss, view_sum = judges.get("view_median_ms"), judges.get("peak_rss_bytes"), judges.get("view_sum_ms")
-    warm = (result.get("product") or {}).get("view_median_ms")
+    warm = result.product.get("view_median_ms")
     return [
         _ms_at_most("warm view-routed median, next to the cold run (stated at 15M and 245M rows)",
                     "warm_view_median_ms_max", warm),
@@ -337,9 +339,9 @@ def _cold_targets(result: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     ]
 
 
-def _adaptive_targets(result: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-    """The adaptive-views targets, from `result["adaptive"]` (absent: that benchmark did not run)."""
-    ad = result.get("adaptive")
+def _adaptive_targets(result: BenchmarkSummary) -> list[tuple[Any, ...]]:
+    """The adaptive-views targets, from `result.adaptive` (None: that benchmark did not run)."""
+    ad = result.adaptive
     if not ad:
         return []
     before, after = ad.get("before", {}), ad["after"]
@@ -387,9 +389,9 @@ def _unseen_targets(un: Mapping[str, Any] | None) -> list[tuple[str, str, Any, b
     ]
 
 
-def _freshness_targets(result: Mapping[str, Any]) -> list[tuple[str, str, Any, bool | None, str]]:
-    """The live-ingest targets, from `result["freshness"]` (absent: that benchmark did not run)."""
-    fr = result.get("freshness")
+def _freshness_targets(result: BenchmarkSummary) -> list[tuple[str, str, Any, bool | None, str]]:
+    """The live-ingest targets, from `result.freshness` (None: that benchmark did not run)."""
+    fr = result.freshness
     if not fr:
         return []
     full = fr["lake_rows"] >= FULL_SCALE_ROWS
@@ -402,12 +404,10 @@ def _freshness_targets(result: Mapping[str, Any]) -> list[tuple[str, str, Any, b
     return out
 
 
-def evaluate_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+def evaluate_targets(result: BenchmarkSummary) -> list[dict[str, Any]]:
     """The issue's targets against this run (they are stated for 15M rows; reported, not asserted)."""
-    prod = result.get("product", {})
-    sp = result.get("speedup", {})
-
-    small = result["rows"] < SCALED_MIN_ROWS
+    prod, sp = result.product, result.speedup
+    small = result.rows < SCALED_MIN_ROWS
 
     def row(name: str, want: str, value: Any, ok: bool | None, shown: str, scaled: bool = False) -> dict[str, Any]:
         if scaled and small:
@@ -416,8 +416,8 @@ def evaluate_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         return {"target": name, "want": want, "value": value, "shown": shown, "ok": ok,
                 "verdict": {True: "met", False: "MISSED", None: "-"}[ok]}
 
-    out = [row("every answer matches the baseline", "all match", result["all_match"], result["all_match"],
-               "all match" if result["all_match"] else f"{len(result['mismatches'])} mismatch(es)")]
+    out = [row("every answer matches the baseline", "all match", result.all_match, result.all_match,
+               "all match" if result.all_match else f"{len(result.mismatches)} mismatch(es)")]
     v = prod.get("view_median_ms")
     out.append(row("view-routed median (warm)", f"<= {TARGETS['view_median_ms_max']:g} ms", v,
                    None if v is None else v <= TARGETS["view_median_ms_max"], format_ms(v)))
@@ -425,7 +425,7 @@ def evaluate_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         s = sp.get(peer, {}).get("of_medians")
         out.append(row(f"speedup over {peer} on the median", f">= {TARGETS[key]:g}x", s,
                        None if s is None else s >= TARGETS[key], "-" if s is None else f"{s:,.0f}x", True))
-    h = result.get("view_hit_rate_judges")
+    h = result.view_hit_rate_judges
     out.append(row("judges-style workload from views", f">= {TARGETS['judges_view_hit_rate_min']:.0%}", h,
                    None if h is None else h >= TARGETS["judges_view_hit_rate_min"], "-" if h is None else f"{h:.1%}"))
     p = prod.get("lake_p95_ms")
@@ -433,19 +433,22 @@ def evaluate_targets(result: Mapping[str, Any]) -> list[dict[str, Any]]:
                    None if p is None else p <= TARGETS["lake_p95_ms_max"], format_ms(p)))
     out += [row(*t) for t in _cold_targets(result) + _adaptive_targets(result) + _freshness_targets(result)]
     for r in out:
-        r["at_target_scale"] = result.get("rows") == TARGET_ROWS
+        r["at_target_scale"] = result.rows == TARGET_ROWS
     return out
 
 
-def attach(bench_json: str | os.PathLike, key: str, value: Mapping[str, Any]) -> dict[str, Any]:
+def attach(bench_json: str | os.PathLike, key: str, value: Mapping[str, Any]) -> BenchmarkSummary:
     """Add a side benchmark's figures (`adaptive`, `freshness`) to a benchmark JSON under `key`,
     targets re-evaluated; written atomically."""
-    path = Path(bench_json)
-    result = json.loads(path.read_text())
-    result[key] = value
-    result["targets"] = evaluate_targets(result)
-    write_atomic(path, json.dumps(result, indent=1, default=str))
+    result = replace(BenchmarkSummary.read(bench_json), **{key: dict(value)})
+    result.targets = evaluate_targets(result)
+    write(bench_json, result)
     return result
+
+
+def write(path: str | os.PathLike, result: BenchmarkSummary) -> None:
+    """Write `result` as the JSON file `path`, atomically."""
+    write_atomic(path, json.dumps(result.to_json(), indent=1, default=str))
 
 
 def sweep_from_files(paths: Iterable[str | os.PathLike]) -> dict[str, Any]:
@@ -459,16 +462,16 @@ def sweep_from_files(paths: Iterable[str | os.PathLike]) -> dict[str, Any]:
         if p.is_file():
             doc = json.loads(p.read_text())
             if isinstance(doc, dict) and "rows" in doc and "median_ms" in doc:
-                runs.append(doc)
-    runs.sort(key=lambda r: r["rows"])
-    engines = [e for e in ENGINES if any(e in r.get("median_ms", {}) for r in runs)]
+                runs.append(BenchmarkSummary.from_json(doc))
+    runs.sort(key=lambda r: r.rows)
+    engines = [e for e in ENGINES if any(e in r.median_ms for r in runs)]
     return {
-        "rows": [r["rows"] for r in runs],
-        "all_match": [r["all_match"] for r in runs],
-        "view_hit_rate": [r.get("view_hit_rate") for r in runs],
-        "engines": {e: {k: [r.get(k, {}).get(e) for r in runs] for k in ("median_ms", "p95_ms", "total_ms")}
+        "rows": [r.rows for r in runs],
+        "all_match": [r.all_match for r in runs],
+        "view_hit_rate": [r.view_hit_rate for r in runs],
+        "engines": {e: {k: [getattr(r, k).get(e) for r in runs] for k in ("median_ms", "p95_ms", "total_ms")}
                     for e in engines},
-        "product_view_median_ms": [r.get("product", {}).get("view_median_ms") for r in runs],
-        "product_lake_p95_ms": [r.get("product", {}).get("lake_p95_ms") for r in runs],
-        "sizes": [r.get("sizes") for r in runs],
+        "product_view_median_ms": [r.product.get("view_median_ms") for r in runs],
+        "product_lake_p95_ms": [r.product.get("lake_p95_ms") for r in runs],
+        "sizes": [r.sizes for r in runs],
     }

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from analytics.bench.peers import ENGINES
 from analytics.bench.phases import PHASE_ORDER
+from analytics.bench.result import BenchmarkSummary
 from analytics.core.files import format_bytes
 
 
@@ -42,19 +43,19 @@ def _color(text: str, code: str, enable: bool) -> str:
     return f"\033[{code}m{text}\033[0m" if enable else text
 
 
-def _cold_lines(result: Mapping[str, Any]) -> list[str]:
+def _cold_lines(result: BenchmarkSummary) -> list[str]:
     """The cold pass: per engine, the wall of each new process (one per workload), its peak RSS, per-query medians."""
-    cold = result.get("cold")
+    cold = result.cold
     if not cold or not cold.get("engines"):
         return []
-    workloads = list(result["workloads"])
+    workloads = list(result.workloads)
     walls = "wall (" + " / ".join(workloads) + ")"
     width = max(len(walls), 24)
     head = f"{'cold pass':<18}{walls:>{width}}{'peak RSS':>11}{'cold median':>13}{'warm median':>13}{'errors':>8}"
     lines = [f"cold: {cold['how']}", head, "-" * len(head)]
     for e, s in cold["engines"].items():
         wall = " / ".join(format_ms(s["workloads"].get(w, {}).get("wall_ms")) for w in workloads)
-        warm = (result["engines"].get(e) or {}).get("median_ms")
+        warm = (result.engines.get(e) or {}).get("median_ms")
         lines.append(f"{e:<18}{wall:>{width}}{format_bytes(s.get('peak_rss_bytes')):>11}"
                      f"{format_ms(s.get('median_ms')):>13}{format_ms(warm):>13}{s.get('errors', 0):>8}")
     lines.append(f"view-routed cold median (product, first touch included): "
@@ -62,39 +63,39 @@ def _cold_lines(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def summary_table(result: Mapping[str, Any], color: bool | None = None) -> str:
+def summary_table(result: BenchmarkSummary, color: bool | None = None) -> str:
     """The benchmark's figures as a plain-text table (ANSI red/green when `color`, default: stdout is a tty)."""
     if color is None:
         color = sys.stdout.isatty() and os.environ.get("NO_COLOR") is None
     red = lambda s: _color(s, "31;1", color)  # noqa: E731
     green = lambda s: _color(s, "32", color)  # noqa: E731
-    engines = [e for e in ENGINES if e in result["engines"]]
+    engines = [e for e in ENGINES if e in result.engines]
     lines: list[str] = []
-    if not result.get("checked", True):
+    if not result.checked:
         status = red("ANSWERS NOT CHECKED (no raw data, no baseline run)")
-    elif result["all_match"]:
+    elif result.all_match:
         status = green("ALL ANSWERS MATCH THE BASELINE")
     else:
-        status = red(f"{len(result['mismatches'])} MISMATCH(ES) WITH THE BASELINE")
-    wl = ", ".join(f"{w} {v['queries']}" for w, v in result["workloads"].items())
-    lines.append(f"Benchmark at {result['rows']:,} rows: {result['n_queries']} queries ({wl}), "
-                 f"{result['repeats']} warm repeats - {status}")
+        status = red(f"{len(result.mismatches)} MISMATCH(ES) WITH THE BASELINE")
+    wl = ", ".join(f"{w} {v['queries']}" for w, v in result.workloads.items())
+    lines.append(f"Benchmark at {result.rows:,} rows: {result.n_queries} queries ({wl}), "
+                 f"{result.repeats} warm repeats - {status}")
     head = (f"{'engine':<14}{'median':>11}{'p95':>11}{'total':>11}{'cold median':>13}{'best median':>13}{'peak RSS':>11}"
             "   product speedup (of medians / per-query median)")
     lines.append(head)
     lines.append("-" * len(head))
     for e in engines:
-        s = result["engines"][e]
-        sp = result["speedup"].get(e)
+        s = result.engines[e]
+        sp = result.speedup.get(e)
         sp_text = f"{sp['of_medians']:,.1f}x / {sp['median_per_query']:,.1f}x" if sp and sp.get("of_medians") else ""
         lines.append(f"{e:<14}{format_ms(s['median_ms']):>11}{format_ms(s['p95_ms']):>11}{format_ms(s['total_ms']):>11}"
                      f"{format_ms(s['cold_median_ms']):>13}{format_ms(s.get('best_median_ms')):>13}"
                      f"{format_bytes(s.get('peak_rss_bytes')):>11}   {sp_text}")
     lines += _cold_lines(result)
-    prod = result.get("product", {})
+    prod = result.product
     if prod:
-        hits = {w: v["view_hit_rate"] for w, v in result["workloads"].items() if v["view_hit_rate"] is not None}
-        lines.append(f"view hit rate: {format_pct(result['view_hit_rate'])} of all queries"
+        hits = {w: v["view_hit_rate"] for w, v in result.workloads.items() if v["view_hit_rate"] is not None}
+        lines.append(f"view hit rate: {format_pct(result.view_hit_rate)} of all queries"
                      + "".join(f"; {w} {h:.1%}" for w, h in hits.items()))
         lines.append(f"product: view-routed median {format_ms(prod.get('view_median_ms'))} "
                      f"(p95 {format_ms(prod.get('view_p95_ms'))}, best-run median {format_ms(prod.get('view_best_median_ms'))}, "
@@ -111,11 +112,11 @@ def summary_table(result: Mapping[str, Any], color: bool | None = None) -> str:
             lines.append(f"whole workload as one runner batch: {format_ms(b['wall_ms'])} wall, {b['lake_queries']} lake "
                          f"queries in {b['lake_scans']} scan(s), {b['workers']} worker(s), "
                          + (green("answers match") if b["all_match"] else red("answers differ")))
-    sz = result["sizes"]
+    sz = result.sizes
     lines.append(f"sizes: CSV {format_bytes(sz['csv_bytes'])}; lake {format_bytes(sz['lake_bytes'])} "
                  f"({sz['lake_to_csv'] or 0:.2f}x CSV); views {format_bytes(sz['views_bytes'])} "
                  f"({sz['views_to_csv'] or 0:.3f}x CSV)")
-    ph = result.get("phases") or {}
+    ph = result.phases
     parts = []
     for name in PHASE_ORDER:
         p = ph.get(name)
@@ -125,21 +126,21 @@ def summary_table(result: Mapping[str, Any], color: bool | None = None) -> str:
         parts.append(f"{name} {p['seconds']:.1f}s (peak RSS {format_bytes(rss)})"
                      + (" [reused]" if p.get("reused") else ""))
     lines.append("phases: " + ("; ".join(parts) if parts else "not recorded"))
-    env = result.get("environment") or {}
+    env = result.environment
     if env:
         lines.append(f"machine: {env.get('affinity')} core(s) available, load average {env.get('loadavg_start', ['?'])[0]} "
                      f"-> {env.get('loadavg_end', ['?'])[0]}; duckdb {env.get('duckdb')}, polars {env.get('polars')}")
-    target_rows = result.get("target_rows")
-    at_scale = target_rows is None or result["rows"] == target_rows
-    lines.append("targets" + ("" if at_scale else f" (stated for {target_rows:,} rows; this run has {result['rows']:,})")
+    target_rows = result.target_rows
+    at_scale = result.rows == target_rows
+    lines.append("targets" + ("" if at_scale else f" (stated for {target_rows:,} rows; this run has {result.rows:,})")
                  + ":")
-    for t in result["targets"]:
+    for t in result.targets:
         verdict = target_verdict(t)
         mark = {"met": green(" met "), "MISSED": red("MISSED"), "-": "  -  "}.get(verdict, " n/a ")
         lines.append(f"  [{mark}] {t['target']}: {t['shown']} (want {t['want']})"
                      + (f": {verdict}" if mark == " n/a " else ""))
-    for m in result["mismatches"]:
+    for m in result.mismatches:
         lines.append(red(f"MISMATCH {m['id']} [{m['engine']}]: {m['reason']}"))
-    for u in result.get("unsupported", []):
+    for u in result.unsupported:
         lines.append(f"unsupported {u['id']} [{u['engine']}]: {u['reason']}")
     return "\n".join(lines)

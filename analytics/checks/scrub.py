@@ -38,9 +38,9 @@ def files(lake: Lake, *, views: bool = True, segments: bool = True) -> list[Chec
     if segments:
         out += [Checked(f.rel, f.record, f"lake segment of raw part {f.part}") for f in segment_files(lake)]
     if views:
-        for name, entry in sorted(load_registry(lake.root)["views"].items()):
-            vdir = Path(entry["file"]).parent.as_posix()
-            out += [Checked(f"{vdir}/{n}", rec, f"view {name} v{entry['version']}") for n, rec in entry_records(entry)]
+        for name, entry in sorted(load_registry(lake.root).items()):
+            vdir = Path(entry.file).parent.as_posix()
+            out += [Checked(f"{vdir}/{n}", rec, f"view {name} v{entry.version}") for n, rec in entry_records(entry)]
         for name, record in sorted(load_adaptive(lake.root)["indexes"].items()):
             if isinstance(record, dict) and record.get("dir"):
                 out += [Checked(rel, rec, f"index {name} v{record.get('version')}")

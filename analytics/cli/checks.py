@@ -86,7 +86,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         print(summary_table(result))
     if args.json:
         print(f"figures in {args.json}")
-    return 0 if result["all_match"] else 1
+    return 0 if result.all_match else 1
 
 
 def register(add: AddCommand) -> None:

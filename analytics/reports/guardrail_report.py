@@ -43,18 +43,18 @@ def _stale_views(lake: Path) -> str:
 
 
 def _view_file(lake: Path) -> Path:
-    entry = load_registry(lake)["views"].get(DEMO_VIEW)
-    if entry is None or not (lake / entry["file"]).is_file():
+    entry = load_registry(lake).get(DEMO_VIEW)
+    if entry is None or not (lake / entry.file).is_file():
         raise ValueError(f"{lake}: view {DEMO_VIEW} is not built; run `analytics build` before the demonstration")
-    return lake / entry["file"]
+    return lake / entry.file
 
 
 def _view_file_truncated(lake: Path) -> str:
     """The version's Parquet file and its serving copy cut in half: a torn write on the temporary copy."""
     path = _view_file(lake)
-    entry = load_registry(lake)["views"][DEMO_VIEW]
+    entry = load_registry(lake)[DEMO_VIEW]
     cut = []
-    serving = serving_files(entry["serving"]) if entry.get("serving") else []
+    serving = serving_files(entry.serving) if entry.serving else []
     for f in [path] + [path.parent / name for name in serving]:
         data = f.read_bytes()
         f.write_bytes(data[: len(data) // 2])

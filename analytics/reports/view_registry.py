@@ -22,7 +22,7 @@ from analytics.lake.state import Lake
 from analytics.views.adaptive_catalog import all_views
 from analytics.views.build import build
 from analytics.views.catalog import VIEWS
-from analytics.views.registry import load_registry
+from analytics.views.registry import ViewEntry, load_registry
 
 
 def router_use(lake_root: str | os.PathLike) -> dict[str, Any]:
@@ -43,24 +43,25 @@ def registry_table(lake_root: str | os.PathLike, health: Mapping[str, str | None
     """One row per view, the catalog's in catalog order then the adaptive ones (see the module
     docstring); `health` is `Workbench.health` (view name -> None when healthy, else why not)."""
     lake = Lake.open(lake_root)
-    registry = load_registry(lake.root)["views"]
+    registry = load_registry(lake.root)
     by_type = (lake.state.get("totals") or {}).get("lake_by_type", {})
     use = router_use(lake.root)["routes"]
     rows = []
     for view in all_views(lake.root).values():
-        entry = registry.get(view.name) or {}
+        entry = registry.get(view.name)
         lake_rows = sum(by_type.get(t, 0) for t in view.types)
         why = health.get(view.name, "not known to the workbench")
         served = use.get(view.name, {"queries": 0, "cache_hits": 0})
         rows.append({
             "view": view.name, "origin": "catalog" if view.name in VIEWS else view.note,
             "grain": view.grain, "dims": ", ".join(view.dims) or "-",
-            "version": entry.get("version"), "rows": entry.get("rows"), "bytes": entry.get("bytes"),
+            # `entry and ...`: None in each column of a view not built
+            "version": entry and entry.version, "rows": entry and entry.rows, "bytes": entry and entry.bytes,
             "lake_rows": lake_rows,
-            "rollup": round(lake_rows / entry["rows"], 1) if entry.get("rows") else None,
-            "build_s": entry.get("build_seconds"), "built_at": entry.get("built_at"),
-            "built_from": entry.get("lake_version"), "mode": entry.get("mode"),
-            "segments": len(entry.get("segments", [])), "deltas": len(entry.get("deltas") or ()),
+            "rollup": round(lake_rows / entry.rows, 1) if entry and entry.rows else None,
+            "build_s": entry and entry.build_seconds, "built_at": entry and entry.built_at,
+            "built_from": entry and entry.lake_version, "mode": entry and entry.mode,
+            "segments": len(entry.segments) if entry else 0, "deltas": len(entry.deltas) if entry else 0,
             "healthy": why is None, "health": "healthy" if why is None else why,
             "router_uses": served["queries"], "cache_hits": served["cache_hits"],
         })
@@ -99,21 +100,22 @@ def refresh(lake_root: str | os.PathLike, **options: Any) -> dict[str, Any]:
     """`build` the stale views (incrementally where only parts were appended) and say what changed:
     per view its status, versions before and after, mode and the segments merged (with their raw files)."""
     root = Path(lake_root)
-    before = load_registry(root)["views"]
+    before = load_registry(root)
     summary = build(root, progress=False, **options)
-    after = load_registry(root)["views"]
+    after = load_registry(root)
     sources = {s["segment"]: s.get("source", {}).get("file") for s in Lake.open(root).state["segments"]}
     status = {**{n: "up to date" for n in summary["up_to_date"]}, **{n: "built" for n in summary["built"]},
               **{n: f"FAILED: {why}" for n, why in summary["failed"].items()}}
     changes = []
     for view in all_views(root).values():
-        old, new = before.get(view.name) or {}, after.get(view.name) or {}
-        added = sorted(set(new.get("segments", [])) - set(old.get("segments", []))) if status.get(view.name) == "built" else []
+        old, new = before.get(view.name), after.get(view.name)
+        built = status.get(view.name) == "built" and new is not None
+        added = sorted(set(new.segments) - set(old.segments if old else ())) if built else []
         changes.append({"view": view.name, "status": status.get(view.name, "not selected"),
-                        "version_before": old.get("version"), "version_after": new.get("version"),
-                        "mode": new.get("mode") if status.get(view.name) == "built" else None,
+                        "version_before": old.version if old else None, "version_after": new.version if new else None,
+                        "mode": new.mode if built else None,
                         "segments_added": added, "files_added": [sources.get(s) for s in added],
-                        "build_s": new.get("build_seconds") if status.get(view.name) == "built" else None})
+                        "build_s": new.build_seconds if built else None})
     return {"lake_version": summary["lake_version"], "seconds": summary["seconds"], "changes": changes,
             "failed": summary["failed"]}
 

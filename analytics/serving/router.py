@@ -18,6 +18,7 @@ from analytics.query.compiler import compile_query, ident
 from analytics.query.model import Condition, Query, types_selected
 from analytics.query.shape import query_shape, shape_columns
 from analytics.views.catalog import CATALOG, ViewDef, compile_for_view, coverage
+from analytics.views.registry import ViewEntry
 
 LAKE = "lake"
 DAYS_IN_DATA = 366
@@ -82,8 +83,10 @@ def _as_datetime(v: dt.date) -> dt.datetime:
     return v if isinstance(v, dt.datetime) else dt.datetime(v.year, v.month, v.day)
 
 
-def estimate_cost(entry: Mapping[str, Any], query: Query) -> float:
-    rows_by_type = entry.get("rows_by_type") or {}
+def estimate_cost(entry: ViewEntry, query: Query) -> float:
+    """The rows a query would scan in the view's base (those of the types it selects), scaled by the
+    share of time its filters keep."""
+    rows_by_type = entry.rows_by_type
     types = types_selected(query.where)
     rows = sum(n for t, n in rows_by_type.items() if t in types)
     frac = 1.0
@@ -105,7 +108,7 @@ class Router:
         self.indexes = tuple(sorted(indexes, key=lambda ir: ir[0].name))
         self.lake_relation = lake_relation
 
-    def plan(self, query: Query, registry: Mapping[str, Mapping[str, Any]], health: Mapping[str, str | None],
+    def plan(self, query: Query, registry: Mapping[str, ViewEntry], health: Mapping[str, str | None],
              table_names: Mapping[str, str], use_views: bool = True) -> Plan:
         """`health[name]` is None for a healthy view, else why it is not; `table_names` maps views to tables."""
         candidates: list[Candidate] = []
@@ -121,7 +124,7 @@ class Router:
                     candidates.append(Candidate(view.name, estimate_cost(registry[view.name], query)))
         usable = [c for c in candidates if c.rejected is None]
         if usable:
-            best = min(usable, key=lambda c: (c.cost, registry[c.view].get("rows", 0), c.view))
+            best = min(usable, key=lambda c: (c.cost, registry[c.view].rows, c.view))
             view = next(v for v in self.catalog if v.name == best.view)
             # quoted: an adaptive view's name may hold a '-' (`ad_day_type_imp-pur_...`)
             sql, params = compile_for_view(query, view, ident(table_names[best.view]))

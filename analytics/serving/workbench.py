@@ -54,7 +54,7 @@ from analytics.views.adaptive_catalog import adaptive_path, all_views, load_adap
 from analytics.views.answer.fastpath import ArrowView, RepeatedKeys
 from analytics.views.answer.version import open_version
 from analytics.views.delta import version_relation
-from analytics.views.registry import load_registry, registry_path, staleness
+from analytics.views.registry import ViewEntry, load_registry, registry_path, staleness
 from analytics.views.serving_copy import ServingError, check_types
 
 # Plans remembered per workbench; past this many distinct queries the memo starts afresh.
@@ -116,7 +116,7 @@ class Workbench(Closing):
         self._watched = (str(self.root / LOG_DIR), str(self.root / STATE_DIR), str(registry_path(self.root)), str(adaptive_path(self.root)),
                          str(damage_path(self.root)))
         self.lake: Lake
-        self.registry: dict[str, dict[str, Any]] = {}
+        self.registry: dict[str, ViewEntry] = {}
         self.health: dict[str, str | None] = {}
         self.views = all_views(self.root)  # the catalog and the lake's adaptive views
         self.refresh()
@@ -139,7 +139,7 @@ class Workbench(Closing):
                 # a committed file is missing: the views still answer; every lake statement checks its
                 # files first (`_check_lake`, `check_lake`) and fails naming the file and its raw part
                 self._con.execute("DROP VIEW IF EXISTS events")
-            self.registry = load_registry(self.root)["views"]
+            self.registry = load_registry(self.root)
             state = load_adaptive(self.root)  # read once: its views and its indexes
             self.views = all_views(self.root, state)
             self.damaged = load_damage(self.root)
@@ -203,7 +203,7 @@ class Workbench(Closing):
         return why if why is not None else self._load_errors.get(self.table_name(name))
 
     def table_name(self, name: str) -> str:
-        return f"{name}__v{self.registry[name]['version']}"
+        return f"{name}__v{self.registry[name].version}"
 
     def _table_names(self) -> dict[str, str]:
         return {n: self.table_name(n) for n in self.registry if n in self.views}
@@ -226,14 +226,14 @@ class Workbench(Closing):
             if table in self._ready_tables:
                 return True
             try:
-                vdir = (self.root / entry["file"]).parent
+                vdir = (self.root / entry.file).parent
                 view = open_version(self.root, definition, entry, checked=False)  # checked per type: _types_intact
             except ServingError as exc:
                 why = f"serving copy unusable: {str(exc).splitlines()[0]}"
                 try:  # name the damaged file when its bytes are what failed the structural checks
-                    for version in [entry, *(entry.get("deltas") or ())]:
-                        if version.get("serving"):
-                            check_types(vdir, version["serving"], version["serving"]["types"])
+                    for version in entry.versions():
+                        if version.serving:
+                            check_types(vdir, version.serving, version.serving["types"])
                 except ChecksumError as damaged:
                     why = self._damaged(damaged)
                 self._unhealthy(name, table, why)
@@ -244,7 +244,7 @@ class Workbench(Closing):
                     self._ready_tables.discard(old)
                     self._sql_tables.discard(old)
                 self._arrow[table] = view
-                self._serving[table] = (vdir, [entry["serving"], *(d["serving"] for d in entry.get("deltas") or ())])
+                self._serving[table] = (vdir, [version.serving for version in entry.versions()])
                 self._types_checked[table] = set()
                 self._ready_tables.add(table)
             return True
@@ -281,12 +281,12 @@ class Workbench(Closing):
             return True
         entry = self.registry[name]
         try:
-            for version in [entry, *(entry.get("deltas") or ())]:  # the Parquet files this SQL reads
-                check(self.root / version["file"], version.get("checksum"))
+            for version in entry.versions():  # the Parquet files this SQL reads
+                check(self.root / version.file, version.checksum)
             cur.execute(f"CREATE OR REPLACE VIEW {ident(table)} AS SELECT * FROM {version_relation(self.root, entry)}")
             schema = [[r[0], r[1]] for r in cur.execute(f"DESCRIBE {ident(table)}").fetchall()]
-            if schema != entry["columns"]:
-                raise ValueError(f"schema differs from the registry: {schema} vs {entry['columns']}")
+            if schema != entry.columns:
+                raise ValueError(f"schema differs from the registry: {schema} vs {entry.columns}")
         except (duckdb.Error, ValueError) as exc:
             why = self._damaged(exc) if isinstance(exc, ChecksumError) else f"unreadable: {str(exc).splitlines()[0]}"
             self._unhealthy(name, table, why)
@@ -338,7 +338,7 @@ class Workbench(Closing):
         if plan is None:
             plan = self.router.plan(key[0], self.registry, self.health, self._table_names(), key[1])
             plan = replace(plan, lake_version=self.lake.version,
-                           view_version=self.registry[plan.route]["version"] if plan.route != LAKE else None)
+                           view_version=self.registry[plan.route].version if plan.route != LAKE else None)
             if len(plans) >= PLAN_MEMO_SIZE:
                 plans.clear()
             plans[key] = plan

@@ -111,5 +111,6 @@ def usable_indexes(lake: Lake, state: dict[str, Any] | None = None) -> list[tupl
 
 def covered_lake_versions(lake_root: Path) -> set[int]:
     """The lake versions the registered views and lake indexes were built from: `vacuum` keeps them."""
-    records = [*load_registry(lake_root)["views"].values(), *load_adaptive(lake_root)["indexes"].values()]
-    return {r["lake_version"] for r in records if isinstance(r, dict) and isinstance(r.get("lake_version"), int)}
+    covered = [e.lake_version for e in load_registry(lake_root).values()]
+    covered += [r.get("lake_version") for r in load_adaptive(lake_root)["indexes"].values() if isinstance(r, dict)]
+    return {v for v in covered if isinstance(v, int)}

@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
@@ -56,6 +57,7 @@ from analytics.views.proof import prove
 from analytics.views.registry import (
     LOCK_TIMEOUT_S,
     VIEWS_DIR,
+    ViewEntry,
     entry_files,
     files_damage,
     is_current,
@@ -146,13 +148,13 @@ def lake_distinct(con: duckdb.DuckDBPyConnection, lake: Lake, columns: Sequence[
     return dict(zip(columns, con.execute(f"SELECT {items} FROM {lake.relation_sql()}").fetchone()))
 
 
-def _parquet_intact(root: Path, entry: Mapping[str, Any]) -> bool:
+def _parquet_intact(root: Path, entry: ViewEntry) -> bool:
     """Whether a version's Parquet files (base and deltas: what a refresh or a compaction reads) match
     their checksums; a damaged one is noted in the damage register. A read of each file, far less
     than the refresh that follows."""
     try:
-        for version in [entry, *(entry.get("deltas") or ())]:
-            check(root / version["file"], version.get("checksum"))
+        for version in entry.versions():
+            check(root / version.file, version.checksum)
     except ChecksumError as exc:
         update_damage(root, {Path(exc.path).relative_to(root).as_posix(): exc.why})
         return False
@@ -185,7 +187,7 @@ def repair_indexes(lake: Lake, memory_limit: str = DEFAULT_MEMORY_LIMIT) -> dict
     return out
 
 
-def _sweep_idle(vdir: Path, entry: dict[str, Any]) -> None:
+def _sweep_idle(vdir: Path, entry: ViewEntry) -> None:
     """Sweep a view's leftovers (e.g. of a killed build) unless a build holds its lock right now."""
     lock = FileLock(str(vdir / ".lock"))
     try:
@@ -195,13 +197,13 @@ def _sweep_idle(vdir: Path, entry: dict[str, Any]) -> None:
         pass
 
 
-def _refresh_in_place(view: ViewDef, lake: Lake, entry: dict[str, Any], engine: Aggregator, memory_limit: str,
+def _refresh_in_place(view: ViewDef, lake: Lake, entry: ViewEntry, engine: Aggregator, memory_limit: str,
                       bar: tqdm | None, shapes: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any] | None:
     """Refresh a version of the same definition at the cost of what changed (`views.delta`): a delta
     for appended segments; for dropped or replaced ones, the days they covered recomputed. None
     when only a full build can (the dropped segments' days are unknown, or the view has no days)."""
     started = time.perf_counter()
-    covered, now = set(entry["segments"]), set(lake.segment_ids)
+    covered, now = set(entry.segments), set(lake.segment_ids)
     new_segments, dropped = now - covered, covered - now
     affected = None
     if dropped:
@@ -227,9 +229,9 @@ def _refresh_in_place(view: ViewDef, lake: Lake, entry: dict[str, Any], engine: 
         con.close()
     if bar:
         bar.update(bar.total - bar.n)
-        bar.set_postfix_str(f"v{new_entry['version']} {new_entry['mode']}")
-    rows = new_entry["rows"] + sum(d["rows"] for d in new_entry["deltas"])
-    return {"view": view.name, "status": "built", "mode": new_entry["mode"], "version": new_entry["version"],
+        bar.set_postfix_str(f"v{new_entry.version} {new_entry.mode}")
+    rows = new_entry.rows + sum(d.rows for d in new_entry.deltas)
+    return {"view": view.name, "status": "built", "mode": new_entry.mode, "version": new_entry.version,
             "rows": rows, "seconds": round(time.perf_counter() - started, 3)}
 
 
@@ -244,9 +246,9 @@ def compact_due(lake_dir: str | os.PathLike, names: Iterable[str] | None = None,
     for name in [n for n in names or defs if n in defs]:
         vdir = lake.root / VIEWS_DIR / name
         with FileLock(str(vdir / ".lock"), timeout=LOCK_TIMEOUT_S):
-            entry = load_registry(lake.root)["views"].get(name)
-            if (entry is None or len(entry.get("deltas") or ()) < at
-                    or entry["definition"] != defs[name].definition_hash()
+            entry = load_registry(lake.root).get(name)
+            if (entry is None or len(entry.deltas) < at
+                    or entry.definition != defs[name].definition_hash()
                     or files_damage(lake.root, entry, load_damage(lake.root)) is not None
                     or not _parquet_intact(lake.root, entry)):  # left to the next build, which rebuilds it
                 continue
@@ -255,7 +257,7 @@ def compact_due(lake_dir: str | os.PathLike, names: Iterable[str] | None = None,
             try:
                 # proved against the lake the deltas cover: only a current version is compacted
                 check = (partial(proved, defs[name], lake, old_entry=entry, shapes=(), memory_limit=memory_limit)
-                         if lake.covers(entry["lake_version"]) else None)
+                         if lake.covers(entry.lake_version) else None)
                 compact(con, defs[name], lake, entry, check=check)
             finally:
                 con.close()
@@ -263,7 +265,7 @@ def compact_due(lake_dir: str | os.PathLike, names: Iterable[str] | None = None,
     return done
 
 
-def proved(view: ViewDef, lake: Lake, new_entry: dict[str, Any], old_entry: dict[str, Any] | None,
+def proved(view: ViewDef, lake: Lake, new_entry: ViewEntry, old_entry: ViewEntry | None,
            shapes: Sequence[Mapping[str, Any]], memory_limit: str) -> dict[str, Any]:
     """The proof of a new version before it is registered (`views.proof`): how many sample queries
     agreed with the lake, in how long. On a disagreement the new version's files (those the old
@@ -295,16 +297,16 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
     vdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with FileLock(str(vdir / ".lock"), timeout=LOCK_TIMEOUT_S):
-        entry = load_registry(root)["views"].get(view.name)
+        entry = load_registry(root).get(view.name)
         damaged = load_damage(root)
         # files missing, truncated or noted damaged: the version is rebuilt in full, never refreshed
         current = entry is not None and files_damage(root, entry, damaged) is None
-        same_def = current and entry["definition"] == view.definition_hash()
+        same_def = current and entry.definition == view.definition_hash()
         sweep_view_dir(vdir, entry if current else None)
         if is_current(view, lake, entry, damaged) and not force:
             if bar:
                 bar.update(bar.total - bar.n)
-            return {"view": view.name, "status": "up-to-date", "version": entry["version"]}
+            return {"view": view.name, "status": "up-to-date", "version": entry.version}
         engine = engine or DuckDBAggregator(memory_limit)
         if same_def and not force and not _parquet_intact(root, entry):
             same_def = False  # a refresh would carry the damage into the new version: rebuild in full
@@ -312,7 +314,7 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
             refreshed = _refresh_in_place(view, lake, entry, engine, memory_limit, bar, shapes)
             if refreshed is not None:
                 return refreshed
-        version = (entry["version"] + 1) if entry else 1
+        version = (entry.version + 1) if entry else 1
         staging = vdir / f".staging-{uuid.uuid4().hex}.parquet"
         final = vdir / f"v{version}.parquet"
         con = db.connect(memory_limit=memory_limit)
@@ -359,30 +361,30 @@ def build_view(view: ViewDef, lake: Lake, totals: Callable[[], pa.Table], *, for
         finally:
             con.close()
         built_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        new_entry = {
-            "name": view.name, "version": version, "file": final.relative_to(root).as_posix(),
-            "columns": expected, "rows": sum(rows_by_type.values()), "rows_by_type": rows_by_type,
-            "bytes": final.stat().st_size, "checksum": checksum, "built_at": built_at,
-            "build_seconds": round(time.perf_counter() - started, 3),
-            "lake_version": lake.data_version, "segments": sorted(lake.segment_ids),
-            "definition": view.definition_hash(), "mode": "full",
-            "grain": view.grain, "dims": list(view.group_columns),
-            "serving": serving,  # its files beside the Parquet version
-            "deltas": [], "price_totals": totals_of_prices,
-            "previous_files": entry_files(entry) if current else [],
+        new_entry = ViewEntry(
+            name=view.name, version=version, file=final.relative_to(root).as_posix(),
+            columns=expected, rows=sum(rows_by_type.values()), rows_by_type=rows_by_type,
+            bytes=final.stat().st_size, checksum=checksum, built_at=built_at,
+            build_seconds=round(time.perf_counter() - started, 3),
+            lake_version=lake.data_version, segments=sorted(lake.segment_ids),
+            definition=view.definition_hash(), mode="full",
+            grain=view.grain, dims=list(view.group_columns),
+            serving=serving, price_totals=totals_of_prices,
+            previous_files=entry_files(entry) if current else [],
             # lake rows per view row: how much a query served from the view saves over the lake
-            "rollup": round(lake_rows / max(1, sum(rows_by_type.values())), 2),
-        }
+            rollup=round(lake_rows / max(1, sum(rows_by_type.values())), 2),
+        )
         if bar:
             bar.set_postfix_str("self-check")
-        new_entry["proof"] = proved(view, lake, new_entry, entry if current else None, shapes, memory_limit)
-        update_registry(root, view.name, new_entry)
+        new_entry = replace(new_entry, proof=proved(view, lake, new_entry, entry if current else None, shapes,
+                                                    memory_limit))
+        update_registry(root, new_entry)
         crash_point("build:after-registry")
         if bar:
             bar.update(1)
-            bar.set_postfix_str(f"v{version} {new_entry['mode']}")
-        return {"view": view.name, "status": "built", "mode": new_entry["mode"], "version": version,
-                "rows": new_entry["rows"], "seconds": new_entry["build_seconds"]}
+            bar.set_postfix_str(f"v{version} {new_entry.mode}")
+        return {"view": view.name, "status": "built", "mode": new_entry.mode, "version": version,
+                "rows": new_entry.rows, "seconds": new_entry.build_seconds}
 
 
 def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jobs: int | None = None,
@@ -412,7 +414,7 @@ def build(lake_dir: str | os.PathLike, names: Iterable[str] | None = None, *, jo
         memory_limit = split_memory(memory_limit, jobs, reserve=PROCESS_MEMORY + jobs * WRITER_MEMORY)
     except ValueError as exc:
         raise BuildError(f"--memory-limit: {exc}; or build with fewer --jobs") from None
-    registry = load_registry(lake.root)["views"]
+    registry = load_registry(lake.root)
     damaged = load_damage(lake.root)
     if not force and all(is_current(defs[n], lake, registry.get(n), damaged) for n in selected):
         for name in selected:

@@ -22,6 +22,7 @@ import datetime as dt
 import os
 import time
 import uuid
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -34,7 +35,7 @@ from analytics.core.faults import crash_point
 from analytics.core.sql import sql_string
 from analytics.lake.state import Lake
 from analytics.views.catalog import MEASURE_COLUMNS, ViewDef
-from analytics.views.registry import VIEWS_DIR, entry_files, update_registry
+from analytics.views.registry import VIEWS_DIR, DeltaEntry, ViewEntry, entry_files, update_registry
 from analytics.views.serving_copy import INT64_MAX, SCALE, write_serving_copy
 from analytics.views.verify import BuildError, duplicate_keys, file_schema, lake_totals_sql, reconcile
 
@@ -43,21 +44,17 @@ from analytics.views.verify import BuildError, duplicate_keys, file_schema, lake
 COMPACT_AT = 8
 
 # A check of a new registry entry before it is registered (the build's self-check, `views.proof`).
-Check = Callable[[dict[str, Any]], dict[str, Any]]
+Check = Callable[[ViewEntry], dict[str, Any]]
 
 
 class OutgrowsEncoding(BuildError):
     """The version's price sums no longer fit its serving copy's int64 encoding: build a new base."""
 
 
-def _files(root: Path, entry: Mapping[str, Any]) -> list[Path]:
-    return [root / entry["file"]] + [root / d["file"] for d in entry.get("deltas") or ()]
-
-
-def version_relation(root: Path, entry: Mapping[str, Any]) -> str:
+def version_relation(root: Path, entry: ViewEntry) -> str:
     """A relation over the rows of a registered version: its base file, or base and deltas
     re-read as one (keys may repeat across files; every query over a view re-aggregates)."""
-    return f"read_parquet([{', '.join(sql_string(f) for f in _files(root, entry))}])"
+    return f"read_parquet([{', '.join(sql_string(root / v.file) for v in entry.versions())}])"
 
 
 def _write_sorted(con: duckdb.DuckDBPyConnection, view: ViewDef, select: str, out: Path) -> None:
@@ -97,20 +94,21 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _relation_totals(root: Path, entry: Mapping[str, Any], con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    return dict(entry.get("price_totals") or price_totals(con, version_relation(root, entry)))
+def _relation_totals(root: Path, entry: ViewEntry, con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    # an entry written before price totals were recorded has them counted from its files
+    return dict(entry.price_totals or price_totals(con, version_relation(root, entry)))
 
 
-def _next_files(lake: Lake, view: ViewDef, entry: Mapping[str, Any], prefix: str) -> tuple[int, Path, Path]:
+def _next_files(lake: Lake, view: ViewDef, entry: ViewEntry, prefix: str) -> tuple[int, Path, Path]:
     """The view's next version number, its staging file and its final file (`{prefix}{version}.parquet`:
     `d` for a delta, `v` for a base)."""
     vdir = lake.root / VIEWS_DIR / view.name
-    version = entry["version"] + 1
+    version = entry.version + 1
     return version, vdir / f".staging-{uuid.uuid4().hex}.parquet", vdir / f"{prefix}{version}.parquet"
 
 
-def append_delta(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entry: dict[str, Any],
-                 segments: set[str], aggregate: Callable[[Path], None], check: Check | None = None) -> dict[str, Any]:
+def append_delta(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entry: ViewEntry,
+                 segments: set[str], aggregate: Callable[[Path], None], check: Check | None = None) -> ViewEntry:
     """Register a delta holding the aggregate of `segments` (the lake's segments the version lacks),
     written by `aggregate(out)`; returns the new registry entry. `check(new_entry)` runs before the
     registry names it (the build's self-check): what it returns is recorded as `proof`, what it
@@ -126,7 +124,7 @@ def append_delta(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entr
         totals = _relation_totals(root, entry, con)
         added = price_totals(con, f"read_parquet({sql_string(staging)})")
         totals = {m: str(Decimal(totals[m]) + Decimal(added[m])) for m in MEASURE_COLUMNS}
-        scaled = entry["serving"]["scaled"]
+        scaled = entry.serving["scaled"]
         if not set(scaled) <= set(scalable(totals)):
             raise OutgrowsEncoding(f"{view.name}: price sums outgrow the serving copy's int64 encoding")
         checksum = file_record(staging)
@@ -136,16 +134,16 @@ def append_delta(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entr
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
-    delta = {"file": final.relative_to(root).as_posix(), "segments": sorted(segments),
-             "rows": sum(rows_by_type.values()), "rows_by_type": rows_by_type, "bytes": final.stat().st_size,
-             "checksum": checksum, "serving": serving, "built_at": _now()}
-    new_entry = {**entry, "version": version, "lake_version": lake.data_version, "segments": sorted(lake.segment_ids),
-                 "deltas": list(entry.get("deltas") or []) + [delta], "price_totals": totals,
-                 "mode": "incremental", "built_at": delta["built_at"],
-                 "build_seconds": round(time.perf_counter() - started, 3), "previous_files": entry_files(entry)}
+    delta = DeltaEntry(file=final.relative_to(root).as_posix(), segments=sorted(segments),
+                       rows=sum(rows_by_type.values()), rows_by_type=rows_by_type, bytes=final.stat().st_size,
+                       checksum=checksum, serving=serving, built_at=_now())
+    new_entry = replace(entry, version=version, lake_version=lake.data_version, segments=sorted(lake.segment_ids),
+                        deltas=[*entry.deltas, delta], price_totals=totals, mode="incremental",
+                        built_at=delta.built_at, build_seconds=round(time.perf_counter() - started, 3),
+                        previous_files=entry_files(entry))
     if check is not None:
-        new_entry["proof"] = check(new_entry)
-    update_registry(root, view.name, new_entry)
+        new_entry = replace(new_entry, proof=check(new_entry))
+    update_registry(root, new_entry)
     crash_point("build:after-registry")
     return new_entry
 
@@ -156,8 +154,8 @@ def _affected_table(affected: Mapping[str, Iterable[str]]) -> pa.Table:
                      "day": pa.array([dt.date.fromisoformat(d) for _, d in pairs], pa.date32())})
 
 
-def compact(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entry: dict[str, Any],
-            affected: Mapping[str, Iterable[str]] | None = None, check: Check | None = None) -> dict[str, Any]:
+def compact(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entry: ViewEntry,
+            affected: Mapping[str, Iterable[str]] | None = None, check: Check | None = None) -> ViewEntry:
     """A new base from the version's base and deltas re-aggregated; returns the new registry entry.
 
     Without `affected` the new base covers what the version covered. With `affected` (type ->
@@ -173,7 +171,7 @@ def compact(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entry: di
     if affected is None:
         select = view.reaggregate_sql(source)
         totals = f"(SELECT {keys}, {measures} FROM {source})"
-        covers = {"lake_version": entry["lake_version"], "segments": entry["segments"]}
+        covers = {"lake_version": entry.lake_version, "segments": entry.segments}
     else:
         if "day" not in view.group_columns:
             raise BuildError(f"{view.name} has no day column: recompute it in full")
@@ -204,15 +202,14 @@ def compact(con: duckdb.DuckDBPyConnection, view: ViewDef, lake: Lake, entry: di
         raise
     rows = sum(rows_by_type.values())
     lake_rows = con.execute(f"SELECT sum(cnt) FROM read_parquet({sql_string(final)})").fetchall()[0][0] or 0
-    new_entry = {**entry, **covers, "version": version, "file": final.relative_to(root).as_posix(),
-                 "rows": rows, "rows_by_type": rows_by_type, "bytes": final.stat().st_size, "checksum": checksum,
-                 "serving": serving,
-                 "deltas": [], "price_totals": staged_totals,
-                 "mode": "compacted" if affected is None else "recomputed", "built_at": _now(),
-                 "build_seconds": round(time.perf_counter() - started, 3), "previous_files": entry_files(entry),
-                 "rollup": round(lake_rows / max(1, rows), 2)}
+    new_entry = replace(entry, **covers, version=version, file=final.relative_to(root).as_posix(),
+                        rows=rows, rows_by_type=rows_by_type, bytes=final.stat().st_size, checksum=checksum,
+                        serving=serving, deltas=[], price_totals=staged_totals,
+                        mode="compacted" if affected is None else "recomputed", built_at=_now(),
+                        build_seconds=round(time.perf_counter() - started, 3), previous_files=entry_files(entry),
+                        rollup=round(lake_rows / max(1, rows), 2))
     if check is not None:
-        new_entry["proof"] = check(new_entry)
-    update_registry(root, view.name, new_entry)
+        new_entry = replace(new_entry, proof=check(new_entry))
+    update_registry(root, new_entry)
     crash_point("build:after-registry")
     return new_entry

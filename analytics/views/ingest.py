@@ -74,8 +74,7 @@ class _Compactor:
     def maybe_start(self) -> None:
         if self.running is not None and not self.running.done():
             return
-        views = load_registry(self.lake)["views"]
-        if any(len(e.get("deltas") or ()) >= COMPACT_AT for e in views.values()):
+        if any(len(e.deltas) >= COMPACT_AT for e in load_registry(self.lake).values()):
             self.running = self.pool.submit(self._run)
 
     def _run(self) -> None:
@@ -95,7 +94,7 @@ class _Compactor:
 def _refresh(lake: Path, jobs: int | None, memory_limit: str) -> dict[str, Any]:
     started = time.perf_counter()
     # the smallest views first: the coarse ones, which answer most queries, are fresh soonest
-    rows = {n: e.get("rows", 0) for n, e in load_registry(lake)["views"].items()}
+    rows = {n: e.rows for n, e in load_registry(lake).items()}
     names = sorted(all_views(lake), key=lambda n: (rows.get(n, 0), n))  # adaptive views follow the lake too
     try:
         summary = build(lake, names, jobs=jobs, progress=False, memory_limit=memory_limit, compact_deltas=False)

@@ -34,6 +34,7 @@ from analytics.views.answer.fastpath import ArrowView
 from analytics.views.answer.version import open_version
 from analytics.views.catalog import MEASURE_COLUMNS, ViewDef, compile_for_view, coverage
 from analytics.views.delta import version_relation
+from analytics.views.registry import ViewEntry
 from analytics.views.verify import BuildError
 
 # Generated queries per version, on top of the given shapes (at most MAX_SHAPES of them). Each costs
@@ -171,13 +172,13 @@ def sample_queries(view: ViewDef, arrow: ArrowView, shapes: Iterable[Mapping[str
     return out
 
 
-def prove(view: ViewDef, lake: Lake, entry: Mapping[str, Any], *, shapes: Iterable[Mapping[str, Any]] = (),
+def prove(view: ViewDef, lake: Lake, entry: ViewEntry, *, shapes: Iterable[Mapping[str, Any]] = (),
           n: int = GENERATED_QUERIES, memory_limit: str | None = None) -> int:
     """Answer the sample queries from the version `entry` (not yet registered) and from the lake;
     raise `BuildError` at the first disagreement. Returns how many queries agreed. The lake must be
     the one the version covers (a compaction proves against the lake its parts were built from)."""
     arrow = open_version(lake.root, view, entry)
-    queries = sample_queries(view, arrow, shapes, n, seed=str(entry["version"]))
+    queries = sample_queries(view, arrow, shapes, n, seed=str(entry.version))
     if not queries:
         return 0
     con = db.connect(memory_limit=memory_limit)
@@ -190,7 +191,7 @@ def prove(view: ViewDef, lake: Lake, entry: Mapping[str, Any], *, shapes: Iterab
             try:
                 answers = [("the fast path", arrow.answer(q))]
             except ValueError as exc:  # the fast path's own guards (e.g. duplicate group keys)
-                raise BuildError(f"{view.name}: v{entry['version']} fails on the fast path ({exc}); not "
+                raise BuildError(f"{view.name}: v{entry.version} fails on the fast path ({exc}); not "
                                  f"promoted. Query: {json.dumps(raw)}") from None
             view_sql, view_params = compile_for_view(q, view, version)
             answers.append(("SQL over the view", db.fetch_arrow(con, view_sql, view_params)))
@@ -199,7 +200,7 @@ def prove(view: ViewDef, lake: Lake, entry: Mapping[str, Any], *, shapes: Iterab
                     continue  # a shape the fast path leaves to SQL
                 reason = compare_rows(q, expected, to_rows(q, got))
                 if reason is not None:
-                    raise BuildError(f"{view.name}: v{entry['version']} answers differently from the lake by "
+                    raise BuildError(f"{view.name}: v{entry.version} answers differently from the lake by "
                                      f"{path} ({reason}); not promoted. Query: {json.dumps(raw)}")
     except duckdb.Error as exc:
         raise BuildError(f"{view.name}: the self-check could not run: {str(exc).splitlines()[0]}") from None

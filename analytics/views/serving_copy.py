@@ -180,17 +180,17 @@ def check_types(vdir: Path, record: Mapping[str, Any], types: Iterable[str]) -> 
             check(vdir / rec["file"], rec.get("checksum"))
 
 
-def open_serving_copy(vdir: Path, entry: Mapping[str, Any], *, checked: bool = True
-                      ) -> tuple[dict[str, list[pa.Table]], pa.Schema]:
-    """Memory-map the serving copy of registry `entry` (files in `vdir`), checked against the entry:
-    each type's batches as single-chunk tables, and the full schema. With `checked`, each file's
+def open_serving_copy(vdir: Path, record: Mapping[str, Any] | None, rows_by_type: Mapping[str, int], *,
+                      checked: bool = True) -> tuple[dict[str, list[pa.Table]], pa.Schema]:
+    """Memory-map serving copy `record` (a registered base's or delta's, files in `vdir`), checked
+    against the record and the version's `rows_by_type`: each type's batches as single-chunk tables,
+    and the full schema. With `checked`, each file's
     bytes are first checked against its checksum (`check_types`); without, the caller must call
     `check_types` for the types whose data it reads before it reads them (only the files' IPC
     metadata is read here, and a damaged one fails the structural checks below)."""
-    record = entry.get("serving")
     if not record:
         raise ServingError("no serving copy recorded (built before serving copies): rebuild the view")
-    expected_types = {t for t, n in entry["rows_by_type"].items() if n}
+    expected_types = {t for t, n in rows_by_type.items() if n}
     if set(record["types"]) != expected_types:
         raise ServingError(f"serving copy holds types {sorted(record['types'])}, the view {sorted(expected_types)}")
     pieces: dict[str, list[pa.Table]] = {}
@@ -214,8 +214,8 @@ def open_serving_copy(vdir: Path, entry: Mapping[str, Any], *, checked: bool = T
             for b in batches:
                 b.validate()  # buffer sizes agree with the lengths: no read past the mapping
             rows = sum(b.num_rows for b in batches)
-            if rows != entry["rows_by_type"][t]:
-                raise ServingError(f"{rec['file']}: {rows} rows, the registry says {entry['rows_by_type'][t]}")
+            if rows != rows_by_type[t]:
+                raise ServingError(f"{rec['file']}: {rows} rows, the registry says {rows_by_type[t]}")
             pieces[t] = [pa.Table.from_batches([b]) for b in batches]
     except (OSError, ValueError, pa.ArrowException) as exc:
         if isinstance(exc, ServingError):

@@ -13,7 +13,7 @@ import datetime as dt
 import decimal
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -34,7 +34,7 @@ from analytics.views.adaptive_catalog import all_views
 from analytics.views.build import lake_totals
 from analytics.views.catalog import MEASURE_COLUMNS, SUM_TYPE, ViewDef
 from analytics.views.delta import version_relation
-from analytics.views.registry import load_registry, staleness
+from analytics.views.registry import ViewEntry, load_registry, staleness
 
 SAMPLES = 5  # offending rows shown per finding
 # Columns that identify an event: a raw row missing one is quarantined, never in the lake.
@@ -87,12 +87,12 @@ def one_row(con: duckdb.DuckDBPyConnection, sql: str, params: Iterable[Any] = ()
     return dict_rows(con, sql, params)[0]
 
 
-def presence(view: ViewDef, lake: Lake, entry: dict[str, Any] | None) -> str | None:
+def presence(view: ViewDef, lake: Lake, entry: ViewEntry | None) -> str | None:
     """`staleness` on registration and file alone: "not built", "file missing: ..." or None, whatever
     definition and lake version the entry was built from (those are judged by
     mv_consistency.current_lake_version, a missing file by mv_consistency.present_readable)."""
     if entry is not None:
-        entry = {**entry, "definition": view.definition_hash(), "lake_version": lake.data_version}
+        entry = replace(entry, definition=view.definition_hash(), lake_version=lake.data_version)
     return staleness(view, lake, entry)
 
 
@@ -100,15 +100,15 @@ def presence(view: ViewDef, lake: Lake, entry: dict[str, Any] | None) -> str | N
 class ViewHandle:
     name: str
     view: ViewDef
-    entry: dict[str, Any]
+    entry: ViewEntry
     path: Path
 
     @property
     def rel(self) -> str:
         """The version's rows: its file, or its base and deltas merged to one row per key (`views.delta`)."""
-        if not self.entry.get("deltas"):
+        if not self.entry.deltas:
             return f"read_parquet({sql_string(str(self.path))})"
-        root = self.path.parents[len(Path(self.entry["file"]).parts) - 1]
+        root = self.path.parents[len(Path(self.entry.file).parts) - 1]
         return f"({self.view.reaggregate_sql(version_relation(root, self.entry))})"
 
 
@@ -154,7 +154,7 @@ class Context:
                    date_trunc('hour', ts) AS hour, strftime(ts, '%Y-%m-%d %H:%M') AS minute,
                    type, auction_id, advertiser_id, publisher_id, bid_price, user_id, total_price, country
             FROM events""")
-        self.registry: dict[str, dict[str, Any]] = load_registry(self.root)["views"]
+        self.registry: dict[str, ViewEntry] = load_registry(self.root)
         # the catalog and the lake's adaptive views: the same checks hold for both
         self.catalog: tuple[ViewDef, ...] = tuple(all_views(self.root).values())
         self._views: list[ViewHandle] | None = None
@@ -175,7 +175,7 @@ class Context:
             if absent is not None:
                 self._skipped[view.name] = absent
                 continue
-            path = self.root / entry["file"]
+            path = self.root / entry.file
             try:
                 pq.read_metadata(path)
             except Exception as exc:  # noqa: BLE001 - any unreadable footer

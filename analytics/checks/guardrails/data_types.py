@@ -126,7 +126,7 @@ def ids_integral_in_range(ctx: Context) -> CheckResult:
         for c in cols:
             t = pq.read_schema(h.path).field(c).type
             if not pa.types.is_integer(t):
-                typed.append({"file": h.entry["file"], "column": c, "type": str(t)})
+                typed.append({"file": h.entry.file, "column": c, "type": str(t)})
         counts_v, sample_v = _id_offenders(ctx, h.rel, cols)
         sources.append({"source": h.name, "out_of_range": counts_v, "samples": sample_v})
     if typed:

@@ -19,7 +19,7 @@ from analytics.core.sql import sql_string
 from analytics.lake.damage import update_damage
 from analytics.query import compiler
 from analytics.views import build as view_build
-from analytics.views.registry import entry_records, staleness
+from analytics.views.registry import ViewEntry, entry_records, staleness
 
 
 def reconcile(ctx: Context) -> CheckResult:
@@ -53,12 +53,12 @@ def current_lake_version(ctx: Context) -> CheckResult:
         stale = staleness(view, ctx.lake, entry)
         # a missing file alone is present_readable's finding, not a stale build
         problems = [stale] if stale is not None and stale != presence(view, ctx.lake, entry) else []
-        built_from = set(entry.get("segments", []))
+        built_from = set(entry.segments)
         if sorted(built_from) != segments:
             problems.append(f"segments differ: missing {sorted(set(segments) - built_from)}, gone {sorted(built_from - set(segments))}")
-        per_view.append({"view": view.name, "version": entry.get("version"), "lake_version": entry.get("lake_version"),
-                         "definition": entry.get("definition"), "catalog_definition": view.definition_hash(),
-                         "built_at": entry.get("built_at"), "problems": problems})
+        per_view.append({"view": view.name, "version": entry.version, "lake_version": entry.lake_version,
+                         "definition": entry.definition, "catalog_definition": view.definition_hash(),
+                         "built_at": entry.built_at, "problems": problems})
         if problems:
             fails.append(f"{view.name}: {'; '.join(problems)}")
     summary = "; ".join(fails) if fails else (
@@ -78,7 +78,7 @@ def schema_matches_registry(ctx: Context) -> CheckResult:
         except duckdb.Error as exc:
             fails.append(f"{h.name}: error {str(exc).splitlines()[0]}")
             continue
-        registered = h.entry.get("columns")
+        registered = h.entry.columns
         diffs = []
         for label, other in (("registry", registered), ("catalog", catalog)):
             if actual != other:
@@ -118,10 +118,10 @@ def unique_group_keys(ctx: Context) -> CheckResult:
                                                       "views": per_view, "skipped": ctx.skipped_views})
 
 
-def _damaged_file(ctx: Context, entry: dict) -> str | None:
+def _damaged_file(ctx: Context, entry: ViewEntry) -> str | None:
     """The first file of a registered version (Parquet files and serving copies) that does not match
     its checksum, as `damaged: FILE: why` (noted in the damage register), or None."""
-    vdir = (ctx.root / entry["file"]).parent
+    vdir = (ctx.root / entry.file).parent
     try:
         for name, record in entry_records(entry):
             check(vdir / name, record)
@@ -146,7 +146,7 @@ def present_readable(ctx: Context) -> CheckResult:
             per_view.append({"view": view.name, "problem": damaged})
             fails.append(f"{view.name}: {damaged}")
             continue
-        path = ctx.root / entry["file"]
+        path = ctx.root / entry.file
         try:
             cols = [c for c, _ in view_build.file_schema(ctx.con, path)]
             got = one_row(ctx.con, f"SELECT count(*) AS rows, {', '.join(f'sum(hash({compiler.ident(c)})) AS {compiler.ident(c)}' for c in cols)} "
@@ -155,7 +155,7 @@ def present_readable(ctx: Context) -> CheckResult:
             per_view.append({"view": view.name, "problem": f"unreadable: {str(exc).splitlines()[0]}"})
             fails.append(f"{view.name}: unreadable ({str(exc).splitlines()[0]})")
             continue
-        per_view.append({"view": view.name, "file": entry["file"], "rows": got["rows"], "registry_rows": entry.get("rows"),
+        per_view.append({"view": view.name, "file": entry.file, "rows": got["rows"], "registry_rows": entry.rows,
                          "columns_decoded": len(cols), "bytes": path.stat().st_size})
     stale = sorted(set(ctx.registry) - {v.name for v in ctx.catalog})
     summary = "; ".join(fails) if fails else (
