@@ -104,7 +104,7 @@ def test_a_build_killed_at_each_commit_step(point, pending_lake, baseline, tmp_p
             assert list(vdir.glob(".staging-*"))  # killed with the new version staged, nothing promoted
         else:
             # the refresh's delta renamed into place, not registered
-            assert (vdir / f"d{before[FIRST]['version'] + 1}.parquet").is_file()
+            assert (vdir / f"d{before[FIRST].version + 1}.parquet").is_file()
 
     # what is served now: exact, from the lake while a view is stale, from the new version once registered
     with Workbench(lake) as wb:

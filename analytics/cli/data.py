@@ -81,6 +81,9 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
     print(f"lake {args.lake} version {latest_version(lake)}: {verb} {len(done['removed_files'])} file(s) "
           f"({format_bytes(done['bytes'])}) of {len(done['removed_versions'])} version(s) older than {args.retain}; "
           f"kept versions {', '.join(map(str, done['kept_versions']))}")
+    if args.dry_run:
+        for rel in done["removed_files"]:
+            print(f"  {rel}")
     return 0
 
 

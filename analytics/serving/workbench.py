@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import weakref
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -81,7 +82,9 @@ class Workbench(Closing):
         # time travel: the lake as it stood at a version or time; views answer only where they hold
         # exactly its data. None follows the newest version.
         self.as_of = None if as_of is None else Lake.open(self.root, as_of).version
-        self._lease: Path | None = None
+        # releases this process's lease on the version read: at close, at a new version, or at exit
+        # (a notebook kernel seldom closes its workbench)
+        self._lease: weakref.finalize | None = None
         self.use_views = use_views
         self.fast_path = fast_path  # answer view routes with Arrow (arrow_exec) before falling back to SQL
         self.memory_limit = memory_limit
@@ -158,9 +161,10 @@ class Workbench(Closing):
 
     def _renew_lease(self) -> None:
         """Hold a lease on the version read, so that `analytics vacuum` keeps its files meanwhile."""
-        old, self._lease = self._lease, take_lease(self.root, self.lake.version)
-        if old is not None:
-            old.unlink(missing_ok=True)
+        if self._lease is not None:
+            self._lease()
+        path = take_lease(self.root, self.lake.version)
+        self._lease = None if path is None else weakref.finalize(self, path.unlink, missing_ok=True)
 
     def _route_indexes(self) -> None:
         """The router over the usable indexes not found damaged (the caller holds the lock)."""
@@ -474,7 +478,7 @@ class Workbench(Closing):
 
     def close(self) -> None:
         if self._lease is not None:
-            self._lease.unlink(missing_ok=True)
+            self._lease()
         self._con.close()
         if self._views_con is not None:
             self._views_con.close()
