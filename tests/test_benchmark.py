@@ -22,7 +22,8 @@ from analytics.bench.phases import load_phases, run_phase
 from analytics.bench.polars_engine import polars_condition
 from analytics.bench.result import BenchmarkSummary
 from analytics.bench.run import run_benchmark
-from analytics.bench.summary import evaluate_targets, sweep_from_files
+from analytics.bench.summary import sweep_from_files
+from analytics.bench.targets import evaluate_targets
 from analytics.bench.text import summary_table
 from analytics.bench.workloads import load_workloads
 from analytics.cli import main as cli_main
@@ -288,6 +289,35 @@ def test_cold_pass_runs_every_engine_in_one_new_process_per_workload(cold_result
     assert BenchmarkSummary.read(tiny["root"] / "cold.json").cold == cold
 
 
+def test_disk_cold_pass_reads_from_disk_and_is_checked(cold_result: BenchmarkSummary, tiny: dict[str, Path]) -> None:
+    """The same processes after the lake's pages are dropped: every answer checked against the baseline,
+    and each process read the lake's bytes it touched from disk (ru_inblock), beside the disk's bandwidth."""
+    disk, warm = cold_result.cold_disk, cold_result.cold
+    assert disk is not None and list(disk["engines"]) == list(COLD_ENGINES)
+    assert "posix_fadvise DONTNEED" in disk["how"]
+    bandwidth = disk["read_bandwidth"]
+    assert bandwidth["bytes"] > 0 and bandwidth["bytes_per_s"] > 0
+    for e, s in disk["engines"].items():
+        assert s["errors"] == 0 and s["queries"] == 5
+        for w, proc in s["workloads"].items():
+            assert proc["exit_code"] == 0 and proc["read_bytes"] > 0, (e, w, proc)
+            assert proc["read_ms_at_bandwidth"] == pytest.approx(proc["read_bytes"] / bandwidth["bytes_per_s"] * 1000,
+                                                                 rel=1e-3, abs=1e-3)
+        # the warm-cache pass ran right after the warm repeats: it found the lake's pages cached
+        assert s["read_bytes"] > warm["engines"][e]["read_bytes"], e
+    for q in cold_result.queries:
+        assert set(q["disk_cold_pass_ms"]) == set(COLD_ENGINES) and q["disk_cold_pass_route"]["product"] == q["route"]
+    assert cold_result.all_match is True  # the disk-cold answers were compared too (a mismatch names "disk-cold run")
+    assert BenchmarkSummary.read(tiny["root"] / "cold.json").cold_disk == disk
+    targets = {t["target"]: t for t in cold_result.targets}
+    judges = disk["engines"]["product"]["workloads"]["judges"]
+    summed = targets["disk-cold judges run: view-routed queries summed (target stated at 245M rows)"]
+    assert summed["value"] == judges["view_sum_ms"] and summed["ok"] is (judges["view_sum_ms"] <= 100)
+    assert "the process read" in summed["shown"] and "at the disk's cold bandwidth" in summed["shown"]
+    wall = targets["disk-cold judges run: wall of one new process (target stated at 245M rows)"]
+    assert wall["value"] == judges["wall_ms"] and wall["ok"] is (judges["wall_ms"] <= 1500)
+
+
 def test_cold_targets_are_evaluated(cold_result: BenchmarkSummary) -> None:
     targets = {t["target"]: t for t in cold_result.targets}
     judges = cold_result.cold["engines"]["product"]["workloads"]["judges"]
@@ -326,8 +356,10 @@ def test_summary_shows_the_cold_row(cold_result: BenchmarkSummary) -> None:
         row = next(line for line in lines if line.startswith(f"{e} ") and " / " in line)
         assert "MiB" in row, row
     assert "view-routed cold median" in text and "cold judges run: peak RSS" in text
+    assert all(f"{e} disk" in text for e in COLD_ENGINES) and "cold read" in text
     frame = cold_frame(cold_result)
-    assert list(frame["engine"]) == list(COLD_ENGINES) and frame["peak RSS"].str.endswith("MiB").all()
+    assert list(frame["engine"]) == list(COLD_ENGINES) * 2 and frame["peak RSS"].str.endswith("MiB").all()
+    assert list(frame["start"]) == ["cache as found"] * len(COLD_ENGINES) + ["disk-cold"] * len(COLD_ENGINES)
     fig = figure_cold(cold_result)
     assert len(fig.data) == 3  # one wall bar per workload, one peak RSS bar
 
@@ -345,11 +377,11 @@ def test_a_cold_process_that_fails_is_a_reported_failure(tmp_path: Path) -> None
 def test_cold_repeats_fold_to_medians_and_any_wrong_repeat_wins() -> None:
     from analytics.bench.cold import _fold_processes, _fold_records
 
-    procs = [{"wall_ms": 900.0, "peak_rss_bytes": 200, "exit_code": 0},
-             {"wall_ms": 1500.0, "peak_rss_bytes": 300, "exit_code": 0},
-             {"wall_ms": 1000.0, "peak_rss_bytes": 250, "exit_code": 0}]
+    procs = [{"wall_ms": 900.0, "peak_rss_bytes": 200, "read_bytes": 4096, "exit_code": 0},
+             {"wall_ms": 1500.0, "peak_rss_bytes": 300, "read_bytes": 0, "exit_code": 0},
+             {"wall_ms": 1000.0, "peak_rss_bytes": 250, "read_bytes": 512, "exit_code": 0}]
     assert _fold_processes(procs) == {"wall_ms": 1000.0, "wall_ms_runs": [900.0, 1500.0, 1000.0],
-                                      "peak_rss_bytes": 300, "exit_code": 0}
+                                      "peak_rss_bytes": 300, "read_bytes": 512, "exit_code": 0}
     failed = _fold_processes([*procs, {"wall_ms": None, "peak_rss_bytes": None, "exit_code": 2, "error": "boom"}])
     assert failed["wall_ms"] is None and failed["exit_code"] == 2 and failed["error"] == "boom"
     ok = {"status": "ok", "match": True, "reason": None, "route": "mv_x", "rows": 3}

@@ -7,9 +7,10 @@ other and are folded into one figure (their median wall and per-query `ms`, thei
 RSS, any wrong answer wins). The package is byte-compiled first, as `pip install` leaves it, so
 no child pays for compiling its sources. Recorded per process: its wall time (fork to exit:
 interpreter start, imports, opening the lake, loading views, every answer written), its peak RSS
-(the child's `ru_maxrss` as the kernel reports it to `os.wait4` in the small launcher of
-`phases.py`: exact per child, not sampled) and each query's `ms` and route from the child's
-`run.json`. The engines:
+and the bytes it read from storage (the child's `ru_maxrss` and `ru_inblock` as the kernel reports
+them to `os.wait4` in the small launcher of `phases.py`: exact per child, not sampled) and each
+query's `ms` and route from the child's `run.json`. A disk-cold pass (`disk_cold`) drops the lake's
+pages from the page cache before each process (`pagecache.evict`). The engines:
 
 - `product`: `python -m analytics run --lake L --queries Q --out O --no-cache --no-telemetry`
   (telemetry off so the benchmark does not write the lake it measures);
@@ -37,6 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pyarrow as pa
 
 from analytics.bench import COLD_REPEATS
+from analytics.bench.pagecache import evict
 from analytics.bench.peers import DuckDBLakeEngine, Unsupported
 from analytics.bench.phases import launched, read_launched
 from analytics.bench.polars_engine import PolarsLakeEngine
@@ -56,6 +58,8 @@ CHILD_ENGINES: tuple[str, ...] = ("duckdb_lake", "polars_lake")
 HOW = ("a new process per engine and workload file answers every query once, no result cache, the package "
        "byte-compiled as pip installs it, {repeats} such processes in a row: the median wall (fork to exit) and "
        "per-query ms, the largest peak RSS (the child's ru_maxrss, os.wait4)")
+DISK_COLD_HOW = ("; disk-cold: before each process the lake's and views' pages are dropped from the page cache "
+                 "(posix_fadvise DONTNEED), so it reads from disk every byte it touches (read_bytes: ru_inblock)")
 
 
 def cold_engines(engines: Sequence[str]) -> list[str]:
@@ -78,15 +82,16 @@ def command(engine: str, lake_dir: str | os.PathLike, queries: str | os.PathLike
 
 
 def run_child(cmd: Sequence[str], log: Path) -> dict[str, Any]:
-    """Run `cmd` with its output in `log`: `wall_ms` (fork to exit), `peak_rss_bytes` (its own ru_maxrss), `exit_code`."""
+    """Run `cmd` with its output in `log`: `wall_ms` (fork to exit), `peak_rss_bytes` (its own ru_maxrss),
+    `read_bytes` (read from storage, its memory-mapped pages included), `exit_code`."""
     figures = log.with_suffix(".rusage")
     with open(log, "w", encoding="utf-8") as fh:
         code = subprocess.run(launched(cmd, figures), stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
     launch = read_launched(figures)
     if launch is None:
-        return {"wall_ms": None, "peak_rss_bytes": None, "exit_code": code}
+        return {"wall_ms": None, "peak_rss_bytes": None, "read_bytes": None, "exit_code": code}
     return {"wall_ms": round(launch["seconds"] * 1000, 3), "peak_rss_bytes": launch["max_rss_bytes"],
-            "exit_code": launch["exit_code"]}
+            "read_bytes": launch["read_bytes"], "exit_code": launch["exit_code"]}
 
 
 def _last_line(log: Path) -> str:
@@ -112,8 +117,12 @@ def _record(query: Query, entry: Mapping[str, Any], answer: Path, expected: pa.T
 
 
 def _one_process(e: str, lake_dir: Path, queries: Path, out: Path, log: Path, its: Sequence[dict[str, Any]],
-                 answers: Mapping[str, pa.Table], checked: bool, memory_limit: str) -> tuple[dict[str, Any], list]:
-    """One new process of engine `e` answering the file `queries`: its figures and one record per item."""
+                 answers: Mapping[str, pa.Table], checked: bool, memory_limit: str,
+                 disk_cold: bool) -> tuple[dict[str, Any], list]:
+    """One new process of engine `e` answering the file `queries`: its figures and one record per item.
+    `disk_cold`: the lake's pages (its files and views) are dropped from the page cache first."""
+    if disk_cold:
+        evict(lake_dir)
     proc = run_child(command(e, lake_dir, queries, out, memory_limit), log)
     report = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else None
     if report is None:
@@ -126,11 +135,12 @@ def _one_process(e: str, lake_dir: Path, queries: Path, out: Path, log: Path, it
 
 
 def _fold_processes(procs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The repeats of one process: the median wall, the largest peak RSS, the first failure."""
+    """The repeats of one process: the median wall and bytes read, the largest peak RSS, the first failure."""
     walls = [p["wall_ms"] for p in procs]
     rss = [p["peak_rss_bytes"] for p in procs if p["peak_rss_bytes"] is not None]
+    read = [p["read_bytes"] for p in procs if p.get("read_bytes") is not None]
     proc = {"wall_ms": None if None in walls else statistics.median(walls), "wall_ms_runs": walls,
-            "peak_rss_bytes": max(rss) if rss else None,
+            "peak_rss_bytes": max(rss) if rss else None, "read_bytes": round(statistics.median(read)) if read else None,
             "exit_code": next((p["exit_code"] for p in procs if p["exit_code"]), procs[0]["exit_code"])}
     error = next((p["error"] for p in procs if "error" in p), None)
     return proc if error is None else {**proc, "error": error}
@@ -158,7 +168,7 @@ def byte_compile(package_dir: str | os.PathLike | None = None) -> bool:
 
 def cold_pass(lake_dir: str | os.PathLike, items: Sequence[dict[str, Any]], answers: Mapping[str, pa.Table], *,
               engines: Sequence[str], checked: bool, repeats: int = COLD_REPEATS,
-              memory_limit: str = DEFAULT_MEMORY_LIMIT,
+              memory_limit: str = DEFAULT_MEMORY_LIMIT, disk_cold: bool = False,
               say: Callable[[str], None] = lambda msg: None) -> dict[str, Any]:
     """Every valid query of each workload in `items`, answered by new processes per cold engine and workload.
 
@@ -167,7 +177,9 @@ def cold_pass(lake_dir: str | os.PathLike, items: Sequence[dict[str, Any]], answ
     answers by item id (checked when `checked`: every repeat's answer is). Returns `how`, `engines`
     (per engine its `command` and `processes`: workload, wall_ms, wall_ms_runs, peak_rss_bytes,
     exit_code, queries, errors, and `error` when a child left no `run.json`) and `records` (per
-    item id and engine: status, match, reason, ms, ms_runs, route, rows).
+    item id and engine: status, match, reason, ms, ms_runs, route, rows). `disk_cold`: before each
+    process the lake's pages are dropped from the page cache (`pagecache.evict`), so it reads from
+    disk what it touches; the default starts with whatever the cache holds.
     """
     if repeats < 1:
         raise ValueError(f"cold repeats must be >= 1, got {repeats}")
@@ -187,9 +199,10 @@ def cold_pass(lake_dir: str | os.PathLike, items: Sequence[dict[str, Any]], answ
         for e in engines:
             processes = []
             for w, its in workloads.items():
-                say(f"cold: {e} answers {w} ({len(its)} queries), {repeats} new process(es) in a row")
+                say(f"{'disk-cold' if disk_cold else 'cold'}: {e} answers {w} ({len(its)} queries), "
+                    f"{repeats} new process(es) in a row")
                 done = [_one_process(e, lake_dir, root / f"{w}.json", root / e / w / str(r), root / f"{e}-{w}-{r}.log",
-                                     its, answers, checked, memory_limit) for r in range(repeats)]
+                                     its, answers, checked, memory_limit, disk_cold) for r in range(repeats)]
                 proc = {"workload": w, **_fold_processes([d[0] for d in done]), "queries": len(its)}
                 for k, it in enumerate(its):
                     records[it["id"]][e] = _fold_records([d[1][k] for d in done])
@@ -197,7 +210,8 @@ def cold_pass(lake_dir: str | os.PathLike, items: Sequence[dict[str, Any]], answ
                 processes.append(proc)
             shown = ["python", *command(e, "LAKE", "QUERIES.json", "OUT", memory_limit)[1:]]
             runs[e] = {"command": shlex.join(shown), "processes": processes}
-    return {"how": HOW.format(repeats=repeats), "repeats": repeats, "engines": runs, "records": records}
+    how = HOW.format(repeats=repeats) + (DISK_COLD_HOW if disk_cold else "")
+    return {"how": how, "repeats": repeats, "disk_cold": disk_cold, "engines": runs, "records": records}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -119,20 +119,21 @@ def engine_labels(result: BenchmarkSummary) -> str:
 
 
 def cold_frame(result: BenchmarkSummary) -> Any:
-    """One row per cold engine: wall of each new process (one per workload), peak RSS, cold and warm medians."""
+    """One row per cold engine and start (page cache as found, or disk-cold: the lake's pages dropped):
+    wall of each new process (one per workload), peak RSS, bytes read from disk, cold and warm medians."""
     import pandas as pd
 
-    cold = result.cold or {}
     rows = []
-    for e, s in (cold.get("engines") or {}).items():
-        row: dict[str, Any] = {"engine": e}
-        for w, p in s["workloads"].items():
-            row[f"{w} wall ms"] = p["wall_ms"]
-        row.update({"wall ms (all)": s["wall_ms"], "peak RSS": format_bytes(s.get("peak_rss_bytes")),
-                    "cold median ms": s["median_ms"],
-                    "cold p95 ms": s["p95_ms"], "warm median ms": (result.engines.get(e) or {}).get("median_ms"),
-                    "errors": s["errors"]})
-        rows.append(row)
+    for start, summary in (("cache as found", result.cold), ("disk-cold", result.cold_disk)):
+        for e, s in ((summary or {}).get("engines") or {}).items():
+            row: dict[str, Any] = {"engine": e, "start": start}
+            for w, p in s["workloads"].items():
+                row[f"{w} wall ms"] = p["wall_ms"]
+            row.update({"wall ms (all)": s["wall_ms"], "peak RSS": format_bytes(s.get("peak_rss_bytes")),
+                        "read from disk": format_bytes(s.get("read_bytes")), "cold median ms": s["median_ms"],
+                        "cold p95 ms": s["p95_ms"], "warm median ms": (result.engines.get(e) or {}).get("median_ms"),
+                        "errors": s["errors"]})
+            rows.append(row)
     return pd.DataFrame(rows)
 
 

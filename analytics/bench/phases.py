@@ -84,7 +84,8 @@ def measured(record: dict[str, Any]) -> Iterator[dict[str, Any]]:
 # high-water mark across exec), so a measured command is forked from this small stdlib-only
 # launcher (`python -I -S`, about 10 MiB) rather than from a Python process with the package
 # loaded (hundreds of MiB). It writes the command's wall seconds (fork to exit), ru_maxrss (KiB on
-# Linux) and exit code to the file in argv[1], and exits with that code.
+# Linux), exit code and ru_inblock (512-byte blocks read from storage, page faults on memory-mapped
+# files included: what a disk-cold run really read) to the file in argv[1], and exits with that code.
 _LAUNCHER = """import os, sys, time
 t0 = time.perf_counter()
 pid = os.fork()
@@ -98,7 +99,7 @@ _, status, usage = os.wait4(pid, 0)
 wall = time.perf_counter() - t0
 code = os.waitstatus_to_exitcode(status)
 with open(sys.argv[1], "w") as fh:
-    fh.write(f"{wall} {usage.ru_maxrss} {code}")
+    fh.write(f"{wall} {usage.ru_maxrss} {code} {usage.ru_inblock}")
 sys.exit(code if code >= 0 else 128 - code)
 """
 
@@ -109,12 +110,14 @@ def launched(command: Sequence[str], figures: Path) -> list[str]:
 
 
 def read_launched(figures: Path) -> dict[str, Any] | None:
-    """`seconds`, `max_rss_bytes` (the command's own peak RSS) and `exit_code`; None if the launcher wrote nothing."""
+    """`seconds`, `max_rss_bytes` (the command's own peak RSS), `exit_code` and `read_bytes` (what it
+    read from storage); None if the launcher wrote nothing."""
     try:
-        wall, maxrss, code = figures.read_text().split()
+        wall, maxrss, code, inblock = figures.read_text().split()
     except (OSError, ValueError):
         return None
-    return {"seconds": float(wall), "max_rss_bytes": int(maxrss) * 1024, "exit_code": int(code)}
+    return {"seconds": float(wall), "max_rss_bytes": int(maxrss) * 1024, "exit_code": int(code),
+            "read_bytes": int(inblock) * 512}
 
 
 def run_phase(name: str, phase_dir: str | os.PathLike, command: Sequence[str]) -> int:

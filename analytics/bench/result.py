@@ -52,6 +52,8 @@ class BenchmarkSummary:
     seconds: float | None = None
     freshness: dict[str, Any] | None = None
     adaptive: dict[str, Any] | None = None
+    # the disk-cold pass (`_cold_summary`, with the disk's `read_bandwidth`); None when it did not run
+    cold_disk: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> BenchmarkSummary:
@@ -64,9 +66,9 @@ class BenchmarkSummary:
         return cls.from_json(json.loads(Path(path).read_text()))
 
     def to_json(self) -> dict[str, Any]:
-        """The document as written: every field, except side benchmarks that did not run."""
+        """The document as written: every field, except side benchmarks and passes that did not run."""
         doc = asdict(self)
-        for side in ("freshness", "adaptive"):
+        for side in ("freshness", "adaptive", "cold_disk"):
             if doc[side] is None:
                 del doc[side]
         return doc

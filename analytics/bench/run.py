@@ -32,11 +32,13 @@ import pyarrow as pa
 
 from analytics.bench import COLD_REPEATS, peers
 from analytics.bench.cold import cold_engines, cold_pass
+from analytics.bench.pagecache import cold_read_bandwidth
 from analytics.bench.peers import ENGINES, Unsupported
 from analytics.bench.phases import load_phases, measured
 from analytics.bench.polars_engine import PolarsLakeEngine
 from analytics.bench.result import BenchmarkSummary
-from analytics.bench.summary import evaluate_targets, rounded, summarize, write
+from analytics.bench.summary import rounded, summarize, write
+from analytics.bench.targets import evaluate_targets
 from analytics.bench.workloads import DEFAULT_WORKLOADS, ROOT, load_workloads
 from analytics.core.memory import DEFAULT_MEMORY_LIMIT
 from analytics.lake.state import Lake
@@ -188,15 +190,17 @@ def run_benchmark(raw_dir: str | os.PathLike | None, lake_dir: str | os.PathLike
                   out_json: str | os.PathLike | None = None, phases: str | os.PathLike | Mapping[str, Any] | None = None,
                   engines: Sequence[str] = ENGINES, rows: int | None = None, progress: bool = True,
                   memory_limit: str = DEFAULT_MEMORY_LIMIT, cold: bool = True,
-                  cold_repeats: int = COLD_REPEATS) -> BenchmarkSummary:
+                  cold_repeats: int = COLD_REPEATS, disk_cold: bool = True) -> BenchmarkSummary:
     """Run every workload query on every engine, compare each answer with the baseline, time it.
 
     `raw_dir` holds the CSVs the lake at `lake_dir` was prepared from (views built); without it the
     baseline does not run, nothing is checked and `all_match` is False (`checked` False). `repeats` warm
     runs per query and engine after the cold one (the baseline runs once). `phases`: the directory
     `run_phase` writes (or a mapping) with the generate/prepare/build figures. `cold`: also the cold
-    pass (`cold_repeats` new processes per engine and workload file, `cold.py`). Returns the result (see the
-    module doc) and writes it to `out_json` if given.
+    pass (`cold_repeats` new processes per engine and workload file, `cold.py`); with `disk_cold` too,
+    the same pass again with the lake's pages dropped from the page cache before each process, and
+    the disk's cold read bandwidth (`pagecache.py`). Returns the result (see the module doc) and
+    writes it to `out_json` if given.
     """
     if repeats < 1 or cold_repeats < 1:
         raise ValueError(f"repeats and cold repeats must be >= 1, got {repeats} and {cold_repeats}")
@@ -248,14 +252,18 @@ def run_benchmark(raw_dir: str | os.PathLike | None, lake_dir: str | os.PathLike
     for name in engines:
         with measured(engine_runs.setdefault(name, {})):
             _run_engine(strategies[name], valid, record, answers, progress)
-    cold_result = None
+    cold_result = disk_result = None
     if cold:
-        cold_result = cold_pass(lake_dir, items, answers.tables, engines=cold_engines(engines), checked=checked,
-                                repeats=cold_repeats, memory_limit=memory_limit, say=say)
+        passes = [cold_pass(lake_dir, items, answers.tables, engines=cold_engines(engines), checked=checked,
+                            repeats=cold_repeats, memory_limit=memory_limit, disk_cold=disk, say=say)
+                  for disk in ((False, True) if disk_cold else (False,))]
+        cold_result = passes[0]
+        if disk_cold:
+            disk_result = {**passes[1], "read_bandwidth": cold_read_bandwidth(lake_dir)}
 
     result = summarize(items, per, engines=engines, repeats=repeats, rows=n_rows, raw_dir=raw_dir, lake=lake,
                        phases=load_phases(phases), engine_runs=engine_runs, product_extra=product_extra,
-                       cold=cold_result)
+                       cold=cold_result, cold_disk=disk_result)
     if not checked:
         result.all_match = False
         result.targets = evaluate_targets(result)

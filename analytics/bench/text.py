@@ -53,11 +53,16 @@ def _cold_lines(result: BenchmarkSummary) -> list[str]:
     width = max(len(walls), 24)
     head = f"{'cold pass':<18}{walls:>{width}}{'peak RSS':>11}{'cold median':>13}{'warm median':>13}{'errors':>8}"
     lines = [f"cold: {cold['how']}", head, "-" * len(head)]
-    for e, s in cold["engines"].items():
-        wall = " / ".join(format_ms(s["workloads"].get(w, {}).get("wall_ms")) for w in workloads)
-        warm = (result.engines.get(e) or {}).get("median_ms")
-        lines.append(f"{e:<18}{wall:>{width}}{format_bytes(s.get('peak_rss_bytes')):>11}"
-                     f"{format_ms(s.get('median_ms')):>13}{format_ms(warm):>13}{s.get('errors', 0):>8}")
+    passes = [("", cold["engines"]), (" disk", (result.cold_disk or {}).get("engines") or {})]
+    for suffix, engines in passes:
+        for e, s in engines.items():
+            wall = " / ".join(format_ms(s["workloads"].get(w, {}).get("wall_ms")) for w in workloads)
+            warm = (result.engines.get(e) or {}).get("median_ms")
+            lines.append(f"{e + suffix:<18}{wall:>{width}}{format_bytes(s.get('peak_rss_bytes')):>11}"
+                         f"{format_ms(s.get('median_ms')):>13}{format_ms(warm):>13}{s.get('errors', 0):>8}")
+    bandwidth = ((result.cold_disk or {}).get("read_bandwidth") or {}).get("bytes_per_s")
+    if bandwidth:
+        lines.append(f"disk: the lake's pages dropped before each process; cold read {format_bytes(bandwidth)}/s")
     lines.append(f"view-routed cold median (product, first touch included): "
                  f"{format_ms(cold.get('view_routed_cold_median_ms'))}")
     return lines

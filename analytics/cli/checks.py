@@ -78,8 +78,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     open_lake(args.lake)
     try:
         result = run_benchmark(args.raw, args.lake, workloads=args.workload or DEFAULT_WORKLOADS, repeats=args.repeats,
-                               cold_repeats=args.cold_repeats, out_json=args.json, phases=args.phases, rows=args.rows,
-                               progress=not args.quiet)
+                               cold_repeats=args.cold_repeats, disk_cold=not args.no_disk_cold, out_json=args.json,
+                               phases=args.phases, rows=args.rows, progress=not args.quiet)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if not args.no_summary:
@@ -120,6 +120,9 @@ def register(add: AddCommand) -> None:
     p.add_argument("--cold-repeats", type=argtypes.positive_int, default=COLD_REPEATS,
                    help=f"new processes per engine and workload in the cold pass, in a row; its figures are their "
                         f"medians (default {COLD_REPEATS})")
+    p.add_argument("--no-disk-cold", action="store_true",
+                   help="skip the disk-cold pass (the cold pass again, the lake's pages dropped from the page cache "
+                        "before each process)")
     p.add_argument("--json", default=None, metavar="FILE", help="write every figure as JSON to FILE")
     p.add_argument("--phases", default=None, metavar="DIR", help="phase records (generate/prepare/build times and peak "
                                                                  "RSS) written by `analytics bench phase`")
