@@ -410,6 +410,24 @@ def test_the_cold_pass_byte_compiles_the_package_first(tmp_path: Path) -> None:
     assert byte_compile(pkg) is False  # a module that cannot be compiled is said, not hidden
 
 
+def test_the_cold_pass_compiles_before_its_first_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cold_pass` byte-compiles the installed package (no argument) before it starts any process,
+    and says so when it cannot."""
+    from analytics.bench import cold
+
+    order: list[str] = []
+    monkeypatch.setattr(cold, "byte_compile", lambda *args: order.append(f"compile{args}") or False)
+    real_child = cold.run_child
+    monkeypatch.setattr(cold, "run_child", lambda *a: order.append("process") or real_child(*a))
+    wl = tmp_path / "q.json"
+    wl.write_text(json.dumps([{"select": [{"COUNT": "*"}]}]))
+    said: list[str] = []
+    cold.cold_pass(tmp_path / "no-lake", load_workloads([wl]), {}, engines=["duckdb_lake"], checked=False,
+                   repeats=2, say=said.append)
+    assert order == ["compile()", "process", "process"]
+    assert "could not be byte-compiled" in said[0]
+
+
 def test_peak_rss_is_the_commands_own_not_inherited_from_this_process(tmp_path: Path) -> None:
     from analytics.bench.cold import run_child
 

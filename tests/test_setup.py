@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -112,6 +113,7 @@ def _analytics(calls: list[list[str]]) -> list[list[str]]:
 
 
 def _option(args: list[str], name: str) -> str:
+    assert name in args, f"{name} not given: {shlex.join(args)}"
     return args[args.index(name) + 1]
 
 
