@@ -84,7 +84,7 @@ def _disk_cold_judges(result: BenchmarkSummary, engine: str) -> str:
 def engines_table(result: BenchmarkSummary) -> str:
     """The latest run's engines: median, p95 and total per query, the cold judges run, the product's speedup."""
     lines = [f"| engine | median | p95 | total ({result.n_queries} q) | cold judges run: wall, peak RSS "
-             "| disk-cold: wall, read | product's speedup on the median |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| disk-cold judges run: wall, read from disk | product's speedup on the median |", "|---|---:|---:|---:|---:|---:|---:|"]
     for engine, s in result.engines.items():
         speedup = (result.speedup.get(engine) or {}).get("of_medians")
         name = f"**{s['label']}**" if engine == "product" else s["label"]
