@@ -317,25 +317,27 @@ class Explorer:
         """Answer the current selection and show it; None (and why, in the status line) when it fails."""
         # outputs are set on the widget rather than captured with `with self.chart:`, which can
         # deadlock a headless run (papermill/nbclient mirror captured outputs back into the busy kernel)
+        # the status line changes last: the page shows every other part of an answer (or their
+        # clearing) by the time the status says what happened
         self.chart.outputs = ()
         try:
             result = answer(self.wb, self.query())
         except Exception as exc:  # noqa: BLE001 - shown in the form; the explorer stays usable
             self.last = None
+            self.explain_box.value = self.query_box.value = self.table.value = ""
             if isinstance(exc, Refused):
                 self.error = str(exc)
                 self.status.value = refusal_html(self.error)
             else:
                 self.error = f"{type(exc).__name__}: {exc}"
                 self.status.value = f'<b style="color:#c62828">error: {html.escape(self.error)}</b>'
-            self.explain_box.value = self.query_box.value = self.table.value = ""
             return None
         self.last, self.error = result, None
-        self.status.value = f"<b>{html.escape(result['status'])}</b>"
         self.chart.outputs = (figure_output(result["figure"]),)
         self.query_box.value = result["query_html"]
         self.table.value = result["table_html"]
         self._show_explain()
+        self.status.value = f"<b>{html.escape(result['status'])}</b>"
         return result
 
     def _enable_top(self) -> None:
