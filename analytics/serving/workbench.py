@@ -161,10 +161,10 @@ class Workbench(Closing):
 
     def _renew_lease(self) -> None:
         """Hold a lease on the version read, so that `analytics vacuum` keeps its files meanwhile."""
-        if self._lease is not None:
-            self._lease()
-        path = take_lease(self.root, self.lake.version)
+        old, path = self._lease, take_lease(self.root, self.lake.version)
         self._lease = None if path is None else weakref.finalize(self, path.unlink, missing_ok=True)
+        if old is not None:  # released after the new one is taken: the versions read are never unleased
+            old()
 
     def _route_indexes(self) -> None:
         """The router over the usable indexes not found damaged (the caller holds the lock)."""
