@@ -67,14 +67,14 @@ def headline(result: BenchmarkSummary) -> str:
 
 
 def _cold_judges(result: BenchmarkSummary, engine: str) -> str:
-    run = (((result.cold or {}).get("engines") or {}).get(engine) or {}).get("workloads", {}).get(JUDGES)
+    run = result.cold_run(engine, JUDGES)
     if not run:
         return "–"
     return f"{run['wall_ms'] / 1000:.2f} s, {run['peak_rss_bytes'] / 1e6:,.0f} MB"
 
 
 def _disk_cold_judges(result: BenchmarkSummary, engine: str) -> str:
-    run = (((result.cold_disk or {}).get("engines") or {}).get(engine) or {}).get("workloads", {}).get(JUDGES)
+    run = result.cold_run(engine, JUDGES, disk=True)
     if not run or run.get("wall_ms") is None:
         return "–"
     read = run.get("read_bytes")

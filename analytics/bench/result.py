@@ -65,6 +65,12 @@ class BenchmarkSummary:
         """The result document in the JSON file `path`."""
         return cls.from_json(json.loads(Path(path).read_text()))
 
+    def cold_run(self, engine: str, workload: str, *, disk: bool = False) -> dict[str, Any]:
+        """One cold engine's process figures for one workload, from the cold pass (or, with `disk`, the
+        disk-cold pass); empty when that pass, engine or workload did not run."""
+        summary = self.cold_disk if disk else self.cold
+        return ((((summary or {}).get("engines") or {}).get(engine) or {}).get("workloads") or {}).get(workload) or {}
+
     def to_json(self) -> dict[str, Any]:
         """The document as written: every field, except side benchmarks and passes that did not run."""
         doc = asdict(self)

@@ -254,12 +254,13 @@ def run_benchmark(raw_dir: str | os.PathLike | None, lake_dir: str | os.PathLike
             _run_engine(strategies[name], valid, record, answers, progress)
     cold_result = disk_result = None
     if cold:
-        passes = [cold_pass(lake_dir, items, answers.tables, engines=cold_engines(engines), checked=checked,
-                            repeats=cold_repeats, memory_limit=memory_limit, disk_cold=disk, say=say)
-                  for disk in ((False, True) if disk_cold else (False,))]
-        cold_result = passes[0]
+        def one_pass(disk: bool) -> dict[str, Any]:
+            return cold_pass(lake_dir, items, answers.tables, engines=cold_engines(engines), checked=checked,
+                             repeats=cold_repeats, memory_limit=memory_limit, disk_cold=disk, say=say)
+
+        cold_result = one_pass(False)
         if disk_cold:
-            disk_result = {**passes[1], "read_bandwidth": cold_read_bandwidth(lake_dir)}
+            disk_result = {**one_pass(True), "read_bandwidth": cold_read_bandwidth(lake_dir)}
 
     result = summarize(items, per, engines=engines, repeats=repeats, rows=n_rows, raw_dir=raw_dir, lake=lake,
                        phases=load_phases(phases), engine_runs=engine_runs, product_extra=product_extra,

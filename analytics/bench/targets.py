@@ -63,9 +63,7 @@ def _ms_at_most(name: str, key: str, value: float | None) -> tuple[str, str, Any
 
 def _cold_targets(result: BenchmarkSummary) -> list[tuple[Any, ...]]:
     """The cold-serving targets, on the product's cold run of the judges workload (None: it did not run)."""
-    runs = ((result.cold or {}).get("engines") or {})
-    judges = (runs.get("product") or {}).get("workloads", {}).get(JUDGES, {})
-    no_views = (runs.get("product_no_views") or {}).get("workloads", {}).get(JUDGES, {})
+    judges, no_views = result.cold_run("product", JUDGES), result.cold_run("product_no_views", JUDGES)
     wall, wall_nv = judges.get("wall_ms"), no_views.get("wall_ms")
     view, rss, view_sum = judges.get("view_median_ms"), judges.get("peak_rss_bytes"), judges.get("view_sum_ms")
     warm = result.product.get("view_median_ms")
@@ -91,7 +89,7 @@ def _disk_cold_targets(result: BenchmarkSummary) -> list[tuple[Any, ...]]:
     that at its cold bandwidth: those bytes bound what the answers need from above."""
     if not result.cold_disk:
         return []
-    judges = ((result.cold_disk.get("engines") or {}).get("product") or {}).get("workloads", {}).get(JUDGES, {})
+    judges = result.cold_run("product", JUDGES, disk=True)
     view_sum, wall, read = judges.get("view_sum_ms"), judges.get("wall_ms"), judges.get("read_bytes")
     at_bandwidth = judges.get("read_ms_at_bandwidth")
     reads = "" if read is None else (f" (the process read {format_bytes(read)}"
