@@ -31,8 +31,12 @@ from analytics.views.build import build
 from analytics.views.registry import load_registry
 
 PER_TYPE = "SELECT type, count(*), round(sum(bid_price), 6), round(sum(total_price), 6) FROM {} GROUP BY 1 ORDER BY 1"
+# The script leaves by os._exit once its answer is written: a native thread pool torn down at
+# interpreter exit can abort the process after the work is done ("terminate called without an
+# active exception", exit -6; pola-rs/polars#24169, delta-rs#2184). Any failure before that still
+# raises and exits 1.
 READERS = r"""
-import json, sys
+import json, os, sys
 import duckdb, polars as pl
 from deltalake import DeltaTable
 path, version = sys.argv[1], (int(sys.argv[2]) if len(sys.argv) > 2 else None)
@@ -44,6 +48,8 @@ jan = pl.scan_delta(path, version=version).filter(pl.col("ts") < pl.datetime(202
 print(json.dumps({"deltalake": duckdb.sql(q.format("ds")).fetchall(),
                   "polars": duckdb.sql(q.format("by_polars")).fetchall(), "polars_january": jan.item(),
                   "analytics_imported": any(m.split(".")[0] == "analytics" for m in sys.modules)}))
+sys.stdout.flush()
+os._exit(0)
 """
 
 
