@@ -48,7 +48,6 @@ from analytics.lake.state import Lake
 from analytics.lake.table import LOG_DIR, STATE_DIR, take_lease
 from analytics.query.compiler import ident
 from analytics.query.model import Query, parse_query, types_selected
-from analytics.query.schema import EVENT_TYPES
 from analytics.query.shape import query_shape, shape_columns
 from analytics.serving.router import LAKE, Plan, Router
 from analytics.views.adaptive_catalog import adaptive_path, all_views, load_adaptive, usable_indexes
@@ -112,8 +111,6 @@ class Workbench(Closing):
         self._warned: set[str] = set()  # views and indexes named damaged on stderr by this process
         # table name -> (its directory, the serving records of its base and deltas), and the types
         # whose files were checked against their checksums so far (checked on a query's first read)
-        self._serving: dict[str, tuple[Path, list[dict[str, Any]]]] = {}
-        self._types_checked: dict[str, set[str]] = {}
         # plain strings: refresh runs on every query, and pathlib's joins cost more than the stats
         # a commit adds a file to the Delta log and then its state file: each changes its directory's mtime
         self._watched = (str(self.root / LOG_DIR), str(self.root / STATE_DIR), str(registry_path(self.root)), str(adaptive_path(self.root)),
@@ -231,7 +228,11 @@ class Workbench(Closing):
                 return True
             try:
                 vdir = (self.root / entry.file).parent
-                view = open_version(self.root, definition, entry, checked=False)  # checked per type: _types_intact
+                # each batch's bytes are checked as the fast path first reads them (`views.batch_guard`)
+                view = open_version(self.root, definition, entry, checked=False)
+            except ChecksumError as exc:
+                self._unhealthy(name, table, self._damaged(exc))
+                return False
             except ServingError as exc:
                 why = f"serving copy unusable: {str(exc).splitlines()[0]}"
                 try:  # name the damaged file when its bytes are what failed the structural checks
@@ -248,33 +249,8 @@ class Workbench(Closing):
                     self._ready_tables.discard(old)
                     self._sql_tables.discard(old)
                 self._arrow[table] = view
-                self._serving[table] = (vdir, [version.serving for version in entry.versions()])
-                self._types_checked[table] = set()
                 self._ready_tables.add(table)
             return True
-
-    def _types_intact(self, name: str, query: Query) -> bool:
-        """Whether the serving files of the types `query` may read (a superset of what the fast path
-        reads) match their checksums: each file read once per process, on the first query of its
-        type, so a cold process pays for the types it answers, not whole views. A damaged one
-        makes the view unhealthy (noted, named on stderr) and returns False: plan again."""
-        table = self.table_name(name)
-        done = self._types_checked.get(table)
-        if done is None or len(done) == len(EVENT_TYPES):
-            return True
-        todo = types_selected(query.where) - done
-        if not todo:
-            return True
-        vdir, records = self._serving[table]
-        try:
-            for record in records:
-                check_types(vdir, record, todo)
-        except ChecksumError as exc:
-            self._unhealthy(name, table, self._damaged(exc), unload=True)
-            return False
-        with self._lock:
-            done |= todo
-        return True
 
     def _ensure_sql(self, name: str, cur: duckdb.DuckDBPyConnection) -> bool:
         """Make the view's current version a SQL table (over its Parquet file, whose zone maps prune
@@ -365,13 +341,14 @@ class Workbench(Closing):
             if plan.route == LAKE:
                 self._check_lake(q, plan)
             view = self._arrow.get(self.table_name(plan.route)) if plan.route != LAKE else None
-            if view is not None and self.fast_path and not self._types_intact(plan.route, q):
-                continue  # now marked unhealthy: plan again
             if view is not None and self.fast_path:
                 try:
                     table = view.answer(q)
                 except RepeatedKeys as exc:  # a wrong answer, never returned: another route answers
                     self._unhealthy(plan.route, self.table_name(plan.route), f"answered wrongly ({exc})")
+                    continue
+                except ChecksumError as exc:  # a damaged block, found before its bytes were used
+                    self._unhealthy(plan.route, self.table_name(plan.route), self._damaged(exc), unload=True)
                     continue
                 if table is not None:
                     return table, plan

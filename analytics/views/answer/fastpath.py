@@ -32,11 +32,11 @@ from analytics.views.answer.rows import (
     STEP_US,
     TEXT_TIMES,
     TIME_KINDS,
+    Marks,
     Piece,
     Rows,
     Times,
     ascending,
-    bisect,
     contiguous,
     contiguous_table,
     group_key,
@@ -44,9 +44,11 @@ from analytics.views.answer.rows import (
     isin,
     partial_values,
     ranges,
+    text_bound,
     us,
     wanted_keys,
 )
+from analytics.views.batch_guard import ServedBatch
 from analytics.views.catalog import ViewDef, partial_columns
 from analytics.views.serving_copy import SCALE
 
@@ -66,22 +68,25 @@ class RepeatedKeys(ValueError):
 
 class _Shape(NamedTuple):
     """What a view makes of a query, whatever its data: the partials it re-aggregates, the types
-    it reads (sorted; None when a filter on `type` is left to SQL), whether each group is a row."""
+    it reads (sorted; None when a filter on `type` is left to SQL), whether each group is a row,
+    and the columns read at the kept rows (group keys and partials: what a guard checks)."""
 
     needed: list[tuple[str, str]]
     types: list[str] | None
     one_row: bool
+    read: tuple[str, ...]
 
 
 class ArrowView:
     """One view version, ready to answer the queries the router sends to it: per event type, its
     rows as pieces (single-chunk tables, each in time order), e.g. the record batches of a
-    memory-mapped serving copy, then those of its deltas (with `unique_keys=False`: a key may
+    memory-mapped serving copy (`ServedBatch`: each read only after its guard checked the bytes),
+    then those of its deltas (with `unique_keys=False`: a key may
     then appear in several pieces, and every answer re-aggregates). Nothing here reads a piece whole: time filters are
     binary searches, masks run on the rows the searches keep. `scaled` names sum columns stored as
     int64 times 10^PRICE_SCALE; dictionary columns are compared by code and decoded on output."""
 
-    def __init__(self, view: ViewDef, pieces: dict[str, list[pa.Table]], schema: pa.Schema,
+    def __init__(self, view: ViewDef, pieces: dict[str, list[pa.Table | ServedBatch]], schema: pa.Schema,
                  scaled: Iterable[str] = (), unique_keys: bool = True) -> None:
         self.view = view
         self.unique_keys = unique_keys  # False when a key may repeat across pieces (a base and its deltas)
@@ -92,10 +97,25 @@ class ArrowView:
         text_cols = [c for c in view.time_columns if c in TEXT_TIMES]
         self.slices: dict[str, list[Piece]] = {}
         for t, parts in pieces.items():
-            kept = [Piece(p, {c: Times(p.column(c)) for c in time_cols},
-                           {c: contiguous(p.column(c)) for c in text_cols}, {}) for p in parts if p.num_rows]
-            if kept:
+            kept = [self._piece(p, time_cols, text_cols) for p in parts]
+            if kept := [p for p in kept if p.table.num_rows]:
                 self.slices[t] = kept
+
+    @staticmethod
+    def _piece(part: pa.Table | ServedBatch, time_cols: list[str], text_cols: list[str]) -> Piece:
+        if not isinstance(part, ServedBatch):
+            return Piece(part, {c: Times(part.column(c)) for c in time_cols},
+                         {c: contiguous(part.column(c)) for c in text_cols}, {})
+        table, guard = part.table, part.guard
+        marks: dict[str, Marks] = {}
+        if guard is not None:
+            grid_len = -(-table.num_rows // part.mark_rows)
+            for c, values in part.marks.items():
+                marks[c] = Marks(values[:grid_len], values[-1], part.mark_rows,
+                                 lambda lo, hi, c=c: guard([c], lo, hi))
+        return Piece(table, {c: Times(table.column(c), marks.get(c)) for c in time_cols},
+                     {c: contiguous(table.column(c)) for c in text_cols}, {}, guard,
+                     {c: marks[c] for c in text_cols if c in marks})
 
     @classmethod
     def from_table(cls, view: ViewDef, table: pa.Table, scaled: Iterable[str] = ()) -> "ArrowView":
@@ -189,9 +209,11 @@ class ArrowView:
         shape = self._shapes.get(query)
         if shape is None:
             types = self._types(query.where)
-            shape = _Shape(sorted({pair for a in query.aggregates for pair in self._needs(a.func, a.col)}),
-                           None if types is None else sorted(types),
-                           bool(query.group_by) and self._one_row_per_group(query))
+            needed = sorted({pair for a in query.aggregates for pair in self._needs(a.func, a.col)})
+            read = [*query.group_by, *(c for c, _ in needed)]
+            shape = _Shape(needed, None if types is None else sorted(types),
+                           bool(query.group_by) and self._one_row_per_group(query),
+                           tuple(c for c in dict.fromkeys(read) if c != "type"))
             if len(self._shapes) >= SHAPE_MEMO_SIZE:
                 self._shapes.clear()
             self._shapes[query] = shape
@@ -207,6 +229,8 @@ class ArrowView:
             for piece in self.slices.get(t, ()):
                 rows = self._select(piece, query)
                 if rows is not None:
+                    if piece.guard is not None:  # and the filters left to Arrow, read at these rows
+                        piece.guard([*shape.read, *(c.col for c in rows.arrow)], rows.lo, rows.hi, rows.index)
                     out.append((t, piece, rows))
         return out
 
@@ -238,9 +262,9 @@ class ArrowView:
                 ts = times[c.col]
                 b = self._bounds(len(ts), c, ts.left, ts.right, [us(x) for x in c.values])
             elif c.col in texts:
-                col = texts[c.col]
-                b = self._bounds(len(col), c, lambda x, col=col: bisect(col, x, False),
-                                 lambda x, col=col: bisect(col, x, True), [str(x) for x in c.values])
+                col, marks = texts[c.col], (piece.text_marks or {}).get(c.col)
+                b = self._bounds(len(col), c, lambda x, col=col, m=marks: text_bound(col, m, x, False),
+                                 lambda x, col=col, m=marks: text_bound(col, m, x, True), [str(x) for x in c.values])
             else:
                 b = None
             if b is None:
@@ -258,6 +282,8 @@ class ArrowView:
             rest = [c for c in rest if c is not cond]
         rows = Rows(lo, hi, index, [])
         masks: list[np.ndarray] = []
+        if rest and piece.guard is not None:  # the masks below read these columns over [lo, hi)
+            piece.guard([c.col for c in rest], lo, hi)
         for c in rest:
             if c.col in times:  # only `in` / `neq` are left on a time column (and then no runs)
                 masks.append(times[c.col].mask(lo, hi, c))
@@ -330,6 +356,8 @@ class ArrowView:
             time0 = self.view.time_columns[0]
             if time0 not in STEP_US or time0 not in piece.times:
                 return None
+            if piece.guard is not None:  # the searches below read both columns over [lo, hi)
+                piece.guard([time0, cond.col], lo, hi)
             times = piece.times[time0]
             step = STEP_US[time0] // times.unit
             within = times.values[lo:hi]
@@ -338,6 +366,8 @@ class ArrowView:
                 return None
             starts = np.searchsorted(within, units, "left") + lo
             ends = np.append(starts[1:], hi)
+        elif piece.guard is not None:
+            piece.guard([cond.col], lo, hi)
         keys = np.array(wanted, dtype=values.dtype)
         firsts, lasts = [], []
         for a, b in zip(starts.tolist(), ends.tolist()):

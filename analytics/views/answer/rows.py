@@ -13,6 +13,7 @@ Must not choose views, aggregate, or touch files.
 from __future__ import annotations
 
 import datetime as dt
+from bisect import bisect_left, bisect_right
 from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
@@ -36,11 +37,11 @@ def us(value: Any) -> int:
     return (value - EPOCH.date()).days * DAY_US
 
 
-def bisect(column: pa.StringArray, value: str, right: bool) -> int:
-    """Where `value` goes in a sorted string column (left or right of equals), reading ~log2(n) cells
-    instead of copying the column: Python compares code points, the order of DuckDB's byte-wise
-    UTF-8 comparison."""
-    lo, hi = 0, len(column)
+def bisect(column: pa.StringArray, value: str, right: bool, lo: int = 0, hi: int | None = None) -> int:
+    """Where `value` goes in a sorted string column (left or right of equals), searching rows
+    [lo, hi) and reading ~log2(n) cells instead of copying the column: Python compares code
+    points, the order of DuckDB's byte-wise UTF-8 comparison."""
+    hi = len(column) if hi is None else hi
     while lo < hi:
         mid = (lo + hi) // 2
         cell = column[mid].as_py()
@@ -79,12 +80,34 @@ def contiguous_table(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(combined, schema=schema)
 
 
+Touch = Callable[[int, int], None]  # checks rows [lo, hi) of a column before they are read
+
+
+class Marks(NamedTuple):
+    """A sorted column's values at rows 0, every, 2*every, ... (`grid`) and at its last row
+    (`last`), known without reading the column (a serving copy's registry record): a search
+    reads one window of `every` rows, checked first by `touch`."""
+
+    grid: Any  # np.ndarray of the column's dtype, or a list of text
+    last: Any
+    every: int
+    touch: Touch
+
+    def window(self, n: int, at: int) -> tuple[int, int]:
+        """The rows [lo, hi) of a column of `n` rows that hold a search's answer when grid[at - 1] is
+        before the value and grid[at] (if any) is not; checked by `touch`."""
+        lo, hi = (at - 1) * self.every, min(at * self.every, n)
+        self.touch(lo, hi)
+        return lo, hi
+
+
 class Times:
     """A sorted DATE or TIMESTAMP column as integers of its own unit (days, microseconds, ...),
     sharing the Arrow buffer: searching it costs no copy of the view. Values in microseconds are
-    placed as DuckDB compares them: a DATE is its midnight."""
+    placed as DuckDB compares them: a DATE is its midnight. With `marks` a search reads one window
+    of rows, checked first; without, it reads the column's ends and ~log2(n) cells."""
 
-    def __init__(self, column: pa.ChunkedArray | pa.Array) -> None:
+    def __init__(self, column: pa.ChunkedArray | pa.Array, marks: Marks | None = None) -> None:
         arr = contiguous(column)
         if pa.types.is_date32(arr.type):
             self.unit = DAY_US
@@ -93,6 +116,10 @@ class Times:
         else:
             raise ValueError(f"no time index for a {arr.type} column")
         self.values = buffer_values(arr, numpy_dtype(arr.type))
+        if marks is not None:
+            dtype = self.values.dtype
+            marks = marks._replace(grid=np.array(marks.grid, dtype=dtype), last=dtype.type(marks.last))
+        self.marks = marks
 
     def __len__(self) -> int:
         return len(self.values)
@@ -105,24 +132,42 @@ class Times:
         lo, hi = LIMITS[self.values.dtype]
         return self.values.dtype.type(min(max(value, lo), hi))
 
+    def _ends(self) -> tuple[Any, Any]:
+        if self.marks is not None:
+            return self.marks.grid[0], self.marks.last
+        return self.values[0], self.values[-1]
+
+    def _search(self, key: np.integer, side: str) -> int:
+        marks, values = self.marks, self.values
+        if marks is None:
+            return int(np.searchsorted(values, key, side))
+        lo, hi = marks.window(len(values), int(np.searchsorted(marks.grid, key, side)))
+        return lo + int(np.searchsorted(values[lo:hi], key, side))
+
     def left(self, us: int) -> int:
         """First row at or after `us`."""
-        key, values = self._key(-(-us // self.unit)), self.values
-        # the ends first: a piece wholly before or after the key is settled without a search
-        if not len(values) or key <= values[0]:
+        key = self._key(-(-us // self.unit))
+        if not len(self.values):
             return 0
-        if key > values[-1]:
-            return len(values)
-        return int(np.searchsorted(values, key, "left"))
+        # the ends first: a piece wholly before or after the key is settled without a search
+        first, last = self._ends()
+        if key <= first:
+            return 0
+        if key > last:
+            return len(self.values)
+        return self._search(key, "left")
 
     def right(self, us: int) -> int:
         """First row after `us`."""
-        key, values = self._key(us // self.unit), self.values
-        if not len(values) or key < values[0]:
+        key = self._key(us // self.unit)
+        if not len(self.values):
             return 0
-        if key >= values[-1]:
-            return len(values)
-        return int(np.searchsorted(values, key, "right"))
+        first, last = self._ends()
+        if key < first:
+            return 0
+        if key >= last:
+            return len(self.values)
+        return self._search(key, "right")
 
     def mask(self, lo: int, hi: int, cond: Condition) -> np.ndarray:
         """Rows [lo, hi) kept by an `in` or `neq` condition."""
@@ -242,14 +287,35 @@ def ascending(column: pa.ChunkedArray) -> bool:
     return len(column) < 2 or pc.all(pc.less_equal(column[:-1], column[1:])).as_py()
 
 
+def text_bound(column: pa.StringArray, marks: Marks | None, value: str, right: bool) -> int:
+    """`bisect` over a sorted text column, within the window `marks` picks when there are marks."""
+    n = len(column)
+    if marks is None or not n:
+        return bisect(column, value, right)
+    first, last = marks.grid[0], marks.last
+    if value < first or (value == first and not right):
+        return 0
+    if value > last or (value == last and right):
+        return n
+    at = (bisect_right if right else bisect_left)(marks.grid, value)
+    lo, hi = marks.window(n, at)
+    return bisect(column, value, right, lo, hi)
+
+
+Guard = Callable[..., None]  # (columns, lo, hi, index=None): checks those bytes before they are read
+
+
 class Piece(NamedTuple):
     """Rows of one type in time order, with its time columns ready for binary search and its columns
-    as numpy, made on first use (`column`)."""
+    as numpy, made on first use (`column`). `guard`, when given, must be called with the columns
+    and rows about to be read (a memory-mapped serving copy checks them: `views.batch_guard`)."""
 
     table: pa.Table
     times: dict[str, Times]
     texts: dict[str, pa.StringArray]
     columns: dict[str, Column | None]
+    guard: Guard | None = None
+    text_marks: dict[str, Marks] | None = None
 
     def partial(self, name: str) -> Column | None:
         """The column `name` as numpy, NULLs marked; None when the piece lacks it or it is not numeric."""

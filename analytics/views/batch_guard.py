@@ -1,0 +1,117 @@
+"""A serving copy's batch as the fast path reads it, and the check of the bytes it reads first.
+
+Owns `ServedBatch` (a record batch of a memory-mapped serving copy: the zero-copy table, its
+guard, and `marks`, its time columns' values every `mark_rows` rows and at its last row, kept in
+the checksummed registry) and `BatchGuard`: called with the columns and rows about to be read, it
+has `core.checksum.BlockChecker` check the blocks holding them that no earlier read checked, the
+batch's IPC metadata first (its buffers' places come from it). So a disk-cold query reads the
+blocks its answer needs, each checked once, and no byte of a batch decides an answer unchecked:
+the marks pick the window a time search reads, the guard checks it, the search runs inside it.
+Must not read data for the caller, choose rows, or decide answers.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from analytics.core.checksum import BlockChecker
+
+MARK_ROWS = 8192  # a time search reads one window of this many rows: 32-64 KiB of a time column
+# an index of more rows than its span over this is checked as the span: fewer, larger reads
+_SPAN_RATIO = 16
+_EPOCH = dt.date(1970, 1, 1)
+
+
+def marks_of(column: pa.ChunkedArray | pa.Array, every: int) -> list[Any]:
+    """A sorted time column's values at rows 0, every, 2*every, ... and at its last row, as JSON
+    holds them: a DATE as days since the epoch, a TIMESTAMP as integers of its unit, text as text."""
+    n = len(column)
+    picked = column.take(pa.array(sorted({*range(0, n, every), n - 1}), pa.int64()))
+    if pa.types.is_date32(picked.type):
+        return [(d - _EPOCH).days for d in picked.to_pylist()]
+    if pa.types.is_timestamp(picked.type):
+        return picked.cast(pa.int64()).to_pylist()
+    return picked.to_pylist()
+
+
+class BatchGuard:
+    """The check of one batch's bytes as they are first read (see the module docstring). `meta`
+    is the batch's metadata span [start, body) from the registry; None checks the whole file on
+    the first call (a copy written before layouts were recorded)."""
+
+    def __init__(self, checker: BlockChecker, base: int, batch: pa.RecordBatch, meta: tuple[int, int] | None) -> None:
+        self.checker = checker
+        self.meta = meta
+        self.ready = False
+        # per column, its buffers' places in the file: ("bits", offset) for a validity bitmap,
+        # ("fixed", offset, width) for values, ("text", offsets' offset, data's offset, offsets)
+        self.places: dict[str, list[tuple[Any, ...]]] = {}
+        for name, col in zip(batch.schema.names, batch.columns):
+            arr = col.indices if pa.types.is_dictionary(col.type) else col
+            bufs = arr.buffers()
+            places: list[tuple[Any, ...]] = []
+            if bufs[0] is not None:
+                places.append(("bits", bufs[0].address - base))
+            if pa.types.is_string(arr.type):
+                offsets = np.frombuffer(bufs[1], dtype=np.int32, count=len(arr) + 1)
+                places.append(("text", bufs[1].address - base, bufs[2].address - base, offsets))
+            else:
+                places.append(("fixed", bufs[1].address - base, arr.type.bit_width // 8))
+            self.places[name] = places
+
+    def __call__(self, columns: Sequence[str], lo: int, hi: int, index: np.ndarray | None = None) -> None:
+        """Check the bytes of rows [lo, hi) of `columns` (only rows `index` when given: ascending,
+        within [lo, hi)) before the caller reads them. Raises ChecksumError."""
+        checker = self.checker
+        if checker.complete:
+            return
+        if not self.ready:
+            if self.meta is None:
+                checker.ensure(0, checker.size)
+            else:
+                checker.ensure(*self.meta)
+            self.ready = True
+        if hi <= lo or (index is not None and not len(index)):
+            return
+        if index is not None and len(index) * _SPAN_RATIO > hi - lo:
+            index = None
+        if index is not None:
+            lo, hi = int(index[0]), int(index[-1]) + 1
+        block = checker.block
+        blocks: list[np.ndarray] = []
+
+        def span(start: int, stop: int) -> None:
+            blocks.append(np.arange(start // block, (stop - 1) // block + 1))
+
+        texts = []
+        for name in columns:
+            for place in self.places.get(name, ()):
+                kind, off = place[0], place[1]
+                if kind == "text":
+                    span(off + 4 * lo, off + 4 * (hi + 1))
+                    texts.append(place)
+                elif index is not None:
+                    at = index >> 3 if kind == "bits" else index * place[2]
+                    blocks.append((off + at) // block)
+                elif kind == "bits":
+                    span(off + (lo >> 3), off + ((hi - 1) >> 3) + 1)
+                else:
+                    span(off + lo * place[2], off + hi * place[2])
+        if blocks:
+            checker.ensure_blocks(np.concatenate(blocks))
+        for _, _, data, offsets in texts:  # their offsets now checked: the text they point at
+            a, b = int(offsets[lo]), int(offsets[hi])
+            if b > a:
+                checker.ensure(data + a, data + b)
+
+
+class ServedBatch(NamedTuple):
+    """One record batch of a serving copy, ready for the fast path (see the module docstring)."""
+
+    table: pa.Table
+    guard: BatchGuard | None
+    marks: dict[str, list[Any]]
+    mark_rows: int
