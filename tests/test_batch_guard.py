@@ -186,3 +186,26 @@ def test_a_registry_without_layouts_checks_whole_files(small_batches, baseline, 
     with Workbench(lake) as wb:
         assert check_against_baseline(baseline, wb, ONE_DAY_Q).route != name
         assert "damaged" in wb.health[name]
+
+
+def test_a_time_search_checks_the_rows_it_compares(small_batches):
+    """A count over three days reads no day value after the search: the rows the search compared
+    on each side of each bound must still have been checked (the marks' window, `Marks.window`)."""
+    raw = {"select": [{"COUNT": "*"}], "from": "events",
+           "where": [{"col": "type", "op": "eq", "val": "impression"},
+                     {"col": "day", "op": "between", "val": ["2024-06-01", "2024-06-03"]}]}
+    bounds = [(dt.date(2024, 6, d) - dt.date(1970, 1, 1)).days for d in (1, 4)]
+    with Workbench(small_batches) as wb:
+        plan = wb.execute(raw)[1]
+        assert plan.route in VIEWS
+        compared = 0
+        for piece in wb._arrow[wb.table_name(plan.route)].slices["impression"]:
+            values, checker = piece.times["day"].values, piece.guard.checker
+            _, offset, width = piece.guard.places["day"][-1]
+            for key in bounds:
+                row = int(np.searchsorted(values, key))
+                if 0 < row < len(values):
+                    compared += 1
+                    for r in (row - 1, row):
+                        assert checker.checked[(offset + r * width) // checker.block], (plan.route, key, r)
+    assert compared >= 2, compared
