@@ -209,3 +209,19 @@ def test_a_time_search_checks_the_rows_it_compares(small_batches):
                     for r in (row - 1, row):
                         assert checker.checked[(offset + r * width) // checker.block], (plan.route, key, r)
     assert compared >= 2, compared
+
+
+def test_a_batch_read_has_its_metadata_checked_first(small_batches):
+    """Where a batch's buffers lie comes from its IPC metadata: every batch whose guard let a read
+    through has had [start, body) of its layout checked (`BatchGuard`'s first call)."""
+    name = VIEWS[0]
+    path, rec = _files(small_batches, name)["impression"]
+    with Workbench(small_batches) as wb:
+        wb.execute(ONE_DAY_Q)
+        pieces = wb._arrow[wb.table_name(name)].slices["impression"]
+        let_through = [i for i, p in enumerate(pieces) if p.guard.ready]
+        checker = pieces[0].guard.checker
+        assert 0 < len(let_through) < len(pieces)
+        for i in let_through:
+            start, body, _, _ = rec["layout"][i]
+            assert checker.checked[start // checker.block:(body - 1) // checker.block + 1].all(), i
