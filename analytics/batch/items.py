@@ -39,6 +39,7 @@ class QueryItem:
     scan: str | None = None  # id of the shared scan that answered it
     scan_members: int = 0
     bytes_read: int | None = None
+    disk_bytes: int | None = None  # a view answer: what its thread read from storage (mapped pages included)
     error: str | None = None
     retry_alone: bool = False
     computed: bool = False  # executed now (not from the cache)
@@ -56,6 +57,7 @@ class QueryItem:
         self.scan = None
         self.scan_members = 0
         self.bytes_read = None
+        self.disk_bytes = None
         self.error = None
         self.retry_alone = False
 
@@ -76,6 +78,8 @@ class QueryItem:
             e["fallback_reason"] = self.fallback
         if self.bytes_read is not None:
             e["bytes_read"] = self.bytes_read
+        if self.disk_bytes is not None:
+            e["disk_read_bytes"] = self.disk_bytes
         e["lake_version"] = self.lake_version
         if self.route != LAKE:
             e["view_version"] = self.view_version

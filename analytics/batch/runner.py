@@ -38,6 +38,7 @@ import itertools
 import json
 import os
 import re
+import resource
 import time
 import uuid
 import weakref
@@ -85,6 +86,13 @@ SNAPSHOT_EVERY_S = 30.0  # a long run's partial run.json is at most this old (be
 # keys: an id() would be reused by a later workbench's cursor, which then never had profiling turned on
 _PROFILING: "weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, bool]" = weakref.WeakKeyDictionary()
 _BYTES_READ = re.compile(r'"total_bytes_read":\s*(\d+)')
+
+
+def _thread_blocks_read() -> int | None:
+    """512-byte blocks the calling thread has read from storage (a view answer runs on it alone, its
+    page faults on the mapped serving copies included); None where the OS keeps no per-thread count."""
+    who = getattr(resource, "RUSAGE_THREAD", None)
+    return None if who is None else resource.getrusage(who).ru_inblock
 
 
 # ---- the runner ---------------------------------------------------------------------------------
@@ -331,6 +339,7 @@ class SafeBatchRunner(Closing):
         on_lake = it.plan is not None and it.plan.route == LAKE
         cur = self._cursor(lake=on_lake)
         t0 = time.perf_counter()
+        blocks = None if on_lake else _thread_blocks_read()
         w: Watch | None = None
         try:
             # a view answer re-aggregates rows already in memory (under DuckDB's memory_limit when it
@@ -344,6 +353,8 @@ class SafeBatchRunner(Closing):
             it.table, it.route, it.fallback, it.computed = table, plan.route, plan.fallback_reason, True
             it.lake_version, it.view_version = plan.lake_version, plan.view_version
             it.bytes_read = self._bytes_read(cur) if plan.route == LAKE else None
+            if blocks is not None and plan.route != LAKE:
+                it.disk_bytes = (_thread_blocks_read() - blocks) * 512
         except (duckdb.InterruptException, *MEMORY_ERRORS) as exc:
             guard_hit = w is not None and w.tripped is not None
             if isinstance(exc, duckdb.InterruptException) and not guard_hit:

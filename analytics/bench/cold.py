@@ -106,7 +106,8 @@ def _record(query: Query, entry: Mapping[str, Any], answer: Path, expected: pa.T
         if str(entry["error"]).startswith(f"{Unsupported.__name__}:"):
             return {"status": "unsupported", "match": None, "reason": entry["error"]}
         return {"status": "error", "match": False, "reason": entry["error"]}
-    rec: dict[str, Any] = {"ms": entry.get("ms"), "route": entry.get("route"), "rows": entry.get("rows")}
+    rec: dict[str, Any] = {"ms": entry.get("ms"), "route": entry.get("route"), "rows": entry.get("rows"),
+                           "read_bytes": entry.get("disk_read_bytes")}
     if not checked:
         return {**rec, "status": "ok", "match": None}
     if expected is None:
@@ -151,7 +152,9 @@ def _fold_records(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     bad = next((r for r in recs if r["status"] != "ok"), None)
     if bad is not None:
         return bad
-    return {**recs[0], "ms": statistics.median(r["ms"] for r in recs), "ms_runs": [r["ms"] for r in recs]}
+    read = [r["read_bytes"] for r in recs if r.get("read_bytes") is not None]
+    return {**recs[0], "ms": statistics.median(r["ms"] for r in recs), "ms_runs": [r["ms"] for r in recs],
+            "read_bytes": round(statistics.median(read)) if read else None}
 
 
 def byte_compile(package_dir: str | os.PathLike | None = None) -> bool:
@@ -177,7 +180,8 @@ def cold_pass(lake_dir: str | os.PathLike, items: Sequence[dict[str, Any]], answ
     answers by item id (checked when `checked`: every repeat's answer is). Returns `how`, `engines`
     (per engine its `command` and `processes`: workload, wall_ms, wall_ms_runs, peak_rss_bytes,
     exit_code, queries, errors, and `error` when a child left no `run.json`) and `records` (per
-    item id and engine: status, match, reason, ms, ms_runs, route, rows). `disk_cold`: before each
+    item id and engine: status, match, reason, ms, ms_runs, route, rows, and read_bytes: what a view
+    answer's thread read from storage, median of the repeats). `disk_cold`: before each
     process the lake's pages are dropped from the page cache (`pagecache.evict`), so it reads from
     disk what it touches; the default starts with whatever the cache holds.
     """

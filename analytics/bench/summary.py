@@ -91,6 +91,7 @@ def _query_entry(it: dict[str, Any], recs: dict[str, dict[str, Any]], passes: Se
         if cold:
             entry[f"{key}_ms"] = {e: rounded(r.get("ms")) for e, r in cold.items()}
             entry[f"{key}_route"] = {e: r.get("route") for e, r in cold.items() if r.get("route")}
+            entry[f"{key}_read_bytes"] = {e: r["read_bytes"] for e, r in cold.items() if r.get("read_bytes") is not None}
     if it["error"]:
         entry.update(match=False, error=it["error"])
         mismatches.append({"id": it["id"], "engine": "all", "reason": it["error"]})
@@ -170,9 +171,14 @@ def _cold_summary(cold: Mapping[str, Any], queries: list[dict[str, Any]], key: s
             w = proc["workload"]
             wq = [q for q in queries if q["workload"] == w and (q.get(ms_key) or {}).get(e) is not None]
             view_ms = [q[ms_key][e] for q in wq if _is_view(q[route_key].get(e))]
+            view_read = [q[f"{key}_read_bytes"][e] for q in wq if _is_view(q[route_key].get(e))
+                         and e in q.get(f"{key}_read_bytes", {})]
             workloads[w] = {**proc, "median_ms": rounded(median(q[ms_key][e] for q in wq)),
                             "view_median_ms": rounded(median(view_ms)),
-                            "view_sum_ms": rounded(sum(view_ms)) if view_ms else None}
+                            "view_sum_ms": rounded(sum(view_ms)) if view_ms else None,
+                            "view_read_bytes": sum(view_read) if view_read else None}
+            if bandwidth and view_read:
+                workloads[w]["view_read_ms_at_bandwidth"] = rounded(sum(view_read) / bandwidth * 1000)
             if bandwidth and proc.get("read_bytes") is not None:
                 workloads[w]["read_ms_at_bandwidth"] = rounded(proc["read_bytes"] / bandwidth * 1000)
         ms = [q[ms_key][e] for q in queries if (q.get(ms_key) or {}).get(e) is not None]
