@@ -154,7 +154,7 @@ class BlockChecker:
             self._check(todo)
 
     def ensure_blocks(self, blocks: np.ndarray) -> None:
-        """Check the blocks numbered `blocks` (ascending, repeats allowed)."""
+        """Check the blocks numbered `blocks` (in any order, repeats allowed)."""
         if self.complete or not len(blocks):
             return
         todo = np.unique(blocks[~self.checked[blocks]])

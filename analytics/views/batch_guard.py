@@ -58,6 +58,8 @@ class BatchGuard:
             if pa.types.is_string(arr.type):
                 offsets = np.frombuffer(bufs[1], dtype=np.int32, count=len(arr) + 1)
                 places.append(("text", bufs[1].address - base, bufs[2].address - base, offsets))
+            elif arr.type.bit_width == 1:  # booleans: a bitmap of values
+                places.append(("bits", bufs[1].address - base))
             else:
                 places.append(("fixed", bufs[1].address - base, arr.type.bit_width // 8))
             self.places[name] = places

@@ -10,11 +10,15 @@ Rows, columns and masks are `rows`'. The kept rows' keys and partials go to nump
 Arrow must mask, a minute key across pieces, a key product too sparse) an Arrow group-by
 following `query.aggregates` re-aggregates (skipped when each group is one view row), with the
 outputs' arithmetic in numpy (`finish`) and an `order_by` a sort.
+A piece with a guard (a serving copy's batch) is read only after the guard has checked the bytes:
+its time searches read the window its marks pick, then the columns a step reads over the rows it
+reads them (`views.batch_guard`), so a disk-cold answer reads what it needs, each block checked.
 A view answer is a few hundred rows re-aggregated, where DuckDB's fixed cost of parsing and
 planning a statement dominates; this path skips it. Semantics follow DuckDB's: a DATE
 compared with a timestamp is read as its midnight, strings compare byte-wise, NULLs sort last,
 COUNT over no rows is 0 and the other aggregates NULL. A query shape it does not handle returns
-None and the caller runs the plan's SQL. Must not choose views or touch files.
+None and the caller runs the plan's SQL. Must not choose views, touch files, or read a guarded
+piece's bytes before its guard.
 """
 from __future__ import annotations
 

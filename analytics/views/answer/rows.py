@@ -1,8 +1,9 @@
 """A view's rows as the fast path reads them: pieces, their columns as numpy, the rows a filter keeps.
 
 Owns the zero-copy access to a view version's Arrow data: `Piece` (one type's rows in time order,
-e.g. a record batch of the memory-mapped serving copy) with its sorted time columns ready for
-binary search (`Times`: DATE as days, TIMESTAMP as microseconds, over the Arrow buffers) and its
+e.g. a record batch of the memory-mapped serving copy, with its guard) with its sorted time columns
+ready for binary search (`Times`: DATE as days, TIMESTAMP as microseconds, over the Arrow buffers;
+`Marks`, values sampled at build, narrow a search to one checked window) and its
 other columns as numpy over their buffers on first use (`Column`: integers, dates, doubles,
 dictionary codes with their words, NULLs as a validity mask); `Rows`, the rows of a piece a query
 keeps (a range or row numbers), and the numpy helpers that find them (integer comparisons,
