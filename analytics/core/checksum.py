@@ -144,6 +144,15 @@ class BlockChecker:
         self.checked = np.zeros(len(self.want), dtype=bool)
         self.complete = not len(self.want)
 
+    def covered(self, start: int, stop: int) -> bool:
+        """Whether the blocks covering bytes [start, stop) are all checked already."""
+        block = self.block
+        return self.complete or stop <= start or bool(self.checked[start // block:(stop - 1) // block + 1].all())
+
+    def blocks(self, start: int, stop: int) -> np.ndarray:
+        """The numbers of the blocks covering bytes [start, stop)."""
+        return np.arange(start // self.block, (max(stop, start + 1) - 1) // self.block + 1)
+
     def ensure(self, start: int, stop: int) -> None:
         """Check the blocks covering bytes [start, stop)."""
         if self.complete or stop <= start:

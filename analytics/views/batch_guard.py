@@ -71,43 +71,40 @@ class BatchGuard:
         if checker.complete:
             return
         if not self.ready:
-            if self.meta is None:
-                checker.ensure(0, checker.size)
-            else:
-                checker.ensure(*self.meta)
+            checker.ensure(*(self.meta or (0, checker.size)))
             self.ready = True
         if hi <= lo or (index is not None and not len(index)):
             return
-        if index is not None and len(index) * _SPAN_RATIO > hi - lo:
-            index = None
         if index is not None:
             lo, hi = int(index[0]), int(index[-1]) + 1
-        block = checker.block
-        blocks: list[np.ndarray] = []
+            if len(index) * _SPAN_RATIO > hi - lo:
+                index = None  # dense: the span is read whole
+        places = [p for name in columns for p in self.places.get(name, ())]
+        spans = [self._span(p, lo, hi) for p in places]
+        # a query over rows already read checks a few bitmap slices and returns
+        if not all(checker.covered(*span) for span in spans):
+            if index is None:
+                checker.ensure_blocks(np.concatenate([checker.blocks(*span) for span in spans]))
+            else:
+                block = checker.block
+                checker.ensure_blocks(np.concatenate([
+                    checker.blocks(*span) if p[0] == "text" else
+                    (p[1] + (index >> 3 if p[0] == "bits" else index * p[2])) // block
+                    for p, span in zip(places, spans)]))
+        for p in places:  # text: the offsets are checked now, then the characters they point at
+            if p[0] == "text":
+                a, b = int(p[3][lo]), int(p[3][hi])
+                checker.ensure(p[2] + a, p[2] + b)
 
-        def span(start: int, stop: int) -> None:
-            blocks.append(np.arange(start // block, (stop - 1) // block + 1))
-
-        texts = []
-        for name in columns:
-            for place in self.places.get(name, ()):
-                kind, off = place[0], place[1]
-                if kind == "text":
-                    span(off + 4 * lo, off + 4 * (hi + 1))
-                    texts.append(place)
-                elif index is not None:
-                    at = index >> 3 if kind == "bits" else index * place[2]
-                    blocks.append((off + at) // block)
-                elif kind == "bits":
-                    span(off + (lo >> 3), off + ((hi - 1) >> 3) + 1)
-                else:
-                    span(off + lo * place[2], off + hi * place[2])
-        if blocks:
-            checker.ensure_blocks(np.concatenate(blocks))
-        for _, _, data, offsets in texts:  # their offsets now checked: the text they point at
-            a, b = int(offsets[lo]), int(offsets[hi])
-            if b > a:
-                checker.ensure(data + a, data + b)
+    @staticmethod
+    def _span(place: tuple[Any, ...], lo: int, hi: int) -> tuple[int, int]:
+        """The bytes [start, stop) of rows [lo, hi) in one buffer (a text column's: its offsets)."""
+        kind, off = place[0], place[1]
+        if kind == "bits":
+            return off + (lo >> 3), off + ((hi - 1) >> 3) + 1
+        if kind == "text":
+            return off + 4 * lo, off + 4 * (hi + 1)
+        return off + lo * place[2], off + hi * place[2]
 
 
 class ServedBatch(NamedTuple):
