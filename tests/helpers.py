@@ -4,8 +4,11 @@ left, and a run of the adaptive workload family with telemetry. Imported by test
 package."""
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
+import mmap
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -146,3 +149,30 @@ def state_file(lake: Path) -> Path:
     """The state file of the lake's newest Delta version: where a test edits what the lake says of itself."""
     from analytics.lake.table import latest_version, state_path
     return state_path(lake, latest_version(lake))
+
+
+def resident_pages(path: Path) -> set[int]:
+    """The numbers of the file's pages now in the page cache (mincore(2) over a fresh mapping,
+    which itself reads nothing)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype, libc.mmap.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                                                              ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    finally:
+        os.close(fd)
+    pages = -(-size // mmap.PAGESIZE)
+    vec = (ctypes.c_ubyte * pages)()
+    try:
+        assert libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size), vec) == 0, ctypes.get_errno()
+    finally:
+        libc.munmap(addr, size)
+    return {i for i in range(pages) if vec[i] & 1}
+
+
+def pages_of(start: int, stop: int) -> set[int]:
+    """The page numbers holding bytes [start, stop)."""
+    return set(range(start // mmap.PAGESIZE, -(-stop // mmap.PAGESIZE))) if stop > start else set()

@@ -12,10 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
-from helpers import edit_json, fresh, same_answer
+from helpers import edit_json, fresh, pages_of, resident_pages, same_answer
 from querygen import random_queries
 
 from analytics.checks.baseline import baseline_query
+from analytics.bench.pagecache import evict
 from analytics.core.checksum import file_record
 from analytics.query.model import parse_query
 from analytics.query.results import to_rows
@@ -225,3 +226,23 @@ def test_a_batch_read_has_its_metadata_checked_first(small_batches):
         for i in let_through:
             start, body, _, _ = rec["layout"][i]
             assert checker.checked[start // checker.block:(body - 1) // checker.block + 1].all(), i
+
+
+def test_a_disk_cold_query_reads_only_blocks_it_checks(small_batches):
+    """With the view's pages dropped from the page cache, a one-day query leaves in it only the
+    blocks its guard checked and the batches' metadata (asked for at open): no read-around of
+    the pages it faults in, nothing read unchecked. Fails when pages are faulted in plainly (neither
+    the mapping's MADV_RANDOM nor the checker's MADV_WILLNEED first: read-around brings neighbours)."""
+    name = VIEWS[0]
+    path, rec = _files(small_batches, name)["impression"]
+    evict(path.parent)
+    assert not resident_pages(path)
+    with Workbench(small_batches) as wb:
+        wb.execute(ONE_DAY_Q)
+        checker = _checkers(wb, name)[path]
+        allowed = set().union(*(pages_of(int(b) * checker.block, (int(b) + 1) * checker.block)
+                                for b in np.flatnonzero(checker.checked)),
+                              *(pages_of(start, body) for start, body, _, _ in rec["layout"]))
+        resident = resident_pages(path)
+    assert resident and resident <= allowed, sorted(resident - allowed)[:20]
+    assert len(resident) * 10 < -(-rec["bytes"] // 4096)  # and that is a small share of the file

@@ -11,19 +11,21 @@ is named on stderr once, by `explain`, `stats`, a guardrail and `analytics verif
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
 
 import pytest
-from helpers import TARGETED
+from helpers import TARGETED, pages_of, resident_pages
 from helpers import check_against_baseline as _check
 
+from analytics.bench.pagecache import evict
 from analytics.checks.guardrails import run_guardrails
 from analytics.cli import main
 from analytics.core.checksum import ChecksumError, check, file_record
 from analytics.lake.damage import load_damage
-from analytics.lake.integrity import DamagedSegmentError
+from analytics.lake.integrity import REST, DamagedSegmentError, _chunk_ranges, _column_digests
 from analytics.lake.prepare import prepare
 from analytics.lake.state import Lake
 from analytics.query.model import parse_query, types_selected
@@ -299,6 +301,30 @@ def test_a_lake_query_checks_the_column_chunks_it_reads_and_no_other(lake_copy, 
         _check(baseline, wb, LAKE_QUERY, use_views=False)
         with pytest.raises(DamagedSegmentError, match=rf"{rel} is damaged .*column auction_id.*raw part {part}"):
             wb.execute(reads_it, use_views=False)
+
+
+def test_a_disk_cold_column_check_reads_only_that_columns_chunks(lake_copy):
+    """A lake file's pages dropped, one column's digest taken: the page cache then holds that
+    column's chunks and the footer, nothing else (its chunks lie spread over the file, and a
+    plain first touch of each read around it: the whole file, 7.5 GB for one column at 245M)."""
+    rel = Lake.open(lake_copy).state["segments"][0]["files"]["impression"]
+    path = lake_copy / rel
+    ranges = _chunk_ranges(path)
+    os.sync()  # the copy's pages written back: only clean pages can be dropped
+    evict(path.parent)
+    assert not resident_pages(path)
+    digests = _column_digests(path, ["user_id"])
+    assert set(digests) == {REST, "user_id"}
+    chunks = set().union(*(pages_of(start, start + length) for start, length in ranges["user_id"]))
+    in_chunks = sorted(r for rs in ranges.values() for r in rs)
+    ends = [0] + [start + length for start, length in in_chunks]
+    starts = [start for start, _ in in_chunks] + [path.stat().st_size]
+    rest = set().union(*(pages_of(a, b) for a, b in zip(ends, starts)))  # magic, footer: in no chunk
+    size = path.stat().st_size
+    rest |= pages_of(max(0, size - 64 * 1024), size)  # Arrow reads the footer with the file's last 64 KiB
+    resident = resident_pages(path)
+    assert chunks <= resident and resident <= chunks | rest, sorted(resident - chunks - rest)[:20]
+    assert len(resident) * 4 < len(pages_of(0, size))
 
 
 def test_a_damaged_lake_file_fails_the_queries_of_a_shared_scan_that_read_it(lake_copy, baseline):

@@ -110,10 +110,20 @@ def _column_digests(path: Path, columns: Iterable[str] | None) -> dict[str, str]
     if at < size:
         gaps.append((at, size - at))
     out = {}
+    todo = [(REST, gaps), *((c, ranges[c]) for c in wanted)]
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        # read-around off, and exactly the chunks asked for at once: a column's chunks are spread
+        # over the file, and this disk's 8 MiB read-around made a disk-cold check of one column
+        # read the whole file (7.5 GB for a one-column lake query at 245M)
+        mm.madvise(mmap.MADV_RANDOM)
+        for _, parts in todo:
+            for start, length in parts:
+                page = start - start % mmap.PAGESIZE
+                if length:
+                    mm.madvise(mmap.MADV_WILLNEED, page, start + length - page)
         view = memoryview(mm)
         try:
-            for name, parts in [(REST, gaps), *((c, ranges[c]) for c in wanted)]:
+            for name, parts in todo:
                 h = xxhash.xxh3_64()
                 for start, length in parts:
                     h.update(view[start:start + length])
