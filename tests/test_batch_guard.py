@@ -15,8 +15,8 @@ import pytest
 from helpers import edit_json, fresh, pages_of, resident_pages, same_answer
 from querygen import random_queries
 
-from analytics.checks.baseline import baseline_query
 from analytics.bench.pagecache import evict
+from analytics.checks.baseline import baseline_query
 from analytics.core.checksum import file_record
 from analytics.query.model import parse_query
 from analytics.query.results import to_rows
