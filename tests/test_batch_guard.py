@@ -5,6 +5,8 @@ read change nothing; a registry without layouts still checks whole files."""
 from __future__ import annotations
 
 import datetime as dt
+import gc
+import os
 import random
 import shutil
 
@@ -235,6 +237,8 @@ def test_a_disk_cold_query_reads_only_blocks_it_checks(small_batches):
     the mapping's MADV_RANDOM nor the checker's MADV_WILLNEED first: read-around brings neighbours)."""
     name = VIEWS[0]
     path, rec = _files(small_batches, name)["impression"]
+    gc.collect()  # earlier tests' mappings gone and their writes (damage, undone) written back:
+    os.sync()  # only a clean page no process maps can be dropped
     evict(path.parent)
     assert not resident_pages(path)
     with Workbench(small_batches) as wb:

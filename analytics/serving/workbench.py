@@ -199,6 +199,24 @@ class Workbench(Closing):
         update_damage(self.root, {rel: exc.why})
         return f"damaged: {rel}: {exc.why}"
 
+    def _unusable(self, name: str, table: str, exc: ChecksumError | ServingError, *, unload: bool = False) -> None:
+        """Mark a view version whose serving copy failed to open or to check unhealthy, naming the
+        damaged file: the one whose bytes failed, or the first not matching its checksum when a
+        structural check failed (a damaged file can fail those before its blocks are read)."""
+        if isinstance(exc, ChecksumError):
+            self._unhealthy(name, table, self._damaged(exc), unload=unload)
+            return
+        why = f"serving copy unusable: {str(exc).splitlines()[0]}"
+        entry = self.registry[name]
+        vdir = (self.root / entry.file).parent
+        try:
+            for version in entry.versions():
+                if version.serving:
+                    check_types(vdir, version.serving, version.serving["types"])
+        except ChecksumError as damaged:
+            why = self._damaged(damaged)
+        self._unhealthy(name, table, why, unload=unload)
+
     def _check(self, name: str) -> str | None:
         why = staleness(self.views[name], self.lake, self.registry.get(name), self.damaged)
         return why if why is not None else self._load_errors.get(self.table_name(name))
@@ -227,21 +245,11 @@ class Workbench(Closing):
             if table in self._ready_tables:
                 return True
             try:
-                vdir = (self.root / entry.file).parent
-                # each batch's bytes are checked as the fast path first reads them (`views.batch_guard`)
+                # a type's files are opened on its first query, each batch's bytes checked as the
+                # fast path first reads them (`views.batch_guard`)
                 view = open_version(self.root, definition, entry, checked=False)
-            except ChecksumError as exc:
-                self._unhealthy(name, table, self._damaged(exc))
-                return False
-            except ServingError as exc:
-                why = f"serving copy unusable: {str(exc).splitlines()[0]}"
-                try:  # name the damaged file when its bytes are what failed the structural checks
-                    for version in entry.versions():
-                        if version.serving:
-                            check_types(vdir, version.serving, version.serving["types"])
-                except ChecksumError as damaged:
-                    why = self._damaged(damaged)
-                self._unhealthy(name, table, why)
+            except (ChecksumError, ServingError) as exc:
+                self._unusable(name, table, exc)
                 return False
             with self._lock:
                 for old in [t for t in self._ready_tables if t.startswith(f"{name}__v")]:
@@ -347,8 +355,8 @@ class Workbench(Closing):
                 except RepeatedKeys as exc:  # a wrong answer, never returned: another route answers
                     self._unhealthy(plan.route, self.table_name(plan.route), f"answered wrongly ({exc})")
                     continue
-                except ChecksumError as exc:  # a damaged block, found before its bytes were used
-                    self._unhealthy(plan.route, self.table_name(plan.route), self._damaged(exc), unload=True)
+                except (ChecksumError, ServingError) as exc:  # found before any damaged byte was used
+                    self._unusable(plan.route, self.table_name(plan.route), exc, unload=True)
                     continue
                 if table is not None:
                     return table, plan

@@ -22,8 +22,9 @@ import base64
 import mmap
 import os
 import uuid
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import duckdb
 import pyarrow as pa
@@ -225,33 +226,37 @@ def check_types(vdir: Path, record: Mapping[str, Any], types: Iterable[str]) -> 
 
 
 def open_serving_copy(vdir: Path, record: Mapping[str, Any] | None, rows_by_type: Mapping[str, int], *,
-                      checked: bool = True) -> tuple[dict[str, list[ServedBatch]], pa.Schema]:
-    """Memory-map serving copy `record` (a registered base's or delta's, files in `vdir`), checked
-    against the record and the version's `rows_by_type`: each type's batches, each with its guard,
-    and the full schema. With `checked`, each file's bytes are first checked whole against its
-    checksum; without, only the head and footer are, and each batch's guard checks the rest as it
-    is read (a record written before batch layouts were recorded: the whole file on its first
-    read). Raises ChecksumError for damaged bytes, ServingError for any other mismatch."""
+                      checked: bool = True) -> tuple[dict[str, Callable[[], list[ServedBatch]]], pa.Schema]:
+    """Serving copy `record` (a registered base's or delta's, files in `vdir`), checked against the
+    record and the version's `rows_by_type`: per type, what opens its file (memory-mapped, checked
+    against the record, its batches each with its guard: a process opens only the types it
+    answers), and the full schema. With `checked`, each file's bytes are first checked whole
+    against its checksum; without, only the head and footer are, and each batch's guard checks the
+    rest as it is read (a record written before batch layouts were recorded: the whole file when
+    opened). Opening raises ChecksumError for damaged bytes, ServingError for any other mismatch."""
     if not record:
         raise ServingError("no serving copy recorded (built before serving copies): rebuild the view")
     expected_types = {t for t, n in rows_by_type.items() if n}
     if set(record["types"]) != expected_types:
         raise ServingError(f"serving copy holds types {sorted(record['types'])}, the view {sorted(expected_types)}")
-    pieces: dict[str, list[ServedBatch]] = {}
     try:
         full = ipc.read_schema(pa.py_buffer(base64.b64decode(record["schema"])))
-        for t, rec in record["types"].items():
-            pieces[t] = _open_type(vdir, rec, _without(full, rec["dropped"]), rows_by_type[t], checked)
-    except ChecksumError:
-        raise
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        if isinstance(exc, ServingError):
-            raise
-        raise ServingError(str(exc).splitlines()[0]) from exc
-    return pieces, full
+    except (ValueError, pa.ArrowException) as exc:
+        raise ServingError(f"schema unreadable: {str(exc).splitlines()[0]}") from exc
+    return {t: partial(_open_type, vdir, rec, _without(full, rec["dropped"]), rows_by_type[t], checked)
+            for t, rec in record["types"].items()}, full
 
 
 def _open_type(vdir: Path, rec: Mapping[str, Any], schema: pa.Schema, rows: int, checked: bool) -> list[ServedBatch]:
+    try:
+        return _open_file(vdir, rec, schema, rows, checked)
+    except (ChecksumError, ServingError):
+        raise
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise ServingError(str(exc).splitlines()[0]) from exc
+
+
+def _open_file(vdir: Path, rec: Mapping[str, Any], schema: pa.Schema, rows: int, checked: bool) -> list[ServedBatch]:
     path = vdir / rec["file"]
     size = path.stat().st_size
     if size != rec["bytes"]:

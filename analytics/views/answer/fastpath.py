@@ -22,7 +22,7 @@ piece's bytes before its guard.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -66,6 +66,9 @@ from analytics.views.serving_copy import SCALE
 SHAPE_MEMO_SIZE = 4096
 
 
+Parts = Sequence[pa.Table | ServedBatch]  # one type's rows: tables, or a serving copy's batches
+
+
 class RepeatedKeys(ValueError):
     """A view's answer held a group twice: the view must not serve (the caller falls back)."""
 
@@ -90,20 +93,33 @@ class ArrowView:
     binary searches, masks run on the rows the searches keep. `scaled` names sum columns stored as
     int64 times 10^PRICE_SCALE; dictionary columns are compared by code and decoded on output."""
 
-    def __init__(self, view: ViewDef, pieces: dict[str, list[pa.Table | ServedBatch]], schema: pa.Schema,
+    def __init__(self, view: ViewDef, pieces: Mapping[str, Parts | Callable[[], Parts]], schema: pa.Schema,
                  scaled: Iterable[str] = (), unique_keys: bool = True) -> None:
         self.view = view
         self.unique_keys = unique_keys  # False when a key may repeat across pieces (a base and its deltas)
         self.schema = schema
         self.scaled = frozenset(scaled)
         self._shapes: dict[Query, _Shape] = {}
-        time_cols = [c for c in view.time_columns if c in TIME_KINDS]
-        text_cols = [c for c in view.time_columns if c in TEXT_TIMES]
-        self.slices: dict[str, list[Piece]] = {}
-        for t, parts in pieces.items():
-            kept = [self._piece(p, time_cols, text_cols) for p in parts]
-            if kept := [p for p in kept if p.table.num_rows]:
-                self.slices[t] = kept
+        self._time_cols = [c for c in view.time_columns if c in TIME_KINDS]
+        self._text_cols = [c for c in view.time_columns if c in TEXT_TIMES]
+        # a type's parts, or what opens them: a serving copy's files are opened on their type's first query
+        self._sources = dict(pieces)
+        self._slices: dict[str, list[Piece]] = {}
+
+    def _pieces(self, t: str) -> list[Piece]:
+        """Type `t`'s pieces, opened on first use (a race opens them twice, the same way)."""
+        got = self._slices.get(t)
+        if got is None:
+            source = self._sources.get(t, ())
+            parts = source() if callable(source) else source
+            got = [p for p in (self._piece(x, self._time_cols, self._text_cols) for x in parts) if p.table.num_rows]
+            self._slices[t] = got
+        return got
+
+    @property
+    def slices(self) -> dict[str, list[Piece]]:
+        """Every type's pieces (all opened), types without rows left out."""
+        return {t: ps for t in self._sources if (ps := self._pieces(t))}
 
     @staticmethod
     def _piece(part: pa.Table | ServedBatch, time_cols: list[str], text_cols: list[str]) -> Piece:
@@ -152,7 +168,7 @@ class ArrowView:
 
     # ---- filtering ---------------------------------------------------------------------------
     def _types(self, where: tuple[Condition, ...]) -> set[str] | None:
-        types = set(self.slices)
+        types = set(self._sources)
         for c in where:
             if c.col != "type":
                 continue
@@ -230,7 +246,7 @@ class ArrowView:
             return None
         out = []
         for t in shape.types:
-            for piece in self.slices.get(t, ()):
+            for piece in self._pieces(t):
                 rows = self._select(piece, query)
                 if rows is not None:
                     if piece.guard is not None:  # and the filters left to Arrow, read at these rows

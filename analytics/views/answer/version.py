@@ -6,9 +6,12 @@ pieces. Opening memory-maps files and reads no data page. Must not check health 
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 from analytics.views.answer.fastpath import ArrowView
+from analytics.views.batch_guard import ServedBatch
 from analytics.views.catalog import ViewDef
 from analytics.views.registry import ViewEntry
 from analytics.views.serving_copy import open_serving_copy
@@ -17,11 +20,21 @@ from analytics.views.serving_copy import open_serving_copy
 def open_version(root: Path, view: ViewDef, entry: ViewEntry, *, checked: bool = True) -> ArrowView:
     """The fast path over registry `entry` of `view` (its files under `root`): the base's pieces per
     type, then each delta's; keys may then repeat across pieces, so every answer re-aggregates.
-    Raises `ServingError` when a serving copy does not match its entry (with `checked`, its bytes
-    their checksums too; the workbench checks them per type on first use instead)."""
+    With `checked` every file is opened now and its bytes checked whole (raising ChecksumError or
+    ServingError); without, a type's files are opened on its first query and their batches
+    checked as they are read, so those errors come from the answer (the workbench's way)."""
     vdir = (root / entry.file).parent
-    pieces, schema = open_serving_copy(vdir, entry.serving, entry.rows_by_type, checked=checked)
+    opens, schema = open_serving_copy(vdir, entry.serving, entry.rows_by_type, checked=checked)
+    openers = {t: [o] for t, o in opens.items()}
     for delta in entry.deltas:
         for t, more in open_serving_copy(vdir, delta.serving, delta.rows_by_type, checked=checked)[0].items():
-            pieces.setdefault(t, []).extend(more)
-    return ArrowView(view, pieces, schema, scaled=entry.serving["scaled"], unique_keys=not entry.deltas)
+            openers.setdefault(t, []).append(more)
+    pieces = {t: partial(_concat, os) for t, os in openers.items()}
+    view = ArrowView(view, pieces, schema, scaled=entry.serving["scaled"], unique_keys=not entry.deltas)
+    if checked:
+        view.slices  # noqa: B018 - every file opened (and checked whole) now
+    return view
+
+
+def _concat(opens: list[Callable[[], list[ServedBatch]]]) -> list[ServedBatch]:
+    return [batch for open_type in opens for batch in open_type()]
