@@ -36,7 +36,6 @@ from analytics.views.answer.rows import (
     STEP_US,
     TEXT_TIMES,
     TIME_KINDS,
-    Marks,
     Piece,
     Rows,
     Times,
@@ -47,6 +46,7 @@ from analytics.views.answer.rows import (
     integers,
     isin,
     partial_values,
+    piece_of,
     ranges,
     text_bound,
     us,
@@ -61,11 +61,8 @@ from analytics.views.serving_copy import SCALE
 # built over buffers), so a process whose view answers all take it never pays for them; the Arrow
 # path (text filters other than the minute's, sparse keys) pays once, on its first use.
 
-
 # Query shapes remembered per view version; past this many distinct queries the memo starts afresh.
 SHAPE_MEMO_SIZE = 4096
-
-
 Parts = Sequence[pa.Table | ServedBatch]  # one type's rows: tables, or a serving copy's batches
 
 
@@ -87,11 +84,11 @@ class _Shape(NamedTuple):
 class ArrowView:
     """One view version, ready to answer the queries the router sends to it: per event type, its
     rows as pieces (single-chunk tables, each in time order), e.g. the record batches of a
-    memory-mapped serving copy (`ServedBatch`: each read only after its guard checked the bytes),
-    then those of its deltas (with `unique_keys=False`: a key may
-    then appear in several pieces, and every answer re-aggregates). Nothing here reads a piece whole: time filters are
-    binary searches, masks run on the rows the searches keep. `scaled` names sum columns stored as
-    int64 times 10^PRICE_SCALE; dictionary columns are compared by code and decoded on output."""
+    memory-mapped serving copy (`ServedBatch`: read only after its guard checked the bytes), then
+    those of its deltas (with `unique_keys=False`: a key may then appear in several pieces, and
+    every answer re-aggregates). Nothing here reads a piece whole: time filters are binary
+    searches, masks run on the rows the searches keep. `scaled` names sum columns stored as int64
+    times 10^PRICE_SCALE; dictionary columns are compared by code and decoded on output."""
 
     def __init__(self, view: ViewDef, pieces: Mapping[str, Parts | Callable[[], Parts]], schema: pa.Schema,
                  scaled: Iterable[str] = (), unique_keys: bool = True) -> None:
@@ -112,7 +109,7 @@ class ArrowView:
         if got is None:
             source = self._sources.get(t, ())
             parts = source() if callable(source) else source
-            got = [p for p in (self._piece(x, self._time_cols, self._text_cols) for x in parts) if p.table.num_rows]
+            got = [p for p in (piece_of(x, self._time_cols, self._text_cols) for x in parts) if p.table.num_rows]
             self._slices[t] = got
         return got
 
@@ -120,22 +117,6 @@ class ArrowView:
     def slices(self) -> dict[str, list[Piece]]:
         """Every type's pieces (all opened), types without rows left out."""
         return {t: ps for t in self._sources if (ps := self._pieces(t))}
-
-    @staticmethod
-    def _piece(part: pa.Table | ServedBatch, time_cols: list[str], text_cols: list[str]) -> Piece:
-        if not isinstance(part, ServedBatch):
-            return Piece(part, {c: Times(part.column(c)) for c in time_cols},
-                         {c: contiguous(part.column(c)) for c in text_cols}, {})
-        table, guard = part.table, part.guard
-        marks: dict[str, Marks] = {}
-        if guard is not None:
-            grid_len = -(-table.num_rows // part.mark_rows)
-            for c, values in part.marks.items():
-                marks[c] = Marks(values[:grid_len], values[-1], part.mark_rows,
-                                 lambda lo, hi, c=c: guard([c], lo, hi))
-        return Piece(table, {c: Times(table.column(c), marks.get(c)) for c in time_cols},
-                     {c: contiguous(table.column(c)) for c in text_cols}, {}, guard,
-                     {c: marks[c] for c in text_cols if c in marks})
 
     @classmethod
     def from_table(cls, view: ViewDef, table: pa.Table, scaled: Iterable[str] = ()) -> "ArrowView":

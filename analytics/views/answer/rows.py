@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from analytics.query.model import Condition
 from analytics.query.schema import EVENT_TYPES
 from analytics.views.answer import reaggregate
+from analytics.views.batch_guard import ServedBatch
 
 EPOCH = dt.datetime(1970, 1, 1)
 DAY_US = 86_400_000_000
@@ -330,6 +331,23 @@ class Piece(NamedTuple):
         """The column `name` as numpy if it holds no NULL (a key or a filter's column), else None."""
         col = self.partial(name)
         return col if col is not None and col.valid is None else None
+
+
+def piece_of(part: pa.Table | ServedBatch, time_cols: list[str], text_cols: list[str]) -> Piece:
+    """A piece over a table, or over a serving copy's batch: its time searches then narrowed by the
+    batch's marks to windows its guard checks."""
+    if not isinstance(part, ServedBatch):
+        return Piece(part, {c: Times(part.column(c)) for c in time_cols},
+                     {c: contiguous(part.column(c)) for c in text_cols}, {})
+    table, guard = part.table, part.guard
+    marks: dict[str, Marks] = {}
+    if guard is not None:
+        grid_len = -(-table.num_rows // part.mark_rows)
+        for c, values in part.marks.items():
+            marks[c] = Marks(values[:grid_len], values[-1], part.mark_rows, lambda lo, hi, c=c: guard([c], lo, hi))
+    return Piece(table, {c: Times(table.column(c), marks.get(c)) for c in time_cols},
+                 {c: contiguous(table.column(c)) for c in text_cols}, {}, guard,
+                 {c: marks[c] for c in text_cols if c in marks})
 
 
 class Rows(NamedTuple):
