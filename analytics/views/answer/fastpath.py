@@ -435,7 +435,7 @@ class ArrowView:
             return reaggregate.empty(query, self._output_types(query))
         if any(rows.arrow for _, _, rows in selections):
             return None
-        keys = [group_key(g, selections) for g in query.group_by]
+        keys = [group_key(g, selections, shape.one_row) for g in query.group_by]
         measures = {pair: partial_values(*pair, selections, self.schema) for pair in shape.needed}
         if any(k is None for k in keys) or any(m is None for m in measures.values()):
             return None
