@@ -16,6 +16,7 @@ import pytest
 
 from analytics.bench import docs, summary
 from analytics.bench.result import BenchmarkSummary
+from analytics.bench.targets import FULL_SCALE_ROWS
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMITS = {"README.md": 10 * 1024, "ARCHITECTURE.md": 20 * 1024}
@@ -84,3 +85,16 @@ def test_docs_record_each_run_and_rewrite_only_the_block(tmp_path: Path) -> None
     assert not SHA.search(page) and not DIARY.search(page)
     with pytest.raises(ValueError, match="no benchmark markers"):
         docs.replace_readme_block("# no markers", "block")
+
+
+def test_the_page_keeps_the_latest_full_scale_run_and_its_targets_beside_a_later_smaller_run() -> None:
+    """Targets stated at 245M rows are judged on a 245M run: after a later 15M run the page still
+    shows the latest full-scale run's engines and targets; with no such run, no such section."""
+    (latest,) = sorted((ROOT / "docs" / "benchmarks").glob("*.json"))[-1:]
+    small = BenchmarkSummary.read(latest)
+    full = replace(small, started_at="2026-01-02T03:04:05+00:00", rows=FULL_SCALE_ROWS)
+    later = replace(small, started_at="2026-02-02T03:04:05+00:00", rows=15_000_000)
+    page = docs.benchmark_md([full, later])
+    section = page[page.index("## Latest full-scale run"):page.index("## Every recorded run")]
+    assert f"**{FULL_SCALE_ROWS:,} generated rows**" in section and docs.targets_table(full) in section
+    assert "## Latest full-scale run" not in docs.benchmark_md([later]) + docs.benchmark_md([later, full])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from analytics.bench.result import BenchmarkSummary
-from analytics.bench.targets import evaluate_targets
+from analytics.bench.targets import FULL_SCALE_ROWS, evaluate_targets
 from analytics.bench.text import format_ms, target_verdict
 from analytics.bench.workloads import JUDGES
 from analytics.core.files import format_bytes, write_atomic
@@ -126,6 +126,16 @@ def readme_block(result: BenchmarkSummary) -> str:
     return f"{README_START}\n{headline(result)}\n\n{engines_table(result)}\n{README_END}"
 
 
+def _full_scale(runs: Sequence[BenchmarkSummary]) -> list[str]:
+    """The latest full-scale run's headline, engines and targets, when the latest run is not it
+    (the targets stated at 245M rows are judged there)."""
+    full = [r for r in runs if r.rows >= FULL_SCALE_ROWS]
+    if not full or full[-1] is runs[-1]:
+        return []
+    run = full[-1]
+    return ["## Latest full-scale run", "", headline(run), "", engines_table(run), "", targets_table(run), ""]
+
+
 def benchmark_md(runs: Sequence[BenchmarkSummary]) -> str:
     latest = runs[-1]
     return "\n".join([
@@ -151,6 +161,7 @@ def benchmark_md(runs: Sequence[BenchmarkSummary]) -> str:
         "",
         targets_table(latest),
         "",
+        *_full_scale(runs),
         "## Every recorded run",
         "",
         "Absolute times compare only on the same machine; ratios to the peers measured in the same run do.",
