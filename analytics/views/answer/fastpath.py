@@ -435,7 +435,8 @@ class ArrowView:
             return reaggregate.empty(query, self._output_types(query))
         if any(rows.arrow for _, _, rows in selections):
             return None
-        keys = [group_key(g, selections, shape.one_row) for g in query.group_by]
+        # without dimensions a group that is one view row is one time unit: its own run
+        keys = [group_key(g, selections, shape.one_row and not self.view.dims) for g in query.group_by]
         measures = {pair: partial_values(*pair, selections, self.schema) for pair in shape.needed}
         if any(k is None for k in keys) or any(m is None for m in measures.values()):
             return None

@@ -389,9 +389,9 @@ def run_starts(column: pa.StringArray, at: np.ndarray) -> np.ndarray | None:
     return a + first[np.cumsum(new_run) - 1][at - a]
 
 
-def group_key(name: str, selections: list[tuple[str, Piece, Rows]], one_row: bool = False) -> reaggregate.Key | None:
+def group_key(name: str, selections: list[tuple[str, Piece, Rows]], own_runs: bool = False) -> reaggregate.Key | None:
     """Group key `name` over the kept rows as integers; None if it is not (text, another
-    dictionary in some piece). `one_row`: each kept row is its own group."""
+    dictionary in some piece). `own_runs`: no two kept rows share a minute (each is its run)."""
     if name == "type":  # one type a piece: its code in the sorted names, no column read
         words = tuple(sorted(EVENT_TYPES))
         values = np.concatenate([np.full(len(rows), words.index(t), dtype=np.int8) for t, _, rows in selections])
@@ -404,8 +404,7 @@ def group_key(name: str, selections: list[tuple[str, Piece, Rows]], one_row: boo
             return None
         _, piece, rows = selections[0]
         at = rows.index if rows.index is not None else np.arange(rows.lo, rows.hi)
-        # a row its own group: its minute is in no other kept row, so it is its own run's first
-        starts = at if one_row else run_starts(piece.texts[name], at)
+        starts = at if own_runs else run_starts(piece.texts[name], at)
         return None if starts is None else reaggregate.Key(name, starts, pa.string(), 1, piece.texts[name])
     cols = [piece.column(name) for _, piece, _ in selections]
     first = cols[0]
