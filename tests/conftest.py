@@ -79,6 +79,8 @@ SLOW_MODULES = {"test_adaptive.py", "test_benchmark.py", "test_guardrails.py", "
                 "test_ingest_guard.py"}
 INTEGRATION_MODULES = {"test_lab.py", "test_notebooks.py", "test_spark.py", "test_build_crash.py", "test_ingest_crash.py"}
 SLOW_TESTS = {
+    "test_batch_guard.py::test_blocks_a_query_did_not_check_do_not_change_its_answer",
+    "test_batch_guard.py::test_random_queries_over_many_small_batches_answer_like_the_baseline",
     "test_batching.py::test_batching_on_vs_off_identical_and_equal_to_baseline",
     "test_cache.py::test_cache_on_vs_off_identical_and_repeat_is_answered_from_cache",
     "test_cache.py::test_persists_across_processes_and_sweeps_stale_stamps",
