@@ -61,6 +61,17 @@ def digests(record: Mapping[str, Any]) -> np.ndarray:
     return np.array([int(h, 16) for h in record["xxh3"]], dtype=np.uint64)
 
 
+def _fitting(path: Path, actual: int, record: Mapping[str, Any]) -> tuple[int, int, np.ndarray]:
+    """The record's size, block and digests, after checking that the file's `actual` size is the
+    recorded one and that the digests fit it (ChecksumError otherwise)."""
+    size, block, want = int(record["size"]), int(record["block"]), digests(record)
+    if actual != size:
+        raise ChecksumError(path, f"{actual:,} bytes, its checksum record says {size:,} (truncated or grown)")
+    if len(want) != -(-size // block):
+        raise ChecksumError(path, "its checksum record does not fit its size")
+    return size, block, want
+
+
 def stat_damage(path: str | os.PathLike, name: str, record: Mapping[str, Any] | None) -> str | None:
     """Why the file at `path` (called `name` in the reason) cannot be the one `record` describes,
     from one stat: missing, not a regular file, or not the recorded size; None when it may be."""
@@ -92,11 +103,7 @@ def check(path: str | os.PathLike, record: Mapping[str, Any] | None, start: int 
         raise ChecksumError(p, "not a regular file")
     if record is None:
         return
-    size, block, want = int(record["size"]), int(record["block"]), digests(record)
-    if st.st_size != size:
-        raise ChecksumError(p, f"{st.st_size:,} bytes, its checksum record says {size:,} (truncated or grown)")
-    if len(want) != -(-size // block):
-        raise ChecksumError(p, "its checksum record does not fit its size")
+    size, block, want = _fitting(p, st.st_size, record)
     if not size:
         return
     stop = size if stop is None else min(stop, size)
@@ -135,12 +142,7 @@ class BlockChecker:
     def __init__(self, path: str | os.PathLike, mapping: mmap.mmap, record: Mapping[str, Any]) -> None:
         self.path = Path(path)
         self.map = mapping
-        self.size, self.block = int(record["size"]), int(record["block"])
-        self.want = digests(record)
-        if len(mapping) != self.size:
-            raise ChecksumError(self.path, f"{len(mapping):,} bytes, its checksum record says {self.size:,}")
-        if len(self.want) != -(-self.size // self.block):
-            raise ChecksumError(self.path, "its checksum record does not fit its size")
+        self.size, self.block, self.want = _fitting(self.path, len(mapping), record)
         self.checked = np.zeros(len(self.want), dtype=bool)
         self.complete = not len(self.want)
 
