@@ -250,3 +250,17 @@ def test_a_disk_cold_query_reads_only_blocks_it_checks(small_batches):
         resident = resident_pages(path)
     assert resident and resident <= allowed, sorted(resident - allowed)[:20]
     assert len(resident) * 10 < -(-rec["bytes"] // 4096)  # and that is a small share of the file
+
+
+def test_warm_opens_every_types_files_and_names_one_that_cannot_open(small_batches, tmp_path):
+    """`warm` loads views now instead of on first use: each type's files opened (a query opens only
+    its types'), so a serving file that cannot open makes its view unhealthy at warm, named."""
+    lake = tmp_path / "lake"
+    shutil.copytree(small_batches, lake)
+    name = VIEWS[0]
+    path, rec = _files(lake, name)["purchase"]
+    _flip(path, rec["bytes"] - 12)  # its footer: same size, so only opening the file finds it
+    with Workbench(lake) as wb:
+        health = wb.warm()
+    assert health[name] is not None and path.name in health[name], health[name]
+    assert all(health[v] is None for v in VIEWS if v != name)

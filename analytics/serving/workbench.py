@@ -109,8 +109,6 @@ class Workbench(Closing):
         self._checked_indexes: set[tuple[str, int]] = set()  # (index, version) whose bytes were checked
         self._bad_indexes: dict[str, str] = {}  # index -> why it is damaged (this state)
         self._warned: set[str] = set()  # views and indexes named damaged on stderr by this process
-        # table name -> (its directory, the serving records of its base and deltas), and the types
-        # whose files were checked against their checksums so far (checked on a query's first read)
         # plain strings: refresh runs on every query, and pathlib's joins cost more than the stats
         # a commit adds a file to the Delta log and then its state file: each changes its directory's mtime
         self._watched = (str(self.root / LOG_DIR), str(self.root / STATE_DIR), str(registry_path(self.root)), str(adaptive_path(self.root)),
@@ -284,11 +282,16 @@ class Workbench(Closing):
         return True
 
     def warm(self) -> dict[str, str | None]:
-        """Load every healthy view now instead of on first use; returns the health of each."""
+        """Load every healthy view now instead of on first use, each type's files opened (checked
+        against the registry, head and footer against their checksums); returns the health of each."""
         self.refresh()
         for name, why in list(self.health.items()):
-            if why is None:
-                self._ensure_loaded(name)
+            if why is None and self._ensure_loaded(name):
+                table = self.table_name(name)
+                try:
+                    self._arrow[table].slices  # noqa: B018 - opens the files a query opens on first use
+                except (ChecksumError, ServingError) as exc:
+                    self._unusable(name, table, exc, unload=True)
         return dict(self.health)
 
     def cursor(self, lake: bool = True) -> duckdb.DuckDBPyConnection:
