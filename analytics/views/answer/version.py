@@ -29,7 +29,7 @@ def open_version(root: Path, view: ViewDef, entry: ViewEntry, *, checked: bool =
     for delta in entry.deltas:
         for t, more in open_serving_copy(vdir, delta.serving, delta.rows_by_type, checked=checked)[0].items():
             openers.setdefault(t, []).append(more)
-    pieces = {t: partial(_concat, os) for t, os in openers.items()}
+    pieces = {t: partial(_concat, opens_of_type) for t, opens_of_type in openers.items()}
     view = ArrowView(view, pieces, schema, scaled=entry.serving["scaled"], unique_keys=not entry.deltas)
     if checked:
         view.slices  # noqa: B018 - every file opened (and checked whole) now
