@@ -51,6 +51,9 @@ TARGETED = {
     "mv_all_country_publisher_id": {"select": ["country", "publisher_id", {"MIN": "bid_price"}, {"COUNT": "bid_price"}],
                                     "from": "events", "group_by": ["country", "publisher_id"],
                                     "order_by": [{"col": "COUNT(bid_price)", "dir": "desc"}], "limit": 10},
+    "mv_all_user_id": {"select": ["type", {"COUNT": "*"}, {"AVG": "bid_price"}, {"SUM": "total_price"}], "from": "events",
+                       "where": [{"col": "user_id", "op": "in", "val": [7, 4014, 999_999, "12"]}], "group_by": ["type"],
+                       "order_by": [{"col": "type"}]},
 }
 
 

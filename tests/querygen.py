@@ -11,7 +11,7 @@ import datetime as dt
 import random
 from typing import Any
 
-from analytics.query.schema import COUNTRIES, EVENT_TYPES
+from analytics.query.schema import COUNTRIES, EVENT_TYPES, N_USERS
 
 DIMS = ["day", "week", "hour", "minute", "type", "country", "advertiser_id", "publisher_id"]
 VIEW_DIMS = ["day", "week", "hour", "type", "country", "advertiser_id", "publisher_id"]
@@ -132,3 +132,42 @@ def random_query(rng: random.Random, view_shaped: bool = False) -> dict[str, Any
 def random_queries(n: int, seed: int = 0, view_shaped: bool = False) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     return [random_query(rng, view_shaped) for _ in range(n)]
+
+
+def user_query(rng: random.Random) -> dict[str, Any]:
+    """A query of one user or a range of them: what the whole-period per-user view answers (a point
+    or in-list filter on user_id, by type or by user), with other shapes of user filter mixed in."""
+    op = rng.choice(["eq", "eq", "in", "in", "between", "lt", "gte", "neq"])
+    if op == "eq":
+        cond: dict[str, Any] = {"col": "user_id", "op": op, "val": rng.randint(1, N_USERS)}
+    elif op == "in":
+        cond = {"col": "user_id", "op": op, "val": [rng.randint(1, N_USERS) for _ in range(rng.randint(1, 40))]}
+    elif op == "between":
+        lo = rng.randint(0, N_USERS)
+        cond = {"col": "user_id", "op": op, "val": [lo, lo + rng.randint(0, 20_000)]}
+    else:
+        cond = {"col": "user_id", "op": op, "val": rng.randint(1, N_USERS)}
+    where = [cond] + ([_condition(rng, "type")] if rng.random() < 0.4 else [])
+    rng.shuffle(where)
+    group_by = rng.choice([[], ["type"], ["user_id"], ["type", "user_id"], ["user_id", "type"]])
+    aggs: list[dict[str, str]] = []
+    for _ in range(rng.randint(1, 3)):
+        func = rng.choice(["COUNT", "COUNT", "SUM", "AVG", "MIN", "MAX"])
+        agg = {func: rng.choice(["*", "bid_price", "total_price"]) if func == "COUNT" else rng.choice(MEASURES)}
+        if agg not in aggs:
+            aggs.append(agg)
+    q: dict[str, Any] = {"select": list(group_by) + aggs, "from": "events", "where": where}
+    if group_by:
+        q["group_by"] = group_by
+        keys = [{"col": c, "dir": rng.choice(["asc", "desc"])} for c in group_by]
+        if rng.random() < 0.5:  # the top users by a measure, ties broken by the keys
+            q["order_by"] = [{"col": f"{next(iter(aggs[0]))}({next(iter(aggs[0].values()))})", "dir": "desc"}] + keys
+            q["limit"] = rng.choice([1, 5, 10])
+        else:
+            q["order_by"] = keys
+    return q
+
+
+def user_queries(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    return [user_query(rng) for _ in range(n)]

@@ -24,8 +24,8 @@ from analytics.views.build import build
 COUNT = {"select": [{"COUNT": "*"}], "from": "events"}
 BY_TYPE = {"select": ["type", {"COUNT": "*"}, {"SUM": "bid_price"}], "from": "events", "group_by": ["type"]}
 LAKE_Q = {"select": ["user_id", {"COUNT": "*"}], "from": "events", "group_by": ["user_id"],
-          "where": [{"col": "type", "op": "eq", "val": "click"}], "order_by": [{"col": "COUNT(*)", "dir": "desc"},
-                                                                             {"col": "user_id"}], "limit": 5}
+          "where": [{"col": "type", "op": "eq", "val": "click"}, {"col": "day", "op": "gte", "val": "2024-03-01"}],
+          "order_by": [{"col": "COUNT(*)", "dir": "desc"}, {"col": "user_id"}], "limit": 5}
 
 
 

@@ -431,7 +431,7 @@ def test_explore_report_keeps_widget_state_and_renders_offline(tmp_path: Path, r
 
 @pytest.mark.parametrize("name, params, charts, texts", [
     ("02_mv_builds", lambda d: {"lake": d["clean"]["lake"]}, 3,
-     ["View size against the lake", "Build time per view", "12/12 views healthy"]),
+     ["View size against the lake", "Build time per view", "13/13 views healthy"]),
     ("03_batch_benchmark", lambda d: {"lake": d["clean"]["lake"], "raw": d["clean"]["raw"]}, 1, []),
     ("04_guardrail_validation", lambda d: {"lake": d["dirty"]["lake"], "raw": d["dirty"]["raw"], "demonstrate": False},
      1, ["Guardrails passed and failed by category", "FAIL", "mv_consistency.present_readable"]),

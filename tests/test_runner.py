@@ -142,7 +142,7 @@ def test_run_json_and_timing_excludes_writing(lake_copy, tmp_path, monkeypatch):
 
     monkeypatch.setattr(items_mod, "to_csv_text", slow)
     monkeypatch.setattr(time, "perf_counter", lambda: clock() + skipped[0])
-    lake_q = {"select": ["user_id", {"COUNT": "*"}], "from": "events", "group_by": ["user_id"],
+    lake_q = {"select": ["auction_id", {"COUNT": "*"}], "from": "events", "group_by": ["auction_id"],
               "where": [{"col": "type", "op": "eq", "val": "click"}]}
     with Workbench(lake) as wb:
         wb.warm()
@@ -155,7 +155,7 @@ def test_run_json_and_timing_excludes_writing(lake_copy, tmp_path, monkeypatch):
     assert {"id", "ms", "route", "rows", "cache"} <= set(q1) and q1["cache"] is False
     assert skipped[0] and all(e["ms"] < 3_600_000 for e in report["queries"]), report["queries"]
     assert report["lake_queries"] == 1 and report["lake_scans"] == 1 and report["errors"] == 0
-    assert (tmp_path / "out" / "q2.csv").read_text().startswith("user_id,COUNT(*)\n")
+    assert (tmp_path / "out" / "q2.csv").read_text().startswith("auction_id,COUNT(*)\n")
 
 
 def test_one_failing_query_never_stops_the_batch(workbench, monkeypatch):

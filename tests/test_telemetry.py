@@ -24,7 +24,7 @@ from analytics.serving.workbench import Workbench
 
 QUERIES = [
     {"select": ["day", {"COUNT": "*"}], "from": "events", "group_by": ["day"]},  # a view
-    {"select": ["user_id", {"COUNT": "*"}], "from": "events", "group_by": ["user_id"],  # the lake
+    {"select": ["user_id", "country", {"COUNT": "*"}], "from": "events", "group_by": ["user_id", "country"],  # the lake
      "where": [{"col": "type", "op": "eq", "val": "purchase"}]},
     {"select": ["minute", {"MIN": "ts"}], "from": "events", "group_by": ["minute"],  # the lake, shares the scan
      "where": [{"col": "type", "op": "eq", "val": "purchase"}]},

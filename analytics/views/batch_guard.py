@@ -12,7 +12,7 @@ Must not read data for the caller, choose rows, or decide answers.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -40,9 +40,11 @@ def marks_of(column: pa.ChunkedArray | pa.Array, every: int) -> list[Any]:
 class BatchGuard:
     """The check of one batch's bytes as they are first read (see the module docstring). `meta`
     is the batch's metadata span [start, body) from the registry; None checks the whole file on
-    the first call (a copy written before layouts were recorded)."""
+    the first call (a copy written before layouts were recorded). `aliases`: columns served as
+    another column's buffers (a count equal to `cnt` on every row), checked as that column."""
 
-    def __init__(self, checker: BlockChecker, base: int, batch: pa.RecordBatch, meta: tuple[int, int] | None) -> None:
+    def __init__(self, checker: BlockChecker, base: int, batch: pa.RecordBatch, meta: tuple[int, int] | None,
+                 aliases: Mapping[str, str] | None = None) -> None:
         self.checker = checker
         self.meta = meta
         self.ready = False
@@ -63,6 +65,8 @@ class BatchGuard:
             else:
                 places.append(("fixed", bufs[1].address - base, arr.type.bit_width // 8))
             self.places[name] = places
+        for alias, name in (aliases or {}).items():  # a column served as another one's buffers
+            self.places[alias] = self.places[name]
 
     def __call__(self, columns: Sequence[str], lo: int, hi: int, index: np.ndarray | None = None) -> None:
         """Check the bytes of rows [lo, hi) of `columns` (only rows `index` when given: ascending,

@@ -114,6 +114,9 @@ CATALOG: tuple[ViewDef, ...] = (
     _wide("hour", "country", note="hourly per country"),
     _wide("minute", note="per-minute per type"),
     ViewDef("mv_all_country_publisher_id", "all", ("country", "publisher_id"), note="whole-period per country x publisher"),
+    # a user's whole-period funnel, and group-bys on user: without it a point filter on user_id
+    # reads the lake's whole user_id column (~0.9 GB at 245M rows, 2.8 s disk-cold)
+    ViewDef("mv_all_user_id", "all", ("user_id",), note="whole-period per user"),
 )
 VIEWS: dict[str, ViewDef] = {v.name: v for v in CATALOG}
 

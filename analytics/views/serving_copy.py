@@ -12,7 +12,8 @@ checksum, each batch's byte span and rows (`layout`) and its time columns' value
 `MARK_ROWS` rows (`marks`): what lets a reader check only the bytes it reads (`batch_guard`).
 Owns opening it too: memory map it with read-ahead off (this disk's 8 MiB read-around turned a
 first touch of 4 KiB into 8 MiB), check it against its registry entry (size, schema, batches and
-rows), check its head and footer, and hand out each batch with its guard (`checked`: the whole
+rows), check its head and footer, and hand out each batch (a count left out as `cnt` under its own name
+too) with its guard (`checked`: the whole
 files first, as a build's proof does). Must not build the Parquet version, update the registry,
 or answer queries.
 """
@@ -98,14 +99,27 @@ def _rebatch(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.RecordBatch
         yield pa.Table.from_batches(held).combine_chunks().to_batches()[0]
 
 
-def _absent_measures(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, list[str]]:
-    """Per type, the prices it never holds (no non-NULL value in any group): their four columns are
-    all NULL (0 for the count) in that type, so its file leaves them out."""
-    sums = ", ".join(f"sum(nn_{m})" for m in MEASURE_COLUMNS)
+def _measure_shapes(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, tuple[list[str], list[str]]]:
+    """Per type, (the prices it never holds, the prices it holds on every row): a price never held
+    (no non-NULL value in any group) has its four columns all NULL (0 for the count) in that type,
+    so its file leaves them out; one held on every row (bid_price on impressions) has its non-NULL
+    count equal to `cnt` in every group, so its file leaves that count out and reads `cnt`."""
+    items = ", ".join(f"sum(nn_{m}), bool_and(nn_{m} = cnt)" for m in MEASURE_COLUMNS)
     out = {}
-    for t, *nn in con.execute(f"SELECT type, {sums} FROM {source} GROUP BY type").fetchall():
-        out[t] = [m for m, n in zip(MEASURE_COLUMNS, nn) if not n]
+    for t, *got in con.execute(f"SELECT type, {items} FROM {source} GROUP BY type").fetchall():
+        pairs = list(zip(MEASURE_COLUMNS, got[0::2], got[1::2]))
+        out[t] = ([m for m, n, _ in pairs if not n], [m for m, n, every in pairs if n and every])
     return out
+
+
+def _mark_columns(view: ViewDef, schema: pa.Schema) -> tuple[str, ...]:
+    """The columns a file keeps marks of: its time columns; for a view without time, its first
+    dimension when that is an integer (rows of a type are sorted by it, so a point filter on it
+    reads one window instead of the column: `fastpath._dim_runs`)."""
+    if view.time_columns or not view.dims:
+        return view.time_columns
+    first = schema.field(view.dims[0]).type
+    return (view.dims[0],) if pa.types.is_integer(first) else ()
 
 
 def _in_order(keys: pa.Array, last: pa.Scalar | None) -> bool:
@@ -131,18 +145,21 @@ def write_serving_copy(con: duckdb.DuckDBPyConnection, view: ViewDef, parquet: P
     select = f"SELECT {', '.join(items)} FROM {source}"
     full = _encode(pa.RecordBatch.from_pylist([], schema=con.sql(f"{select} LIMIT 0").to_arrow_table().schema),
                    dictionaries).schema
-    absent = _absent_measures(con, source)
-    sort_key = view.time_columns[0] if view.time_columns else None
+    shapes = _measure_shapes(con, source)
+    sort_key = view.sort_columns[1] if len(view.sort_columns) > 1 else None
+    mark_columns = _mark_columns(view, full)
     types: dict[str, dict[str, Any]] = {}
     written: list[Path] = []
     try:
         for t in sorted(t for t, n in rows_by_type.items() if n):
-            dropped = [f"{p}_{m}" for m in absent.get(t, []) for p in ("nn", "sum", "min", "max")]
-            schema = _without(full, dropped)
+            absent, held = shapes.get(t, ([], []))
+            dropped = [f"{p}_{m}" for m in absent for p in ("nn", "sum", "min", "max")]
+            as_cnt = [f"nn_{m}" for m in held]
+            schema = _without(full, dropped + as_cnt)
             out = prefix.with_name(f"{prefix.name}.{t}{SUFFIX}")
             tmp = out.with_name(f".staging-{uuid.uuid4().hex}{SUFFIX}")
             written.append(tmp)
-            spans, marks, last = [], {c: [] for c in view.time_columns}, None
+            spans, marks, last = [], {c: [] for c in mark_columns}, None
             keep = ", ".join(f.name for f in schema)
             # the Parquet version is sorted by type then time: read in file order, a batch at a time
             reader = con.sql(f"SELECT {keep} FROM ({select}) WHERE type = ?", params=[t]).to_arrow_reader(BATCH_ROWS)
@@ -165,7 +182,7 @@ def write_serving_copy(con: duckdb.DuckDBPyConnection, view: ViewDef, parquet: P
             layout = _layout(tmp, spans)
             os.replace(tmp, out)  # a new name: a file once named is never rewritten
             types[t] = {"file": out.name, "bytes": out.stat().st_size, "batches": len(spans), "dropped": dropped,
-                        "checksum": checksum, "layout": layout, "mark_rows": MARK_ROWS, "marks": marks}
+                        "as_cnt": as_cnt, "checksum": checksum, "layout": layout, "mark_rows": MARK_ROWS, "marks": marks}
     except BaseException:
         for tmp in written:
             tmp.unlink(missing_ok=True)
@@ -275,8 +292,10 @@ def _open_file(vdir: Path, rec: Mapping[str, Any], schema: pa.Schema, rows: int,
             mm.madvise(mmap.MADV_WILLNEED, page, body - page)
     whole = pa.py_buffer(mm)
     reader = ipc.open_file(pa.BufferReader(whole))
-    if not reader.schema.equals(schema):
-        raise ServingError(f"{rec['file']}: schema differs from the registry: {reader.schema} vs {schema}")
+    as_cnt = rec.get("as_cnt", [])
+    stored = _without(schema, as_cnt)
+    if not reader.schema.equals(stored):
+        raise ServingError(f"{rec['file']}: schema differs from the registry: {reader.schema} vs {stored}")
     if reader.num_record_batches != rec["batches"] or (layout and len(layout) != rec["batches"]):
         raise ServingError(f"{rec['file']}: {reader.num_record_batches} batches, the registry says {rec['batches']}")
     out = []
@@ -292,9 +311,12 @@ def _open_file(vdir: Path, rec: Mapping[str, Any], schema: pa.Schema, rows: int,
                    for b in _buffers(batch) if b.size):
                 raise ServingError(f"{rec['file']}: batch {i} reads bytes outside its span")
             meta = (start, body)
-        guard = None if checker is None else BatchGuard(checker, whole.address, batch, meta)
+        aliases = dict.fromkeys(as_cnt, "cnt")
+        guard = None if checker is None else BatchGuard(checker, whole.address, batch, meta, aliases)
         marks = {c: per_batch[i] for c, per_batch in rec.get("marks", {}).items()}
-        out.append(ServedBatch(pa.Table.from_batches([batch]), guard, marks, rec.get("mark_rows", MARK_ROWS)))
+        # a count the file leaves out is `cnt` itself: the same buffer under both names
+        table = pa.Table.from_arrays([batch.column(aliases.get(f.name, f.name)) for f in schema], schema=schema)
+        out.append(ServedBatch(table, guard, marks, rec.get("mark_rows", MARK_ROWS)))
     got = sum(b.table.num_rows for b in out)
     if got != rows:
         raise ServingError(f"{rec['file']}: {got} rows, the registry says {rows}")

@@ -47,7 +47,9 @@ from analytics.views.answer.rows import (
     isin,
     partial_values,
     piece_of,
+    range_bounds,
     ranges,
+    sorted_bound,
     text_bound,
     us,
     wanted_keys,
@@ -163,26 +165,6 @@ class ArrowView:
         return types
 
     @staticmethod
-    def _bounds(n: int, cond: Condition, left: Callable[[Any], int], right: Callable[[Any], int],
-                v: list[Any]) -> tuple[int, int] | None:
-        """[lo, hi) of a sorted column of `n` rows kept by a range condition on values `v`, or None
-        if not a range; `left`/`right` place a value before/after its equals."""
-        op = cond.op
-        if op == "eq":
-            return left(v[0]), right(v[0])
-        if op == "between":
-            return left(v[0]), right(v[1])
-        if op == "lt":
-            return 0, left(v[0])
-        if op == "lte":
-            return 0, right(v[0])
-        if op == "gt":
-            return right(v[0]), n
-        if op == "gte":
-            return left(v[0]), n
-        return None
-
-    @staticmethod
     def _mask(column: pa.Array, cond: Condition) -> pa.Array:
         vals = list(cond.values)
         if pa.types.is_dictionary(column.type):
@@ -261,10 +243,10 @@ class ArrowView:
                 continue
             if c.col in times:
                 ts = times[c.col]
-                b = self._bounds(len(ts), c, ts.left, ts.right, [us(x) for x in c.values])
+                b = range_bounds(len(ts), c, ts.left, ts.right, [us(x) for x in c.values])
             elif c.col in texts:
-                col, marks = texts[c.col], (piece.text_marks or {}).get(c.col)
-                b = self._bounds(len(col), c, lambda x, col=col, m=marks: text_bound(col, m, x, False),
+                col, marks = texts[c.col], (piece.marks or {}).get(c.col)
+                b = range_bounds(len(col), c, lambda x, col=col, m=marks: text_bound(col, m, x, False),
                                  lambda x, col=col, m=marks: text_bound(col, m, x, True), [str(x) for x in c.values])
             else:
                 b = None
@@ -367,6 +349,9 @@ class ArrowView:
                 return None
             starts = np.searchsorted(within, units, "left") + lo
             ends = np.append(starts[1:], hi)
+        elif (marks := (piece.marks or {}).get(cond.col)) is not None:  # sorted by it, with marks
+            bounds = [[sorted_bound(values, marks, k, side) for k in wanted] for side in ("left", "right")]
+            return cond, ranges(*np.clip(np.array(bounds, dtype=np.int64), lo, hi))
         elif piece.guard is not None:
             piece.guard([cond.col], lo, hi)
         keys = np.array(wanted, dtype=values.dtype)

@@ -103,6 +103,18 @@ class Marks(NamedTuple):
         return lo, hi
 
 
+def sorted_bound(values: np.ndarray, marks: Marks, key: np.integer, side: str) -> int:
+    """`np.searchsorted(values, key, side)` over a sorted column, reading only the window of rows
+    its `marks` pick (checked first by their `touch`): none when the key falls past the last value."""
+    if key > marks.last or (side == "right" and key == marks.last):
+        return len(values)
+    at = int(np.searchsorted(np.asarray(marks.grid, dtype=values.dtype), key, side))
+    if at == 0:  # at or before the first value
+        return 0
+    lo, hi = marks.window(len(values), at)
+    return lo + int(np.searchsorted(values[lo:hi], key, side))
+
+
 class Times:
     """A sorted DATE or TIMESTAMP column as integers of its own unit (days, microseconds, ...),
     sharing the Arrow buffer: searching it costs no copy of the view. Values in microseconds are
@@ -140,11 +152,9 @@ class Times:
         return self.values[0], self.values[-1]
 
     def _search(self, key: np.integer, side: str) -> int:
-        marks, values = self.marks, self.values
-        if marks is None:
-            return int(np.searchsorted(values, key, side))
-        lo, hi = marks.window(len(values), int(np.searchsorted(marks.grid, key, side)))
-        return lo + int(np.searchsorted(values[lo:hi], key, side))
+        if self.marks is None:
+            return int(np.searchsorted(self.values, key, side))
+        return sorted_bound(self.values, self.marks, key, side)
 
     def left(self, us: int) -> int:
         """First row at or after `us`."""
@@ -178,6 +188,26 @@ class Times:
         if cond.op == "in":
             return np.isin(rows, exact)
         return rows != exact[0] if exact else np.ones(len(rows), dtype=bool)
+
+
+def range_bounds(n: int, cond: Condition, left: Callable[[Any], int], right: Callable[[Any], int],
+                 v: list[Any]) -> tuple[int, int] | None:
+    """[lo, hi) of a sorted column of `n` rows kept by a range condition on values `v`, or None
+    if not a range; `left`/`right` place a value before/after its equals."""
+    op = cond.op
+    if op == "eq":
+        return left(v[0]), right(v[0])
+    if op == "between":
+        return left(v[0]), right(v[1])
+    if op == "lt":
+        return 0, left(v[0])
+    if op == "lte":
+        return 0, right(v[0])
+    if op == "gt":
+        return right(v[0]), n
+    if op == "gte":
+        return left(v[0]), n
+    return None
 
 
 class Column(NamedTuple):
@@ -317,7 +347,7 @@ class Piece(NamedTuple):
     texts: dict[str, pa.StringArray]
     columns: dict[str, Column | None]
     guard: Guard | None = None
-    text_marks: dict[str, Marks] | None = None
+    marks: dict[str, Marks] | None = None  # per sorted column with marks: its search windows
 
     def partial(self, name: str) -> Column | None:
         """The column `name` as numpy, NULLs marked; None when the piece lacks it or it is not numeric."""
@@ -346,8 +376,7 @@ def piece_of(part: pa.Table | ServedBatch, time_cols: list[str], text_cols: list
         for c, values in part.marks.items():
             marks[c] = Marks(values[:grid_len], values[-1], part.mark_rows, lambda lo, hi, c=c: guard([c], lo, hi))
     return Piece(table, {c: Times(table.column(c), marks.get(c)) for c in time_cols},
-                 {c: contiguous(table.column(c)) for c in text_cols}, {}, guard,
-                 {c: marks[c] for c in text_cols if c in marks})
+                 {c: contiguous(table.column(c)) for c in text_cols}, {}, guard, marks)
 
 
 class Rows(NamedTuple):
