@@ -86,6 +86,7 @@ SLOW_TESTS = {
     "test_cache.py::test_persists_across_processes_and_sweeps_stale_stamps",
     "test_differential.py::test_cli_run_matches_baseline_under_a_non_utc_process_time_zone",
     "test_differential.py::test_random_queries_of_the_whole_grammar_lake_matches_baseline",
+    "test_differential_users.py::test_user_queries_from_the_per_user_view_equal_lake_equal_baseline",
     "test_differential_views.py::test_fast_path_answers_from_a_view_whose_rows_lost_their_order",
     "test_differential_views.py::test_numpy_and_arrow_reaggregation_both_equal_the_baseline",
     "test_differential_views.py::test_random_view_shaped_queries_views_equal_lake_equal_baseline",

@@ -23,7 +23,7 @@ from analytics.bench.polars_engine import polars_condition
 from analytics.bench.result import BenchmarkSummary
 from analytics.bench.run import run_benchmark
 from analytics.bench.summary import sweep_from_files
-from analytics.bench.targets import evaluate_targets
+from analytics.bench.targets import TARGETS, evaluate_targets
 from analytics.bench.text import summary_table
 from analytics.bench.workloads import load_workloads
 from analytics.cli import main as cli_main
@@ -150,6 +150,18 @@ def test_json_structure(result: BenchmarkSummary, tiny: dict[str, Path]) -> None
         assert set(doc["phases"]["benchmark"]["engines"]) == set(ENGINES)
         assert [t["target"] for t in doc["targets"]][0] == "every answer matches the baseline"
     assert on_disk["queries"][0]["id"] == "examples-q1"
+
+
+def test_views_on_disk_are_every_file_serving_reads(result: BenchmarkSummary, tiny: dict[str, Path],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk target counts each view's Parquet version and its serving copy (one version each here)."""
+    files = [f for f in (tiny["lake"] / "views").rglob("*") if f.suffix in (".parquet", ".arrow")]
+    assert any(f.suffix == ".arrow" for f in files)
+    assert result.sizes["views_on_disk_bytes"] == sum(f.stat().st_size for f in files)
+    name = "views with their serving copies on disk (target stated at 245M rows)"
+    assert next(t for t in result.targets if t["target"] == name)["ok"] is True
+    monkeypatch.setitem(TARGETS, "views_on_disk_bytes_max", result.sizes["views_on_disk_bytes"] - 1)
+    assert next(t for t in evaluate_targets(result) if t["target"] == name)["ok"] is False
 
 
 def test_every_engine_matches_the_baseline(result: BenchmarkSummary) -> None:

@@ -10,14 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from helpers import check_against_baseline
-from querygen import random_queries, user_queries
+from querygen import random_queries
 
 from analytics.checks.baseline import baseline_query
 from analytics.query.model import parse_query
 from analytics.query.results import compare_rows, to_rows
 from analytics.serving.router import LAKE, coverage
 from analytics.serving.workbench import Workbench
-from analytics.views.answer import fastpath
 from analytics.views.answer.fastpath import ArrowView
 from analytics.views.catalog import VIEWS
 
@@ -46,31 +45,6 @@ def test_random_view_shaped_queries_views_equal_lake_equal_baseline(baseline, wo
     assert fast >= 0.9 * from_views, (fast, from_views)  # the Arrow fast path really answers them
     assert identity >= 30, identity  # and its shortcut for groups that are the view's own rows
     assert text_search >= 10, text_search  # and its binary search on the minute text
-
-
-def test_user_queries_from_the_per_user_view_equal_lake_equal_baseline(baseline, workbench, lake_dir, monkeypatch):
-    """Filters on user_id (points, in-lists, ranges), by type or by user, top users: the per-user
-    view (its rows searched by their marks for points and lists), its SQL, and the lake all
-    answer as the baseline."""
-    sql_only = Workbench(lake_dir, fast_path=False)
-    searched = Counter()
-    real = fastpath.sorted_bound
-
-    def spy(values, marks, key, side):
-        searched[side] += 1
-        return real(values, marks, key, side)
-    monkeypatch.setattr(fastpath, "sorted_bound", spy)
-    routes = Counter()
-    for raw in user_queries(160, seed=43):
-        q = parse_query(raw)
-        expected = to_rows(q, baseline_query(baseline, q))
-        plan = check_against_baseline(baseline, workbench, raw, expected=expected)
-        routes[plan.route] += 1
-        if plan.route != LAKE:
-            assert check_against_baseline(baseline, sql_only, raw, expected=expected).route == plan.route
-        check_against_baseline(baseline, workbench, raw, use_views=False, expected=expected)
-    assert routes["mv_all_user_id"] >= 120, routes
-    assert searched["left"] >= 100 and searched["left"] == searched["right"], searched
 
 
 def test_fast_path_answers_from_a_view_whose_rows_lost_their_order(baseline, workbench):

@@ -34,6 +34,25 @@ def test_top_k_equals_a_full_sort(first, desc, nulls):
     assert finish.order_and_limit(table, q).equals(want)
 
 
+@pytest.mark.parametrize("spread", [3, 1_000, 10**12])
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64, np.uint16, np.float64])
+def test_top_candidates_are_every_value_as_good_as_the_kth_best(spread, dtype):
+    """Integers past the sampling size are narrowed by a sample first: the positions must be those of
+    the plain definition (every value at least as good as the k-th best, ties kept, in order),
+    whatever the ties: few distinct values, all equal, the best ones between the sample's rows."""
+    rng = np.random.default_rng(spread)
+    n = 300_000
+    values = rng.integers(0, min(spread, np.iinfo(dtype).max if dtype != np.float64 else spread), n).astype(dtype)
+    values[rng.integers(0, n, 3)] = values.max() if spread > 3 else values[0]  # a few ties at the top
+    for k in (1, 10, 25):
+        for desc in (True, False):
+            kth = np.sort(values)[::-1][k - 1] if desc else np.sort(values)[k - 1]
+            want = np.flatnonzero(values >= kth if desc else values <= kth)
+            assert np.array_equal(finish.top_candidates(values, desc, k), want), (k, desc)
+    same = np.full(n, 7, dtype=dtype)
+    assert np.array_equal(finish.top_candidates(same, True, 10), np.arange(n))
+
+
 def test_outputs_equal_arrow_arithmetic_with_and_without_nulls():
     sums = pa.array([10_000, 25_000, None, 0], type=pa.int64())
     nn = pa.array([2, 5, 0, 0], type=pa.int64())

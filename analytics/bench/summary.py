@@ -39,18 +39,21 @@ def rounded(x: float | None, nd: int = 4) -> float | None:
 
 
 def _sizes(raw_dir: Path | None, lake: Lake) -> dict[str, Any]:
-    from analytics.views.registry import load_registry
+    from analytics.views.registry import entry_files, load_registry
 
     csv = sum(f.stat().st_size for f in raw_dir.glob("*.csv")) if raw_dir is not None else 0
     lake_bytes = lake.size_bytes()
     views: dict[str, int] = {}
+    on_disk = 0  # what serving needs: each version's Parquet, serving copy and deltas
     for name, entry in load_registry(lake.root).items():
         f = lake.root / entry.file
         if f.is_file():
             views[name] = f.stat().st_size
+        on_disk += sum(p.stat().st_size for n in entry_files(entry) if (p := f.parent / n).is_file())
     view_bytes = sum(views.values())
     return {
         "csv_bytes": csv, "lake_bytes": lake_bytes, "views_bytes": view_bytes, "views": views,
+        "views_on_disk_bytes": on_disk,
         "lake_to_csv": rounded(lake_bytes / csv) if csv else None,
         "views_to_csv": rounded(view_bytes / csv) if csv else None,
         "lake_and_views_to_csv": rounded((lake_bytes + view_bytes) / csv) if csv else None,

@@ -120,7 +120,8 @@ def summary_table(result: BenchmarkSummary, color: bool | None = None) -> str:
     sz = result.sizes
     lines.append(f"sizes: CSV {format_bytes(sz['csv_bytes'])}; lake {format_bytes(sz['lake_bytes'])} "
                  f"({sz['lake_to_csv'] or 0:.2f}x CSV); views {format_bytes(sz['views_bytes'])} "
-                 f"({sz['views_to_csv'] or 0:.3f}x CSV)")
+                 f"({sz['views_to_csv'] or 0:.3f}x CSV)"
+                 + (f", {format_bytes(sz['views_on_disk_bytes'])} with serving copies" if sz.get("views_on_disk_bytes") else ""))
     ph = result.phases
     parts = []
     for name in PHASE_ORDER:

@@ -1,21 +1,22 @@
 """The serving copy of a view version: uncompressed Arrow IPC files that readers memory-map.
 
 Owns writing it from the promoted Parquet version: one file per event type (found from the
-registry without a scan), its rows as record batches in time order, in a compact exact encoding:
+registry without a scan), its rows as record batches in sort order, in a compact exact encoding:
 price sums as int64 scaled by 10^PRICE_SCALE where the bound below holds, `type` and `country`
-as int8 dictionary codes, and only the prices the type holds (bid_price on impressions,
-total_price on purchases in this data: the other types' four columns of a price are all NULL).
+as int8 dictionary codes, only the prices the type holds (bid_price on impressions, total_price
+on purchases in this data: the other types' four columns of a price are all NULL), and a price's
+non-NULL count only where it differs from `cnt` somewhere (`as_cnt`: the rest read `cnt`).
 Each file is written to a temp name, fsynced, checksummed in blocks of `CHECK_BLOCK`
 (`core.checksum`), renamed atomically: a file, once named, is never changed, so a reader's
 mapping stays valid while a newer version is promoted. Its registry record keeps, per type, the
-checksum, each batch's byte span and rows (`layout`) and its time columns' values every
-`MARK_ROWS` rows (`marks`): what lets a reader check only the bytes it reads (`batch_guard`).
+checksum, each batch's byte span and rows (`layout`) and its sort column's values every
+`MARK_ROWS` rows (`marks`: the time columns, or a timeless view's integer first dimension):
+what lets a reader check only the bytes it reads (`batch_guard`).
 Owns opening it too: memory map it with read-ahead off (this disk's 8 MiB read-around turned a
 first touch of 4 KiB into 8 MiB), check it against its registry entry (size, schema, batches and
-rows), check its head and footer, and hand out each batch (a count left out as `cnt` under its own name
-too) with its guard (`checked`: the whole
-files first, as a build's proof does). Must not build the Parquet version, update the registry,
-or answer queries.
+rows), check its head and footer, and hand out each batch with its guard, the counts left out
+served as `cnt`'s buffer (`checked`: the whole files first, as a build's proof does). Must not
+build the Parquet version, update the registry, or answer queries.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
@@ -284,12 +286,12 @@ def _open_file(vdir: Path, rec: Mapping[str, Any], schema: pa.Schema, rows: int,
     if checker is not None and (checked or not layout):
         checker.ensure(0, size)  # without a layout (an older record) no batch can be checked alone
     elif checker is not None:
-        # the schema, dictionaries and first batch's metadata, and the footer: all of them parsed now
-        checker.ensure(0, layout[0][1])
-        checker.ensure(layout[-1][2], size)
         for start, body, _, _ in layout[1:]:  # the other batches' metadata, asked for at once
             page = start - start % mmap.PAGESIZE
             mm.madvise(mmap.MADV_WILLNEED, page, body - page)
+        # the schema, dictionaries and first batch's metadata, and the footer: all of them parsed
+        # now, asked for together (one wait on the disk, not two)
+        checker.ensure_blocks(np.concatenate([checker.blocks(0, layout[0][1]), checker.blocks(layout[-1][2], size)]))
     whole = pa.py_buffer(mm)
     reader = ipc.open_file(pa.BufferReader(whole))
     as_cnt = rec.get("as_cnt", [])

@@ -11,6 +11,8 @@ answer, never written. Must not filter or group rows.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,6 +22,10 @@ from analytics.query.model import Query
 # Top k by selection pays only on many rows: under this, one sort is cheaper (a select_k call costs
 # ~0.7 ms of set-up on this machine, a sort of a few thousand rows ~40 µs)
 SELECT_K_ROWS = 100_000
+# top_candidates samples integers when they number over _SAMPLED_ABOVE per wanted row, taking
+# _SAMPLE_PER_K per wanted row
+_SAMPLED_ABOVE = 1024
+_SAMPLE_PER_K = 64
 
 
 def _numeric(arr: pa.Array) -> bool:
@@ -77,9 +83,22 @@ def average(sums: pa.Array | pa.ChunkedArray, nonnull: pa.Array | pa.ChunkedArra
 
 def top_candidates(values: np.ndarray, desc: bool, k: int) -> np.ndarray:
     """The positions of the values at least as good as the k-th best (ties kept): a superset of any
-    top k, found by one numpy partition."""
-    kth = np.partition(values, len(values) - k)[len(values) - k] if desc else np.partition(values, k - 1)[k - 1]
+    top k, found by one numpy partition. Many integers are first narrowed by a sample's k-th best,
+    which is no better than the k-th best of all: the values at least as good as it hold every value
+    at least as good as that (a partition of 525K counts took 5 ms, a compare 0.2 ms)."""
+    if values.dtype.kind in "iu" and len(values) > _SAMPLED_ABOVE * k:
+        sample = values[::len(values) // (_SAMPLE_PER_K * k)]
+        bound = _kth(sample, desc, k)
+        near = np.flatnonzero(values >= bound if desc else values <= bound)
+        if len(near) < len(values):
+            return near[top_candidates(values[near], desc, k)]
+    kth = _kth(values, desc, k)
     return np.flatnonzero(values >= kth if desc else values <= kth)
+
+
+def _kth(values: np.ndarray, desc: bool, k: int) -> Any:
+    """The k-th best of `values` (largest first when `desc`)."""
+    return np.partition(values, len(values) - k)[len(values) - k] if desc else np.partition(values, k - 1)[k - 1]
 
 
 def _top_candidates(table: pa.Table, name: str, desc: bool, k: int) -> pa.Table | None:
