@@ -99,7 +99,7 @@ def test_the_view_registry_report_lists_adaptive_views_with_why(adaptive_lake):
 
 def test_explain_says_why_a_lake_query_has_no_adaptive_view(adaptive_lake):
     by_name = {t: q for t, q in zip(("pub", "min", "cph", "ser", "adv", "user", "users", "auction", "ts"), family(5, 9))}
-    lines = explain_lake(str(adaptive_lake), parse_query(by_name["user"]))
+    lines = explain_lake(str(adaptive_lake), parse_query(by_name["users"]))  # "user" is the per-user view's
     assert "would cover it; not built: " in lines[0] and ("rollup" in lines[0] or "lake index" in lines[0]), lines
     assert "ts (millisecond precision)" in explain_lake(str(adaptive_lake), parse_query(by_name["ts"]))[0]
     out = subprocess.run([sys.executable, "-m", "analytics", "explain", "--lake", str(adaptive_lake), "--queries",
