@@ -29,7 +29,7 @@ def test_user_queries_from_the_per_user_view_equal_lake_equal_baseline(baseline,
         return real(values, marks, key, side)
     monkeypatch.setattr(fastpath, "sorted_bound", spy)
     routes = Counter()
-    for raw in user_queries(160, seed=43):
+    for raw in user_queries(100, seed=43):
         q = parse_query(raw)
         expected = to_rows(q, baseline_query(baseline, q))
         plan = check_against_baseline(baseline, workbench, raw, expected=expected)
@@ -37,5 +37,5 @@ def test_user_queries_from_the_per_user_view_equal_lake_equal_baseline(baseline,
         if plan.route != LAKE:
             assert check_against_baseline(baseline, sql_only, raw, expected=expected).route == plan.route
         check_against_baseline(baseline, workbench, raw, use_views=False, expected=expected)
-    assert routes["mv_all_user_id"] >= 120, routes
-    assert searched["left"] >= 100 and searched["left"] == searched["right"], searched
+    assert routes["mv_all_user_id"] >= 75, routes
+    assert searched["left"] >= 60 and searched["left"] == searched["right"], searched
